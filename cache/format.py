@@ -1,0 +1,319 @@
+"""Read and write one feature-cache file (one dataset split, one extraction config).
+
+Layout (all datasets uncompressed and contiguous, so a split reads into RAM at disk speed and
+contiguous row blocks stream fast; see docs/cache.md):
+
+=================  ==============  ==================================================
+name               shape, dtype    meaning
+=================  ==============  ==================================================
+global             (n, D) f16      global feature x of each image
+regions            (n, N, D) f16   ROI features X
+boxes              (n, N, 4) f32   proposals x1 y1 x2 y2 in original image pixels
+box_scores         (n, N) f32      proposer objectness
+box_valid          (n, N) bool     False for padding boxes
+labels             (n, C) i8       1 present, 0 absent, -1 ignore (VOC difficult-only)
+image_ids          (n,) str        dataset image ids, in dataset order
+image_sizes        (n, 2) i32      original height, width
+label_embeddings   (C, E) f32      label-node inputs H0 (attribute ``source``)
+=================  ==============  ==================================================
+
+Every root attribute is stored as a JSON string and parsed with ``json.loads`` (never pickled).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import h5py
+import numpy as np
+
+from iagcn.errors import UserError
+from iagcn.fsutil import fsync_dir, git_commit, remove_stale_temporaries, tmp_name_for
+
+FORMAT_VERSION = 1
+
+#: per-image datasets: name -> (shape after n, dtype); ``N``/``D``/``C`` are filled in per file
+ROW_FIELDS: dict[str, tuple[tuple[str, ...], Any]] = {
+    "global": (("D",), np.float16),
+    "regions": (("N", "D"), np.float16),
+    "boxes": (("N", 4), np.float32),
+    "box_scores": (("N",), np.float32),
+    "box_valid": (("N",), np.bool_),
+    "labels": (("C",), np.int8),
+    "image_ids": ((), h5py.string_dtype("utf-8")),
+    "image_sizes": ((2,), np.int32),
+}
+
+#: root attributes every cache carries (the writer fills format_version, git_commit and created)
+REQUIRED_ATTRS = (
+    "format_version", "dataset", "split", "class_names", "extract_config", "extract_config_hash",
+    "backbone", "backbone_weights", "backbone_weights_sha256", "proposer", "proposer_weights_sha256",
+    "num_rois", "feature_dim", "image_size", "git_commit", "created",
+)
+
+#: attributes two caches must agree on before one trains and the other evaluates
+COMPATIBILITY_ATTRS = ("class_names", "feature_dim", "num_rois", "backbone", "backbone_weights_sha256", "image_size")
+
+
+class CacheWriter:
+    """Preallocate a cache under a temporary name, fill rows by index, then commit atomically.
+
+    Use as a context manager: leaving the block normally commits (after checking that every row was
+    written), an exception deletes the temporary file and the final path is never touched.
+
+    Args:
+        path: final file name.
+        num_images: n. num_rois: N. feature_dim: D. num_classes: C. embedding_dim: E.
+        attrs: root attributes (JSON-serialisable values), see REQUIRED_ATTRS.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, num_images: int, num_rois: int, feature_dim: int,
+                 num_classes: int, embedding_dim: int, attrs: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.path)
+        self.tmp = tmp_name_for(self.path)
+        self.n = num_images
+        dims = {"N": num_rois, "D": feature_dim, "C": num_classes}
+        self._h5 = h5py.File(self.tmp, "w")
+        self._written = np.zeros(num_images, dtype=bool)
+        self._embeddings_set = False
+        for name, (shape, dtype) in ROW_FIELDS.items():
+            full = (num_images,) + tuple(dims[s] if isinstance(s, str) else s for s in shape)
+            self._h5.create_dataset(name, shape=full, dtype=dtype)
+        self._h5.create_dataset("label_embeddings", shape=(num_classes, embedding_dim), dtype=np.float32)
+        base = {"format_version": FORMAT_VERSION, "git_commit": git_commit(),
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "num_rois": num_rois, "feature_dim": feature_dim}
+        base.update(attrs)
+        for k, v in base.items():
+            self._h5.attrs[k] = json.dumps(v)
+
+    def write_rows(self, start: int, rows: dict[str, np.ndarray]) -> None:
+        """Write ``rows[name][i]`` to row ``start + i`` of every per-image dataset."""
+        missing = set(ROW_FIELDS) - set(rows)
+        if missing:
+            raise ValueError(f"write_rows: missing fields {sorted(missing)}")
+        count = len(rows["global"])
+        stop = start + count
+        if start < 0 or stop > self.n:
+            raise ValueError(f"write_rows: rows {start}:{stop} outside 0:{self.n}")
+        for name in ROW_FIELDS:
+            value = rows[name]
+            if name == "image_ids":
+                value = np.asarray([str(v) for v in value], dtype=object)
+            self._h5[name][start:stop] = value
+        self._written[start:stop] = True
+
+    def set_label_embeddings(self, embeddings: np.ndarray, *, source: str) -> None:
+        self._h5["label_embeddings"][...] = np.asarray(embeddings, dtype=np.float32)  # (C, E)
+        self._h5["label_embeddings"].attrs["source"] = json.dumps(source)
+        self._embeddings_set = True
+
+    def set_attr(self, key: str, value: Any) -> None:
+        self._h5.attrs[key] = json.dumps(value)
+
+    def commit(self) -> Path:
+        if not self._written.all():
+            missing = int((~self._written).sum())
+            self.abort()
+            raise RuntimeError(f"cache {self.path}: {missing} rows were never written; nothing was committed")
+        if not self._embeddings_set:
+            self.abort()
+            raise RuntimeError(f"cache {self.path}: label embeddings were never set; nothing was committed")
+        self._h5.flush()
+        self._h5.close()
+        with open(self.tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self.tmp, self.path)
+        fsync_dir(self.path.parent)
+        return self.path
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._h5.close()
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()
+
+    def __enter__(self) -> "CacheWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class FeatureCache:
+    """Read-only view of one cache file; validates the format on open.
+
+    Attributes:
+        attrs: root attributes, JSON-parsed. class_names: the C axis order.
+        num_images (n), num_rois (N), feature_dim (D), num_classes (C).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise UserError(f"cache {self.path} does not exist; run `iagcn extract` first or fix the path")
+        try:
+            self._h5 = h5py.File(self.path, "r")
+        except OSError as e:
+            raise UserError(f"cache {self.path} is not a readable HDF5 file (truncated or corrupt?): "
+                            f"delete it and re-extract") from e
+        try:
+            self.attrs = self._parse_attrs()
+            self._validate()
+        except Exception:
+            self._h5.close()
+            raise
+
+    def _parse_attrs(self) -> dict[str, Any]:
+        out = {}
+        for k, v in self._h5.attrs.items():
+            if isinstance(v, bytes):
+                v = v.decode()
+            try:
+                out[k] = json.loads(v)
+            except (TypeError, json.JSONDecodeError) as e:
+                raise UserError(f"cache {self.path}: attribute {k!r} is not JSON; the file was not written by iagcn") from e
+        return out
+
+    def _validate(self) -> None:
+        version = self.attrs.get("format_version")
+        if version is None:
+            raise UserError(f"cache {self.path} has no format_version attribute; it was not written by iagcn")
+        if version > FORMAT_VERSION:
+            raise UserError(f"cache {self.path} has format version {version}, newer than this iagcn "
+                            f"understands ({FORMAT_VERSION}); upgrade iagcn")
+        missing = [a for a in REQUIRED_ATTRS if a not in self.attrs]
+        missing += [f for f in list(ROW_FIELDS) + ["label_embeddings"] if f not in self._h5]
+        if missing:
+            raise UserError(f"cache {self.path} lacks {', '.join(missing)}; re-extract it")
+        n = self._h5["global"].shape[0]
+        for f in ROW_FIELDS:
+            if self._h5[f].shape[0] != n:
+                raise UserError(f"cache {self.path}: dataset {f} has {self._h5[f].shape[0]} rows, expected {n}; re-extract it")
+        if len(self.class_names) != self._h5["labels"].shape[1]:
+            raise UserError(f"cache {self.path}: class_names has {len(self.class_names)} entries but labels has "
+                            f"{self._h5['labels'].shape[1]} columns; re-extract it")
+
+    # -- shape facts --------------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.attrs["class_names"])
+
+    @property
+    def num_images(self) -> int:
+        return int(self._h5["global"].shape[0])
+
+    @property
+    def num_rois(self) -> int:
+        return int(self._h5["regions"].shape[1])
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self._h5["global"].shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self._h5["labels"].shape[1])
+
+    def dataset(self, name: str) -> h5py.Dataset:
+        return self._h5[name]
+
+    def nbytes(self, names: Iterable[str]) -> int:
+        return int(sum(self._h5[n].size * self._h5[n].dtype.itemsize for n in names))
+
+    # -- reading --------------------------------------------------------------------------------
+    def read(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` of one dataset (contiguous slice: fast)."""
+        ds = self._h5[name]
+        arr = ds[slice(start, stop)] if name != "label_embeddings" else ds[...]
+        if name == "image_ids":
+            arr = np.asarray([s.decode() if isinstance(s, bytes) else str(s) for s in arr], dtype=object)
+        return arr
+
+    def read_into(self, name: str, out: np.ndarray, start: int, stop: int) -> None:
+        """Read rows ``start:stop`` of ``name`` straight into a preallocated array (no extra copy)."""
+        self._h5[name].read_direct(out, source_sel=np.s_[start:stop])
+
+    def image_ids(self) -> list[str]:
+        return list(self.read("image_ids"))
+
+    def label_embeddings(self) -> tuple[np.ndarray, str]:
+        ds = self._h5["label_embeddings"]
+        return ds[...].astype(np.float32), json.loads(ds.attrs.get("source", '"unknown"'))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._h5.close()
+
+    def __enter__(self) -> "FeatureCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FeatureCache({str(self.path)!r}, n={self.num_images}, N={self.num_rois}, D={self.feature_dim}, C={self.num_classes})"
+
+
+def check_compatible(train: FeatureCache, other: FeatureCache, *, role: str = "validation") -> None:
+    """Refuse, with one line, a pair of caches that disagree on what must match for training + evaluation."""
+    for key in COMPATIBILITY_ATTRS:
+        a, b = train.attrs.get(key), other.attrs.get(key)
+        if a != b:
+            if key == "class_names":
+                diff = f"{len(a)} vs {len(b)} classes" if len(a) != len(b) else \
+                    f"first difference {next((x, y) for x, y in zip(a, b) if x != y)}"
+                detail = diff
+            else:
+                detail = f"{a!r} vs {b!r}"
+            raise UserError(f"train cache {train.path} and {role} cache {other.path} disagree on {key} "
+                            f"({detail}); extract both with the same config")
+
+
+def describe(path: str | os.PathLike, *, sample_rows: int = 256) -> str:
+    """Human-readable summary for `iagcn info`: attributes, dataset shapes and a short feature summary."""
+    with FeatureCache(path) as c:
+        lines = [f"cache: {c.path}  ({c.path.stat().st_size / 2**20:.1f} MiB)"]
+        for k in sorted(c.attrs):
+            v = c.attrs[k]
+            if k == "extract_config":
+                lines.append("extract_config:")
+                lines += [f"    {kk}: {json.dumps(vv)}" for kk, vv in sorted(v.items())]
+                continue
+            text = json.dumps(v)
+            if len(text) > 160:
+                text = text[:157] + "..."
+            lines.append(f"{k}: {text}")
+        lines.append("datasets:")
+        for name in list(ROW_FIELDS) + ["label_embeddings"]:
+            ds = c.dataset(name)
+            lines.append(f"    {name:<17} {str(ds.shape):<20} {ds.dtype}")
+        _, source = c.label_embeddings()
+        lines.append(f"label_embeddings source: {source}")
+        k = min(sample_rows, c.num_images)
+        if k:
+            g = c.read("global", 0, k).astype(np.float32)
+            valid = c.read("box_valid")
+            labels = c.read("labels")
+            lines.append(f"features (first {k} images): global mean {g.mean():.4f} std {g.std():.4f} "
+                         f"min {g.min():.4f} max {g.max():.4f}, finite {bool(np.isfinite(g).all())}")
+            lines.append(f"valid boxes per image: mean {valid.sum(1).mean():.1f} of {c.num_rois}")
+            pos = (labels == 1).sum(0)
+            lines.append(f"labels: {(labels == 1).sum(1).mean():.2f} positives per image; "
+                         f"{int((labels == -1).sum())} ignored entries; positives per class "
+                         + ", ".join(f"{n}={p}" for n, p in zip(c.class_names, pos)))
+        return "\n".join(lines)
+
+
+def iter_row_blocks(n: int, block: int) -> Iterator[tuple[int, int]]:
+    for s in range(0, n, block):
+        yield s, min(n, s + block)

@@ -1,0 +1,1 @@
+"""Stage three: metrics, reports, plots, prediction."""

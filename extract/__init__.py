@@ -1,0 +1,1 @@
+"""Stage one: datasets, the synthetic default, backbones, proposers and feature extraction."""

@@ -1,0 +1,88 @@
+"""Frozen dataclass configs: JSON round-trip, a stable hash, and `--set key=value` overrides."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from typing import Any, TypeVar
+
+from iagcn.errors import UserError
+
+T = TypeVar("T")
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def config_to_json(cfg: Any) -> str:
+    return json.dumps(config_to_dict(cfg), sort_keys=True, default=str)
+
+
+def config_hash(cfg: Any) -> str:
+    """sha256 (first 16 hex digits) of the config's canonical JSON."""
+    return hashlib.sha256(config_to_json(cfg).encode()).hexdigest()[:16]
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config") -> T:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UserError(f"{source}: unknown field(s) {', '.join(unknown)} for {cls.__name__}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for k, v in data.items():
+        if isinstance(v, list) and "tuple" in str(hints.get(k, "")):
+            v = tuple(v)
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+def _parse_value(text: str, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union or str(origin) == "types.UnionType":
+        non_none = [a for a in args if a is not type(None)]
+        if text.lower() in ("none", "null") and type(None) in args:
+            return None
+        return _parse_value(text, non_none[0], key)
+    if origin is typing.Literal:
+        if text not in [str(a) for a in args]:
+            raise UserError(f"--set {key}={text}: choose one of {', '.join(map(str, args))}")
+        return type(args[0])(text)
+    if origin in (tuple, list):
+        inner = args[0] if args else str
+        parts = [p for p in text.replace(",", " ").split() if p]
+        vals = [_parse_value(p, inner, key) for p in parts]
+        return tuple(vals) if origin is tuple else vals
+    try:
+        if hint is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if hint is int:
+            return int(text)
+        if hint is float:
+            return float(text)
+    except ValueError:
+        raise UserError(f"--set {key}={text}: expected a {hint.__name__}") from None
+    return text
+
+
+def apply_overrides(cfg: T, pairs: typing.Iterable[str]) -> T:
+    """Apply ``key=value`` strings (from ``--set``) to a frozen dataclass, with type checking."""
+    hints = typing.get_type_hints(type(cfg))
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UserError(f"--set {pair!r}: expected key=value")
+        key, text = pair.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key not in hints:
+            known = ", ".join(sorted(hints))
+            raise UserError(f"--set {key}: unknown field; known fields: {known}")
+        changes[key] = _parse_value(text.strip(), hints[key], key)
+    return dataclasses.replace(cfg, **changes)
