@@ -92,15 +92,17 @@ class DatasetSplit:
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def without(self, ids: Iterable[str], *, reason: str = "skipped") -> "DatasetSplit":
-        """This split minus the images ``ids`` (e.g. those pre-flight found bad); they join ``bad_ids``."""
+    def without(self, ids: Iterable[str]) -> "DatasetSplit":
+        """This split minus the images ``ids`` (e.g. those pre-flight found bad); they join ``bad_ids``.
+
+        ``problems`` is unchanged: it keeps listing the annotation problems found while reading.
+        """
         drop = set(ids)
         keep = [i for i, image_id in enumerate(self.image_ids) if image_id not in drop]
         dropped = [image_id for image_id in self.image_ids if image_id in drop]
         return dataclasses.replace(
             self, image_ids=[self.image_ids[i] for i in keep], image_paths=[self.image_paths[i] for i in keep],
-            labels=self.labels[keep], bad_ids=[*self.bad_ids, *dropped],
-            problems=[*self.problems, *(f"{d}: {reason}" for d in dropped)])
+            labels=self.labels[keep], bad_ids=[*self.bad_ids, *dropped])
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -41,6 +41,18 @@ def class_name_words(name: str) -> list[str]:
     return words
 
 
+def _trailing_numbers(fields: list[str]) -> int:
+    """How many of the last fields parse as numbers (at most all but the first, which is the word)."""
+    count = 0
+    for f in reversed(fields[1:]):
+        try:
+            float(f)
+        except ValueError:
+            break
+        count += 1
+    return count
+
+
 def read_glove_vectors(path: Path, words: set[str]) -> tuple[dict[str, np.ndarray], int]:
     """The vectors of ``words`` from a GloVe text file, and the file's dimension E.
 
@@ -57,7 +69,7 @@ def read_glove_vectors(path: Path, words: set[str]) -> tuple[dict[str, np.ndarra
                 if not line:
                     continue
                 if dim is None:
-                    dim = len(line.split(" ")) - 1
+                    dim = _trailing_numbers(line.split(" "))
                     if dim < 1:
                         raise UserError(f"{path} line 1: no vector values; expected 'word v1 ... vE' GloVe lines")
                 if line.count(" ") < dim:
