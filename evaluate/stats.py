@@ -38,7 +38,7 @@ def stratified_holdout(labels, *, fraction: float, seed: int) -> tuple[np.ndarra
 
     Iterative stratification: the class with the fewest not-yet-assigned positives is handled first; each of its
     images goes to the part that still *wants* the most positives of that class (ties: the part that wants the most
-    images overall, then a seeded coin). If a class with >= 2 positives has none in a part yet, its next image goes
+    images overall, then a seeded coin), unless that part is already full. If a class with >= 2 positives has none in a part yet, its next image goes
     to that part. Images without positives fill the parts up to their desired sizes at the end.
     """
     y = np.asarray(labels)
@@ -87,6 +87,8 @@ def stratified_holdout(labels, *, fraction: float, seed: int) -> tuple[np.ndarra
                     p = int(np.argmax(desired_size))
                 else:
                     p = int(rng.integers(2))
+                if desired_size[p] <= 0:
+                    p = 1 - p  # that part is full: keep the sizes exact
             assign(int(i), p)
     rest = np.flatnonzero(part < 0)  # images without positives, in random order
     n_fill = int(max(0, min(len(rest), desired_size[1])))

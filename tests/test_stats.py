@@ -195,3 +195,13 @@ def test_holdout_is_stratified_and_keeps_rare_classes_in_both_parts():
 def test_holdout_rejects_fractions_that_leave_a_part_empty(fraction):
     with pytest.raises(MetricInputError, match="--val-fraction"):
         stratified_holdout(multilabel_with_rare_classes(0, n=100), fraction=fraction, seed=0)
+
+
+def test_holdout_size_is_exact_when_every_image_has_a_positive():
+    rng = np.random.default_rng(4)
+    labels = (rng.random((3000, 30)) < rng.uniform(0.01, 0.3, 30)).astype(np.int8)
+    labels[np.arange(3000), rng.integers(0, 30, 3000)] = 1  # no image without positives: no slack to fill
+    tr, ho = stratified_holdout(labels, fraction=0.15, seed=1)
+    assert len(ho) == 450 and len(tr) == 2550
+    share = (labels[ho] == 1).sum(0) / (labels == 1).sum(0)
+    assert np.all(np.abs(share - 0.15) < 0.02)
