@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import numpy as np
-
 from iagcn.errors import UserError
 from iagcn.fsutil import write_text_atomic
 from train.config import PAPER_ROWS, TrainConfig
@@ -58,7 +56,7 @@ def result_row(result: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> dict[
     row = {"preset": cfg.preset, "seed": cfg.seed, "protocol": result["protocol"]}
     for k, v in result["metrics"].items():
         if not isinstance(v, (list, dict)):
-            row[k] = v
+            row[k] = round(v, 4) if isinstance(v, float) else v
     row.update(train_seconds=round(float(result["train_seconds"]), 2), selected_epoch=result["selected_epoch"],
                epochs_run=result["epochs_run"], run_dir=run_dir.name)
     return row
@@ -76,40 +74,24 @@ def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
     write_text_atomic(out / "table.md", build_table(rows), what="sweep table")
 
 
-def _mean_std(values: list[float]) -> str:
-    vals = [float(v) for v in values if v is not None and v == v and v != ""]
-    if not vals:
-        return "–"
-    m = float(np.mean(vals))
-    if len(vals) == 1:
-        return f"{m:.1f}"
-    return f"{m:.1f} ± {float(np.std(vals, ddof=1)):.1f}"
+def build_table(rows: list[dict[str, Any]], *, metrics: tuple[str, ...] = TABLE_METRICS, **report_options: Any) -> str:
+    """Markdown table, one row per preset: mean ± std over seeds in the layout of the paper's Tables 3-6.
 
-
-def build_table(rows: list[dict[str, Any]], *, metrics: tuple[str, ...] = TABLE_METRICS,
-                extra_columns: dict[str, Callable[[str, list[dict[str, Any]]], str]] | None = None) -> str:
-    """Markdown table, one row per preset (in first-seen order): mean ± std over seeds, paper layout (Tables 3-6).
-
-    ``extra_columns``: header -> f(preset, that preset's rows) -> cell text (the hook for ΔmAP columns).
-    Metric values are printed as they come from stage three's metrics (percentages with one decimal).
+    ``rows``: results.csv rows (preset, seed, metric columns). ``report_options`` go to
+    ``evaluate.report.ablation_table`` (``baseline``, ``deltas``, ``seed_tests``: the ΔmAP-vs-baseline hook).
+    A legend maps presets to the paper's row names and states the model-selection protocol(s).
     """
-    extra_columns = extra_columns or {}
-    presets: list[str] = []
-    for r in rows:
-        if r["preset"] not in presets:
-            presets.append(r["preset"])
+    from evaluate.report import ablation_table
+
+    runs = [{"preset": r["preset"], "seed": r.get("seed"),
+             "metrics": {m: (_num(r.get(m)) if _num(r.get(m)) is not None else math.nan) for m in metrics}}
+            for r in rows]
+    table = ablation_table(runs, metrics=metrics, fmt="markdown", **report_options)
+    presets = list(dict.fromkeys(r["preset"] for r in rows))
     protocols = sorted({str(r.get("protocol")) for r in rows})
-    head = ["Methods", "preset", "seeds", *metrics, *extra_columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    for p in presets:
-        rs = [r for r in rows if r["preset"] == p]
-        cells = [PAPER_ROWS.get(p, p), f"`{p}`", str(len(rs))]
-        cells += [_mean_std([_num(r.get(m)) for r in rs]) for m in metrics]
-        cells += [fn(p, rs) for fn in extra_columns.values()]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(f"Mean ± sample std over seeds; model selection protocol: {', '.join(protocols)}.")
-    return "\n".join(lines) + "\n"
+    legend = "; ".join(f"`{p}` = {PAPER_ROWS.get(p, p)}" for p in presets)
+    return (table.rstrip("\n") + "\n\n" + f"Mean ± sample std over seeds. Rows: {legend}. "
+            f"Model selection: {', '.join(protocols)}.\n")
 
 
 def _num(v: Any) -> float | None:

@@ -14,14 +14,12 @@ class VariationalRegionWeighting(nn.Module):
 
     def __init__(self, *, feature_dim: int) -> None:
         super().__init__()
-        self.w_mu = nn.Linear(feature_dim, 1, bias=False)       # w_mu in R^D (Eq. 8)
-        self.w_logvar = nn.Linear(feature_dim, 1, bias=False)   # w_logvar in R^D (Eq. 9)
+        self.w = nn.Linear(feature_dim, 2, bias=False)          # rows w_mu, w_logvar in R^D (Eq. 8-9): X read once
 
     def forward(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """X (B, N, D) -> z, z_mu, z_logvar, each (B, N)."""
         B, N, D = X.shape
-        z_mu = self.w_mu(X).squeeze(-1)                          # (B, N)  Eq. 8
-        z_logvar = self.w_logvar(X).squeeze(-1)                  # (B, N)  Eq. 9 (log-variance)
+        z_mu, z_logvar = self.w(X).unbind(-1)                    # (B, N) x2  Eq. 8 and Eq. 9 (log-variance)
         if self.training:
             eps = torch.randn_like(z_mu)                         # (B, N)  eps ~ N(0, 1)
             z = z_mu + torch.exp(0.5 * z_logvar) * eps           # (B, N)  reparameterisation
