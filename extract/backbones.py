@@ -16,10 +16,11 @@ RoIAlign of proposals live in :mod:`extract.pipeline`, shared by every backbone.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -108,6 +109,15 @@ class _AvgPoolLinear(nn.Module):
         return self.fc(fmap.mean(dim=(2, 3)))  # (B, D, h, w) -> (B, D) -> (B, 1000)
 
 
+@contextlib.contextmanager
+def seeded_init(seed: int = 0) -> Iterator[None]:
+    """Build modules under a fixed torch seed (without disturbing the caller's RNG), so that ``weights="none"``
+    means the same random network in every run: resume and shard merge stay bit-exact even then."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def _load_state_dict_file(path: Path, *, option: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"{option} {path}: no such file; give a state-dict file, 'imagenet' or 'none'")
@@ -135,7 +145,8 @@ def build_resnet101(*, weights: str = "imagenet") -> Backbone:
     """torchvision ResNet-101; ``weights``: ``imagenet`` (torchvision weight API, downloads once), a path, or ``none``."""
     import torchvision
 
-    net = torchvision.models.resnet101(weights=None)
+    with seeded_init():
+        net = torchvision.models.resnet101(weights=None)
     if weights == "imagenet":
         api_weights = torchvision.models.ResNet101_Weights.IMAGENET1K_V1  # the weights ML-GCN fine-tuned from
         try:
@@ -222,7 +233,8 @@ def build_efficientnet_lite0(*, weights: str = "imagenet") -> Backbone:
     key layout), or ``none``."""
     import timm
 
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    with seeded_init():
+        net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     if weights == "none":
         sha = "none"
     else:

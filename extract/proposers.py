@@ -168,7 +168,10 @@ class TorchvisionRPNProposer:
         from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights, fasterrcnn_resnet50_fpn
 
         self.num_rois = num_rois
-        model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=min_size, max_size=max_size)
+        from extract.backbones import seeded_init
+
+        with seeded_init():  # weights "none": the same random RPN in every run
+            model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=min_size, max_size=max_size)
         if weights == "coco":
             api = FasterRCNN_ResNet50_FPN_Weights.COCO_V1
             try:
@@ -200,7 +203,7 @@ class TorchvisionRPNProposer:
     def propose(self, images: Sequence[np.ndarray]) -> list[Proposals]:
         from torchvision.models.detection.rpn import concat_box_prediction_layers
 
-        tensors = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).to(self.device).float().div_(255)
+        tensors = [torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).to(self.device).float().div_(255)
                    for im in images]  # each (3, H, W) in [0, 1]
         image_list, _ = self.transform(tensors)  # padded batch (B, 3, H', W') + per-image resized sizes
         features = list(self.backbone(image_list.tensors).values())  # FPN levels, each (B, 256, h_l, w_l)

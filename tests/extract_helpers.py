@@ -1,0 +1,72 @@
+"""Tiny on-disk images and a private stand-in for ``extract.datasets.DatasetSplit`` (tests only).
+
+Also runnable: ``python tests/extract_helpers.py ROOT OUT CONFIG_JSON`` extracts the tiny split in a
+subprocess (the kill-and-resume test kills it with SIGKILL).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+CLASSES = ["red", "blue", "green"]
+
+
+@dataclass(frozen=True)
+class StandInSplit:
+    name: str
+    root: Path
+    split: str
+    class_names: list[str]
+    image_ids: list[str]
+    image_paths: list[Path]
+    labels: np.ndarray  # (n, C) int8
+
+
+def write_tiny_images(root: Path, n: int = 12, *, seed: int = 0) -> StandInSplit:
+    """n images of 64-96 px with coloured rectangles; labels say which colours are present."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    colours = [(220, 40, 40), (40, 40, 220), (40, 200, 40)]
+    ids, paths, labels = [], [], []
+    for i in range(n):
+        h, w = int(rng.integers(64, 97)), int(rng.integers(64, 97))
+        img = (rng.random((h, w, 3)) * 60 + 90).astype(np.uint8)
+        lab = np.zeros(len(CLASSES), np.int8)
+        for c in rng.choice(3, size=int(rng.integers(1, 3)), replace=False):
+            y, x = int(rng.integers(0, h - 24)), int(rng.integers(0, w - 24))
+            img[y:y + int(rng.integers(16, 24)), x:x + int(rng.integers(16, 24))] = colours[c]
+            lab[c] = 1
+        path = root / f"img{i:03d}.jpg"
+        Image.fromarray(img).save(path, quality=90)
+        ids.append(f"img{i:03d}")
+        paths.append(path)
+        labels.append(lab)
+    return StandInSplit(name="tiny", root=root, split="test", class_names=list(CLASSES), image_ids=ids,
+                        image_paths=paths, labels=np.stack(labels))
+
+
+def pil_loader(path):
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        return ImageOps.exif_transpose(im).convert("RGB")
+
+
+def onehot() -> tuple[np.ndarray, str]:
+    return np.eye(len(CLASSES), dtype=np.float32), "onehot"
+
+
+if __name__ == "__main__":
+    from extract.pipeline import ExtractConfig, extract_split
+
+    root, out, cfg_json = sys.argv[1], sys.argv[2], sys.argv[3]
+    ds = write_tiny_images(Path(root), n=int(json.loads(cfg_json).get("_n", 12)))
+    fields = {k: v for k, v in json.loads(cfg_json).items() if not k.startswith("_")}
+    extract_split(ds, ExtractConfig(**fields), out, label_embeddings=onehot(), image_loader=pil_loader, progress=False,
+                  log=lambda m: print(m, file=sys.stderr, flush=True))
