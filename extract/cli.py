@@ -28,6 +28,8 @@ COMMANDS: list = []
 @click.option("--image-size", type=int, default=None, help="Backbone input side [resnet101: 448; efficientnet-lite0: 320].")
 @click.option("--label-embeddings", default="onehot", show_default=True, help="glove:PATH | onehot | npy:PATH.")
 @click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--block-rows", type=int, default=64, show_default=True,
+              help="Rows per committed part (resume granularity; shards are whole blocks).")
 @click.option("--workers", type=int, default=2, show_default=True, help="DataLoader worker processes.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=int, default=0, help="torch threads in the main process (0: torch default).")
@@ -38,7 +40,7 @@ COMMANDS: list = []
 @click.option("--keep-empty", is_flag=True, help="coco: keep images without annotations.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract_command(dataset, root, split, out, backbone, weights, proposer, proposer_weights, proposer_image_size,
-                    detectron2_config, num_rois, image_size, label_embeddings, batch_size, workers, device, threads,
+                    detectron2_config, num_rois, image_size, label_embeddings, batch_size, block_rows, workers, device, threads,
                     shard, skip_bad, csv_file, classes, keep_empty, quiet):
     """Extract backbone + ROI features of one dataset split into an HDF5 cache (resumable; rerun to resume)."""
     from extract.pipeline import ExtractConfig, parse_shard, run_extract
@@ -47,7 +49,7 @@ def extract_command(dataset, root, split, out, backbone, weights, proposer, prop
                         keep_empty=keep_empty, backbone=backbone, weights=weights, proposer=proposer,
                         proposer_weights=proposer_weights, proposer_image_size=proposer_image_size,
                         detectron2_config=detectron2_config, num_rois=num_rois, image_size=image_size,
-                        label_embeddings=label_embeddings, batch_size=batch_size, workers=workers, device=device,
+                        label_embeddings=label_embeddings, batch_size=batch_size, block_rows=block_rows, workers=workers, device=device,
                         threads=threads, shard=shard, skip_bad=skip_bad)
     sh = parse_shard(shard)
     if out is None:

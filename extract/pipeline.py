@@ -403,50 +403,55 @@ def _empty_block(blk: tuple[int, int], num_rois: int, dim: int) -> dict[str, np.
 
 
 # -- pre-flight and the command-level entry point -----------------------------------------------------------
-def bad_image_ids(ds, problems: Sequence[str]) -> list[str]:
-    """Ids of the images that the pre-flight problems name (a problem mentions its image id or file name)."""
-    bad = []
-    for image_id, path in zip(ds.image_ids, ds.image_paths):
-        keys = {str(image_id), Path(path).name, str(path)}
-        if any(any(k and _mentions(p, k) for k in keys) for p in problems):
-            bad.append(str(image_id))
-    return bad
+def parse_classes(text: str | None) -> list[str] | None:
+    """``--classes``: a file of names (one a line) or a comma-separated list; None: from the dataset."""
+    if text is None:
+        return None
+    path = Path(text)
+    names = path.read_text().split("\n") if path.is_file() else text.split(",")
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise UserError(f"--classes {text}: no class names found; give a comma-separated list or a file of names")
+    return names
 
 
-def _mentions(text: str, key: str) -> bool:
-    import re
+def load_checked_split(cfg: ExtractConfig, *, progress: bool = True):
+    """Read the split and pre-flight it: every bad annotation and image at once.
 
-    return re.search(rf"(?<![\w.-]){re.escape(key)}(?![\w-])", text) is not None
+    Refuses (one UserError listing all problems) unless ``cfg.skip_bad``; with it, drops the bad images and
+    returns their ids. Returns (DatasetSplit, skipped ids).
+    """
+    from extract.datasets import find_bad_images, load_dataset, raise_on_problems
 
-
-def subset_split(ds, keep: np.ndarray):
-    """A DatasetSplit restricted to the rows where ``keep`` (n,) is True."""
-    idx = np.flatnonzero(keep)
-    return dataclasses.replace(ds, image_ids=[ds.image_ids[i] for i in idx],
-                               image_paths=[ds.image_paths[i] for i in idx], labels=np.asarray(ds.labels)[idx])
+    options: dict[str, Any] = {"strict": False}  # collect annotation problems instead of stopping at the first file
+    split = cfg.split
+    if cfg.dataset == "csv":
+        split = cfg.csv or cfg.split
+        if cfg.classes is not None:
+            options["class_names"] = parse_classes(cfg.classes)
+    elif cfg.csv is not None or cfg.classes is not None:
+        raise UserError(f"--csv/--classes apply to --dataset csv only, not {cfg.dataset}; drop them")
+    if cfg.dataset == "coco":
+        options["keep_empty"] = cfg.keep_empty
+    elif cfg.keep_empty:
+        raise UserError(f"--keep-empty applies to --dataset coco only, not {cfg.dataset}; drop it")
+    ds = load_dataset(cfg.dataset, Path(cfg.root), split, **options)
+    bad = find_bad_images(ds, progress=progress)
+    problems = [*ds.problems, *bad.values()]  # == extract.datasets.preflight(ds)
+    if problems and not cfg.skip_bad:
+        raise_on_problems(problems, what=f"{cfg.dataset} {cfg.root} split {split}")
+    if problems:
+        ds = ds.without(bad)
+        print(f"warning: --skip-bad: leaving out {len(ds.bad_ids)} image(s): {', '.join(ds.bad_ids[:20])}"
+              + (" ..." if len(ds.bad_ids) > 20 else ""), file=sys.stderr)
+    return ds, list(ds.bad_ids)
 
 
 def run_extract(cfg: ExtractConfig, out: str | os.PathLike, *, progress: bool = True) -> ExtractStats:
     """Load the split, pre-flight it (refusing with every problem listed unless ``skip_bad``), extract."""
-    from extract.datasets import load_dataset, preflight
     from extract.embeddings import load_label_embeddings
 
-    options: dict[str, Any] = {}
-    if cfg.dataset == "csv":
-        options.update(csv=cfg.csv, classes=cfg.classes)
-    if cfg.dataset == "coco":
-        options.update(keep_empty=cfg.keep_empty)
-    ds = load_dataset(cfg.dataset, Path(cfg.root), cfg.split, **options)
-    problems = preflight(ds)
-    skipped: list[str] = []
-    if problems:
-        if not cfg.skip_bad:
-            raise UserError(f"pre-flight found {len(problems)} problem(s) in {cfg.dataset} {cfg.root} split {cfg.split}: "
-                            + "; ".join(problems) + " -- fix them or pass --skip-bad")
-        skipped = bad_image_ids(ds, problems)
-        print(f"warning: skipping {len(skipped)} image(s) after pre-flight: {', '.join(skipped[:20])}"
-              + (" ..." if len(skipped) > 20 else ""), file=sys.stderr)
-        ds = subset_split(ds, ~np.isin(np.asarray(ds.image_ids, dtype=object), skipped))
+    ds, skipped = load_checked_split(cfg, progress=progress)
     emb = load_label_embeddings(cfg.label_embeddings, list(ds.class_names))
     return extract_split(ds, cfg, out, label_embeddings=emb, skipped_ids=skipped, progress=progress)
 

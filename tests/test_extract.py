@@ -201,3 +201,50 @@ def test_parts_of_another_config_are_discarded(tiny, tmp_path):
     ref = tmp_path / "ref.h5"
     _extract(tiny, TINY, ref)
     _assert_same_arrays(_arrays(ref), _arrays(out))
+
+
+# -- the command line (needs extract.datasets: the readers and pre-flight) ----------------------------------
+CHEAP = ["--weights", "none", "--image-size", "64", "--num-rois", "4", "--workers", "0", "--device", "cpu",
+         "--batch-size", "2", "--block-rows", "4", "--quiet"]
+
+
+def _csv_dataset(tmp_path: Path, tiny) -> Path:
+    """A csv dataset of the 12 tiny images plus a missing file, a truncated JPEG and an unknown label."""
+    import shutil
+
+    root = tmp_path / "csvdata"
+    root.mkdir()
+    rows = ["image,labels"]
+    for p, lab in zip(tiny.image_paths, tiny.labels):
+        shutil.copy(p, root / p.name)
+        rows.append(f"{p.name},{' '.join(c for c, v in zip(tiny.class_names, lab) if v == 1)}")
+    (root / "broken.jpg").write_bytes((root / tiny.image_paths[0].name).read_bytes()[:300])
+    rows += ["missing.jpg,red", "broken.jpg,blue", f"{tiny.image_paths[1].name.replace('001', '0x1')},purple"]
+    shutil.copy(tiny.image_paths[1], root / tiny.image_paths[1].name.replace("001", "0x1"))
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_cli_preflight_refuses_then_skip_bad_records_and_shards_merge(tiny, tmp_path, cli):
+    pytest.importorskip("extract.datasets")
+    root = _csv_dataset(tmp_path, tiny)
+    base = ["extract", "--dataset", "csv", "--root", root, "--split", "labels", "--csv", root / "labels.csv",
+            "--classes", "red,blue,green", *CHEAP]
+    out = tmp_path / "c.h5"
+    refused = cli([*base, "--out", out])
+    assert refused.returncode == 2, refused.stderr
+    err = refused.stderr.strip()
+    assert len(err.splitlines()) == 1 and "missing.jpg" in err and "broken.jpg" in err and "purple" in err
+    assert not out.exists() and not (tmp_path / "c.h5.partial").exists()
+
+    cli([*base, "--out", out, "--skip-bad"], check=True)
+    with FeatureCache(out) as c:
+        assert c.num_images == 12 and c.image_ids() == [p.name for p in tiny.image_paths]
+        assert sorted(c.attrs["skipped_ids"]) == sorted(["missing.jpg", "broken.jpg", "img0x1.jpg"])
+        np.testing.assert_array_equal(c.read("labels"), tiny.labels)
+    for i in range(2):
+        cli([*base, "--out", tmp_path / f"s{i}.h5", "--skip-bad", "--shard", f"{i}/2"], check=True)
+    cli(["merge", tmp_path / "s1.h5", tmp_path / "s0.h5", "--out", tmp_path / "m.h5"], check=True)
+    _assert_same_arrays(_arrays(out), _arrays(tmp_path / "m.h5"))
+    bad_merge = cli(["merge", tmp_path / "s1.h5", "--out", tmp_path / "x.h5"])
+    assert bad_merge.returncode == 2 and "missing" in bad_merge.stderr
