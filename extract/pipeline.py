@@ -485,10 +485,11 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
                 raise UserError(f"{c.path}: holds {c.num_images} rows but claims {a}:{b}; re-extract that shard")
         expected = 0
         for a, b, c, sh in infos:
-            if a != expected:
-                what = "overlap" if a < expected else "a gap"
-                raise UserError(f"{c.path}: rows {a}:{b} leave {what} after row {expected}; "
+            if a < expected:
+                raise UserError(f"{c.path}: rows {a}:{b} overlap rows already covered up to {expected}; "
                                 f"give each shard exactly once")
+            if a > expected:
+                raise UserError(f"rows {expected}:{a} are missing (no shard given holds them); add that shard")
             expected = b
         if expected != total:
             raise UserError(f"shards cover rows 0:{expected} of {total}; the shard holding {expected}: is missing")
