@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -260,19 +261,32 @@ def extract_split(ds, cfg: ExtractConfig, out: str | os.PathLike, *, label_embed
     Resumes from ``<out>.partial/``; with ``cfg.shard`` writes one shard file. Returns timing stats.
     """
     import torch
-    from tqdm import tqdm
-
-    from cache.format import CacheWriter
-    from extract.backbones import build_backbone
-    from extract.proposers import build_proposer
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if image_loader is None:
         from extract.datasets import load_image_rgb as image_loader
     out = Path(out)
     device = resolve_device(cfg.device)
+    previous_threads = torch.get_num_threads()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    try:
+        return _extract_split(ds, cfg, out, device=device, label_embeddings=label_embeddings, skipped_ids=skipped_ids,
+                              image_loader=image_loader, progress=progress, log=log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embeddings: tuple[np.ndarray, str],
+                   skipped_ids: Sequence[str], image_loader: Callable[[Path], Any], progress: bool,
+                   log: Callable[[str], None]) -> ExtractStats:
+    import torch
+    from tqdm import tqdm
+
+    from cache.format import CacheWriter
+    from extract.backbones import build_backbone
+    from extract.proposers import build_proposer
+
     for name, value in (("--batch-size", cfg.batch_size), ("--block-rows", cfg.block_rows),
                         ("--num-rois", cfg.num_rois), ("--roi-output-size", cfg.roi_output_size)):
         if value < 1:
@@ -304,7 +318,8 @@ def extract_split(ds, cfg: ExtractConfig, out: str | os.PathLike, *, label_embed
                   "rows": [row_start, row_stop], "total_rows": n_total,
                   "backbone_weights_sha256": backbone.weights_sha256,
                   "proposer_weights_sha256": proposer.weights_sha256,
-                  "image_ids_head": list(map(str, ds.image_ids[:3])), "skipped_ids": list(skipped_ids)}
+                  "image_ids_sha256": hashlib.sha256("\n".join(map(str, ds.image_ids)).encode()).hexdigest(),
+                  "skipped_ids": list(skipped_ids)}
         done = _open_partial(partial, header, log=log)
         todo = [b for b in blocks if b not in done]
         if done:
