@@ -5,7 +5,9 @@ from pathlib import Path
 
 import click
 
-COMMANDS: list = []
+from extract.synth import synth_command
+
+COMMANDS: list = [synth_command]
 
 
 @click.command("extract")

@@ -1,0 +1,258 @@
+"""Figures as PNG files: training curves, per-class AP bars, precision-recall curves, and the paper's
+Fig. 1 (image-dependent LCM A_F next to the statistical A_S) and Fig. 3 (ROI boxes coloured by their
+variational weight z).
+
+Pure functions: inputs are NumPy arrays (or a log CSV / DataFrame), output is one PNG written atomically
+(:func:`iagcn.fsutil.atomic_path`); each returns the output path. matplotlib is imported inside the functions
+and used through its object-oriented API with the Agg canvas (no pyplot, no global backend switch).
+Fig. 1 and Fig. 3 also write the numbers they draw to ``<out>.npz`` (``save_data=True``), so a figure can
+be checked against the model that produced it.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from iagcn.errors import UserError
+from iagcn.fsutil import atomic_path
+
+PathLike = str | os.PathLike
+
+
+def _figure(*, figsize: tuple[float, float]):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_png(fig, out: PathLike) -> Path:
+    out = Path(out)
+    with atomic_path(out, what="plot") as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    return out
+
+
+def _save_npz(out: PathLike, **arrays) -> Path:
+    path = Path(str(out) + ".npz")
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    with atomic_path(path, what="plot data") as tmp:
+        tmp.write_bytes(buf.getvalue())
+    return path
+
+
+def _short_names(class_names: Sequence[str]) -> list[str]:
+    from evaluate.report import short_class_names
+
+    return short_class_names(class_names)
+
+
+# ----------------------------------------------------------------------------------------------- training curves
+def plot_training_curves(log, out: PathLike, *, title: str | None = None) -> Path:
+    """Curves from a run's ``log.csv`` (path or DataFrame): losses, metrics, and the learning rate if logged.
+
+    The x axis is the ``epoch`` column (else ``step``, else the row number). Columns whose name contains
+    ``loss`` go to the first panel, ``lr`` to its own panel, every other numeric column to the metrics panel.
+    """
+    import pandas as pd
+
+    if isinstance(log, pd.DataFrame):
+        df, source = log, "log"
+    else:
+        source = str(log)
+        try:
+            df = pd.read_csv(log)
+        except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError) as e:
+            raise UserError(f"{source}: cannot read the training log ({e}); pass the run's log.csv") from e
+    numeric = df.select_dtypes("number")
+    if numeric.empty or len(df) == 0:
+        raise UserError(f"{source}: no numeric rows to plot; train for at least one epoch first")
+    x_name = next((c for c in ("epoch", "step") if c in numeric.columns), None)
+    x = numeric[x_name].to_numpy() if x_name else np.arange(len(numeric))
+    cols = [c for c in numeric.columns if c != x_name]
+    loss_cols = [c for c in cols if "loss" in c.lower()]
+    lr_cols = [c for c in cols if c.lower() in ("lr", "learning_rate") or c.lower().startswith("lr_")]
+    other_cols = [c for c in cols if c not in loss_cols and c not in lr_cols and "time" not in c.lower()]
+    panels = [(name, cs) for name, cs in (("loss", loss_cols), ("metric", other_cols), ("learning rate", lr_cols))
+              if cs]
+    fig = _figure(figsize=(5.0 * len(panels), 3.6))
+    for i, (ylabel, cs) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        for c in cs:
+            y = numeric[c].to_numpy(dtype=float)
+            ok = np.isfinite(y)
+            ax.plot(x[ok], y[ok], marker="o" if ok.sum() < 30 else None, markersize=3, label=c)
+        ax.set_xlabel(x_name or "row")
+        ax.set_ylabel(ylabel)
+        if ylabel == "learning rate":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save_png(fig, out)
+
+
+# ----------------------------------------------------------------------------------------------- per-class AP
+def plot_per_class_ap(runs: Mapping[str, Sequence[float]], class_names: Sequence[str], out: PathLike, *,
+                      title: str = "Per-class AP") -> Path:
+    """Grouped bars: one group per class, one bar per run (AP in percent); mAP in the legend."""
+    from evaluate.metrics import mean_average_precision
+
+    if not runs:
+        raise UserError("plot_per_class_ap: no runs given; pass at least one {name: per-class AP}")
+    n_classes = len(class_names)
+    aps = {}
+    for name, ap in runs.items():
+        ap = np.asarray(ap, dtype=np.float64)
+        if ap.shape != (n_classes,):
+            raise UserError(f"plot_per_class_ap: run {name} has {ap.size} APs for {n_classes} classes")
+        aps[name] = ap
+    width = 0.8 / len(aps)
+    fig = _figure(figsize=(max(6.0, 0.45 * n_classes * max(1, len(aps)) ** 0.5 + 2), 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    centers = np.arange(n_classes)
+    for i, (name, ap) in enumerate(aps.items()):
+        ax.bar(centers - 0.4 + width * (i + 0.5), np.nan_to_num(ap, nan=0.0), width=width,
+               label=f"{name} (mAP {mean_average_precision(ap):.1f})")
+    ax.set_xticks(centers)
+    ax.set_xticklabels(_short_names(class_names), rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("AP (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(4, len(aps)), frameon=False)
+    fig.suptitle(title)
+    return _save_png(fig, out)
+
+
+# ----------------------------------------------------------------------------------------------- PR curves
+def _class_indices(classes: Sequence[str | int], class_names: Sequence[str]) -> list[int]:
+    index = {n: i for i, n in enumerate(class_names)}
+    out = []
+    for c in classes:
+        if isinstance(c, (int, np.integer)) and 0 <= int(c) < len(class_names):
+            out.append(int(c))
+        elif isinstance(c, str) and c in index:
+            out.append(index[c])
+        else:
+            raise UserError(f"--classes: unknown class {c!r}; choose from {', '.join(class_names[:10])}"
+                            + (" ..." if len(class_names) > 10 else ""))
+    return out
+
+
+def plot_pr_curves(scores, targets, class_names: Sequence[str], classes: Sequence[str | int], out: PathLike, *,
+                   title: str = "Precision-recall") -> Path:
+    """Precision-recall curves (scikit-learn's, ignored entries removed) of the chosen classes, AP in the legend."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    from evaluate.metrics import validate_scores_targets
+
+    s, t = validate_scores_targets(scores, targets)
+    if s.shape[1] != len(class_names):
+        raise UserError(f"plot_pr_curves: {s.shape[1]} score columns for {len(class_names)} class names")
+    fig = _figure(figsize=(5.0, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    for c in _class_indices(classes, class_names):
+        keep = t[:, c] != -1
+        y = t[keep, c] == 1
+        if not y.any():
+            ax.plot([], [], label=f"{class_names[c]} (no positives)")
+            continue
+        precision, recall, _ = precision_recall_curve(y, s[keep, c])
+        ap = 100 * average_precision_score(y, s[keep, c])
+        ax.step(recall, precision, where="post", label=f"{class_names[c]} (AP {ap:.1f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(title)
+    return _save_png(fig, out)
+
+
+# ----------------------------------------------------------------------------------------------- Fig. 1
+def plot_lcm_pair(A_F, A_S, class_names: Sequence[str], out: PathLike, *, title: str | None = None,
+                  save_data: bool = True) -> Path:
+    """Fig. 1: the image-dependent LCM A_F (C, C) next to the statistical LCM A_S (C, C), each with its colour bar.
+
+    With ``save_data`` the two matrices drawn are also written to ``<out>.npz`` (keys A_F, A_S, class_names).
+    """
+    a_f = np.asarray(A_F, dtype=np.float64)
+    a_s = np.asarray(A_S, dtype=np.float64)
+    n_classes = len(class_names)
+    for name, m in (("A_F", a_f), ("A_S", a_s)):
+        if m.shape != (n_classes, n_classes):
+            raise UserError(f"plot_lcm_pair: {name} has shape {m.shape}, expected ({n_classes}, {n_classes})")
+        if not np.all(np.isfinite(m)):
+            raise UserError(f"plot_lcm_pair: {name} has non-finite entries")
+    names = _short_names(class_names)
+    fig = _figure(figsize=(11.0, 5.0))
+    for i, (label, m) in enumerate((("image-dependent LCM $A_F$", a_f), ("statistical LCM $A_S$", a_s))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        im = ax.imshow(m, cmap="viridis", interpolation="nearest")  # rows i, columns j
+        ax.set_title(label)
+        if n_classes <= 40:
+            ax.set_xticks(range(n_classes))
+            ax.set_yticks(range(n_classes))
+            ax.set_xticklabels(names, rotation=90, fontsize=7)
+            ax.set_yticklabels(names, fontsize=7)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if title:
+        fig.suptitle(title)
+    path = _save_png(fig, out)
+    if save_data:
+        _save_npz(out, A_F=a_f, A_S=a_s, class_names=np.array(list(class_names)))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- Fig. 3
+def plot_roi_weights(image, boxes, weights, valid, out: PathLike, *, title: str | None = None,
+                     save_data: bool = True) -> Path:
+    """Fig. 3: the image with its valid ROI boxes (x1 y1 x2 y2, image pixels) coloured by the weight z, colour bar.
+
+    Boxes are drawn in increasing z so that the strongest lie on top; padding boxes (valid False) are skipped.
+    """
+    import matplotlib
+    from matplotlib import cm, colors
+    from matplotlib.patches import Rectangle
+
+    if hasattr(image, "convert"):  # PIL image
+        img = np.asarray(image.convert("RGB"))
+    else:
+        img = np.asarray(image)
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3, 4)):
+        raise UserError(f"plot_roi_weights: image of shape {img.shape} is not (H, W) or (H, W, 3)")
+    b = np.asarray(boxes, dtype=np.float64)
+    z = np.asarray(weights, dtype=np.float64).reshape(-1)
+    v = np.asarray(valid, dtype=bool).reshape(-1)
+    if b.ndim != 2 or b.shape[1] != 4 or not (len(b) == len(z) == len(v)):
+        raise UserError(f"plot_roi_weights: boxes {b.shape}, weights {z.shape}, valid {v.shape} must be "
+                        "(N, 4), (N,), (N,)")
+    shown = np.flatnonzero(v & np.isfinite(z))
+    fig = _figure(figsize=(6.0, 6.0 * img.shape[0] / max(img.shape[1], 1) + 0.5))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
+    lo, hi = (float(z[shown].min()), float(z[shown].max())) if shown.size else (0.0, 1.0)
+    norm = colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1e-6)
+    cmap = matplotlib.colormaps["plasma"]
+    for k in shown[np.argsort(z[shown], kind="stable")]:
+        x1, y1, x2, y2 = b[k]
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, linewidth=1.0 + 2.0 * norm(z[k]),
+                               edgecolor=cmap(norm(z[k]))))
+    ax.set_xlim(0, img.shape[1])
+    ax.set_ylim(img.shape[0], 0)
+    ax.axis("off")
+    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.046, pad=0.04, label="ROI weight z")
+    ax.set_title(title or f"{shown.size} ROIs coloured by variational weight z")
+    path = _save_png(fig, out)
+    if save_data:
+        _save_npz(out, boxes=b, weights=z, valid=v)
+    return path

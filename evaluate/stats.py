@@ -1,0 +1,291 @@
+"""Statistics for honest ablations: a label-stratified hold-out split, a paired bootstrap over images, a paired
+test across seeds.
+
+Pure NumPy (+ SciPy for the seed test). See docs/statistics.md for the protocols.
+
+* :func:`stratified_holdout` — iterative stratification (Sechidis, Tsoumakas & Vlahavas, ECML-PKDD 2011) for a
+  two-part split, with an extra rule that every class with >= 2 positives gets at least one in each part
+  whenever its positives are still unassigned when the class's turn comes.
+* :func:`paired_bootstrap` — B - A for every metric of :func:`evaluate.metrics.multilabel_metrics`, percentile
+  interval over resamples of the *same* images for both runs. The default path is vectorised: a resample is a
+  vector of image multiplicities w (R, n), and each metric is computed from w-weighted counts (AP with tied
+  scores grouped, as scikit-learn does with ``sample_weight``), which equals the metric on the duplicated images.
+* :func:`paired_seed_test` — paired t-test across seeds (reported), with the Wilcoxon signed-rank and sign
+  tests alongside.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from evaluate.metrics import (MetricInputError, ScoresAre, metric_names, predict_threshold, predict_top_k,
+                              prf_from_counts, validate_scores_targets)
+
+
+# =============================================================================================== hold-out split
+def stratified_holdout(labels, *, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split images into (train_idx, holdout_idx), seeded, disjoint, covering, label-stratified.
+
+    Args:
+        labels: (n, C) with 1 for a positive (0 and -1 both count as "not positive" here).
+        fraction: share of images in the hold-out part, 0 < fraction < 1 (rounded to whole images, >= 1 each).
+        seed: the split depends only on (labels, fraction, seed).
+    Returns:
+        two sorted int64 index arrays that together cover range(n) exactly once.
+
+    Iterative stratification: the class with the fewest not-yet-assigned positives is handled first; each of its
+    images goes to the part that still *wants* the most positives of that class (ties: the part that wants the most
+    images overall, then a seeded coin), unless that part is already full. If a class with >= 2 positives has none in a part yet, its next image goes
+    to that part. Images without positives fill the parts up to their desired sizes at the end.
+    """
+    y = np.asarray(labels)
+    if y.ndim != 2:
+        raise MetricInputError(f"labels: expected a 2-D (n_images, n_classes) array, got shape {y.shape}")
+    fraction = float(fraction)
+    if not (0.0 < fraction < 1.0):
+        raise MetricInputError(f"--val-fraction: {fraction} must be strictly between 0 and 1 (e.g. 0.1)")
+    n, n_classes = y.shape
+    n_hold = int(round(fraction * n))
+    if n < 2 or not (1 <= n_hold <= n - 1):
+        raise MetricInputError(f"--val-fraction: {fraction} of {n} images leaves an empty part; "
+                               "use a larger training cache or another fraction")
+    positive = y == 1  # (n, C)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)  # random visiting order (ties broken by it)
+    positive = positive[perm]  # (n, C) in visiting order
+
+    part = np.full(n, -1, dtype=np.int8)  # 0 = train, 1 = hold-out, -1 = unassigned (visiting order)
+    desired_size = np.array([n - n_hold, n_hold], dtype=np.float64)  # (2,)
+    class_total = positive.sum(0)  # (C,)
+    desired = np.stack([class_total * (1 - fraction), class_total * fraction])  # (2, C) positives each part wants
+    have = np.zeros((2, n_classes), dtype=np.int64)  # (2, C) positives already in each part
+
+    def assign(i: int, p: int) -> None:
+        part[i] = p
+        desired_size[p] -= 1
+        desired[p] -= positive[i]
+        have[p] += positive[i]
+
+    while True:
+        unassigned = part < 0  # (n,)
+        remaining = positive[unassigned].sum(0)  # (C,)
+        if not remaining.any():
+            break
+        c = int(np.argmin(np.where(remaining > 0, remaining, np.iinfo(np.int64).max)))  # rarest class left
+        for i in np.flatnonzero(unassigned & positive[:, c]):
+            missing = [p for p in (1, 0) if have[p, c] == 0]
+            if class_total[c] >= 2 and missing and desired_size[missing[0]] > 0:
+                p = missing[0]  # guarantee representation in both parts (hold-out first)
+            else:
+                want = desired[:, c]
+                if want[0] != want[1]:
+                    p = int(np.argmax(want))
+                elif desired_size[0] != desired_size[1]:
+                    p = int(np.argmax(desired_size))
+                else:
+                    p = int(rng.integers(2))
+                if desired_size[p] <= 0:
+                    p = 1 - p  # that part is full: keep the sizes exact
+            assign(int(i), p)
+    rest = np.flatnonzero(part < 0)  # images without positives, in random order
+    n_fill = int(max(0, min(len(rest), desired_size[1])))
+    part[rest[:n_fill]] = 1
+    part[rest[n_fill:]] = 0
+    train_idx = np.sort(perm[part == 0]).astype(np.int64)
+    hold_idx = np.sort(perm[part == 1]).astype(np.int64)
+    return train_idx, hold_idx
+
+
+# =============================================================================================== bootstrap
+def bootstrap_weights(n: int, *, n_resamples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Resampled image indices (R, n) and the multiplicity of every image in each resample (R, n) int32."""
+    idx = rng.integers(0, n, size=(n_resamples, n))  # (R, n)
+    offsets = (np.arange(n_resamples) * n)[:, None]  # (R, 1)
+    counts = np.bincount((idx + offsets).ravel(), minlength=n_resamples * n).reshape(n_resamples, n)  # (R, n)
+    return idx, counts.astype(np.int32)
+
+
+def weighted_average_precision(scores_c: np.ndarray, positive_c: np.ndarray, weights_t: np.ndarray) -> np.ndarray:
+    """AP (fraction) of one class under R weightings of its images: (m,), (m,), (m, R) -> (R,), NaN without positives.
+
+    AP = sum_g (TP_g - TP_{g-1}) / TP_total * TP_g / N_g over groups g of tied scores in descending order, where
+    TP_g, N_g are the weighted cumulative true positives and images down to the end of group g. Only groups that
+    hold a positive contribute, so TP is accumulated over the positives alone. ``weights_t`` is image-major (m, R)
+    so that the cumulative sums run over contiguous rows (vectorised across resamples).
+    """
+    order = np.argsort(-scores_c, kind="stable")  # (m,) descending
+    s_sorted = scores_c[order]
+    new_group = np.r_[False, s_sorted[1:] != s_sorted[:-1]]  # (m,) a new tie group starts here
+    group = np.cumsum(new_group)  # (m,) tie-group id of each position
+    group_end = np.flatnonzero(np.r_[new_group[1:], True])  # (G,) last position of each group
+    pos_at = np.flatnonzero(positive_c[order])  # (P,) positions of the positives, ascending
+    first_pos_in_group = np.flatnonzero(np.r_[True, group[pos_at[1:]] != group[pos_at[:-1]]])  # (Gp,) into pos_at
+    ends = group_end[group[pos_at[first_pos_in_group]]]  # (Gp,) end positions of the groups holding positives
+    w = weights_t[order]  # (m, R) multiplicities in score order
+    n_cum = np.cumsum(w[: ends[-1] + 1], axis=0, dtype=np.int32)[ends]  # (Gp, R) images down to each group end
+    last_pos_in_group = np.r_[first_pos_in_group[1:] - 1, len(pos_at) - 1]  # (Gp,) into pos_at
+    tp_cum = np.cumsum(w[pos_at], axis=0, dtype=np.int32)[last_pos_in_group].astype(np.float64)  # (Gp, R)
+    precision = np.divide(tp_cum, n_cum, out=np.zeros_like(tp_cum), where=n_cum > 0)  # (Gp, R)
+    d_tp = np.diff(tp_cum, axis=0, prepend=0.0)  # (Gp, R)
+    total = tp_cum[-1]  # (R,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (d_tp * precision).sum(0) / np.where(total > 0, total, 1.0), np.nan)
+
+
+def weighted_multilabel_metrics(scores: np.ndarray, targets: np.ndarray, weights: np.ndarray, *,
+                                scores_are: ScoresAre, threshold: float = 0.5,
+                                top_k: int | None = 3) -> dict[str, np.ndarray]:
+    """:func:`evaluate.metrics.multilabel_metrics` for R image weightings at once: (n, C), (n, C), (R, n) -> {name: (R,)}.
+
+    With integer multiplicities this equals the metrics of the resampled (duplicated) images; with all-ones weights
+    it equals the plain metrics. Percent, NaN-aware mAP (classes without positives in a resample are left out).
+    """
+    n, n_classes = scores.shape
+    w = np.asarray(weights)
+    w_t = np.ascontiguousarray(w.T)  # (n, R) image-major
+    ap = np.full((w.shape[0], n_classes), np.nan)  # (R, C)
+    for c in range(n_classes):
+        keep = np.flatnonzero(targets[:, c] != -1)  # (m,)
+        pos = targets[keep, c] == 1  # (m,)
+        if pos.any():
+            ap[:, c] = weighted_average_precision(scores[keep, c], pos, w_t[keep])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows -> NaN mAP
+        out = {"mAP": 100.0 * np.nanmean(ap, axis=1)}  # (R,)
+    wf = w.astype(np.float64)
+    positive = (targets == 1).astype(np.float64)  # (n, C)
+    n_pos = wf @ positive  # (R, C)
+    blocks = [("", predict_threshold(scores, threshold=threshold, scores_are=scores_are))]
+    if top_k:
+        blocks.append((f"_top{top_k}", predict_top_k(scores, k=top_k, threshold=threshold, scores_are=scores_are)))
+    for suffix, predicted in blocks:
+        pred = predicted.astype(np.float64)  # (n, C)
+        tp = wf @ (pred * positive)  # (R, C)
+        n_pred = wf @ pred  # (R, C)
+        out.update({f"{k}{suffix}": v for k, v in prf_from_counts(tp, n_pred, n_pos).items()})
+    return out
+
+
+def _percentile_interval(samples: np.ndarray, ci: float) -> tuple[float, float, int]:
+    valid = samples[np.isfinite(samples)]
+    if valid.size == 0:
+        return float("nan"), float("nan"), 0
+    alpha = (1.0 - ci) / 2.0
+    low, high = np.quantile(valid, [alpha, 1.0 - alpha])
+    return float(low), float(high), int(valid.size)
+
+
+def paired_bootstrap(scores_a, scores_b, targets, *, scores_are: ScoresAre | None = None,
+                     metric_fn: Callable[[np.ndarray, np.ndarray], Mapping[str, float]] | None = None,
+                     n_resamples: int = 1000, seed: int = 0, ci: float = 0.95, threshold: float = 0.5,
+                     top_k: int | None = 3, return_samples: bool = False, chunk: int = 250) -> dict:
+    """Difference B - A of each metric with a paired percentile-bootstrap interval over images.
+
+    Each resample draws n images with replacement, the *same* images for both runs, and computes B - A.
+    The point estimate is B - A on all images.
+
+    Args:
+        scores_a, scores_b: (n, C) scores of the two runs on the same images (same kind: ``scores_are``).
+        targets: (n, C) 1 / 0 / -1.
+        scores_are: "logits" | "probabilities" (required unless ``metric_fn`` is given).
+        metric_fn: optional ``f(scores, targets) -> {name: value}``; called per resample (slow path). Default: the
+            vectorised :func:`weighted_multilabel_metrics` (all keys of ``multilabel_metrics``).
+        n_resamples, seed, ci: number of resamples, RNG seed, interval level.
+        return_samples: also return the (R,) bootstrap differences per metric.
+    Returns:
+        ``{"metrics": {name: {"a", "b", "diff", "low", "high", "excludes_zero", "n_valid"}}, "n_images",
+        "n_resamples", "seed", "ci", "method", ["samples": {name: (R,)}]}`` in percent(age points).
+        Resamples where a metric is NaN (e.g. no positives at all) are left out of its interval (``n_valid``).
+    """
+    if metric_fn is None and scores_are is None:
+        raise MetricInputError("scores_are: say whether the scores are 'logits' or 'probabilities'")
+    sa, t = validate_scores_targets(scores_a, targets, scores_are=scores_are)
+    sb, _ = validate_scores_targets(scores_b, targets, scores_are=scores_are)
+    if not (0.0 < ci < 1.0):
+        raise MetricInputError(f"ci: {ci} must be strictly between 0 and 1 (e.g. 0.95)")
+    if n_resamples < 1:
+        raise MetricInputError(f"n_resamples: {n_resamples} must be >= 1")
+    n = sa.shape[0]
+    rng = np.random.default_rng(seed)
+
+    if metric_fn is None:
+        def compute(weights):  # noqa: E306
+            return (weighted_multilabel_metrics(sa, t, weights, scores_are=scores_are, threshold=threshold, top_k=top_k),
+                    weighted_multilabel_metrics(sb, t, weights, scores_are=scores_are, threshold=threshold, top_k=top_k))
+        ones = np.ones((1, n), dtype=np.int32)
+        full_a, full_b = (({k: float(v[0]) for k, v in d.items()}) for d in compute(ones))
+        names = list(metric_names(top_k))
+        diffs = {k: np.empty(n_resamples) for k in names}
+        for start in range(0, n_resamples, chunk):
+            stop = min(n_resamples, start + chunk)
+            _, weights = bootstrap_weights(n, n_resamples=stop - start, rng=rng)  # (r, n)
+            ma, mb = compute(weights)
+            for k in names:
+                diffs[k][start:stop] = mb[k] - ma[k]  # (r,)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            full_a, full_b = dict(metric_fn(sa, t)), dict(metric_fn(sb, t))
+            names = list(full_a)
+            diffs = {k: np.empty(n_resamples) for k in names}
+            for start in range(0, n_resamples, chunk):
+                idx, _ = bootstrap_weights(n, n_resamples=min(chunk, n_resamples - start), rng=rng)
+                for r, rows in enumerate(idx):
+                    ma, mb = metric_fn(sa[rows], t[rows]), metric_fn(sb[rows], t[rows])
+                    for k in names:
+                        diffs[k][start + r] = mb[k] - ma[k]
+
+    metrics = {}
+    for k in names:
+        low, high, n_valid = _percentile_interval(diffs[k], ci)
+        metrics[k] = {"a": full_a[k], "b": full_b[k], "diff": full_b[k] - full_a[k], "low": low, "high": high,
+                      "excludes_zero": bool(n_valid > 0 and (low > 0 or high < 0)), "n_valid": n_valid}
+    out = {"metrics": metrics, "n_images": n, "n_resamples": n_resamples, "seed": seed, "ci": ci,
+           "method": "paired percentile bootstrap over images (same resampled images for both runs)"}
+    if return_samples:
+        out["samples"] = diffs
+    return out
+
+
+# =============================================================================================== seeds
+def paired_seed_test(values_a: Sequence[float], values_b: Sequence[float], *, ci: float = 0.95) -> dict:
+    """Compare one metric of two presets across seeds, paired by seed (values_a[i] and values_b[i] share seed i).
+
+    Reported: the paired t-test (two-sided) on d = b - a, with a t-interval for the mean difference. Alongside:
+    the Wilcoxon signed-rank test (exact for small n) and the sign test. With n <= 5 seeds neither rank test can
+    reach p < 0.05 (smallest two-sided p = 2 / 2**n), so the t-test is the one reported.
+    """
+    from scipy import stats as sps
+
+    a = np.asarray(values_a, dtype=np.float64).ravel()
+    b = np.asarray(values_b, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise MetricInputError(f"seed test: {a.size} values for A but {b.size} for B; pair the runs by seed")
+    if a.size < 2:
+        raise MetricInputError(f"seed test: needs at least 2 seeds per preset, got {a.size}; run more seeds")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise MetricInputError("seed test: non-finite metric values; check the runs' metrics")
+    d = b - a  # (n,)
+    n = d.size
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    if sd == 0.0:
+        t_stat, p_t = (0.0, 1.0) if mean == 0.0 else (math.copysign(math.inf, mean), 0.0)
+        half = 0.0
+    else:
+        se = sd / math.sqrt(n)
+        t_stat = mean / se
+        p_t = float(2.0 * sps.t.sf(abs(t_stat), df=n - 1))
+        half = float(sps.t.ppf(0.5 + ci / 2.0, df=n - 1) * se)
+    nonzero = d[d != 0]
+    if nonzero.size == 0:
+        p_w = 1.0
+    else:
+        p_w = float(sps.wilcoxon(nonzero, alternative="two-sided").pvalue)
+    n_better, n_worse = int((d > 0).sum()), int((d < 0).sum())
+    p_sign = float(sps.binomtest(n_better, n_better + n_worse, 0.5).pvalue) if n_better + n_worse else 1.0
+    return {"n_seeds": n, "mean_diff": mean, "std_diff": sd, "t": float(t_stat), "df": n - 1, "p_t": p_t,
+            "low": mean - half, "high": mean + half, "ci": ci, "p_wilcoxon": p_w, "n_better": n_better,
+            "n_worse": n_worse, "p_sign": p_sign, "reported": "paired t-test (two-sided)"}
