@@ -1,4 +1,4 @@
-"""Tiny on-disk images and a private stand-in for ``extract.datasets.DatasetSplit`` (tests only).
+"""Tiny on-disk images as an ``extract.datasets.DatasetSplit`` (tests only).
 
 Also runnable: ``python tests/extract_helpers.py ROOT OUT CONFIG_JSON`` extracts the tiny split in a
 subprocess (the kill-and-resume test kills it with SIGKILL).
@@ -7,26 +7,16 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from extract.datasets import DatasetSplit, load_image_rgb
+
 CLASSES = ["red", "blue", "green"]
 
 
-@dataclass(frozen=True)
-class StandInSplit:
-    name: str
-    root: Path
-    split: str
-    class_names: list[str]
-    image_ids: list[str]
-    image_paths: list[Path]
-    labels: np.ndarray  # (n, C) int8
-
-
-def write_tiny_images(root: Path, n: int = 12, *, seed: int = 0) -> StandInSplit:
+def write_tiny_images(root: Path, n: int = 12, *, seed: int = 0) -> DatasetSplit:
     """n images of 64-96 px with coloured rectangles; labels say which colours are present."""
     from PIL import Image
 
@@ -47,15 +37,11 @@ def write_tiny_images(root: Path, n: int = 12, *, seed: int = 0) -> StandInSplit
         ids.append(f"img{i:03d}")
         paths.append(path)
         labels.append(lab)
-    return StandInSplit(name="tiny", root=root, split="test", class_names=list(CLASSES), image_ids=ids,
+    return DatasetSplit(name="tiny", root=root, split="test", class_names=list(CLASSES), image_ids=ids,
                         image_paths=paths, labels=np.stack(labels))
 
 
-def pil_loader(path):
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as im:
-        return ImageOps.exif_transpose(im).convert("RGB")
+pil_loader = load_image_rgb  # the real loader (RGB, EXIF-transposed)
 
 
 def onehot() -> tuple[np.ndarray, str]:

@@ -233,7 +233,6 @@ def _csv_dataset(tmp_path: Path, tiny) -> Path:
 
 
 def test_cli_preflight_refuses_listing_every_problem_then_skip_bad_records_them(tiny, tmp_path, cli):
-    pytest.importorskip("extract.datasets")
     root = _csv_dataset(tmp_path, tiny)
     base = ["extract", "--dataset", "csv", "--root", root, "--split", "labels", "--csv", root / "labels.csv",
             "--classes", "red,blue,green", *CHEAP]
