@@ -314,6 +314,10 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
 
     with exclusive_lock(out, what="cache"):
         partial = out.parent / (out.name + ".partial")
+        if not partial.exists() and _complete_cache_matches(out, ident_hash, shard):
+            log(f"{out} is already complete for this config (hash {ident_hash}); nothing to do (delete it to redo)")
+            stats.wall_s = time.perf_counter() - t_start
+            return stats
         header = {"extract_config_hash": ident_hash, "extract_config": config_to_dict(identity),
                   "rows": [row_start, row_stop], "total_rows": n_total,
                   "backbone_weights_sha256": backbone.weights_sha256,
@@ -407,6 +411,21 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
         stats.write_s += time.perf_counter() - t3
     stats.wall_s = time.perf_counter() - t_start
     return stats
+
+
+def _complete_cache_matches(out: Path, ident_hash: str, shard: tuple[int, int] | None) -> bool:
+    """True when ``out`` is a readable cache of the same config (and the same shard)."""
+    if not out.exists():
+        return False
+    from cache.format import FeatureCache
+
+    try:
+        with FeatureCache(out) as c:
+            sh = c.attrs.get("shard")
+            return c.attrs.get("extract_config_hash") == ident_hash and \
+                (None if sh is None else (sh["index"], sh["count"])) == shard
+    except UserError:
+        return False
 
 
 def _empty_block(blk: tuple[int, int], num_rois: int, dim: int) -> dict[str, np.ndarray]:

@@ -61,6 +61,8 @@ def test_offline_default_cache_contents(tiny, tmp_path):
     out = tmp_path / "c.h5"
     stats = _extract(tiny, cfg, out)
     assert stats.images == 12 and not (tmp_path / "c.h5.partial").exists()
+    mtime = out.stat().st_mtime_ns
+    assert _extract(tiny, cfg, out).images == 0 and out.stat().st_mtime_ns == mtime  # complete: nothing redone
     with FeatureCache(out) as c:
         assert all(a in c.attrs for a in REQUIRED_ATTRS)
         assert (c.num_images, c.num_rois, c.feature_dim, c.num_classes) == (12, 60, 1280, 3)
