@@ -55,6 +55,15 @@ def test_region_features_max_pool_the_roi_align_grid():
     torch.testing.assert_close(X[0, 0], fmap[0, :, 1:3, 1:3].amax(dim=(1, 2)), rtol=0, atol=0)
 
 
+def test_boxes_map_from_original_pixels_to_the_map_of_the_squashed_input():
+    from extract.pipeline import boxes_to_map
+
+    boxes = torch.tensor([[[30.0, 15.0, 90.0, 45.0], [0.0, 0.0, 120.0, 60.0]]])  # (1, 2, 4) on a 60 x 120 image
+    got = boxes_to_map(boxes, image_sizes=torch.tensor([[60, 120]]), map_size=(4, 8))
+    # x scales by 8 / 120, y by 4 / 60
+    torch.testing.assert_close(got, torch.tensor([[[2.0, 1.0, 6.0, 3.0], [0.0, 0.0, 8.0, 4.0]]]))
+
+
 def test_offline_default_cache_contents(tiny, tmp_path):
     """Bundled Lite0 weights + selective search; whole-image padding boxes reproduce the global max pool."""
     cfg = dataclasses.replace(TINY, weights="imagenet", num_rois=60, roi_output_size=2, roi_sampling_ratio=1)
