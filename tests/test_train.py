@@ -149,6 +149,9 @@ def test_streaming_covers_a_subset_once_and_matches_memory(caches):
     a = predict_cache(model, ram)["scores"]
     b = predict_cache(model, streamed)["scores"]
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    from train.loop import predict
+    rev = subset[::-1]                                                           # unsorted rows keep their order
+    np.testing.assert_allclose(predict(model, streamed, rev), a[rev], rtol=1e-6, atol=1e-6)
 
 
 def test_run_outputs_load_run_predict_and_explain(caches, tmp_path):

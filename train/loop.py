@@ -58,14 +58,14 @@ def predict(model: IAGCNHead, data: CacheData, indices: np.ndarray | None = None
     """Logits (n, C) float32 for ``indices`` (default: every row), in that order; z = z_mu (eval mode)."""
     was_training = model.training
     model.eval()
-    n = data.n if indices is None else len(indices)
-    out = np.empty((n, data.C), np.float32)                                  # (n, C)
-    pos = 0
-    with tqdm(total=n, unit="img", desc="scoring", disable=not progress, leave=False) as bar:
-        for batch in data.batches(indices, batch_size=batch_size, shuffle=False, device=device):
+    rows = np.arange(data.n) if indices is None else np.asarray(indices, dtype=np.int64)
+    position = np.full(data.n, -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))                                    # cache row -> output row
+    out = np.empty((len(rows), data.C), np.float32)                          # (n, C)
+    with tqdm(total=len(rows), unit="img", desc="scoring", disable=not progress, leave=False) as bar:
+        for batch in data.batches(rows, batch_size=batch_size, shuffle=False, device=device):
             logits = model(batch.x, batch.X, batch.valid).logits             # (b, C)
-            out[pos:pos + len(batch)] = logits.float().cpu().numpy()
-            pos += len(batch)
+            out[position[batch.index]] = logits.float().cpu().numpy()        # streaming may reorder rows
             bar.update(len(batch))
     model.train(was_training)
     return out
