@@ -140,6 +140,9 @@ def test_streaming_covers_a_subset_once_and_matches_memory(caches):
             seen.extend(b.index.tolist())
         assert sorted(seen) == sorted(subset.tolist())                           # every row exactly once
         assert seen != sorted(seen)                                              # shuffled
+        order = [b.index.tolist() for b in data.batches(subset, batch_size=16, shuffle=True,
+                                                         rng=np.random.default_rng(1), regions=False)]
+        assert sum(order, []) == seen                                            # same rows, same order, X skipped
     cfg = config_for_preset("iagcn", **SMALL)
     torch.manual_seed(0)
     from train.run import build_model

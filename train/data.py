@@ -29,7 +29,7 @@ FEATURES = ("global", "regions")
 @dataclass
 class Batch:
     x: torch.Tensor          # (B, D) float32 global features
-    X: torch.Tensor          # (B, N, D) float32 region features
+    X: torch.Tensor | None   # (B, N, D) float32 region features (None when not requested)
     valid: torch.Tensor      # (B, N) bool
     labels: torch.Tensor     # (B, C) int8 in {1, 0, -1}
     index: np.ndarray        # (B,) row numbers in the cache
@@ -74,15 +74,19 @@ class CacheData:
     # -- checks ------------------------------------------------------------------------------------
     def _check_finite(self, g: np.ndarray, r: np.ndarray, start: int, stop: int) -> None:
         for name, arr in (("global", g), ("regions", r)):
-            if not np.isfinite(arr).all():
+            if arr is not None and not np.isfinite(arr).all():
                 bad = start + int(np.nonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(1))[0][0])
                 raise UserError(f"cache {self.path}: non-finite features (NaN/Inf) in '{name}' (first at row {bad}, "
                                 f"image {self.image_ids[bad]}); re-extract that cache (nothing was trained on them)")
 
     # -- batches -----------------------------------------------------------------------------------
     def batches(self, indices: np.ndarray | None = None, *, batch_size: int, shuffle: bool = False,
-                rng: np.random.Generator | None = None, device: torch.device | str = "cpu") -> Iterator[Batch]:
+                rng: np.random.Generator | None = None, device: torch.device | str = "cpu",
+                regions: bool = True) -> Iterator[Batch]:
         """Yield Batches over ``indices`` (default: all rows), shuffled with ``rng`` when ``shuffle``.
+
+        ``regions=False`` skips the region features (X = None) for heads that only read x (resnet, mlgcn):
+        the same rows in the same order, a tenth of the bytes.
 
         On CPU the float32 tensors are preallocated buffers reused by the next batch: consume a batch
         (forward + backward) before asking for the next one.
@@ -92,8 +96,8 @@ class CacheData:
         if shuffle and rng is None:
             raise ValueError("batches(shuffle=True) needs an rng")
         bufs = _Buffers(batch_size, self.N, self.D) if device.type == "cpu" else None
-        source = self._memory_rows(idx, batch_size, shuffle, rng) if self.in_memory else \
-            self._streamed_rows(idx, batch_size, shuffle, rng)
+        source = self._memory_rows(idx, batch_size, shuffle, rng, regions) if self.in_memory else \
+            self._streamed_rows(idx, batch_size, shuffle, rng, regions)
         for rows, g16, r16 in source:
             yield self._to_batch(rows, g16, r16, bufs, device)
 
@@ -101,26 +105,26 @@ class CacheData:
         b = len(rows)
         if bufs is not None:
             x = bufs.x[:b].copy_(torch.from_numpy(g16))                       # (b, D) f16 -> f32 into a buffer
-            X = bufs.X[:b].copy_(torch.from_numpy(r16))                       # (b, N, D)
+            X = None if r16 is None else bufs.X[:b].copy_(torch.from_numpy(r16))  # (b, N, D)
         else:
             x = torch.from_numpy(g16).to(device).float()                      # (b, D) convert on the device
-            X = torch.from_numpy(r16).to(device).float()                      # (b, N, D)
+            X = None if r16 is None else torch.from_numpy(r16).to(device).float()  # (b, N, D)
         valid = torch.from_numpy(self.valid[rows]).to(device)                 # (b, N)
         labels = torch.from_numpy(self.labels[rows]).to(device)               # (b, C)
         return Batch(x=x, X=X, valid=valid, labels=labels, index=rows)
 
-    def _memory_rows(self, idx, batch_size, shuffle, rng):
+    def _memory_rows(self, idx, batch_size, shuffle, rng, regions=True):
         order = rng.permutation(idx) if shuffle else idx
         contiguous = not shuffle and len(order) > 0 and np.array_equal(order, np.arange(order[0], order[0] + len(order)))
         for s in range(0, len(order), batch_size):
             rows = order[s:s + batch_size]
             if contiguous:
                 a, e = int(rows[0]), int(rows[-1]) + 1
-                yield rows, self._global[a:e], self._regions[a:e]             # views, no copy
+                yield rows, self._global[a:e], (self._regions[a:e] if regions else None)  # views, no copy
             else:
-                yield rows, self._global[rows], self._regions[rows]           # in-RAM gather
+                yield rows, self._global[rows], (self._regions[rows] if regions else None)  # in-RAM gather
 
-    def _streamed_rows(self, idx, batch_size, shuffle, rng):
+    def _streamed_rows(self, idx, batch_size, shuffle, rng, regions=True):
         member = np.zeros(self.n, dtype=bool)
         member[idx] = True
         blocks = [(s, min(self.n, s + self.block_rows)) for s in range(0, self.n, self.block_rows)]
@@ -129,17 +133,20 @@ class CacheData:
             blocks = [blocks[i] for i in rng.permutation(len(blocks))]
         g_blk = np.empty((self.block_rows, self.D), np.float16)
         r_blk = np.empty((self.block_rows, self.N, self.D), np.float16)
-        carry = (np.empty(0, np.int64), np.empty((0, self.D), np.float16), np.empty((0, self.N, self.D), np.float16))
+        rshape = (self.N, self.D) if regions else (0, 0)                      # (0, 0): X skipped, rows kept aligned
+        carry = (np.empty(0, np.int64), np.empty((0, self.D), np.float16), np.empty((0, *rshape), np.float16))
         step = self.shuffle_buffer_blocks if shuffle else 1
         for gs in range(0, len(blocks), step):
             parts = [carry]
             for s, e in blocks[gs:gs + step]:
                 m = e - s
                 self.cache.read_into("global", g_blk[:m], s, e)               # contiguous read
-                self.cache.read_into("regions", r_blk[:m], s, e)
-                self._check_finite(g_blk[:m], r_blk[:m], s, e)
+                if regions:                                                   # heads that read only x skip X
+                    self.cache.read_into("regions", r_blk[:m], s, e)
+                self._check_finite(g_blk[:m], r_blk[:m] if regions else None, s, e)
                 keep = np.nonzero(member[s:e])[0]
-                parts.append((s + keep, g_blk[keep], r_blk[keep]))            # copies out of the block buffer
+                r_keep = r_blk[keep] if regions else np.empty((len(keep), *rshape), np.float16)
+                parts.append((s + keep, g_blk[keep], r_keep))                  # copies out of the block buffer
             rows = np.concatenate([p[0] for p in parts])
             g = np.concatenate([p[1] for p in parts])
             r = np.concatenate([p[2] for p in parts])
@@ -149,7 +156,7 @@ class CacheData:
             last = gs + step >= len(blocks)
             full = len(rows) if last else (len(rows) // batch_size) * batch_size
             for s in range(0, full, batch_size):
-                yield rows[s:s + batch_size], g[s:s + batch_size], r[s:s + batch_size]
+                yield rows[s:s + batch_size], g[s:s + batch_size], (r[s:s + batch_size] if regions else None)
             carry = (rows[full:], g[full:], r[full:])
 
     def close(self) -> None:

@@ -28,7 +28,8 @@ def train_one_epoch(model: IAGCNHead, optimizer: torch.optim.Optimizer, data: Ca
     seen, t0 = 0, time.perf_counter()
     bar = tqdm(total=len(indices), unit="img", desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
                leave=False, dynamic_ncols=True)
-    for batch in data.batches(indices, batch_size=config.batch_size, shuffle=True, rng=rng, device=device):
+    for batch in data.batches(indices, batch_size=config.batch_size, shuffle=True, rng=rng, device=device,
+                              regions=model.uses_regions):
         out = model(batch.x, batch.X, batch.valid)
         loss, parts = total_loss(out, batch.labels, batch.valid, config=config)
         if not math.isfinite(parts["loss"]):
@@ -63,7 +64,7 @@ def predict(model: IAGCNHead, data: CacheData, indices: np.ndarray | None = None
     position[rows] = np.arange(len(rows))                                    # cache row -> output row
     out = np.empty((len(rows), data.C), np.float32)                          # (n, C)
     with tqdm(total=len(rows), unit="img", desc="scoring", disable=not progress, leave=False) as bar:
-        for batch in data.batches(rows, batch_size=batch_size, shuffle=False, device=device):
+        for batch in data.batches(rows, batch_size=batch_size, shuffle=False, device=device, regions=model.uses_regions):
             logits = model(batch.x, batch.X, batch.valid).logits             # (b, C)
             out[position[batch.index]] = logits.float().cpu().numpy()        # streaming may reorder rows
             bar.update(len(batch))

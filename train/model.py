@@ -64,9 +64,14 @@ class IAGCNHead(nn.Module):
                                    reading=cfg.region_reading, relu_after_last=cfg.region_relu_after_last,
                                    adjacency_eps=cfg.adjacency_eps) if cfg.region_branch else None
 
-    def forward(self, x: torch.Tensor, X: torch.Tensor, valid: torch.Tensor, *, naive: bool = False) -> HeadOutput:
-        """x (B, D), X (B, N, D), valid (B, N) bool -> HeadOutput (logits (B, C) and internals)."""
-        B, N, D = X.shape
+    @property
+    def uses_regions(self) -> bool:
+        """Whether forward reads X (resnet and mlgcn read only x, so their batches can skip it)."""
+        return self.variational is not None or self.image_lcm is not None or self.region is not None
+
+    def forward(self, x: torch.Tensor, X: torch.Tensor | None, valid: torch.Tensor, *, naive: bool = False) -> HeadOutput:
+        """x (B, D), X (B, N, D) (None allowed when not uses_regions), valid (B, N) bool -> HeadOutput."""
+        B, D = x.shape
         cfg, out = self.config, HeadOutput(logits=x.new_zeros(0))
         if self.variational is not None:
             out.z, out.z_mu, out.z_logvar = self.variational(X)                       # (B, N) x3, Eq. 7-9
