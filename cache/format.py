@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 
 from iagcn.errors import UserError
-from iagcn.fsutil import fsync_dir, git_commit, remove_stale_temporaries, tmp_name_for
+from iagcn.fsutil import fsync_dir, git_commit, is_disk_full, remove_stale_temporaries, tmp_name_for
 
 FORMAT_VERSION = 1
 
@@ -79,19 +79,29 @@ class CacheWriter:
         self.tmp = tmp_name_for(self.path)
         self.n = num_images
         dims = {"N": num_rois, "D": feature_dim, "C": num_classes}
-        self._h5 = h5py.File(self.tmp, "w")
+        try:
+            self._h5 = h5py.File(self.tmp, "w")
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                self.tmp.unlink()
+            raise UserError(f"cannot create cache {self.path} ({' '.join(str(e).split())[:120]}); "
+                            f"check that its folder is writable and has free space") from e
         self._written = np.zeros(num_images, dtype=bool)
         self._embeddings_set = False
-        for name, (shape, dtype) in ROW_FIELDS.items():
-            full = (num_images,) + tuple(dims[s] if isinstance(s, str) else s for s in shape)
-            self._h5.create_dataset(name, shape=full, dtype=dtype)
-        self._h5.create_dataset("label_embeddings", shape=(num_classes, embedding_dim), dtype=np.float32)
-        base = {"format_version": FORMAT_VERSION, "git_commit": git_commit(),
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "num_rois": num_rois, "feature_dim": feature_dim}
-        base.update(attrs)
-        for k, v in base.items():
-            self._h5.attrs[k] = json.dumps(v)
+        try:
+            for name, (shape, dtype) in ROW_FIELDS.items():
+                full = (num_images,) + tuple(dims[s] if isinstance(s, str) else s for s in shape)
+                self._h5.create_dataset(name, shape=full, dtype=dtype)
+            self._h5.create_dataset("label_embeddings", shape=(num_classes, embedding_dim), dtype=np.float32)
+            base = {"format_version": FORMAT_VERSION, "git_commit": git_commit(),
+                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "num_rois": num_rois, "feature_dim": feature_dim}
+            base.update(attrs)
+            for k, v in base.items():
+                self._h5.attrs[k] = json.dumps(v)
+        except BaseException:
+            self.abort()
+            raise
 
     def write_rows(self, start: int, rows: dict[str, np.ndarray]) -> None:
         """Write ``rows[name][i]`` to row ``start + i`` of every per-image dataset."""
@@ -118,6 +128,16 @@ class CacheWriter:
         self._h5.attrs[key] = json.dumps(value)
 
     def commit(self) -> Path:
+        try:
+            return self._commit()
+        except Exception as e:
+            self.abort()
+            if is_disk_full(e):
+                raise UserError(f"disk full while writing cache {self.path} (its temporary was removed; "
+                                f"the previous file, if any, is untouched); free space and rerun") from e
+            raise
+
+    def _commit(self) -> Path:
         if not self._written.all():
             missing = int((~self._written).sum())
             self.abort()
@@ -147,6 +167,9 @@ class CacheWriter:
             self.commit()
         else:
             self.abort()
+            if isinstance(exc, Exception) and not isinstance(exc, UserError) and is_disk_full(exc):
+                raise UserError(f"disk full while writing cache {self.path} (its temporary was removed; "
+                                f"the previous file, if any, is untouched); free space and rerun") from exc
 
 
 class FeatureCache:

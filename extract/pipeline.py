@@ -34,7 +34,8 @@ import numpy as np
 
 from iagcn.configio import config_hash, config_to_dict
 from iagcn.errors import UserError
-from iagcn.fsutil import exclusive_lock, fsync_dir, tmp_name_for, write_json_atomic
+from iagcn.fsutil import check_can_create, check_free_space, check_writable_dir, exclusive_lock, fsync_dir, interrupt_hint, \
+    is_disk_full, tmp_name_for, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -199,13 +200,22 @@ def _part_path(partial: Path, start: int, stop: int) -> Path:
 
 
 def _write_part(partial: Path, start: int, stop: int, arrays: dict[str, np.ndarray]) -> None:
+    """Commit one block: temporary name, fsync, rename. A failure removes the temporary (disk full: UserError)."""
     final = _part_path(partial, start, stop)
     tmp = tmp_name_for(final)
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(e, Exception) and is_disk_full(e):
+            raise UserError(f"disk full while writing {final}; the blocks already committed stay in {partial}: "
+                            f"free space and rerun the same command to resume") from e
+        raise
     fsync_dir(partial)
 
 
@@ -241,6 +251,29 @@ def _open_partial(partial: Path, header: dict[str, Any], *, log: Callable[[str],
 
 
 # -- the extraction -----------------------------------------------------------------------------------------
+def validate_options(cfg: ExtractConfig) -> None:
+    """Out-of-range numeric options -> one-line UserError naming the option (before any work is done)."""
+    for name, value in (("--batch-size", cfg.batch_size), ("--block-rows", cfg.block_rows),
+                        ("--num-rois", cfg.num_rois), ("--roi-output-size", cfg.roi_output_size),
+                        ("--roi-sampling-ratio", cfg.roi_sampling_ratio)):
+        if value < 1:
+            raise UserError(f"{name} {value}: must be at least 1")
+    for name, value in (("--image-size", cfg.image_size), ("--proposer-image-size", cfg.proposer_image_size)):
+        if value is not None and value < 32:
+            raise UserError(f"{name} {value}: must be at least 32 pixels")
+    if cfg.workers < 0:
+        raise UserError(f"--workers {cfg.workers}: must be 0 or more")
+    if cfg.threads < 0:
+        raise UserError(f"--threads {cfg.threads}: must be 0 (torch default) or more")
+    parse_shard(cfg.shard)
+
+
+def estimated_bytes(rows: int, *, num_rois: int, feature_dim: int, num_classes: int) -> int:
+    """Bytes of ``rows`` cache rows (float16 features, float32 boxes/scores, labels, ids): see cache/format.py."""
+    per_row = (num_rois + 1) * feature_dim * 2 + num_rois * (16 + 4 + 1) + num_classes + 8 + 64
+    return rows * per_row
+
+
 @dataclass
 class ExtractStats:
     """Where the time went (seconds, over the rows computed in this run)."""
@@ -287,12 +320,7 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
     from extract.backbones import build_backbone
     from extract.proposers import build_proposer
 
-    for name, value in (("--batch-size", cfg.batch_size), ("--block-rows", cfg.block_rows),
-                        ("--num-rois", cfg.num_rois), ("--roi-output-size", cfg.roi_output_size)):
-        if value < 1:
-            raise UserError(f"{name} {value}: must be at least 1")
-    if cfg.workers < 0:
-        raise UserError(f"--workers {cfg.workers}: must be 0 or more")
+    validate_options(cfg)
     n_total = len(ds.image_ids)
     if n_total == 0:
         raise UserError(f"dataset {ds.name} split {ds.split}: no images to extract; check --root/--split")
@@ -312,8 +340,14 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
     stats = ExtractStats()
     t_start = time.perf_counter()
 
-    with exclusive_lock(out, what="cache"):
-        partial = out.parent / (out.name + ".partial")
+    partial = out.parent / (out.name + ".partial")
+    kept = {"rows": 0}
+
+    def hint() -> str:
+        return (f"interrupted: {kept['rows']}/{row_stop - row_start} images kept in {partial}; "
+                f"rerun the same command to resume")
+
+    with exclusive_lock(out, what="cache"), interrupt_hint(hint):
         if not partial.exists() and _complete_cache_matches(out, ident_hash, shard):
             log(f"{out} is already complete for this config (hash {ident_hash}); nothing to do (delete it to redo)")
             stats.wall_s = time.perf_counter() - t_start
@@ -326,6 +360,12 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
                   "skipped_ids": list(skipped_ids)}
         done = _open_partial(partial, header, log=log)
         todo = [b for b in blocks if b not in done]
+        kept["rows"] = sum(b - a for a, b in blocks if (a, b) in done)
+        if todo:  # refuse up front when the parts plus the assembled cache cannot fit
+            check_free_space(out.parent, 2 * estimated_bytes(sum(b - a for a, b in todo), num_rois=cfg.num_rois,
+                                                             feature_dim=backbone.feature_dim,
+                                                             num_classes=len(ds.class_names)),
+                             what=f"extraction into {out}")
         if done:
             log(f"resuming {out}: {len(blocks) - len(todo)} of {len(blocks)} blocks already committed")
 
@@ -376,6 +416,7 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
                     buf["_filled"][j] = True
                     if buf["_filled"].all():
                         _write_part(partial, *blk, {f: buf[f] for f in PART_FIELDS})
+                        kept["rows"] += blk[1] - blk[0]
                         del pending[blk]
                 stats.write_s += time.perf_counter() - t2
                 stats.images += len(items)
@@ -395,22 +436,42 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
         }
         if shard is not None:
             attrs["shard"] = {"index": shard[0], "count": shard[1], "rows": [row_start, row_stop], "total_rows": n_total}
-        with CacheWriter(out, num_images=row_stop - row_start, num_rois=cfg.num_rois,
-                         feature_dim=backbone.feature_dim, num_classes=len(ds.class_names),
-                         embedding_dim=int(emb.shape[1]), attrs=attrs) as writer:
-            for start, stop in blocks:
-                part = _read_part(_part_path(partial, start, stop))
-                if part is None:
-                    raise RuntimeError(f"part {start}:{stop} of {out} is missing or unreadable after extraction")
-                rows = dict(part)
-                rows["labels"] = np.asarray(ds.labels[start:stop], dtype=np.int8)
-                rows["image_ids"] = [str(i) for i in ds.image_ids[start:stop]]
-                writer.write_rows(start - row_start, rows)
-            writer.set_label_embeddings(emb, source=emb_source)
+        try:
+            with CacheWriter(out, num_images=row_stop - row_start, num_rois=cfg.num_rois,
+                             feature_dim=backbone.feature_dim, num_classes=len(ds.class_names),
+                             embedding_dim=int(emb.shape[1]), attrs=attrs) as writer:
+                for start, stop in blocks:
+                    part = _read_part(_part_path(partial, start, stop))
+                    if part is None:
+                        _part_path(partial, start, stop).unlink(missing_ok=True)
+                        raise UserError(f"{_part_path(partial, start, stop)} is unreadable (removed); "
+                                        f"rerun the same command to recompute that block")
+                    _check_finite_part(part, partial, start, ds.image_ids)
+                    rows = dict(part)
+                    rows["labels"] = np.asarray(ds.labels[start:stop], dtype=np.int8)
+                    rows["image_ids"] = [str(i) for i in ds.image_ids[start:stop]]
+                    writer.write_rows(start - row_start, rows)
+                writer.set_label_embeddings(emb, source=emb_source)
+        except Exception as e:
+            if is_disk_full(e):
+                raise UserError(f"disk full while assembling {out} (its temporary was removed; every block stays in "
+                                f"{partial}); free space and rerun the same command") from e
+            raise
         shutil.rmtree(partial, ignore_errors=True)
         stats.write_s += time.perf_counter() - t3
     stats.wall_s = time.perf_counter() - t_start
     return stats
+
+
+def _check_finite_part(part: dict[str, np.ndarray], partial: Path, start: int, image_ids) -> None:
+    """NaN/Inf features (a broken backbone or weights file) are refused, never written into a cache."""
+    for name in ("global", "regions"):
+        arr = part[name]
+        finite = np.isfinite(arr.reshape(len(arr), -1)).all(1)  # (rows,)
+        if not finite.all():
+            row = start + int(np.flatnonzero(~finite)[0])
+            raise UserError(f"non-finite {name} features (NaN/Inf) for image {image_ids[row]} (row {row}); "
+                            f"check --weights (nothing was written; the parts stay in {partial})")
 
 
 def _complete_cache_matches(out: Path, ident_hash: str, shard: tuple[int, int] | None) -> bool:
@@ -485,6 +546,9 @@ def run_extract(cfg: ExtractConfig, out: str | os.PathLike, *, progress: bool = 
     """Load the split, pre-flight it (refusing with every problem listed unless ``skip_bad``), extract."""
     from extract.embeddings import load_label_embeddings
 
+    validate_options(cfg)
+    out = Path(out)
+    check_can_create(out.parent, what=f"the cache {out.name}")
     ds, skipped = load_checked_split(cfg, progress=progress)
     emb = load_label_embeddings(cfg.label_embeddings, list(ds.class_names))
     return extract_split(ds, cfg, out, label_embeddings=emb, skipped_ids=skipped, progress=progress)
@@ -531,7 +595,10 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
                  if k not in ("shard", "format_version", "git_commit", "created", "num_rois", "feature_dim")}
         emb, source = first.label_embeddings()
         out = Path(out)
-        with exclusive_lock(out, what="merged cache"):
+        check_writable_dir(out.parent, what=f"the merged cache {out.name}")
+        hint = f"interrupted: nothing was written to {out} (the merge is atomic; the shards are untouched); " \
+               f"rerun the same command"
+        with exclusive_lock(out, what="merged cache"), interrupt_hint(lambda: hint):
             with CacheWriter(out, num_images=total, num_rois=first.num_rois, feature_dim=first.feature_dim,
                              num_classes=first.num_classes, embedding_dim=emb.shape[1], attrs=attrs) as w:
                 for a, b, c, _ in infos:

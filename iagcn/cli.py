@@ -10,6 +10,10 @@ import sys
 import click
 
 from iagcn.errors import UserError
+from iagcn.fsutil import current_interrupt_hint
+
+
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 class IagcnGroup(click.Group):
@@ -27,18 +31,43 @@ class IagcnGroup(click.Group):
         except KeyboardInterrupt:
             if debug:
                 raise
-            click.echo("interrupted: completed work was kept; rerun the same command to resume", err=True)
+            hint = current_interrupt_hint() or "interrupted: completed work was kept; rerun the same command to resume"
+            click.echo(hint, err=True)
             ctx.exit(130)
 
     def main(self, *args, **kwargs):  # type: ignore[override]
-        debug = "--debug" in sys.argv[1:2] or "--debug" in (kwargs.get("args") or [])[:1]
+        """Run the group; every failure becomes ONE line on stderr and a non-zero exit (usage errors too)."""
+        argv = kwargs.get("args")
+        argv = list(sys.argv[1:] if argv is None else argv)
+        debug = "--debug" in argv[:1]
+        standalone = kwargs.pop("standalone_mode", True)
         try:
-            return super().main(*args, **kwargs)
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Abort:
+            click.echo(current_interrupt_hint() or "interrupted", err=True)
+            code = 130
+        except _NO_ARGS_IS_HELP as e:  # `iagcn` alone: the help text, as click prints it
+            click.echo(e.format_message(), err=True)
+            code = e.exit_code
+        except click.ClickException as e:  # usage errors: bad option values, unknown options, missing arguments
+            command = next((a for a in argv if a in self.commands), None)
+            where = f"iagcn {command} --help" if command else "iagcn --help"
+            text = " ".join(e.format_message().split())
+            click.echo(f"error: {text}" + (f" (see `{where}`)" if isinstance(e, click.UsageError) else ""), err=True)
+            code = e.exit_code
         except Exception as e:  # noqa: BLE001 -- last-resort one-liner for unexpected errors
             if debug:
                 raise
-            click.echo(f"error: {type(e).__name__}: {e} (rerun with `iagcn --debug ...` for the traceback)", err=True)
-            sys.exit(1)
+            text = " ".join(str(e).split())
+            click.echo(f"error: {type(e).__name__}: {text} (rerun with `iagcn --debug ...` for the traceback)", err=True)
+            code = 1
+        else:
+            if not standalone:
+                return rv
+            code = rv if isinstance(rv, int) else 0
+        if not standalone:
+            return code
+        sys.exit(code)
 
 
 @click.group(cls=IagcnGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -11,14 +11,95 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from iagcn.errors import UserError
 
 TMP_MARK = ".tmp-"
+
+# -- what a Ctrl-C leaves behind ----------------------------------------------------------------------
+_interrupt_hints: list[Callable[[], str]] = []
+
+
+@contextlib.contextmanager
+def interrupt_hint(hint: Callable[[], str]) -> Iterator[None]:
+    """While the block runs, a Ctrl-C makes the CLI print ``hint()`` (one line: what was kept, how to resume).
+
+    Nested hints: the innermost one speaks (e.g. a sweep's run inside the sweep).
+    """
+    _interrupt_hints.append(hint)
+    try:
+        yield
+    finally:
+        _interrupt_hints.remove(hint)
+
+
+def current_interrupt_hint() -> str | None:
+    """The message of the innermost active :func:`interrupt_hint`, or None."""
+    for hint in reversed(_interrupt_hints):
+        with contextlib.suppress(Exception):
+            return hint()
+    return None
+
+
+# -- disk full / unwritable ---------------------------------------------------------------------------
+def is_disk_full(e: BaseException) -> bool:
+    """True when ``e`` (or an exception it was raised from) reports ENOSPC / EDQUOT.
+
+    torch.save and h5py wrap the OS error in RuntimeError / OSError text, so the message is checked too.
+    """
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(e)
+        if "No space left on device" in text or "errno = 28" in text or "Disk quota exceeded" in text:
+            return True
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return False
+
+
+def check_writable_dir(folder: str | os.PathLike, *, what: str, option: str = "--out") -> Path:
+    """Create ``folder`` if needed and make sure files can be created in it; else a one-line UserError."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{option}: cannot create the folder {folder} for {what} ({e.strerror}); "
+                        f"choose a writable location") from e
+    if not folder.is_dir():
+        raise UserError(f"{option}: {folder} is not a folder; choose another location for {what}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{option}: folder {folder} is not writable; choose another location for {what}")
+    return folder
+
+
+def check_can_create(folder: str | os.PathLike, *, what: str, option: str = "--out") -> None:
+    """Like :func:`check_writable_dir` but creates nothing: the nearest existing ancestor must be a writable folder."""
+    folder = Path(folder).absolute()
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{option}: {probe} is not a folder; choose another location for {what}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{option}: folder {probe} is not writable; choose another location for {what}")
+
+
+def check_free_space(folder: str | os.PathLike, need_bytes: int, *, what: str) -> None:
+    """Refuse up front when ``folder``'s file system has less than ``need_bytes`` free."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < need_bytes:
+        raise UserError(f"{what} needs about {need_bytes / 2**30:.2f} GiB but {folder} has "
+                        f"{free / 2**30:.2f} GiB free; free space or choose another location")
 
 
 def tmp_name_for(final: Path) -> Path:
@@ -51,7 +132,10 @@ def atomic_path(final: str | os.PathLike, *, what: str = "output") -> Iterator[P
         raise UserError(f"cannot create the folder of {what} {final}: {e.strerror}; choose a writable location") from e
     if not os.access(final.parent, os.W_OK):
         raise UserError(f"{what} folder {final.parent} is not writable; choose another --out")
-    tmp = tmp_name_for(final)
+    try:
+        tmp = tmp_name_for(final)
+    except OSError as e:
+        raise UserError(f"cannot create a file next to {what} {final} ({e.strerror}); choose a writable location") from e
     try:
         yield tmp
         if tmp.exists():
@@ -59,15 +143,12 @@ def atomic_path(final: str | os.PathLike, *, what: str = "output") -> Iterator[P
                 os.fsync(fh.fileno())
             os.replace(tmp, final)
             fsync_dir(final.parent)
-    except OSError as e:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"disk full while writing {what} {final}; free space and rerun (nothing was replaced)") from e
-        raise
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        if isinstance(e, Exception) and is_disk_full(e):
+            raise UserError(f"disk full while writing {what} {final}; free space and rerun "
+                            f"(the previous file, if any, was not replaced)") from e
         raise
 
 
@@ -91,9 +172,12 @@ def remove_stale_temporaries(final: Path) -> None:
 def exclusive_lock(target: str | os.PathLike, *, what: str = "output") -> Iterator[None]:
     """Refuse a second process writing ``target`` at the same time (an flock on ``target.lock``)."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     lock_path = target.parent / f".{target.name}.lock"
-    fh = open(lock_path, "a+")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(lock_path, "a+")
+    except OSError as e:
+        raise UserError(f"cannot write {what} {target}: {e.strerror} ({lock_path}); choose a writable location") from e
     try:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -28,8 +28,8 @@ import torch
 from cache.format import FeatureCache, check_compatible
 from iagcn.configio import config_from_dict, config_to_dict
 from iagcn.errors import UserError
-from iagcn.fsutil import atomic_path, exclusive_lock, git_commit, remove_stale_temporaries, write_json_atomic, \
-    write_text_atomic
+from iagcn.fsutil import atomic_path, check_writable_dir, exclusive_lock, git_commit, interrupt_hint, \
+    remove_stale_temporaries, write_json_atomic, write_text_atomic
 from train.config import TrainConfig
 from train.data import CacheData
 from train.lcm import statistical_lcm
@@ -77,7 +77,7 @@ def load_label_embeddings(config: TrainConfig, cache: FeatureCache) -> tuple[np.
     if not path.exists():
         raise UserError(f"--label-embeddings {path}: file not found; pass a .npy (C, E) file or 'cache'")
     try:
-        emb = np.load(path).astype(np.float32)
+        emb = np.load(path, allow_pickle=False).astype(np.float32)  # user file: never unpickled
     except Exception as e:  # noqa: BLE001
         raise UserError(f"--label-embeddings {path}: not a readable .npy array ({e}); save one with numpy.save") from e
     if emb.ndim != 2 or emb.shape[0] != cache.num_classes or not np.isfinite(emb).all():
@@ -112,11 +112,30 @@ def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
         torch.save(obj, tmp)
 
 
+CHECKPOINT_KEYS = ("model", "optimizer", "rng", "epoch", "config", "meta", "best", "history")
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by :func:`save_checkpoint`: weights_only (no unpickling of arbitrary objects)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}); delete it or start another --out") from e
+        raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}: truncated, or not an iagcn "
+                        f"checkpoint); delete it or start another --out") from e
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise UserError(f"checkpoint {path} lacks {', '.join(missing)}; it was not written by `iagcn train`")
+    return ckpt
+
+
+def load_state_checked(model: torch.nn.Module, state: dict[str, Any], *, path: Path, config: TrainConfig) -> None:
+    """``model.load_state_dict`` with a one-line error when the weights belong to another preset or class list."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError) as e:
+        first = " ".join(str(e).split())[:160]
+        raise UserError(f"checkpoint {path}: its weights do not fit preset {config.preset!r} with these shapes "
+                        f"(another preset or class list?): {first}") from e
 
 
 def write_log(path: Path, history: list[dict[str, Any]]) -> None:
@@ -154,21 +173,34 @@ def cache_record(cache: FeatureCache) -> dict[str, Any]:
 
 # -- the run ----------------------------------------------------------------------------------------
 def train_run(config: TrainConfig, *, train_data: CacheData, eval_data: CacheData, out_dir: str | os.PathLike,
-              resume: bool = False, progress: bool = True, log=print) -> dict[str, Any]:
+              resume: bool = False, progress: bool = True, log=print,
+              resume_command: str | None = None) -> dict[str, Any]:
     """Train ``config`` on ``train_data``, select an epoch per the protocol, score ``eval_data`` once.
 
     With ``resume`` a run directory holding ``last.pt`` continues from it (same config required);
     without it such a directory is refused. Returns the content of metrics.json.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(out / "run", what="run directory"):
-        for name in ("last.pt", "best.pt", "config.json", "log.csv", "metrics.json", "scores.npz"):
+    # inputs first, so that a refusal leaves no run directory behind
+    check_compatible(train_data.cache, eval_data.cache, role="evaluation")
+    resolve_device(config.device)
+    load_label_embeddings(config, train_data.cache)
+    out = check_writable_dir(out_dir, what="the run directory", option="--out")
+    kept = {"epochs": 0}
+    how = resume_command or f"resume with `iagcn train --resume {out}`"
+
+    def hint() -> str:
+        if kept["epochs"] == 0:
+            return f"interrupted: no epoch finished in {out}; {how}"
+        return f"interrupted: epochs 1-{kept['epochs']} kept in {out / 'last.pt'}; {how}"
+
+    with exclusive_lock(out / "run", what="run directory"), interrupt_hint(hint):
+        for name in ("last.pt", "best.pt", "config.json", "log.csv", "metrics.json", "scores.npz", "scores.npy",
+                     "image_ids.txt"):
             remove_stale_temporaries(out / name)
-        return _train_run_locked(config, train_data, eval_data, out, resume, progress, log)
+        return _train_run_locked(config, train_data, eval_data, out, resume, progress, log, kept)
 
 
-def _train_run_locked(config, train_data, eval_data, out, resume, progress, log) -> dict[str, Any]:
+def _train_run_locked(config, train_data, eval_data, out, resume, progress, log, kept) -> dict[str, Any]:
     check_compatible(train_data.cache, eval_data.cache, role="evaluation")
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
@@ -185,6 +217,10 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log)
             diff = [f.name for f in dataclasses.fields(TrainConfig) if getattr(saved, f.name) != getattr(config, f.name)]
             raise UserError(f"--resume {out}: the run was started with a different config ({', '.join(diff)}); "
                             f"rerun with the same options or choose another --out")
+        if list(ckpt["meta"].get("class_names", [])) != list(train_data.class_names):
+            raise UserError(f"--resume {out}: last.pt was trained on another class list than the train cache "
+                            f"{train_data.path}; resume with the run's own caches or choose another --out")
+        kept["epochs"] = int(ckpt["epoch"]) + 1
 
     protocol = protocol_name(config)
     train_idx, hold_idx = split_train(train_data.labels, config)
@@ -201,7 +237,7 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log)
     start_epoch, history = 0, []
     best = {"epoch": -1, "select_mAP": float("-inf")}
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        load_state_checked(model, ckpt["model"], path=last_path, config=config)
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
         start_epoch, history, best = int(ckpt["epoch"]) + 1, list(ckpt["history"]), dict(ckpt["best"])
@@ -249,6 +285,7 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log)
             save_checkpoint(best_path, state)
         save_checkpoint(last_path, state)
         write_log(out / "log.csv", history)
+        kept["epochs"] = epoch + 1
         stale = 0 if improved else stale + 1
         log(f"epoch {epoch + 1}/{config.epochs} lr {lr:.2g} loss {stats['loss']:.4f} (ml {stats['loss_ml']:.4f} "
             f"kl {stats['loss_kl']:.4f}) select mAP {score:.2f} [{protocol}] best epoch {best['epoch'] + 1} "
@@ -258,8 +295,9 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log)
             break
 
     # -- score the evaluation cache once, with the selected checkpoint ----------------------------
-    selected = load_checkpoint(best_path if best_path.exists() else last_path)
-    model.load_state_dict(selected["model"])
+    selected_path = best_path if best_path.exists() else last_path
+    selected = load_checkpoint(selected_path)
+    load_state_checked(model, selected["model"], path=selected_path, config=config)
     metrics, scores = evaluate(model, eval_data, None, batch_size=config.eval_batch_size, device=device,
                                progress=progress)
     save_scores(out, scores, eval_data.image_ids)
@@ -320,8 +358,11 @@ def load_run(run_dir: str | os.PathLike, which: str = "best") -> LoadedRun:
         raise UserError(f"run {run_dir}: {path.name} not found; is this a finished `iagcn train --out` folder?")
     ckpt = load_checkpoint(path)
     config = config_from_dict(TrainConfig, ckpt["config"], source=str(path))
-    model = build_model(config, ckpt["meta"])
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = build_model(config, ckpt["meta"])
+    except KeyError as e:
+        raise UserError(f"checkpoint {path}: its meta lacks {e}; it was not written by `iagcn train`") from e
+    load_state_checked(model, ckpt["model"], path=path, config=config)
     model.eval()
     return LoadedRun(model=model, config=config, class_names=list(ckpt["meta"]["class_names"]),
                      A_S=model.A_S.numpy().copy(), epoch=int(ckpt["epoch"]) + 1, run_dir=run_dir, meta=ckpt["meta"])

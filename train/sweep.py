@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from iagcn.errors import UserError
-from iagcn.fsutil import write_text_atomic
+from iagcn.fsutil import check_writable_dir, exclusive_lock, interrupt_hint, write_text_atomic
 from train.config import PAPER_ROWS, TrainConfig
 from train.data import CacheData
 from train.run import train_run
@@ -31,24 +31,49 @@ def run_sweep(configs: Iterable[TrainConfig], *, train_data: CacheData, eval_dat
               progress: bool = True, log=print) -> list[dict[str, Any]]:
     """Train every config (one per preset x seed) into out_dir/<preset>-s<seed>/; complete runs are skipped,
     interrupted ones resume. Writes results.csv and table.md after every run; returns the rows."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable_dir(out_dir, what="the sweep", option="--out")
     configs = list(configs)
+    with exclusive_lock(out / "sweep", what="sweep directory"), \
+            interrupt_hint(lambda: f"interrupted: {sum((run_dir_for(out, c.preset, c.seed) / 'metrics.json').exists() for c in configs)}"
+                                   f"/{len(configs)} runs complete in {out}; rerun the same `iagcn sweep` command to "
+                                   f"resume (the interrupted run continues from its last epoch)"):
+        return _run_sweep_locked(configs, train_data, eval_data, out, progress, log)
+
+
+def _run_sweep_locked(configs, train_data, eval_data, out: Path, progress, log) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     for i, cfg in enumerate(configs):
         run_dir = run_dir_for(out, cfg.preset, cfg.seed)
         done = run_dir / "metrics.json"
         if done.exists():
+            _refuse_other_config(run_dir, cfg)
             log(f"[{i + 1}/{len(configs)}] {run_dir.name}: complete, skipped")
             result = json.loads(done.read_text())
         else:
             log(f"[{i + 1}/{len(configs)}] {run_dir.name}: training ({time.perf_counter() - t0:.0f}s into the sweep)")
             result = train_run(cfg, train_data=train_data, eval_data=eval_data, out_dir=run_dir,
-                               resume=(run_dir / "last.pt").exists(), progress=progress, log=log)
+                               resume=(run_dir / "last.pt").exists(), progress=progress, log=log,
+                               resume_command="rerun the same `iagcn sweep` command to resume")
         rows.append(result_row(result, cfg, run_dir))
         write_results(out, rows)
     return rows
+
+
+def _refuse_other_config(run_dir: Path, cfg: TrainConfig) -> None:
+    """A complete run trained with other settings must not slip into this sweep's table."""
+    from iagcn.configio import config_to_dict
+
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())["config"]
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{run_dir}: metrics.json exists but config.json is unreadable; delete that folder "
+                        f"and rerun") from e
+    mine = json.loads(json.dumps(config_to_dict(cfg)))
+    diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+    if diff:
+        raise UserError(f"{run_dir}: a complete run with a different config ({', '.join(diff)}) is already there; "
+                        f"use another sweep --out or delete that folder")
 
 
 def result_row(result: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
