@@ -341,11 +341,10 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
     t_start = time.perf_counter()
 
     partial = out.parent / (out.name + ".partial")
-    kept = {"rows": 0}
 
-    def hint() -> str:
-        return (f"interrupted: {kept['rows']}/{row_stop - row_start} images kept in {partial}; "
-                f"rerun the same command to resume")
+    def hint() -> str:  # counted on disk: exactly the committed blocks a rerun keeps
+        kept = sum(b - a for a, b in blocks if _part_path(partial, a, b).exists())
+        return f"interrupted: {kept}/{row_stop - row_start} images kept in {partial}; rerun the same command to resume"
 
     with exclusive_lock(out, what="cache"), interrupt_hint(hint):
         if not partial.exists() and _complete_cache_matches(out, ident_hash, shard):
@@ -360,7 +359,6 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
                   "skipped_ids": list(skipped_ids)}
         done = _open_partial(partial, header, log=log)
         todo = [b for b in blocks if b not in done]
-        kept["rows"] = sum(b - a for a, b in blocks if (a, b) in done)
         if todo:  # refuse up front when the parts plus the assembled cache cannot fit
             check_free_space(out.parent, 2 * estimated_bytes(sum(b - a for a, b in todo), num_rois=cfg.num_rois,
                                                              feature_dim=backbone.feature_dim,
@@ -416,7 +414,6 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
                     buf["_filled"][j] = True
                     if buf["_filled"].all():
                         _write_part(partial, *blk, {f: buf[f] for f in PART_FIELDS})
-                        kept["rows"] += blk[1] - blk[0]
                         del pending[blk]
                 stats.write_s += time.perf_counter() - t2
                 stats.images += len(items)

@@ -10,7 +10,7 @@ import sys
 import click
 
 from iagcn.errors import UserError
-from iagcn.fsutil import current_interrupt_hint
+from iagcn.fsutil import reset_interrupt_hint, take_interrupt_hint
 
 
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -21,6 +21,7 @@ class IagcnGroup(click.Group):
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         debug = bool(ctx.params.get("debug"))
+        reset_interrupt_hint()
         try:
             return super().invoke(ctx)
         except UserError as e:
@@ -31,7 +32,7 @@ class IagcnGroup(click.Group):
         except KeyboardInterrupt:
             if debug:
                 raise
-            hint = current_interrupt_hint() or "interrupted: completed work was kept; rerun the same command to resume"
+            hint = take_interrupt_hint() or "interrupted: completed work was kept; rerun the same command to resume"
             click.echo(hint, err=True)
             ctx.exit(130)
 
@@ -44,7 +45,7 @@ class IagcnGroup(click.Group):
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
         except click.exceptions.Abort:
-            click.echo(current_interrupt_hint() or "interrupted", err=True)
+            click.echo(take_interrupt_hint() or "interrupted", err=True)
             code = 130
         except _NO_ARGS_IS_HELP as e:  # `iagcn` alone: the help text, as click prints it
             click.echo(e.format_message(), err=True)

@@ -23,27 +23,40 @@ TMP_MARK = ".tmp-"
 
 # -- what a Ctrl-C leaves behind ----------------------------------------------------------------------
 _interrupt_hints: list[Callable[[], str]] = []
+_interrupt_message: list[str] = []   # the message captured while a KeyboardInterrupt unwound the innermost hint
 
 
 @contextlib.contextmanager
 def interrupt_hint(hint: Callable[[], str]) -> Iterator[None]:
     """While the block runs, a Ctrl-C makes the CLI print ``hint()`` (one line: what was kept, how to resume).
 
-    Nested hints: the innermost one speaks (e.g. a sweep's run inside the sweep).
+    Nested hints: the innermost one speaks (e.g. a sweep's run inside the sweep). The message is computed
+    when the interrupt passes through the block, so it counts exactly what was committed.
     """
     _interrupt_hints.append(hint)
     try:
         yield
+    except KeyboardInterrupt:
+        if not _interrupt_message:
+            with contextlib.suppress(Exception):
+                _interrupt_message.append(hint())
+        raise
     finally:
         _interrupt_hints.remove(hint)
 
 
-def current_interrupt_hint() -> str | None:
-    """The message of the innermost active :func:`interrupt_hint`, or None."""
+def take_interrupt_hint() -> str | None:
+    """The message for the Ctrl-C being handled (then forgotten), or None when no hint was active."""
+    if _interrupt_message:
+        return _interrupt_message.pop()
     for hint in reversed(_interrupt_hints):
         with contextlib.suppress(Exception):
             return hint()
     return None
+
+
+def reset_interrupt_hint() -> None:
+    _interrupt_message.clear()
 
 
 # -- disk full / unwritable ---------------------------------------------------------------------------

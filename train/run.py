@@ -284,8 +284,8 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
         if improved:
             save_checkpoint(best_path, state)
         save_checkpoint(last_path, state)
+        kept["epochs"] = epoch + 1                   # last.pt now holds this epoch: what a resume continues from
         write_log(out / "log.csv", history)
-        kept["epochs"] = epoch + 1
         stale = 0 if improved else stale + 1
         log(f"epoch {epoch + 1}/{config.epochs} lr {lr:.2g} loss {stats['loss']:.4f} (ml {stats['loss_ml']:.4f} "
             f"kl {stats['loss_kl']:.4f}) select mAP {score:.2f} [{protocol}] best epoch {best['epoch'] + 1} "
