@@ -418,3 +418,36 @@ def test_subprocess_errors_are_one_line_without_traceback(good, tmp_path):
     # with --debug the traceback is shown
     proc = run_cli(["--debug", "info", bad], timeout=120)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+# -- a weights file that makes the backbone produce NaN: refused, never written into a cache ---------------
+def test_extract_refuses_non_finite_features_from_a_bad_weights_file(tmp_path):
+    import torch
+
+    from extract.backbones import build_backbone
+
+    sd = build_backbone("efficientnet-lite0", weights="none").trunk.net.state_dict()  # the timm EfficientNet
+    bad = {k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v) for k, v in sd.items()}
+    weights = tmp_path / "nan.pt"
+    torch.save(bad, weights)
+    root = _voc(tmp_path)
+    out_dir = tmp_path / "out"
+    args = ["extract", "--dataset", "voc", "--root", root, "--split", "trainval", "--out", out_dir / "c.h5", *CHEAP]
+    args[args.index("--weights") + 1] = str(weights)
+    code, err = invoke(args)
+    assert_one_line_error(code, err, "non-finite", "--weights")
+    assert not (out_dir / "c.h5").exists() and not [p for p in out_dir.iterdir() if ".tmp-" in p.name]
+
+
+def test_extract_refuses_weights_that_need_unpickling(tmp_path):
+    import torch
+
+    weights = tmp_path / "evil.pt"
+    torch.save({"stem.conv.weight": Path("/etc/passwd")}, weights)      # an arbitrary object: weights_only refuses
+    root = _voc(tmp_path)
+    out_dir = tmp_path / "out"
+    args = ["extract", "--dataset", "voc", "--root", root, "--split", "trainval", "--out", out_dir / "c.h5", *CHEAP]
+    args[args.index("--weights") + 1] = str(weights)
+    code, err = invoke(args)
+    assert_one_line_error(code, err, "evil.pt")
+    assert not (out_dir / "c.h5").exists()
