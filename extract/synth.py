@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from extract.datasets import VOC_CLASSES
 from iagcn.errors import UserError
-from iagcn.fsutil import tmp_name_for
+from iagcn.fsutil import TMP_MARK, check_writable_dir, exclusive_lock, interrupt_hint, is_disk_full, tmp_name_for
 
 GENERATOR_VERSION = 1
 CLASS_INDEX = {c: i for i, c in enumerate(VOC_CLASSES)}
@@ -442,23 +442,30 @@ def write_synth(out: str | os.PathLike, *, fmt: str = "voc", n_train: int = 800,
         if any(out.iterdir()) and not overwrite:
             raise UserError(f"--out {out} exists and is not empty (or holds a different synthetic dataset); "
                             "pass --overwrite to replace it or choose another folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name_for(out)
-    try:
-        tmp.mkdir()
-        writer = _write_voc if fmt == "voc" else _write_coco
-        writer(tmp, n_train=n_train, n_test=n_test, seed=seed, workers=workers, progress=progress)
-        (tmp / "synth.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            trash = tmp_name_for(out)
-            os.replace(out, trash)
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    check_writable_dir(out.parent, what=f"the dataset {out.name}")
+    hint = f"interrupted: nothing was written to {out} (it is built in a temporary folder); rerun the same command"
+    with exclusive_lock(out, what="synthetic dataset"), interrupt_hint(lambda: hint):
+        for stale in out.parent.glob(f".{out.name}{TMP_MARK}*"):   # left by a killed run (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = tmp_name_for(out)
+        try:
+            tmp.mkdir()
+            writer = _write_voc if fmt == "voc" else _write_coco
+            writer(tmp, n_train=n_train, n_test=n_test, seed=seed, workers=workers, progress=progress)
+            (tmp / "synth.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            if out.exists():
+                trash = tmp_name_for(out)
+                os.replace(out, trash)
+                os.replace(tmp, out)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(tmp, out)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, Exception) and is_disk_full(e):
+                raise UserError(f"disk full while writing the dataset {out} (the partial copy was removed); "
+                                f"free space and rerun") from e
+            raise
     return dataset_root(out, fmt), True
 
 

@@ -59,7 +59,8 @@ def test_ten_random_sigkills_then_resume_equals_uninterrupted(tmp_path):
         attempts += 1
         assert attempts <= 3 * KILLS, f"kills kept missing: {phases}"
         remaining = blocks - len(parts(out))
-        delay = rng.uniform(0.0, startup + work * remaining / blocks)
+        # from late start-up (pre-flight, model build) to just past the expected end (assembly, rename)
+        delay = rng.uniform(0.6 * startup, startup + 1.1 * work * remaining / blocks)
         before = len(parts(out))
         proc = spawn([*cmd, "--out", out])
         deadline = time.time() + delay
@@ -72,7 +73,7 @@ def test_ten_random_sigkills_then_resume_equals_uninterrupted(tmp_path):
         elif len(parts(out)) > before:
             phase = "extracting blocks"
         else:
-            phase = "start-up / pre-flight"
+            phase = "start-up / pre-flight / first block"
         proc.send_signal(signal.SIGKILL)
         proc.wait(60)
         if proc.returncode == 0:          # the run finished before the kill: it counts as no kill
