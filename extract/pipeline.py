@@ -545,6 +545,8 @@ def run_extract(cfg: ExtractConfig, out: str | os.PathLike, *, progress: bool = 
 
     validate_options(cfg)
     out = Path(out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give the cache file name, e.g. {out / (cfg.split + '.h5')}")
     check_can_create(out.parent, what=f"the cache {out.name}")
     ds, skipped = load_checked_split(cfg, progress=progress)
     emb = load_label_embeddings(cfg.label_embeddings, list(ds.class_names))
@@ -592,6 +594,8 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
                  if k not in ("shard", "format_version", "git_commit", "created", "num_rois", "feature_dim")}
         emb, source = first.label_embeddings()
         out = Path(out)
+        if out.is_dir():
+            raise UserError(f"--out {out} is a folder; give the merged cache's file name")
         check_writable_dir(out.parent, what=f"the merged cache {out.name}")
         hint = f"interrupted: nothing was written to {out} (the merge is atomic; the shards are untouched); " \
                f"rerun the same command"

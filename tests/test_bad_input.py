@@ -187,6 +187,15 @@ def test_extract_refuses_out_of_range_options(option, value, needle, tmp_path):
     assert_nothing_written(out_dir)
 
 
+def test_extract_refuses_an_output_that_is_a_folder(tmp_path):
+    root = _voc(tmp_path)
+    (tmp_path / "out").mkdir()
+    code, err = invoke(["extract", "--dataset", "voc", "--root", root, "--split", "trainval", "--out",
+                        tmp_path / "out", *CHEAP])
+    assert_one_line_error(code, err, "--out", "is a folder")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 # -- caches: truncated, newer, missing fields, disagreeing, non-finite -----------------------------------
 KW = dict(num_rois=4, dim=8, num_classes=3, embedding_dim=5)
 
