@@ -179,4 +179,52 @@ def compare_cmd(run_a, run_b, more_a, more_b, cache, resamples, seed, ci, thresh
         click.echo(f"wrote {Path(out) / 'compare.json'} and {Path(out) / 'compare.md'}")
 
 
-COMMANDS: list = [eval_cmd, compare_cmd]
+# ============================================================================================== explain
+@click.command("explain")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Run folder (iagcn train --out).")
+@click.option("--cache", type=click.Path(dir_okay=False), default=None,
+              help="Cache holding the image [default: the run's recorded evaluation cache].")
+@click.option("--image-id", "image_ids", multiple=True, required=True, help="Image id in the cache (repeatable).")
+@click.option("--image-root", type=click.Path(file_okay=False), default=None,
+              help="Folder with the image files [default: the dataset root recorded in the cache].")
+@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder for the figures.")
+def explain_cmd(run_dir, cache, image_ids, image_root, which, out) -> None:
+    """Fig. 1 (the image's A_F next to A_S) and Fig. 3 (its ROI boxes coloured by z) for cached images."""
+    from evaluate.explain import explain
+
+    _warn_to_stderr()
+    cache_path = Path(cache) if cache else _recorded_eval_cache(Path(run_dir))
+    for image_id in image_ids:
+        rec = explain(run_dir, cache_path, image_id, out, image_root=image_root, which=which)
+        top = ", ".join(f"{k} {v:.2f}" for k, v in list(rec["probabilities"].items())[:3])
+        click.echo(f"{image_id}: labels {', '.join(rec['labels']) or '-'}; top predictions {top}")
+        for note in rec["notes"]:
+            click.echo(f"  note: {note}")
+        for kind, path in rec["figures"].items():
+            if kind != "image":
+                click.echo(f"  wrote {path} (+ {Path(path).name}.npz)")
+
+
+# ============================================================================================== predict
+@click.command("predict")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Run folder (iagcn train --out).")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--threshold", type=float, default=0.5, show_default=True, help="Probability for a label to be predicted.")
+@click.option("--top-k", type=int, default=None, help="At most this many labels per image.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True)
+@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option("--workers", type=int, default=None, help="Image-loading worker processes [0 for <= 4 images, else 2].")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def predict_cmd(run_dir, images, threshold, top_k, fmt, which, device, workers, quiet) -> None:
+    """Labels with probabilities for IMAGE_OR_DIR...: stage one with the run's recorded extraction config, then its head."""
+    from evaluate.predict import format_predictions, predict_images
+
+    _warn_to_stderr()
+    preds = predict_images(run_dir, images, threshold=threshold, top_k=top_k, which=which, device=device,
+                           workers=workers, progress=not quiet, log=lambda m: click.echo(m, err=True))
+    click.echo(format_predictions(preds, fmt=fmt))
+
+
+COMMANDS: list = [eval_cmd, compare_cmd, explain_cmd, predict_cmd]
