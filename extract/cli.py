@@ -3,4 +3,6 @@ from __future__ import annotations
 
 import click  # noqa: F401
 
-COMMANDS: list = []
+from extract.synth import synth_command
+
+COMMANDS: list = [synth_command]

@@ -1,0 +1,464 @@
+"""Dataset readers: PASCAL VOC 2007, MS-COCO 2014 and custom CSV datasets, plus the image pre-flight.
+
+Every reader returns one :class:`DatasetSplit`: image ids, image paths and a label matrix
+``labels (n, C) int8`` with 1 = present, 0 = absent, -1 = ignore (VOC: the class is present only
+as "difficult" objects; these entries are masked out of the loss and of the metrics).
+
+On-disk layouts
+---------------
+``voc``   ``root`` is the ``VOCdevkit/VOC2007`` folder::
+
+              root/JPEGImages/<id>.jpg
+              root/Annotations/<id>.xml
+              root/ImageSets/Main/<split>.txt      (one id per line; split: train, val, trainval, test)
+
+          The 20 classes in the devkit's order (:data:`VOC_CLASSES`).
+
+``coco``  ``root`` is the COCO folder::
+
+              root/annotations/instances_<split>.json   (split: train2014, val2014, ...)
+              root/<split>/<file_name>                  (file_name from the JSON's ``images``)
+
+          Classes in category-id order (the JSON's ``categories`` sorted by ``id``: person, bicycle,
+          car, ... for real COCO). ML-GCN's released files (``coco_adj.pkl``, ``coco_glove_word2vec.pkl``)
+          use *alphabetical* order instead (airplane, apple, backpack, ...): reorder before comparing
+          per-class numbers with theirs. Images without annotations are dropped (the published
+          protocol: 40,137 of val2014's 40,504 images) unless ``keep_empty=True``. Crowd annotations
+          count as labels, as in ML-GCN's preprocessing.
+
+``csv``   ``root`` is a folder of images and a CSV of ``image,labels`` rows (an optional header row
+          ``image,labels``); ``image`` is a path relative to ``root``; ``labels`` is a list of class
+          names separated by ``delimiter`` (default a space; may be empty). The class list comes from
+          ``class_names`` or, when not given, is the sorted set of names in the file.
+
+Image ids that would resolve outside their image folder (``../x``, absolute paths) are rejected at
+read time. Bad annotations (XML that does not parse or lacks fields, unknown class names, unknown
+category ids) raise one :class:`~iagcn.errors.UserError` listing every bad file, or, with
+``strict=False``, drop those images and list them in ``DatasetSplit.problems`` / ``bad_ids``
+(``iagcn extract --skip-bad``).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from iagcn.errors import UserError
+
+VOC_CLASSES: list[str] = [
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+]
+"""The 20 PASCAL VOC classes in the devkit's order."""
+
+DATASET_KINDS = ("voc", "coco", "csv")
+
+MAX_LISTED = 20  # problems shown in one error message; the rest are counted
+
+
+@dataclass(frozen=True)
+class DatasetSplit:
+    """One split of a dataset: what stage one extracts into one cache file.
+
+    ``labels`` is (n, C) int8 in {1, 0, -1}; row i belongs to ``image_ids[i]`` / ``image_paths[i]``.
+    ``problems`` lists bad annotations found while reading with ``strict=False`` (those images are
+    not in the split); ``bad_ids`` names them.
+    """
+
+    name: str                 # dataset kind/name: "voc", "coco", "csv" (or "synth-voc" etc.)
+    root: Path                # dataset root as given (VOC2007 folder, COCO folder, CSV image folder)
+    split: str                # split name (VOC: trainval/test/..., COCO: train2014/val2014, CSV: file stem)
+    class_names: list[str]    # C class names, in label-column order
+    image_ids: list[str]      # n ids, dataset order
+    image_paths: list[Path]   # n image files
+    labels: np.ndarray        # (n, C) int8 in {1, 0, -1}
+    problems: list[str] = field(default_factory=list)  # "<file>: <what is wrong>" for dropped images
+    bad_ids: list[str] = field(default_factory=list)   # ids dropped for bad annotations (strict=False)
+
+    def __post_init__(self) -> None:
+        n, C = len(self.image_ids), len(self.class_names)
+        if len(self.image_paths) != n or self.labels.shape != (n, C) or self.labels.dtype != np.int8:
+            raise ValueError(f"inconsistent DatasetSplit: {n} ids, {len(self.image_paths)} paths, "
+                             f"labels {self.labels.shape} {self.labels.dtype}, {C} classes")
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def without(self, ids: Iterable[str]) -> "DatasetSplit":
+        """This split minus the images ``ids`` (e.g. those pre-flight found bad); they join ``bad_ids``.
+
+        ``problems`` is unchanged: it keeps listing the annotation problems found while reading.
+        """
+        drop = set(ids)
+        keep = [i for i, image_id in enumerate(self.image_ids) if image_id not in drop]
+        dropped = [image_id for image_id in self.image_ids if image_id in drop]
+        return dataclasses.replace(
+            self, image_ids=[self.image_ids[i] for i in keep], image_paths=[self.image_paths[i] for i in keep],
+            labels=self.labels[keep], bad_ids=[*self.bad_ids, *dropped])
+
+
+# ---------------------------------------------------------------------------------------------------
+# shared helpers
+
+
+def _join_inside(folder: Path, relative: str, *, what: str) -> Path:
+    """``folder / relative``, refusing anything that escapes ``folder`` (``..``, absolute paths).
+
+    The check is lexical (``os.path.normpath``), so a symlinked image folder is still accepted.
+    """
+    if not relative or "\x00" in relative:
+        raise UserError(f"{what}: empty or invalid image id {relative!r}; fix the id")
+    joined = os.path.normpath(os.path.join(folder, relative))
+    base = os.path.normpath(folder)
+    if os.path.isabs(relative) or os.path.commonpath([base, joined]) != base or joined == base:
+        raise UserError(f"{what}: image id {relative!r} resolves outside the dataset folder {folder}; "
+                        "image ids must be paths inside the dataset root")
+    return Path(joined)
+
+
+def _format_problems(header: str, problems: list[str], hint: str) -> str:
+    shown = problems[:MAX_LISTED]
+    more = f"; ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+    return f"{header} ({len(problems)}): " + "; ".join(shown) + more + f"; {hint}"
+
+
+def _raise_or_keep(problems: dict[str, str], *, strict: bool, source: str) -> None:
+    if problems and strict:
+        raise UserError(_format_problems(f"{source}: bad annotations", list(problems.values()),
+                                         "fix or remove these files (or rerun with --skip-bad to leave them out)"))
+
+
+def _require_dir(path: Path, *, what: str, hint: str) -> None:
+    if not path.is_dir():
+        raise UserError(f"{what} {path} not found; {hint}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# PASCAL VOC 2007
+
+
+def voc_available_splits(root: Path) -> list[str]:
+    """Split names with an ``ImageSets/Main/<split>.txt`` (not the per-class ``<class>_<split>.txt``)."""
+    main = Path(root) / "ImageSets" / "Main"
+    if not main.is_dir():
+        return []
+    return sorted(p.stem for p in main.glob("*.txt") if not any(p.stem.startswith(c + "_") for c in VOC_CLASSES))
+
+
+def _parse_voc_xml(path: Path, class_index: dict[str, int]) -> tuple[np.ndarray | None, str | None]:
+    """Labels (C,) int8 of one annotation file, or (None, problem)."""
+    try:
+        tree = ET.parse(path)
+    except FileNotFoundError:
+        return None, f"{path}: annotation file missing"
+    except (ET.ParseError, OSError) as e:
+        return None, f"{path}: XML does not parse ({e})"
+    positive = np.zeros(len(class_index), dtype=bool)   # (C,) has a non-difficult object
+    difficult = np.zeros(len(class_index), dtype=bool)  # (C,) has a difficult object
+    for k, obj in enumerate(tree.getroot().iter("object")):
+        name = obj.findtext("name")
+        if name is None or not name.strip():
+            return None, f"{path}: object {k} has no <name>"
+        name = name.strip()
+        if name not in class_index:
+            return None, f"{path}: unknown class {name!r} (object {k}); expected one of the 20 VOC classes"
+        flag = (obj.findtext("difficult") or "0").strip()  # absent <difficult> means 0, as in the devkit
+        if flag not in ("0", "1"):
+            return None, f"{path}: object {k} has <difficult>{flag}</difficult>; expected 0 or 1"
+        (difficult if flag == "1" else positive)[class_index[name]] = True
+    # 1 if a non-difficult object, -1 if only difficult ones, 0 otherwise
+    labels = np.where(positive, 1, np.where(difficult, -1, 0)).astype(np.int8)  # (C,)
+    return labels, None
+
+
+def read_voc(root: str | os.PathLike, split: str, *, strict: bool = True, name: str = "voc") -> DatasetSplit:
+    """Read a split of a VOC2007-layout dataset (``root`` = the ``VOCdevkit/VOC2007`` folder)."""
+    root = Path(root)
+    _require_dir(root, what="VOC root", hint="pass the VOCdevkit/VOC2007 folder as --root")
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        _require_dir(root / sub, what="VOC folder", hint=f"--root must be the VOC2007 folder (holding {sub}/)")
+    split_file = root / "ImageSets" / "Main" / f"{split}.txt"
+    if not split_file.is_file():
+        raise UserError(f"VOC split {split!r} not found ({split_file}); available splits: "
+                        f"{', '.join(voc_available_splits(root)) or 'none'}")
+    ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise UserError(f"{split_file}: duplicate image ids {dup}; each id must appear once")
+    class_index = {c: i for i, c in enumerate(VOC_CLASSES)}
+    image_dir, ann_dir = root / "JPEGImages", root / "Annotations"
+    rows, kept_ids, paths, problems = [], [], [], {}
+    for image_id in ids:
+        what = f"{split_file} id {image_id!r}"
+        image_path = _join_inside(image_dir, image_id + ".jpg", what=what)
+        xml_path = _join_inside(ann_dir, image_id + ".xml", what=what)
+        labels, problem = _parse_voc_xml(xml_path, class_index)
+        if problem is not None:
+            problems[image_id] = problem
+            continue
+        rows.append(labels)
+        kept_ids.append(image_id)
+        paths.append(image_path)
+    _raise_or_keep(problems, strict=strict, source=f"VOC {root} split {split}")
+    labels = np.stack(rows).astype(np.int8) if rows else np.zeros((0, len(VOC_CLASSES)), np.int8)  # (n, C)
+    return DatasetSplit(name=name, root=root, split=split, class_names=list(VOC_CLASSES), image_ids=kept_ids,
+                        image_paths=paths, labels=labels, problems=list(problems.values()), bad_ids=list(problems))
+
+
+# ---------------------------------------------------------------------------------------------------
+# MS-COCO 2014
+
+
+def read_coco(root: str | os.PathLike, split: str, *, keep_empty: bool = False, strict: bool = True,
+              name: str = "coco") -> DatasetSplit:
+    """Read ``annotations/instances_<split>.json`` with images in ``<root>/<split>/``.
+
+    Classes in category-id order; images without annotations dropped unless ``keep_empty``.
+    An annotation naming an unknown category id or image id is an error.
+    """
+    root = Path(root)
+    _require_dir(root, what="COCO root", hint="pass the folder holding annotations/ and the image folders as --root")
+    ann_file = root / "annotations" / f"instances_{split}.json"
+    if not ann_file.is_file():
+        available = sorted(p.stem[len("instances_"):] for p in (root / "annotations").glob("instances_*.json"))
+        raise UserError(f"COCO split {split!r} not found ({ann_file}); available splits: "
+                        f"{', '.join(available) or 'none'}")
+    try:
+        with open(ann_file, "rb") as fh:
+            data = json.load(fh)
+        categories = sorted(data["categories"], key=lambda c: int(c["id"]))
+        images = data["images"]
+        annotations = data["annotations"]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{ann_file}: not valid JSON ({e}); re-download or regenerate it") from e
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{ann_file}: missing or malformed field {e}; expected COCO 'images', "
+                        "'annotations' and 'categories' lists") from e
+    image_dir = root / split
+    _require_dir(image_dir, what="COCO image folder", hint=f"put the {split} images in {image_dir}")
+    class_names = [str(c["name"]) for c in categories]
+    cat_index = {int(c["id"]): i for i, c in enumerate(categories)}   # category id -> label column
+    try:
+        image_index = {int(im["id"]): k for k, im in enumerate(images)}  # image id -> row
+        file_names = [str(im["file_name"]) for im in images]
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{ann_file}: an image entry lacks 'id' or 'file_name' ({e})") from e
+    labels = np.zeros((len(images), len(class_names)), dtype=np.int8)   # (n_all, C)
+    has_annotation = np.zeros(len(images), dtype=bool)                    # (n_all,)
+    unknown_cats: dict[int, int] = {}
+    unknown_images: set = set()
+    for a in annotations:
+        try:
+            image_id, cat_id = int(a["image_id"]), int(a["category_id"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{ann_file}: annotation {a.get('id', '?') if isinstance(a, dict) else a!r} "
+                            f"lacks image_id/category_id ({e})") from e
+        if cat_id not in cat_index:
+            unknown_cats[cat_id] = unknown_cats.get(cat_id, 0) + 1
+            continue
+        if image_id not in image_index:
+            unknown_images.add(image_id)
+            continue
+        row = image_index[image_id]
+        labels[row, cat_index[cat_id]] = 1
+        has_annotation[row] = True
+    if unknown_cats:
+        raise UserError(f"{ann_file}: annotations use category ids not in 'categories': "
+                        + ", ".join(f"{c} ({n} annotations)" for c, n in sorted(unknown_cats.items()))
+                        + f"; known ids: {sorted(cat_index)}")
+    if unknown_images:
+        raise UserError(f"{ann_file}: annotations refer to {len(unknown_images)} image ids not in 'images' "
+                        f"(e.g. {sorted(unknown_images)[:5]}); the file is inconsistent")
+    keep = np.flatnonzero(has_annotation | keep_empty)
+    ids, paths = [], []
+    for k in keep:
+        fname = file_names[k]
+        paths.append(_join_inside(image_dir, fname, what=f"{ann_file} image {images[k]['id']}"))
+        ids.append(os.path.splitext(fname)[0])
+    if len(set(ids)) != len(ids):
+        raise UserError(f"{ann_file}: duplicate image file names; each image must appear once")
+    del strict  # COCO annotation errors are file-level: nothing to skip image by image
+    return DatasetSplit(name=name, root=root, split=split, class_names=class_names, image_ids=ids,
+                        image_paths=paths, labels=labels[keep])
+
+
+# ---------------------------------------------------------------------------------------------------
+# custom CSV datasets
+
+
+def read_csv_dataset(root: str | os.PathLike, csv_path: str | os.PathLike, *, class_names: list[str] | None = None,
+                     delimiter: str = " ", strict: bool = True, name: str = "csv") -> DatasetSplit:
+    """Read a CSV of ``image,labels`` rows; images are paths relative to ``root``.
+
+    With ``class_names`` given, a label outside it is an error naming the row; otherwise the class
+    list is the sorted set of labels found in the file.
+    """
+    root, csv_path = Path(root), Path(csv_path)
+    _require_dir(root, what="image folder", hint="pass the folder the CSV's image paths are relative to as --root")
+    if not csv_path.is_file():
+        raise UserError(f"CSV file {csv_path} not found; pass an existing image,labels file")
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{csv_path}: cannot read as CSV ({e}); expected UTF-8 rows 'image,labels'") from e
+    entries: list[tuple[int, str, list[str]]] = []  # (line number, image, labels)
+    for line_no, row in enumerate(rows, start=1):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if line_no == 1 and [c.strip().lower() for c in row] == ["image", "labels"]:
+            continue  # header
+        if len(row) != 2:
+            raise UserError(f"{csv_path} row {line_no}: expected 2 columns 'image,labels', got {len(row)}; "
+                            "quote fields that contain commas")
+        image, label_field = row[0].strip(), row[1]
+        labels = [t.strip() for t in label_field.split(delimiter)] if delimiter.strip() else label_field.split()
+        entries.append((line_no, image, [t for t in labels if t]))
+    if class_names is None:
+        class_names = sorted({t for _, _, labels in entries for t in labels})
+        if not class_names:
+            raise UserError(f"{csv_path}: no labels in the file; pass the class list with --classes")
+    else:
+        class_names = list(class_names)
+        if len(set(class_names)) != len(class_names):
+            raise UserError("class list has duplicate names; each class must appear once")
+    class_index = {c: i for i, c in enumerate(class_names)}
+    label_rows, ids, paths, seen = [], [], [], {}
+    problems: dict[str, str] = {}
+    for line_no, image, labels in entries:
+        what = f"{csv_path} row {line_no}"
+        path = _join_inside(root, image, what=what)
+        if image in seen:
+            raise UserError(f"{what}: image {image!r} already listed in row {seen[image]}; list each image once")
+        seen[image] = line_no
+        unknown = [t for t in labels if t not in class_index]
+        if unknown:
+            problems[image] = f"{what}: unknown labels {unknown} (image {image!r}); known: {class_names}"
+            continue
+        vec = np.zeros(len(class_names), dtype=np.int8)  # (C,)
+        vec[[class_index[t] for t in labels]] = 1
+        label_rows.append(vec)
+        ids.append(image)
+        paths.append(path)
+    _raise_or_keep(problems, strict=strict, source=f"CSV {csv_path}")
+    labels_arr = np.stack(label_rows) if label_rows else np.zeros((0, len(class_names)), np.int8)  # (n, C)
+    return DatasetSplit(name=name, root=root, split=csv_path.stem, class_names=class_names, image_ids=ids,
+                        image_paths=paths, labels=labels_arr, problems=list(problems.values()), bad_ids=list(problems))
+
+
+# ---------------------------------------------------------------------------------------------------
+# dispatcher
+
+
+def load_dataset(kind: str, root: str | os.PathLike, split: str, **options) -> DatasetSplit:
+    """Read split ``split`` of a ``voc`` | ``coco`` | ``csv`` dataset.
+
+    For ``csv``, ``split`` is the CSV file: a path, or a name resolved as ``<root>/<split>.csv``.
+    Options are passed to the reader (``strict``, ``keep_empty``, ``class_names``, ``delimiter``).
+    """
+    if kind == "voc":
+        return read_voc(root, split, **options)
+    if kind == "coco":
+        return read_coco(root, split, **options)
+    if kind == "csv":
+        csv_path = Path(split)
+        if not csv_path.is_file() and (Path(root) / f"{split}.csv").is_file():
+            csv_path = Path(root) / f"{split}.csv"
+        return read_csv_dataset(root, csv_path, **options)
+    raise UserError(f"--dataset {kind!r} is not known; choose one of {', '.join(DATASET_KINDS)}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# images: loading and pre-flight
+
+
+def load_image_rgb(path: str | os.PathLike):
+    """Open an image as an 8-bit RGB ``PIL.Image`` with its EXIF orientation applied.
+
+    Accepts anything Pillow decodes, whatever the extension says (PNG saved as .jpg), in any mode
+    (grayscale, CMYK, palette, RGBA, 16-bit). Raises ``OSError``/``PIL.UnidentifiedImageError`` on
+    truncated or non-image files.
+    """
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im.load()  # full decode: truncated files raise here
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            arr = np.asarray(im, dtype=np.float64)                                    # (H, W)
+            hi = float(arr.max()) or 1.0
+            im = Image.fromarray(np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8), mode="L")
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            im = im.convert("RGBA")
+            background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(background, im)
+        return im.convert("RGB")
+
+
+def check_image(path: Path, *, decode: bool = True) -> str | None:
+    """None if ``path`` is a usable image, else what is wrong with it (one phrase)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "missing file"
+    except OSError as e:
+        return f"cannot read ({e.strerror})"
+    if not path.is_file():
+        return "not a regular file"
+    if size == 0:
+        return "zero-byte file"
+    try:
+        if decode:
+            load_image_rgb(path)
+        else:
+            with Image.open(path) as im:
+                im.size  # header only
+    except UnidentifiedImageError:
+        return "not an image Pillow can read"
+    except (OSError, SyntaxError, ValueError) as e:
+        return f"undecodable or truncated image ({e})"
+    except Image.DecompressionBombError as e:
+        return f"image too large ({e})"
+    return None
+
+
+def find_bad_images(ds: DatasetSplit, *, check_decode: bool = True, workers: int | None = None,
+                    progress: bool = False) -> dict[str, str]:
+    """{image id: problem} for every image of ``ds`` that is missing, empty, truncated or not an image."""
+    workers = workers or min(8, os.cpu_count() or 1)
+    check = lambda p: check_image(p, decode=check_decode)  # noqa: E731
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow releases the GIL while decoding
+        results = pool.map(check, ds.image_paths, chunksize=16) if workers > 1 else map(check, ds.image_paths)
+        if progress:
+            from tqdm import tqdm
+            results = tqdm(results, total=len(ds), desc="pre-flight", unit="img", leave=False)
+        return {image_id: f"{path}: {problem}"
+                for image_id, path, problem in zip(ds.image_ids, ds.image_paths, results) if problem is not None}
+
+
+def preflight(ds: DatasetSplit, *, check_decode: bool = True, workers: int | None = None,
+              progress: bool = False) -> list[str]:
+    """Every problem with ``ds`` at once: bad annotations seen while reading, then bad images.
+
+    Returns an empty list when the split is ready to extract. ``check_decode=False`` only reads
+    headers (fast, but misses truncated files).
+    """
+    bad = find_bad_images(ds, check_decode=check_decode, workers=workers, progress=progress)
+    return [*ds.problems, *bad.values()]
+
+
+def raise_on_problems(problems: list[str], *, what: str) -> None:
+    """Raise one UserError listing ``problems`` (no-op when empty)."""
+    if problems:
+        raise UserError(_format_problems(f"{what}: pre-flight found problems", problems,
+                                         "fix them, or rerun with --skip-bad to leave these images out"))
