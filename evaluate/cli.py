@@ -180,7 +180,7 @@ def compare_cmd(run_a, run_b, more_a, more_b, cache, resamples, seed, ci, thresh
 
 
 # ============================================================================================== explain
-@click.command("explain")
+@click.command("explain", short_help="Fig. 1 (A_F next to A_S) and Fig. 3 (ROI boxes coloured by z) for cached images.")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Run folder (iagcn train --out).")
 @click.option("--cache", type=click.Path(dir_okay=False), default=None,
               help="Cache holding the image [default: the run's recorded evaluation cache].")
