@@ -145,10 +145,15 @@ def _recorded_eval_cache(run_dir: Path) -> Path:
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder for compare.json and compare.md [print only].")
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown"]), default="text", show_default=True)
-def compare_cmd(run_a, run_b, more_a, more_b, cache, resamples, seed, ci, threshold, top_k, out, fmt) -> None:
+@click.option("--sweep", "sweep_dir", type=click.Path(file_okay=False), default=None,
+              help="Instead of A/B: every preset of this sweep folder against --baseline (ablation table).")
+@click.option("--baseline", default="mlgcn", show_default=True, help="With --sweep: the preset compared against.")
+def compare_cmd(run_a, run_b, more_a, more_b, cache, resamples, seed, ci, threshold, top_k, out, fmt, sweep_dir,
+                baseline) -> None:
     """B - A per metric with a paired bootstrap CI over images (from saved scores), + a seed test with >= 2 seeds.
 
     RUN_A / RUN_B: run folders or SWEEP_DIR:PRESET (all seeds of a preset). Use --a/--b to list seeds one by one.
+    With --sweep DIR --baseline PRESET: the ablation table of the sweep with a ΔmAP-vs-baseline [CI] column.
     """
     from evaluate.compare import compare_runs, comparison_record, comparison_table
     from evaluate.evaluation import EvalConfig
@@ -156,6 +161,24 @@ def compare_cmd(run_a, run_b, more_a, more_b, cache, resamples, seed, ci, thresh
     from iagcn.fsutil import git_commit, write_json_atomic, write_text_atomic
 
     _warn_to_stderr()
+    if sweep_dir is not None:
+        from evaluate.compare import sweep_ablation, sweep_ablation_table, sweep_runs
+
+        if run_a or run_b or more_a or more_b:
+            raise UserError("--sweep compares the sweep's presets; drop RUN_A/RUN_B/--a/--b")
+        config = EvalConfig(threshold=threshold, top_k=top_k, n_resamples=resamples, seed=seed, ci=ci, plots=False)
+        cache_path = Path(cache) if cache else _recorded_eval_cache(next(iter(sweep_runs(sweep_dir).values()))[0])
+        result = sweep_ablation(sweep_dir, baseline=baseline, cache_path=cache_path, config=config,
+                                log=lambda m: click.echo(m, err=True))
+        click.echo(sweep_ablation_table(result, fmt=fmt))
+        if out:
+            rec = {k: result[k] for k in ("baseline", "sweep", "cache", "comparisons")}
+            rec.update(config=config_to_dict(config), git_commit=git_commit())
+            write_json_atomic(Path(out) / "ablation.json", rec, what="ablation comparison")
+            write_text_atomic(Path(out) / "ablation.md", sweep_ablation_table(result, fmt="markdown"),
+                              what="ablation table")
+            click.echo(f"wrote {Path(out) / 'ablation.json'} and {Path(out) / 'ablation.md'}")
+        return
     side_a = ([run_a] if run_a else []) + list(more_a)
     side_b = ([run_b] if run_b else []) + list(more_b)
     if not side_a or not side_b:

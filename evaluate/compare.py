@@ -220,3 +220,53 @@ def comparison_table(cmp: Comparison, *, fmt: str = "text") -> str:
     if cmp.seed_tests is not None:
         note += f" Seed test: paired t-test over {len(cmp.runs_a)} seeds (two-sided)."
     return render_table(header, rows, fmt=fmt) + ("\n" if fmt == "markdown" else "") + note + "\n"
+
+
+def sweep_runs(sweep_dir: str | Path) -> dict[str, list[Path]]:
+    """``{preset: [run dirs sorted by seed]}`` of a sweep folder, from each run's config.json (first-seen order)."""
+    import json
+
+    out: dict[str, list[tuple[int, Path]]] = {}
+    for cfg_path in sorted(Path(sweep_dir).glob("*/config.json")):
+        try:
+            cfg = json.loads(cfg_path.read_text()).get("config", {})
+        except (OSError, ValueError):
+            continue
+        out.setdefault(str(cfg.get("preset", cfg_path.parent.name)), []).append((int(cfg.get("seed", 0)),
+                                                                                 cfg_path.parent))
+    if not out:
+        raise UserError(f"--sweep {sweep_dir}: no run folders (*/config.json); pass the --out of `iagcn sweep`")
+    return {p: [d for _, d in sorted(v)] for p, v in out.items()}
+
+
+def sweep_ablation(sweep_dir: str | Path, *, baseline: str, cache_path: str | Path, config: EvalConfig,
+                   log=None) -> dict[str, Any]:
+    """Every preset of a sweep against ``baseline``: the ablation table (mean ± std over seeds) with the
+    ``ΔmAP vs baseline [CI]`` column from the paired bootstrap and, with >= 2 seeds, the seed test's p-value."""
+    groups = sweep_runs(sweep_dir)
+    if baseline not in groups:
+        raise UserError(f"--baseline {baseline}: not among the sweep's presets ({', '.join(groups)})")
+    runs, deltas, seed_tests, records = [], {}, {}, {}
+    base_specs = [str(d) for d in groups[baseline]]
+    for preset, dirs in groups.items():
+        cmp = compare_runs(base_specs, [str(d) for d in dirs], cache_path=cache_path, config=config)
+        for r in cmp.runs_b:
+            runs.append({"preset": preset, "seed": r.seed, "metrics": cmp.per_run[str(r.run_dir)]})
+        if preset != baseline:
+            deltas[preset] = cmp.bootstrap
+            if cmp.seed_tests and "mAP" in cmp.seed_tests:
+                seed_tests[preset] = cmp.seed_tests["mAP"]
+            records[preset] = comparison_record(cmp, cache_path=cache_path, config=config)
+            if log:
+                m = cmp.bootstrap["metrics"]["mAP"]
+                log(f"{preset} vs {baseline}: ΔmAP {m['diff']:+.2f} [{m['low']:+.2f}, {m['high']:+.2f}]")
+    return {"baseline": baseline, "sweep": str(sweep_dir), "cache": str(cache_path), "runs": runs, "deltas": deltas,
+            "seed_tests": seed_tests, "comparisons": records, "ci": config.ci}
+
+
+def sweep_ablation_table(result: dict[str, Any], *, fmt: str = "text") -> str:
+    """The ablation table (report.ablation_table) of a :func:`sweep_ablation` result."""
+    from evaluate.report import ablation_table
+
+    return ablation_table(result["runs"], fmt=fmt, baseline=result["baseline"], deltas=result["deltas"],
+                          seed_tests=result["seed_tests"] or None, ci=result["ci"])

@@ -310,3 +310,22 @@ def test_compare_better_by_construction_excludes_zero(tmp_path):
     assert m["diff"] == pytest.approx(np.nanmean(reference_ap(b, labels)) - np.nanmean(reference_ap(a, labels)),
                                       abs=1e-9)
     assert "*" in r.output
+
+
+def test_compare_sweep_ablation_table(tiny_runs):
+    """--sweep DIR --baseline P: one row per preset, the baseline marked, ΔmAP = B - A of the runs' own metrics."""
+    out = tiny_runs["dir"] / "ablation"
+    r = invoke(["compare", "--sweep", tiny_runs["dir"] / "sweep", "--baseline", "mlgcn", "--cache", tiny_runs["test"],
+                "--resamples", "50", "--out", out, "--format", "markdown"])
+    assert r.exit_code == 0, r.output
+    md = (out / "ablation.md").read_text()
+    import re
+
+    assert "ΔmAP vs mlgcn" in md
+    assert re.search(r"\| mlgcn\s*\|.*\|\s*baseline \|", md) and re.search(r"\| iagcn\s*\|\s*2 \|", md)
+    rec = json.loads((out / "ablation.json").read_text())
+    m = rec["comparisons"]["iagcn"]["bootstrap"]["metrics"]["mAP"]
+    runs = tiny_runs["runs"]
+    mean_b = np.mean([json.loads((runs[("iagcn", s)] / "metrics.json").read_text())["metrics"]["mAP"] for s in (0, 1)])
+    base = json.loads((runs[("mlgcn", 0)] / "metrics.json").read_text())["metrics"]["mAP"]
+    assert m["diff"] == pytest.approx(mean_b - base, abs=1e-3)
