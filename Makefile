@@ -39,12 +39,12 @@ TRAIN_ARGS ?=
 # ---- the demo (`make demo`; see docs/demo.md) --------------------------------------------------
 # Small on purpose: the whole pipeline on synthetic data, offline, in ~5 minutes on 2 CPU cores.
 DEMO_OUT ?= demo_out
-DEMO_TRAIN ?= 300
-DEMO_TEST ?= 150
-DEMO_IMAGE_SIZE ?= 224
-DEMO_PROPOSER_SIZE ?= 160
-DEMO_NUM_ROIS ?= 20
-DEMO_EPOCHS ?= 12
+DEMO_TRAIN ?= 200
+DEMO_TEST ?= 100
+DEMO_IMAGE_SIZE ?= 192
+DEMO_PROPOSER_SIZE ?= 128
+DEMO_NUM_ROIS ?= 16
+DEMO_EPOCHS ?= 8
 DEMO_SEEDS ?= 0
 DEMO_BASELINE ?= mlgcn
 DEMO_PREDICT ?= 4
@@ -101,7 +101,7 @@ demo: $(STAMP)
 	$(IAGCN) extract $(DEMO_EXTRACT) --split test --out $(DEMO_OUT)/cache/test.h5; \
 	echo "== [4/8] stage two: sweep over all 7 presets ($(DEMO_EPOCHS) epochs, seeds $(DEMO_SEEDS), epoch chosen on a 10% hold-out of trainval)"; \
 	$(IAGCN) sweep --train-cache $(DEMO_OUT)/cache/trainval.h5 --val-cache $(DEMO_OUT)/cache/test.h5 \
-	  --presets $(PRESETS) --seeds $(DEMO_SEEDS) --epochs $(DEMO_EPOCHS) --device cpu --quiet --out $(DEMO_OUT)/sweep; \
+	  --presets $(PRESETS) --seeds $(DEMO_SEEDS) --epochs $(DEMO_EPOCHS) --device cpu --out $(DEMO_OUT)/sweep; \
 	echo "== [5/8] ablation table: every preset against $(DEMO_BASELINE), paired bootstrap over test images"; \
 	$(IAGCN) compare --sweep $(DEMO_OUT)/sweep --baseline $(DEMO_BASELINE) --cache $(DEMO_OUT)/cache/test.h5 \
 	  --out $(DEMO_OUT)/compare; \

@@ -236,7 +236,15 @@ def sweep_runs(sweep_dir: str | Path) -> dict[str, list[Path]]:
                                                                                  cfg_path.parent))
     if not out:
         raise UserError(f"--sweep {sweep_dir}: no run folders (*/config.json); pass the --out of `iagcn sweep`")
-    return {p: [d for _, d in sorted(v)] for p, v in out.items()}
+    order = list(out)
+    results = Path(sweep_dir) / "results.csv"
+    if results.exists():  # the sweep's own preset order (the paper's row order)
+        import csv
+
+        with open(results, newline="") as fh:
+            seen = [row.get("preset") for row in csv.DictReader(fh)]
+        order = [p for p in dict.fromkeys(seen) if p in out] + [p for p in order if p not in seen]
+    return {p: [d for _, d in sorted(out[p])] for p in order}
 
 
 def sweep_ablation(sweep_dir: str | Path, *, baseline: str, cache_path: str | Path, config: EvalConfig,
