@@ -115,7 +115,10 @@ demo: $(STAMP)
 	images=$$(head -$(DEMO_PREDICT) $(DEMO_ROOT)/ImageSets/Main/test.txt | sed 's|^\(.*\)$$|$(DEMO_ROOT)/JPEGImages/\1.jpg|'); \
 	echo "== [8/8] predict $(DEMO_PREDICT) test images from their files (stage one on the fly + the IA-GCN head)"; \
 	$(IAGCN) predict --run $(DEMO_OUT)/sweep/iagcn-s0 --top-k 3 $$images; \
-	echo "   (true labels: $(DEMO_ROOT)/Annotations/<id>.xml)"; \
+	echo "   objects in their annotations (difficult ones included):"; \
+	for id in $$(head -$(DEMO_PREDICT) $(DEMO_ROOT)/ImageSets/Main/test.txt); do \
+	  echo "   $$id: $$(grep -o '<name>[a-z]*</name>' $(DEMO_ROOT)/Annotations/$$id.xml | sed 's/<[^>]*>//g' | sort -u | paste -sd' ')"; \
+	done; \
 	echo "== done in $$(( $$(date +%s) - t0 )) s. Outputs in $(DEMO_OUT)/:"; \
 	echo "   sweep/table.md, sweep/results.csv, sweep/<preset>-s<seed>/  runs (config, log, checkpoints, scores, metrics)"; \
 	echo "   compare/ablation.md             ablation table with the ΔmAP-vs-$(DEMO_BASELINE) 95% interval"; \
