@@ -85,8 +85,9 @@ def read_csv_matrix(path: Path, *, option: str) -> ScoreTable:
     if not rows:
         raise UserError(f"{option} {path}: empty file; write one row per image")
     header = None
-    if not all(_is_number(c) for c in rows[0][1:]) or not rows[0][0].strip() or \
-            rows[0][0].strip().lower() in ("image_id", "id", "image"):
+    first = rows[0][0].strip()
+    if not all(_is_number(c) for c in rows[0][1:]) or not first or first.lower() in ("image_id", "id", "image") or \
+            (not _is_number(first) and len(rows) > 1 and _is_number(rows[1][0])):
         header, rows = [c.strip() for c in rows[0]], rows[1:]
     if not rows:
         raise UserError(f"{option} {path}: a header but no data rows")
