@@ -119,3 +119,23 @@ def test_predict_refuses_bad_images(tiny, tmp_path):
         predict_images(tiny["run"], [bad], progress=False)
     with pytest.raises(UserError, match="no such image"):
         predict_images(tiny["run"], [tmp_path / "absent.png"], progress=False)
+
+
+def test_run_records_extraction_config_and_predict_needs_no_train_cache(tiny, tmp_path):
+    """config.json carries the train cache's extract_config + weight hashes, so predict works without that cache."""
+    from cache.format import FeatureCache
+    from evaluate.predict import extraction_record, predict_images
+
+    record = json.loads((tiny["run"] / "config.json").read_text())["train_cache"]
+    with FeatureCache(tiny["trainval"]) as c:
+        assert record["extract_config"] == c.attrs["extract_config"]
+        assert record["backbone_weights_sha256"] == c.attrs["backbone_weights_sha256"]
+    moved = tmp_path / "trainval.h5"
+    shutil.move(tiny["trainval"], moved)
+    try:
+        rec = extraction_record(tiny["run"])
+        assert rec.source.endswith("config.json") and rec.extract_config["image_size"] == 64
+        image = sorted((tiny["root"] / "JPEGImages").iterdir())[0]
+        assert predict_images(tiny["run"], [image], progress=False, log=lambda *_: None)
+    finally:
+        shutil.move(moved, tiny["trainval"])
