@@ -1,6 +1,253 @@
-"""`iagcn` subcommands of the `evaluate` stage. Each command module lists its click commands in COMMANDS."""
+"""`iagcn` subcommands of the `evaluate` stage: eval, compare, explain, predict. Listed in COMMANDS."""
 from __future__ import annotations
 
-import click  # noqa: F401
+import dataclasses
+import warnings
+from pathlib import Path
 
-COMMANDS: list = []
+import click
+
+from iagcn.errors import UserError
+
+
+def _warn_to_stderr() -> None:
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
+        click.echo(f"warning: {message}", err=True)
+
+    warnings.showwarning = show
+
+
+def _pr_classes(text: str | None) -> tuple[str, ...]:
+    return tuple(c.strip() for c in text.split(",") if c.strip()) if text else ()
+
+
+# ============================================================================================== eval
+@click.command("eval")
+@click.option("--run", "runs", multiple=True, type=click.Path(file_okay=False),
+              help="Run folder (iagcn train --out); repeat to evaluate several runs side by side.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="A checkpoint file (best.pt / last.pt / any iagcn .pt) instead of --run.")
+@click.option("--cache", type=click.Path(dir_okay=False), default=None,
+              help="Cache to score with --run/--checkpoint [default: the run's recorded evaluation cache].")
+@click.option("--scores", type=click.Path(dir_okay=False), default=None,
+              help="Scores of any model: .npy / .npz (scores, image_ids) / .csv (optional header + id column).")
+@click.option("--targets", type=click.Path(dir_okay=False), default=None,
+              help="Targets for --scores: .npy / .npz / .csv with 1 / 0 / -1, or a cache .h5 (its labels).")
+@click.option("--scores-are", type=click.Choice(["logits", "probabilities"]), default=None,
+              help="What --scores holds (required with --scores; runs always give logits).")
+@click.option("--class-names", default=None, help="Comma-separated class names or a file (one a line).")
+@click.option("--threshold", type=float, default=0.5, show_default=True, help="Probability threshold for CP ... OF1.")
+@click.option("--top-k", type=int, default=3, show_default=True, help="Top-k block (0: none).")
+@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Which checkpoint of a run.")
+@click.option("--pr-classes", default=None,
+              help="Comma-separated classes for precision-recall curves [the 3 most frequent].")
+@click.option("--no-plots", is_flag=True, help="Do not write PNG plots.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder [one --run: RUN/eval; several: required; --scores: print only].")
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown"]), default="text", show_default=True,
+              help="Table format printed.")
+@click.option("--device", default="cpu", show_default=True, help="Device for scoring a cache (cpu | cuda).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, threshold, top_k, which, pr_classes,
+             no_plots, out, fmt, device, quiet) -> None:
+    """Evaluate scores (any model) or trained runs: metrics.json, per_class_ap.csv, scores, Table 1/2 layouts, plots."""
+    from evaluate import evaluation as E
+
+    _warn_to_stderr()
+    if scores is not None or targets is not None:
+        if runs or checkpoint:
+            raise UserError("--scores/--targets and --run/--checkpoint are exclusive; pass one kind of input")
+        if scores is None or targets is None:
+            raise UserError("--scores and --targets go together; pass both files")
+        if scores_are is None:
+            raise UserError("--scores-are is required with --scores: say 'logits' or 'probabilities'")
+    elif not runs and not checkpoint:
+        raise UserError("nothing to evaluate: pass --run DIR (or --checkpoint FILE) [--cache FILE], "
+                        "or --scores FILE --targets FILE")
+    elif runs and checkpoint:
+        raise UserError("--run and --checkpoint are exclusive; pass one")
+    elif scores_are == "probabilities":
+        raise UserError("--scores-are probabilities: runs produce logits; drop --scores-are")
+    config = E.EvalConfig(scores_are=scores_are or "logits", threshold=threshold, top_k=top_k, which=which,
+                          pr_classes=_pr_classes(pr_classes), plots=not no_plots, device=device)
+    names_given = E.parse_class_names(class_names)
+
+    if scores is not None:
+        st = E.read_matrix(scores, option="--scores")
+        tt = E.read_matrix(targets, option="--targets", key="labels")
+        s, t, ids = E.align_by_ids(st, tt)
+        names = E.resolve_class_names(names_given, st.class_names, tt.class_names, n_classes=s.shape[1])
+        ev = E.evaluate_scores(s, t, class_names=names, config=config, name=Path(scores).stem, image_ids=ids)
+        click.echo(E.format_tables([ev], top_k=top_k, fmt=fmt))
+        if out:
+            inputs = {"scores": str(Path(scores).resolve()), "targets": str(Path(targets).resolve())}
+            written = list(E.write_evaluation(out, ev, config=config, inputs=inputs, save_scores=False).values())
+            if config.plots:
+                cfg = config if config.pr_classes else dataclasses.replace(config, pr_classes=E.default_pr_classes(ev))
+                written += E.run_plots(Path(out), [ev], config=cfg)
+            click.echo("wrote " + ", ".join(str(p) for p in written))
+        return
+
+    # -- runs / checkpoint --------------------------------------------------------------------------
+    sources = [Path(r) for r in runs] if runs else [Path(checkpoint).parent]
+    if len(sources) > 1 and not out:
+        raise UserError("several --run: pass --out DIR for the combined outputs")
+    out_dir = Path(out) if out else sources[0] / "eval"
+    evaluations, logs = [], {}
+    for k, src in enumerate(sources):
+        cache_path = Path(cache) if cache else _recorded_eval_cache(src)
+        rs = E.score_run_on_cache(run_dir=src if runs else None, checkpoint=Path(checkpoint) if checkpoint else None,
+                                  cache_path=cache_path, config=config, progress=not quiet)
+        tt = E.cache_targets(cache_path)
+        t = E.rows_for_ids(tt, rs.image_ids, what="--cache")
+        name = rs.name if sum(s.name == src.name for s in sources) == 1 else f"{rs.name}-{k}"
+        ev = E.evaluate_scores(rs.scores, t, class_names=rs.class_names, config=config, name=name,
+                               image_ids=rs.image_ids)
+        evaluations.append(ev)
+        logs[name] = src / "log.csv"
+        sub = out_dir / name if len(sources) > 1 else out_dir
+        inputs = {"run": str(src.resolve()), "checkpoint": rs.source, "cache": str(cache_path.resolve())}
+        E.write_evaluation(sub, ev, config=config, inputs=inputs)
+    click.echo(E.format_tables(evaluations, top_k=top_k, fmt=fmt))
+    written = []
+    if config.plots:
+        cfg = config if config.pr_classes else dataclasses.replace(config,
+                                                                    pr_classes=E.default_pr_classes(evaluations[0]))
+        written = E.run_plots(out_dir, evaluations, config=cfg, logs=logs)
+    click.echo(f"wrote metrics.json, per_class_ap.csv, scores.npz, eval_config.json under {out_dir}"
+               + (f" and {len(written)} plot(s): " + ", ".join(str(p) for p in written) if written else ""))
+
+
+def _recorded_eval_cache(run_dir: Path) -> Path:
+    from evaluate.evaluation import read_run_record
+
+    rec = read_run_record(run_dir)
+    path = (rec.get("eval_cache") or {}).get("path")
+    if not path or not Path(path).exists():
+        raise UserError(f"--run {run_dir}: its evaluation cache {path!r} is not there; pass --cache FILE")
+    return Path(path)
+
+
+# ============================================================================================== compare
+@click.command("compare")
+@click.argument("run_a", required=False)
+@click.argument("run_b", required=False)
+@click.option("--a", "more_a", multiple=True, help="A run of side A (repeat for seeds); or SWEEP_DIR:PRESET.")
+@click.option("--b", "more_b", multiple=True, help="A run of side B (repeat for seeds); or SWEEP_DIR:PRESET.")
+@click.option("--cache", type=click.Path(dir_okay=False), default=None,
+              help="Cache whose images and targets are compared on [default: the first run's evaluation cache].")
+@click.option("--resamples", type=int, default=1000, show_default=True, help="Bootstrap resamples.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--ci", type=float, default=0.95, show_default=True, help="Interval level.")
+@click.option("--threshold", type=float, default=0.5, show_default=True)
+@click.option("--top-k", type=int, default=3, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for compare.json and compare.md [print only].")
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown"]), default="text", show_default=True)
+@click.option("--sweep", "sweep_dir", type=click.Path(file_okay=False), default=None,
+              help="Instead of A/B: every preset of this sweep folder against --baseline (ablation table).")
+@click.option("--baseline", default="mlgcn", show_default=True, help="With --sweep: the preset compared against.")
+def compare_cmd(run_a, run_b, more_a, more_b, cache, resamples, seed, ci, threshold, top_k, out, fmt, sweep_dir,
+                baseline) -> None:
+    """B - A per metric with a paired bootstrap CI over images (from saved scores), + a seed test with >= 2 seeds.
+
+    RUN_A / RUN_B: run folders or SWEEP_DIR:PRESET (all seeds of a preset). Use --a/--b to list seeds one by one.
+    With --sweep DIR --baseline PRESET: the ablation table of the sweep with a ΔmAP-vs-baseline [CI] column.
+    """
+    from evaluate.compare import compare_runs, comparison_record, comparison_table
+    from evaluate.evaluation import EvalConfig
+    from iagcn.configio import config_to_dict
+    from iagcn.fsutil import git_commit, write_json_atomic, write_text_atomic
+
+    _warn_to_stderr()
+    if sweep_dir is not None:
+        from evaluate.compare import sweep_ablation, sweep_ablation_table, sweep_runs
+
+        if run_a or run_b or more_a or more_b:
+            raise UserError("--sweep compares the sweep's presets; drop RUN_A/RUN_B/--a/--b")
+        config = EvalConfig(threshold=threshold, top_k=top_k, n_resamples=resamples, seed=seed, ci=ci, plots=False)
+        cache_path = Path(cache) if cache else _recorded_eval_cache(next(iter(sweep_runs(sweep_dir).values()))[0])
+        result = sweep_ablation(sweep_dir, baseline=baseline, cache_path=cache_path, config=config,
+                                log=lambda m: click.echo(m, err=True))
+        click.echo(sweep_ablation_table(result, fmt=fmt))
+        if out:
+            rec = {k: result[k] for k in ("baseline", "sweep", "cache", "comparisons")}
+            rec.update(config=config_to_dict(config), git_commit=git_commit())
+            write_json_atomic(Path(out) / "ablation.json", rec, what="ablation comparison")
+            write_text_atomic(Path(out) / "ablation.md", sweep_ablation_table(result, fmt="markdown"),
+                              what="ablation table")
+            click.echo(f"wrote {Path(out) / 'ablation.json'} and {Path(out) / 'ablation.md'}")
+        return
+    side_a = ([run_a] if run_a else []) + list(more_a)
+    side_b = ([run_b] if run_b else []) + list(more_b)
+    if not side_a or not side_b:
+        raise UserError("compare needs runs on both sides: iagcn compare RUN_A RUN_B, or --a RUN ... --b RUN ...")
+    config = EvalConfig(threshold=threshold, top_k=top_k, n_resamples=resamples, seed=seed, ci=ci, plots=False)
+    if cache is None:
+        from evaluate.compare import expand_run_spec
+
+        cache_path = _recorded_eval_cache(expand_run_spec(side_a[0])[0])
+    else:
+        cache_path = Path(cache)
+    cmp = compare_runs(side_a, side_b, cache_path=cache_path, config=config,
+                       log=lambda m: click.echo(m, err=True))
+    text = comparison_table(cmp, fmt=fmt)
+    click.echo(text)
+    if out:
+        rec = comparison_record(cmp, cache_path=cache_path, config=config)
+        rec.update(config=config_to_dict(config), git_commit=git_commit())
+        write_json_atomic(Path(out) / "compare.json", rec, what="comparison")
+        write_text_atomic(Path(out) / "compare.md", comparison_table(cmp, fmt="markdown"), what="comparison table")
+        click.echo(f"wrote {Path(out) / 'compare.json'} and {Path(out) / 'compare.md'}")
+
+
+# ============================================================================================== explain
+@click.command("explain", short_help="Fig. 1 (A_F next to A_S) and Fig. 3 (ROI boxes coloured by z) for cached images.")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Run folder (iagcn train --out).")
+@click.option("--cache", type=click.Path(dir_okay=False), default=None,
+              help="Cache holding the image [default: the run's recorded evaluation cache].")
+@click.option("--image-id", "image_ids", multiple=True, required=True, help="Image id in the cache (repeatable).")
+@click.option("--image-root", type=click.Path(file_okay=False), default=None,
+              help="Folder with the image files [default: the dataset root recorded in the cache].")
+@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder for the figures.")
+def explain_cmd(run_dir, cache, image_ids, image_root, which, out) -> None:
+    """Fig. 1 (the image's A_F next to A_S) and Fig. 3 (its ROI boxes coloured by z) for cached images."""
+    from evaluate.explain import explain
+
+    _warn_to_stderr()
+    cache_path = Path(cache) if cache else _recorded_eval_cache(Path(run_dir))
+    for image_id in image_ids:
+        rec = explain(run_dir, cache_path, image_id, out, image_root=image_root, which=which)
+        top = ", ".join(f"{k} {v:.2f}" for k, v in list(rec["probabilities"].items())[:3])
+        click.echo(f"{image_id}: labels {', '.join(rec['labels']) or '-'}; top predictions {top}")
+        for note in rec["notes"]:
+            click.echo(f"  note: {note}")
+        for kind, path in rec["figures"].items():
+            if kind != "image":
+                click.echo(f"  wrote {path} (+ {Path(path).name}.npz)")
+
+
+# ============================================================================================== predict
+@click.command("predict")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Run folder (iagcn train --out).")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--threshold", type=float, default=0.5, show_default=True, help="Probability for a label to be predicted.")
+@click.option("--top-k", type=int, default=None, help="At most this many labels per image.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True)
+@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option("--workers", type=int, default=None, help="Image-loading worker processes [0 for <= 4 images, else 2].")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def predict_cmd(run_dir, images, threshold, top_k, fmt, which, device, workers, quiet) -> None:
+    """Labels with probabilities for IMAGE_OR_DIR...: stage one with the run's recorded extraction config, then its head."""
+    from evaluate.predict import format_predictions, predict_images
+
+    _warn_to_stderr()
+    preds = predict_images(run_dir, images, threshold=threshold, top_k=top_k, which=which, device=device,
+                           workers=workers, progress=not quiet, log=lambda m: click.echo(m, err=True))
+    click.echo(format_predictions(preds, fmt=fmt))
+
+
+COMMANDS: list = [eval_cmd, compare_cmd, explain_cmd, predict_cmd]

@@ -168,7 +168,11 @@ def make_optimizer(model: IAGCNHead, config: TrainConfig) -> torch.optim.SGD:
 
 def cache_record(cache: FeatureCache) -> dict[str, Any]:
     return {"path": str(Path(cache.path).resolve()), "extract_config_hash": cache.attrs.get("extract_config_hash"),
-            "dataset": cache.attrs.get("dataset"), "split": cache.attrs.get("split"), "num_images": cache.num_images}
+            "dataset": cache.attrs.get("dataset"), "split": cache.attrs.get("split"), "num_images": cache.num_images,
+            # stage three (`iagcn predict`) re-runs stage one with exactly this config and checks these weight hashes
+            "extract_config": cache.attrs.get("extract_config"),
+            "backbone_weights_sha256": cache.attrs.get("backbone_weights_sha256"),
+            "proposer_weights_sha256": cache.attrs.get("proposer_weights_sha256")}
 
 
 # -- the run ----------------------------------------------------------------------------------------

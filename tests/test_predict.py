@@ -1,0 +1,141 @@
+"""`iagcn predict` end to end on tiny synthetic images: stage one on the fly must reproduce the cached features.
+
+A run is trained on a cache extracted (EfficientNet-Lite0 at 64 px, 4 selective-search ROIs, the bundled weights
+copied to a file) from a few synth images; predicting the test images must give the probabilities that the same
+run gives on the test cache `iagcn extract` wrote; a changed or missing weight file is refused before anything runs.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from iagcn.cli import main
+from iagcn.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    pytest.importorskip("train.run", reason="stage two (train/) has not landed")
+    pytest.importorskip("extract.pipeline", reason="stage one extraction has not landed")
+    import dataclasses
+
+    from extract.backbones import bundled_lite0_weights
+    from extract.pipeline import ExtractConfig, run_extract
+    from extract.synth import write_synth
+    from train.config import config_for_preset
+    from train.data import CacheData
+    from train.run import train_run
+
+    d = tmp_path_factory.mktemp("predict")
+    root, _ = write_synth(d / "synth", n_train=16, n_test=4, seed=0)
+    weights = d / "lite0.pth"
+    shutil.copyfile(bundled_lite0_weights(), weights)
+    caches = {}
+    for split in ("trainval", "test"):
+        cfg = ExtractConfig(dataset="voc", root=str(root), split=split, weights=str(weights), image_size=64,
+                            num_rois=4, proposer_image_size=64, workers=0, batch_size=8, device="cpu")
+        run_extract(cfg, d / f"{split}.h5", progress=False)
+        caches[split] = d / f"{split}.h5"
+    cfg = dataclasses.replace(config_for_preset("iagcn"), epochs=1, batch_size=8, device="cpu", gcn_widths=(16,),
+                              region_widths=(16,), num_threads=1, val_fraction=0.25)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_run(cfg, train_data=CacheData(caches["trainval"]), eval_data=CacheData(caches["test"]),
+                  out_dir=d / "run", progress=False, log=lambda *_: None)
+    return {"dir": d, "root": root, "weights": weights, "run": d / "run", **caches}
+
+
+def test_predict_reproduces_cached_features(tiny):
+    from cache.format import FeatureCache
+    from evaluate.metrics import sigmoid
+    from evaluate.predict import predict_images
+    from train.run import load_run, predict_cache
+
+    with FeatureCache(tiny["test"]) as c:
+        ids = c.image_ids()
+    images = [tiny["root"] / "JPEGImages" / f"{i}.jpg" for i in ids]
+    preds = predict_images(tiny["run"], images, threshold=0.5, progress=False, log=lambda *_: None)
+    ref = predict_cache(load_run(tiny["run"]).model, tiny["test"])
+    expected = sigmoid(np.asarray(ref["scores"], dtype=np.float64))  # (n, C)
+    names = load_run(tiny["run"]).class_names
+    assert [p.image for p in preds] == [str(i) for i in images]
+    for p, row in zip(preds, expected):
+        np.testing.assert_allclose([p.probabilities[n] for n in names], row, atol=1e-4)
+        want = [names[c] for c in np.argsort(-row, kind="stable") if row[c] >= 0.5]
+        assert [n for n, _ in p.labels] == want
+
+
+def test_predict_cli_folder_json_and_csv(tiny):
+    runner = CliRunner()
+    folder = tiny["dir"] / "two"
+    folder.mkdir(exist_ok=True)
+    for name in sorted((tiny["root"] / "JPEGImages").iterdir())[:2]:
+        shutil.copyfile(name, folder / name.name)
+    (folder / "notes.txt").write_text("not an image")  # ignored: not an image suffix
+    r = runner.invoke(main, ["predict", "--run", str(tiny["run"]), str(folder), "--format", "json", "--top-k", "2",
+                             "--threshold", "0.05", "--quiet"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert len(out) == 2 and all(len(o["labels"]) <= 2 for o in out)
+    assert all(o["labels"] == sorted(o["labels"], key=lambda x: -x["probability"]) for o in out)
+    assert all(x["probability"] >= 0.05 for o in out for x in o["labels"])
+    r = runner.invoke(main, ["predict", "--run", str(tiny["run"]), str(folder), "--format", "csv", "--quiet",
+                             "--threshold", "0.01"], catch_exceptions=False)
+    assert r.exit_code == 0 and r.stdout.splitlines()[0] == "image,label,probability"
+
+
+def test_predict_refuses_changed_or_missing_weights(tiny):
+    from evaluate.predict import predict_images
+
+    image = sorted((tiny["root"] / "JPEGImages").iterdir())[0]
+    backup = tiny["dir"] / "lite0.backup"
+    shutil.copyfile(tiny["weights"], backup)
+    try:
+        with open(tiny["weights"], "ab") as fh:
+            fh.write(b"\0")  # same file name, other bytes
+        with pytest.raises(UserError, match="sha256"):
+            predict_images(tiny["run"], [image], progress=False)
+        r = CliRunner().invoke(main, ["predict", "--run", str(tiny["run"]), str(image)])
+        assert r.exit_code == 2 and "sha256" in r.output and str(tiny["weights"]) in r.output
+        tiny["weights"].unlink()
+        with pytest.raises(UserError, match="missing"):
+            predict_images(tiny["run"], [image], progress=False)
+    finally:
+        shutil.copyfile(backup, tiny["weights"])
+    assert predict_images(tiny["run"], [image], progress=False, log=lambda *_: None)  # restored: works again
+
+
+def test_predict_refuses_bad_images(tiny, tmp_path):
+    from evaluate.predict import predict_images
+
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(UserError, match="broken.jpg"):
+        predict_images(tiny["run"], [bad], progress=False)
+    with pytest.raises(UserError, match="no such image"):
+        predict_images(tiny["run"], [tmp_path / "absent.png"], progress=False)
+
+
+def test_run_records_extraction_config_and_predict_needs_no_train_cache(tiny, tmp_path):
+    """config.json carries the train cache's extract_config + weight hashes, so predict works without that cache."""
+    from cache.format import FeatureCache
+    from evaluate.predict import extraction_record, predict_images
+
+    record = json.loads((tiny["run"] / "config.json").read_text())["train_cache"]
+    with FeatureCache(tiny["trainval"]) as c:
+        assert record["extract_config"] == c.attrs["extract_config"]
+        assert record["backbone_weights_sha256"] == c.attrs["backbone_weights_sha256"]
+    moved = tmp_path / "trainval.h5"
+    shutil.move(tiny["trainval"], moved)
+    try:
+        rec = extraction_record(tiny["run"])
+        assert rec.source.endswith("config.json") and rec.extract_config["image_size"] == 64
+        image = sorted((tiny["root"] / "JPEGImages").iterdir())[0]
+        assert predict_images(tiny["run"], [image], progress=False, log=lambda *_: None)
+    finally:
+        shutil.move(moved, tiny["trainval"])
