@@ -318,13 +318,14 @@ def load_model(*, run_dir: Path | None = None, checkpoint: Path | None = None, w
         else:
             from iagcn.configio import config_from_dict
             from train.config import TrainConfig
-            from train.run import build_model, load_checkpoint
+            from train.run import build_model, load_checkpoint, load_state_checked
 
             ckpt = load_checkpoint(checkpoint)
             if not isinstance(ckpt, dict) or not {"model", "config", "meta"} <= set(ckpt):
                 raise UserError(f"--checkpoint {checkpoint}: not an iagcn checkpoint (needs model, config, meta)")
-            model = build_model(config_from_dict(TrainConfig, ckpt["config"], source=str(checkpoint)), ckpt["meta"])
-            model.load_state_dict(ckpt["model"])
+            config = config_from_dict(TrainConfig, ckpt["config"], source=str(checkpoint))
+            model = build_model(config, ckpt["meta"])
+            load_state_checked(model, ckpt["model"], path=checkpoint, config=config)
             model.eval()
             return model, list(ckpt["meta"]["class_names"]), model.A_S.cpu().numpy().copy(), checkpoint
         return run.model, run.class_names, run.A_S, checkpoint
@@ -364,7 +365,7 @@ def saved_run_scores(run_dir: Path) -> tuple[np.ndarray, list[str]] | None:
             if "scores" in z and "image_ids" in z:
                 return np.asarray(z["scores"], dtype=np.float64), [str(i) for i in z["image_ids"]]
     if npy.exists() and ids.exists():
-        return np.load(npy).astype(np.float64), [line for line in ids.read_text().splitlines() if line]
+        return np.load(npy, allow_pickle=False).astype(np.float64), [line for line in ids.read_text().splitlines() if line]
     return None
 
 

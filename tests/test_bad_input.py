@@ -460,3 +460,65 @@ def test_extract_refuses_weights_that_need_unpickling(tmp_path):
     code, err = invoke(args)
     assert_one_line_error(code, err, "evil.pt")
     assert not (out_dir / "c.h5").exists()
+
+
+# -- stage three: eval / explain / predict / compare --------------------------------------------------------
+def test_eval_refuses_a_cache_of_another_class_list(finished_run, tmp_path):
+    other = write_fake_cache(tmp_path / "other.h5", n=20, seed=3, **dict(KW, class_names=["x", "y", "z"]))
+    out = tmp_path / "eval"
+    code, err = invoke(["eval", "--run", finished_run, "--cache", other, "--out", out, "--no-plots", "--quiet"])
+    assert_one_line_error(code, err, "other.h5", "classes")
+    assert not out.exists() or not any(p.is_file() and ".tmp-" not in p.name for p in out.rglob("*"))
+
+
+@pytest.mark.parametrize("kind", ["missing run", "damaged checkpoint", "truncated cache", "pickled scores",
+                                  "scores of the wrong width"])
+def test_eval_refuses_bad_inputs(kind, finished_run, good, tmp_path):
+    out = tmp_path / "eval"
+    args = ["eval", "--run", finished_run, "--cache", good[1], "--out", out, "--no-plots", "--quiet"]
+    if kind == "missing run":
+        args[2], needles = tmp_path / "no-run", ["no-run"]
+    elif kind == "damaged checkpoint":
+        run = tmp_path / "run"
+        shutil.copytree(finished_run, run)
+        (run / "best.pt").write_bytes((run / "best.pt").read_bytes()[:300])
+        args[2], needles = run, ["best.pt"]
+    elif kind == "truncated cache":
+        bad, needles = _broken_cache("truncated", good[1], tmp_path)
+        args[4] = bad
+    else:
+        scores = tmp_path / "scores.npy"
+        if kind == "pickled scores":
+            np.save(scores, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+            needles = ["scores.npy"]
+        else:
+            np.save(scores, np.zeros((24, 7), np.float32))
+            needles = ["7"]
+        args = ["eval", "--scores", scores, "--targets", good[1], "--scores-are", "logits", "--out", out,
+                "--no-plots"]
+    code, err = invoke(args)
+    assert_one_line_error(code, err, *needles)
+    assert_nothing_written(out)
+
+
+def test_explain_refuses_an_unknown_image_id(finished_run, good, tmp_path):
+    out = tmp_path / "explain"
+    code, err = invoke(["explain", "--run", finished_run, "--cache", good[1], "--image-id", "no-such-image",
+                        "--out", out])
+    assert_one_line_error(code, err, "no-such-image")
+    assert_nothing_written(out)
+
+
+def test_predict_refuses_missing_and_non_image_files(finished_run, tmp_path):
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    for path in (tmp_path / "absent.jpg", text):
+        code, err = invoke(["predict", "--run", finished_run, path, "--quiet"])
+        assert_one_line_error(code, err, path.name)
+
+
+def test_compare_refuses_a_missing_run(finished_run, good, tmp_path):
+    out = tmp_path / "cmp"
+    code, err = invoke(["compare", finished_run, tmp_path / "gone", "--cache", good[1], "--out", out])
+    assert_one_line_error(code, err, "gone")
+    assert_nothing_written(out)
