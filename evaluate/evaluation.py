@@ -32,7 +32,7 @@ from evaluate.metrics import (ScoresAre, average_precision_per_class, mean_avera
                               validate_scores_targets)
 from iagcn.configio import config_to_dict
 from iagcn.errors import UserError
-from iagcn.fsutil import atomic_path, git_commit, write_json_atomic, write_text_atomic
+from iagcn.fsutil import atomic_path, exclusive_lock, git_commit, write_json_atomic, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -259,13 +259,14 @@ def write_evaluation(out: str | os.PathLike, ev: Evaluation, *, config: EvalConf
     out = Path(out)
     paths = {"eval_config": out / "eval_config.json", "metrics": out / "metrics.json",
              "per_class_ap": out / "per_class_ap.csv"}
-    write_json_atomic(paths["eval_config"], {"config": config_to_dict(config), "inputs": inputs,
-                                             "git_commit": git_commit()}, what="eval config")
-    write_json_atomic(paths["metrics"], metrics_record(ev, config=config, inputs=inputs), what="metrics")
-    write_text_atomic(paths["per_class_ap"], per_class_csv(ev), what="per-class AP")
-    if save_scores:
-        paths["scores"] = save_scores_npz(out / "scores.npz", ev.scores, ev.image_ids, scores_are=ev.scores_are,
-                                          class_names=ev.class_names)
+    with exclusive_lock(out / "eval", what="evaluation folder"):  # one evaluation's files, never two mixed
+        write_json_atomic(paths["eval_config"], {"config": config_to_dict(config), "inputs": inputs,
+                                                 "git_commit": git_commit()}, what="eval config")
+        write_json_atomic(paths["metrics"], metrics_record(ev, config=config, inputs=inputs), what="metrics")
+        write_text_atomic(paths["per_class_ap"], per_class_csv(ev), what="per-class AP")
+        if save_scores:
+            paths["scores"] = save_scores_npz(out / "scores.npz", ev.scores, ev.image_ids, scores_are=ev.scores_are,
+                                              class_names=ev.class_names)
     return paths
 
 
