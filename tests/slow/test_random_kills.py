@@ -60,7 +60,7 @@ def test_ten_random_sigkills_then_resume_equals_uninterrupted(tmp_path):
         assert attempts <= 3 * KILLS, f"kills kept missing: {phases}"
         remaining = blocks - len(parts(out))
         # from late start-up (pre-flight, model build) to just past the expected end (assembly, rename)
-        delay = rng.uniform(0.6 * startup, startup + 1.1 * work * remaining / blocks)
+        delay = rng.uniform(0.5 * startup, startup + work * remaining / blocks)
         before = len(parts(out))
         proc = spawn([*cmd, "--out", out])
         deadline = time.time() + delay
