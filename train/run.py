@@ -112,17 +112,18 @@ def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
         torch.save(obj, tmp)
 
 
-CHECKPOINT_KEYS = ("model", "optimizer", "rng", "epoch", "config", "meta", "best", "history")
+CHECKPOINT_KEYS = ("model", "epoch", "config", "meta")                 # what loading a model needs
+RESUME_KEYS = ("optimizer", "rng", "best", "history")                   # and what resuming needs on top
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path, *, keys: tuple[str, ...] = CHECKPOINT_KEYS) -> dict[str, Any]:
     """A checkpoint written by :func:`save_checkpoint`: weights_only (no unpickling of arbitrary objects)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}: truncated, or not an iagcn "
                         f"checkpoint); delete it or start another --out") from e
-    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    missing = [k for k in keys if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise UserError(f"checkpoint {path} lacks {', '.join(missing)}; it was not written by `iagcn train`")
     return ckpt
@@ -205,7 +206,6 @@ def train_run(config: TrainConfig, *, train_data: CacheData, eval_data: CacheDat
 
 
 def _train_run_locked(config, train_data, eval_data, out, resume, progress, log, kept) -> dict[str, Any]:
-    check_compatible(train_data.cache, eval_data.cache, role="evaluation")
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
@@ -215,7 +215,7 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
         if not resume:
             raise UserError(f"--out {out} already holds a run (last.pt); pass --resume {out} to continue it "
                             f"or choose another --out")
-        ckpt = load_checkpoint(last_path)
+        ckpt = load_checkpoint(last_path, keys=CHECKPOINT_KEYS + RESUME_KEYS)
         saved = config_from_dict(TrainConfig, ckpt["config"], source=str(last_path))
         if saved != config:
             diff = [f.name for f in dataclasses.fields(TrainConfig) if getattr(saved, f.name) != getattr(config, f.name)]
