@@ -373,9 +373,10 @@ def test_resume_refuses_damaged_or_unsafe_checkpoints(damage, finished_run, tmp_
         torch.save({"weights": torch.zeros(3)}, last)
     else:  # weights_only=True refuses to unpickle arbitrary objects (e.g. a class instance)
         torch.save({"model": Path("/etc/passwd")}, last)
+    (run / "metrics.json").unlink()                         # an unfinished run: resuming it needs last.pt
     code, err = invoke(["train", "--resume", run, "--quiet"])
     assert_one_line_error(code, err, "last.pt")
-    assert not (run / "metrics.json").exists() or damage  # the finished run's metrics stay as they were
+    assert not (run / "metrics.json").exists() and (run / "best.pt").read_bytes() == (finished_run / "best.pt").read_bytes()
 
 
 def test_load_run_refuses_weights_of_another_preset(finished_run, good, tmp_path):
