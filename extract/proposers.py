@@ -1,0 +1,313 @@
+"""Region proposers: exactly N boxes per image, from the image alone (proposers never see labels).
+
+Every proposer returns, per image, :class:`Proposals` with
+
+    boxes  (N, 4) float32  x1 y1 x2 y2 in original-image pixels
+    scores (N,)   float32  the proposer's ranking score (higher first)
+    valid  (N,)   bool     False for padding: when fewer than N boxes survive NMS, the rest are whole-image
+                           boxes with score 0 (paper-decisions.md, "Features")
+
+``selective-search``  OpenCV contrib selective search (fast mode) at a reduced resolution; the offline default.
+                      Runs on CPU inside the DataLoader workers (``runs_in_loader``).
+``torchvision``       the RPN of torchvision's Faster R-CNN ResNet-50 FPN (COCO weights), run at its own resolution.
+``detectron2``        a Faster R-CNN RPN from Detectron2's model zoo (optional dependency; see docs/detectron2.md).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+
+from iagcn.errors import UserError
+from iagcn.fsutil import sha256_file
+
+#: IoU above which a lower-ranked proposal is suppressed when picking the top N
+PROPOSAL_NMS_IOU = 0.7
+
+
+@dataclass(frozen=True)
+class Proposals:
+    """Exactly N proposals of one image (see module docstring)."""
+
+    boxes: np.ndarray   # (N, 4) float32, x1 y1 x2 y2, original pixels
+    scores: np.ndarray  # (N,) float32
+    valid: np.ndarray   # (N,) bool
+
+
+class Proposer(Protocol):
+    name: str
+    weights_sha256: str
+    #: True: ``propose`` runs on CPU in DataLoader workers on decoded images; False: in the main process on ``device``
+    runs_in_loader: bool
+
+    def propose(self, images: Sequence[np.ndarray]) -> list[Proposals]:
+        """RGB uint8 images, each (H, W, 3) at original size -> exactly N proposals each."""
+        ...
+
+
+def top_n_with_padding(boxes: np.ndarray, scores: np.ndarray, *, num: int, height: int, width: int,
+                       nms_iou: float = PROPOSAL_NMS_IOU) -> Proposals:
+    """Clip, drop empty boxes, rank by score (ties: original order), greedy NMS, keep the top ``num``, pad.
+
+    boxes (M, 4) x1 y1 x2 y2 in original pixels, scores (M,). Deterministic: a stable sort and torchvision's NMS.
+    """
+    from torchvision.ops import nms
+
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)  # (M, 4)
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)  # (M,)
+    boxes = boxes.copy()
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+    keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1) & np.isfinite(scores)
+    boxes, scores = boxes[keep], scores[keep]
+    order = np.argsort(-scores, kind="stable")  # (M',)
+    boxes, scores = boxes[order], scores[order]
+    if len(boxes):
+        kept = nms(torch.from_numpy(boxes), torch.from_numpy(scores), nms_iou).numpy()  # indices, score order
+        # torchvision's nms orders equal scores arbitrarily: restore rank order among the survivors
+        kept = np.sort(kept)[:num]
+        boxes, scores = boxes[kept], scores[kept]
+    n_valid = len(boxes)
+    out_boxes = np.tile(np.array([0, 0, width, height], dtype=np.float32), (num, 1))  # (N, 4) whole image
+    out_scores = np.zeros(num, dtype=np.float32)  # (N,)
+    valid = np.zeros(num, dtype=bool)  # (N,)
+    out_boxes[:n_valid], out_scores[:n_valid], valid[:n_valid] = boxes, scores, True
+    return Proposals(boxes=out_boxes, scores=out_scores, valid=valid)
+
+
+# -- selective search -------------------------------------------------------------------------------------
+def _seed_c_rand(seed: int) -> None:
+    """Seed the C library's ``rand()``, which OpenCV's selective search uses to rank its regions."""
+    import ctypes
+
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None)
+    _LIBC.srand(ctypes.c_uint(seed))
+
+
+_LIBC = None
+
+
+class SelectiveSearchProposer:
+    """OpenCV contrib selective search, fast mode, on the image resized so its longer side is ``max_side``.
+
+    Ranking: OpenCV returns regions in its own hierarchical order (a pseudo-random ``level``-weighted rank
+    drawn with the C library's ``rand()``, measured: unseeded, two runs on one image differ); we reseed
+    ``srand`` (and OpenCV's RNG) before every image and score the i-th of M regions ``1 - i / M``, so the
+    ranking is a pure function of the image and the seed. Regions smaller than ``min_side_frac`` of the image side are
+    dropped (texture fragments), then NMS at PROPOSAL_NMS_IOU and the top N.
+
+    Args:
+        num_rois: N. max_side: processing resolution (longer side, pixels). min_side_frac: smallest box side
+        kept, as a fraction of the image's shorter side. seed: OpenCV RNG seed.
+    """
+
+    name = "selective-search"
+    weights_sha256 = "none"
+    runs_in_loader = True
+
+    def __init__(self, *, num_rois: int = 40, max_side: int = 256, min_side_frac: float = 0.05, seed: int = 0) -> None:
+        self.num_rois = num_rois
+        self.max_side = max_side
+        self.min_side_frac = min_side_frac
+        self.seed = seed
+
+    def propose(self, images: Sequence[np.ndarray]) -> list[Proposals]:
+        import cv2
+
+        cv2.setNumThreads(1)  # deterministic and polite inside each worker
+        out = []
+        for image in images:
+            h, w = image.shape[:2]
+            scale = min(1.0, self.max_side / max(h, w))
+            small = image if scale == 1.0 else cv2.resize(
+                image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+            bgr = np.ascontiguousarray(small[:, :, ::-1])  # (h', w', 3) OpenCV order
+            _seed_c_rand(self.seed)
+            cv2.setRNGSeed(self.seed)
+            ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
+            ss.setBaseImage(bgr)
+            ss.switchToSelectiveSearchFast()
+            rects = np.asarray(ss.process(), dtype=np.float32).reshape(-1, 4)  # (M, 4) x y w h at small scale
+            m = len(rects)
+            scores = 1.0 - np.arange(m, dtype=np.float32) / max(m, 1)  # (M,) rank order
+            min_side = self.min_side_frac * min(small.shape[:2])
+            big = (rects[:, 2] >= min_side) & (rects[:, 3] >= min_side)
+            rects, scores = rects[big], scores[big]
+            sx, sy = w / small.shape[1], h / small.shape[0]
+            boxes = np.stack([rects[:, 0] * sx, rects[:, 1] * sy, (rects[:, 0] + rects[:, 2]) * sx,
+                              (rects[:, 1] + rects[:, 3]) * sy], axis=1)  # (M', 4) original pixels
+            out.append(top_n_with_padding(boxes, scores, num=self.num_rois, height=h, width=w))
+        return out
+
+
+# -- torchvision RPN --------------------------------------------------------------------------------------
+class TorchvisionRPNProposer:
+    """The region proposal network of torchvision's ``fasterrcnn_resnet50_fpn`` (no detection head).
+
+    Images go through the model's own transform (shorter side ``min_size``, default 800 as trained), the
+    FPN backbone and the RPN; boxes come back in the resized frame and are scaled to original pixels.
+    Scores are the RPN objectness logits.
+
+    Args:
+        num_rois: N. weights: ``coco`` (torchvision weight API), a state-dict path (full Faster R-CNN),
+        or ``none`` (random, tests only). min_size, max_size: the transform's resize. device: where it runs.
+    """
+
+    name = "torchvision"
+    runs_in_loader = False
+
+    def __init__(self, *, num_rois: int = 40, weights: str = "coco", min_size: int = 800, max_size: int = 1333,
+                 device: str = "cpu") -> None:
+        import torchvision
+        from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights, fasterrcnn_resnet50_fpn
+
+        self.num_rois = num_rois
+        from extract.backbones import seeded_init
+
+        with seeded_init():  # weights "none": the same random RPN in every run
+            model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=min_size, max_size=max_size)
+        if weights == "coco":
+            api = FasterRCNN_ResNet50_FPN_Weights.COCO_V1
+            try:
+                sd = api.get_state_dict(progress=True, check_hash=True)
+            except Exception as e:  # noqa: BLE001
+                raise UserError(f"--proposer-weights coco: could not download torchvision's Faster R-CNN weights "
+                                f"({type(e).__name__}); go online once or pass --proposer-weights PATH") from e
+            model.load_state_dict(sd)
+            self.weights_sha256 = sha256_file(Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(api.url))
+        elif weights == "none":
+            self.weights_sha256 = "none"
+        else:
+            path = Path(weights)
+            if not path.is_file():
+                raise UserError(f"--proposer-weights {path}: no such file; give a Faster R-CNN state dict, 'coco' or 'none'")
+            try:
+                model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            except Exception as e:  # noqa: BLE001
+                raise UserError(f"--proposer-weights {path}: not a fasterrcnn_resnet50_fpn state dict "
+                                f"({type(e).__name__}); check the file") from e
+            self.weights_sha256 = sha256_file(path)
+        del torchvision
+        self.device = torch.device(device)
+        self.transform = model.transform.eval().to(self.device)
+        self.backbone = model.backbone.eval().to(self.device)
+        self.rpn = model.rpn.eval().to(self.device)
+
+    @torch.inference_mode()
+    def propose(self, images: Sequence[np.ndarray]) -> list[Proposals]:
+        from torchvision.models.detection.rpn import concat_box_prediction_layers
+
+        tensors = [torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).to(self.device).float().div_(255)
+                   for im in images]  # each (3, H, W) in [0, 1]
+        image_list, _ = self.transform(tensors)  # padded batch (B, 3, H', W') + per-image resized sizes
+        features = list(self.backbone(image_list.tensors).values())  # FPN levels, each (B, 256, h_l, w_l)
+        objectness, deltas = self.rpn.head(features)  # per level (B, A, h_l, w_l), (B, 4A, h_l, w_l)
+        anchors = self.rpn.anchor_generator(image_list, features)  # B x (sum A h w, 4)
+        per_level = [o[0].numel() for o in objectness]
+        objectness, deltas = concat_box_prediction_layers(objectness, deltas)  # (B*K, 1), (B*K, 4)
+        boxes = self.rpn.box_coder.decode(deltas, anchors).view(len(tensors), -1, 4)  # (B, K, 4)
+        boxes, scores = self.rpn.filter_proposals(boxes, objectness, image_list.image_sizes, per_level)
+        out = []
+        for im, (rh, rw), b, s in zip(images, image_list.image_sizes, boxes, scores):
+            h, w = im.shape[:2]
+            scale = torch.tensor([w / rw, h / rh, w / rw, h / rh], device=b.device)  # resized -> original
+            out.append(top_n_with_padding((b * scale).cpu().numpy(), s.cpu().numpy(), num=self.num_rois,
+                                          height=h, width=w))
+        return out
+
+
+# -- detectron2 RPN ---------------------------------------------------------------------------------------
+DETECTRON2_HINT = ("install Detectron2 from source: pip install 'git+https://github.com/facebookresearch/detectron2.git' "
+                   "(see docs/detectron2.md)")
+
+
+class Detectron2RPNProposer:
+    """The RPN of a Detectron2 model-zoo Faster R-CNN (``proposal_generator``), without the ROI heads.
+
+    Written against Detectron2's documented API (``model_zoo.get_config_file``, ``build_model``,
+    ``DetectionCheckpointer``, ``ResizeShortestEdge``, ``model.preprocess_image``, ``model.backbone``,
+    ``model.proposal_generator``); not run in this project's CI (Detectron2 is not on the package registry).
+
+    Args:
+        num_rois: N. config: model-zoo config name, e.g. ``COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml``.
+        weights: a checkpoint path, or ``zoo`` for the model zoo's URL (downloads). device: where it runs.
+    """
+
+    name = "detectron2"
+    runs_in_loader = False
+
+    def __init__(self, *, num_rois: int = 40, config: str = "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml",
+                 weights: str = "zoo", device: str = "cpu") -> None:
+        try:
+            from detectron2 import model_zoo
+            from detectron2.checkpoint import DetectionCheckpointer
+            from detectron2.config import get_cfg
+            from detectron2.data import transforms as T
+            from detectron2.modeling import build_model
+        except ImportError as e:
+            raise UserError(f"--proposer detectron2: Detectron2 is not installed; {DETECTRON2_HINT}") from e
+        self.num_rois = num_rois
+        cfg = get_cfg()
+        try:
+            cfg.merge_from_file(model_zoo.get_config_file(config))
+        except RuntimeError as e:
+            raise UserError(f"--detectron2-config {config}: not in Detectron2's model zoo; give a zoo config name") from e
+        cfg.MODEL.DEVICE = device
+        cfg.MODEL.RPN.POST_NMS_TOPK_TEST = max(cfg.MODEL.RPN.POST_NMS_TOPK_TEST, num_rois)
+        self.model = build_model(cfg).eval()
+        if weights == "zoo":
+            DetectionCheckpointer(self.model).load(model_zoo.get_checkpoint_url(config))
+            self.weights_sha256 = "zoo:" + config
+        else:
+            path = Path(weights)
+            if not path.is_file():
+                raise UserError(f"--proposer-weights {path}: no such file; give a Detectron2 checkpoint or 'zoo'")
+            DetectionCheckpointer(self.model).load(str(path))
+            self.weights_sha256 = sha256_file(path)
+        self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
+        self.bgr = cfg.INPUT.FORMAT == "BGR"
+
+    @torch.inference_mode()
+    def propose(self, images: Sequence[np.ndarray]) -> list[Proposals]:
+        inputs, sizes = [], []
+        for im in images:
+            arr = im[:, :, ::-1] if self.bgr else im  # (H, W, 3) in the model's channel order
+            resized = self.resize.get_transform(arr).apply_image(arr)  # (H', W', 3)
+            inputs.append({"image": torch.as_tensor(np.ascontiguousarray(resized).transpose(2, 0, 1))})
+            sizes.append((im.shape[0], im.shape[1], resized.shape[0], resized.shape[1]))
+        batch = self.model.preprocess_image(inputs)  # ImageList, padded (B, 3, H'', W'')
+        features = self.model.backbone(batch.tensor)  # dict of FPN levels
+        instances, _ = self.model.proposal_generator(batch, features, None)  # B x Instances(proposal_boxes, objectness_logits)
+        out = []
+        for (h, w, rh, rw), inst in zip(sizes, instances):
+            b = inst.proposal_boxes.tensor.cpu().numpy() * np.array([w / rw, h / rh, w / rw, h / rh], dtype=np.float32)
+            out.append(top_n_with_padding(b, inst.objectness_logits.cpu().numpy(), num=self.num_rois, height=h, width=w))
+        return out
+
+
+PROPOSERS = ("selective-search", "torchvision", "detectron2")
+
+
+def build_proposer(name: str, *, num_rois: int, weights: str | None = None, image_size: int | None = None,
+                   detectron2_config: str = "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml",
+                   device: str = "cpu") -> Proposer:
+    """The proposer ``name``. ``weights``: None for its default (``coco``/``zoo``), a path, or ``none``;
+    ``image_size``: its processing resolution (selective search: longer side; RPNs: shorter side), None for default."""
+    if num_rois < 1:
+        raise UserError(f"--num-rois {num_rois}: must be at least 1")
+    if name == "selective-search":
+        if weights not in (None, "none"):
+            raise UserError(f"--proposer-weights {weights}: selective search has no weights; drop the option")
+        return SelectiveSearchProposer(num_rois=num_rois, max_side=image_size or 256)
+    if name == "torchvision":
+        return TorchvisionRPNProposer(num_rois=num_rois, weights=weights or "coco", min_size=image_size or 800,
+                                      device=device)
+    if name == "detectron2":
+        return Detectron2RPNProposer(num_rois=num_rois, config=detectron2_config, weights=weights or "zoo", device=device)
+    raise UserError(f"--proposer {name}: unknown; choose one of {', '.join(PROPOSERS)}")

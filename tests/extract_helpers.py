@@ -1,0 +1,58 @@
+"""Tiny on-disk images as an ``extract.datasets.DatasetSplit`` (tests only).
+
+Also runnable: ``python tests/extract_helpers.py ROOT OUT CONFIG_JSON`` extracts the tiny split in a
+subprocess (the kill-and-resume test kills it with SIGKILL).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from extract.datasets import DatasetSplit, load_image_rgb
+
+CLASSES = ["red", "blue", "green"]
+
+
+def write_tiny_images(root: Path, n: int = 12, *, seed: int = 0) -> DatasetSplit:
+    """n images of 64-96 px with coloured rectangles; labels say which colours are present."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    colours = [(220, 40, 40), (40, 40, 220), (40, 200, 40)]
+    ids, paths, labels = [], [], []
+    for i in range(n):
+        h, w = int(rng.integers(64, 97)), int(rng.integers(64, 97))
+        img = (rng.random((h, w, 3)) * 60 + 90).astype(np.uint8)
+        lab = np.zeros(len(CLASSES), np.int8)
+        for c in rng.choice(3, size=int(rng.integers(1, 3)), replace=False):
+            y, x = int(rng.integers(0, h - 24)), int(rng.integers(0, w - 24))
+            img[y:y + int(rng.integers(16, 24)), x:x + int(rng.integers(16, 24))] = colours[c]
+            lab[c] = 1
+        path = root / f"img{i:03d}.jpg"
+        Image.fromarray(img).save(path, quality=90)
+        ids.append(f"img{i:03d}")
+        paths.append(path)
+        labels.append(lab)
+    return DatasetSplit(name="tiny", root=root, split="test", class_names=list(CLASSES), image_ids=ids,
+                        image_paths=paths, labels=np.stack(labels))
+
+
+pil_loader = load_image_rgb  # the real loader (RGB, EXIF-transposed)
+
+
+def onehot() -> tuple[np.ndarray, str]:
+    return np.eye(len(CLASSES), dtype=np.float32), "onehot"
+
+
+if __name__ == "__main__":
+    from extract.pipeline import ExtractConfig, extract_split
+
+    root, out, cfg_json = sys.argv[1], sys.argv[2], sys.argv[3]
+    ds = write_tiny_images(Path(root), n=int(json.loads(cfg_json).get("_n", 12)))
+    fields = {k: v for k, v in json.loads(cfg_json).items() if not k.startswith("_")}
+    extract_split(ds, ExtractConfig(**fields), out, label_embeddings=onehot(), image_loader=pil_loader, progress=False,
+                  log=lambda m: print(m, file=sys.stderr, flush=True))

@@ -1,0 +1,261 @@
+"""Extraction end to end on a dozen tiny images: contents, resume after SIGKILL, shard + merge, batch invariance."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cache.format import REQUIRED_ATTRS, ROW_FIELDS, FeatureCache
+from extract.pipeline import ExtractConfig, extract_split, merge_shards, region_features, shard_rows
+from iagcn.errors import UserError
+from tests.conftest import REPO_ROOT, cli_env
+from tests.extract_helpers import onehot, pil_loader, write_tiny_images
+
+ARRAYS = [f for f in ROW_FIELDS] + ["label_embeddings"]
+
+# cheap offline config: random Lite0 at 64 px, selective search, 6 ROIs, one thread
+TINY = ExtractConfig(dataset="csv", root="tiny", split="test", weights="none", image_size=64, num_rois=6,
+                     batch_size=3, block_rows=4, workers=0, device="cpu", threads=1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_images(tmp_path_factory.mktemp("tiny") / "images", n=12)
+
+
+def _extract(ds, cfg, out, **kw):
+    return extract_split(ds, cfg, out, label_embeddings=onehot(), image_loader=pil_loader, progress=False,
+                         log=lambda m: None, **kw)
+
+
+def _arrays(path) -> dict[str, np.ndarray]:
+    with FeatureCache(path) as c:
+        return {f: c.read(f) for f in ARRAYS}
+
+
+def _assert_same_arrays(a, b):
+    for f in ARRAYS:
+        assert a[f].dtype == b[f].dtype, f
+        np.testing.assert_array_equal(a[f], b[f], err_msg=f)
+
+
+def test_region_features_max_pool_the_roi_align_grid():
+    fmap = torch.randn(1, 5, 4, 4)  # (B, D, h, w)
+    # aligned RoIAlign of map box [1, 1, 3, 3] on a 2 x 2 grid, one sample per cell: cell centres at pixels 1, 2
+    X = region_features(fmap, torch.tensor([[[1.0, 1.0, 3.0, 3.0]]]), output_size=2, sampling_ratio=1)
+    torch.testing.assert_close(X[0, 0], fmap[0, :, 1:3, 1:3].amax(dim=(1, 2)), rtol=0, atol=0)
+
+
+def test_boxes_map_from_original_pixels_to_the_map_of_the_squashed_input():
+    from extract.pipeline import boxes_to_map
+
+    boxes = torch.tensor([[[30.0, 15.0, 90.0, 45.0], [0.0, 0.0, 120.0, 60.0]]])  # (1, 2, 4) on a 60 x 120 image
+    got = boxes_to_map(boxes, image_sizes=torch.tensor([[60, 120]]), map_size=(4, 8))
+    # x scales by 8 / 120, y by 4 / 60
+    torch.testing.assert_close(got, torch.tensor([[[2.0, 1.0, 6.0, 3.0], [0.0, 0.0, 8.0, 4.0]]]))
+
+
+def test_offline_default_cache_contents(tiny, tmp_path):
+    """Bundled Lite0 weights + selective search; whole-image padding boxes reproduce the global max pool."""
+    cfg = dataclasses.replace(TINY, weights="imagenet", num_rois=60, roi_output_size=2, roi_sampling_ratio=1)
+    out = tmp_path / "c.h5"
+    stats = _extract(tiny, cfg, out)
+    assert stats.images == 12 and not (tmp_path / "c.h5.partial").exists()
+    mtime = out.stat().st_mtime_ns
+    assert _extract(tiny, cfg, out).images == 0 and out.stat().st_mtime_ns == mtime  # complete: nothing redone
+    with FeatureCache(out) as c:
+        assert all(a in c.attrs for a in REQUIRED_ATTRS)
+        assert (c.num_images, c.num_rois, c.feature_dim, c.num_classes) == (12, 60, 1280, 3)
+        assert c.attrs["backbone"] == "efficientnet-lite0" and len(c.attrs["backbone_weights_sha256"]) == 64
+        assert c.attrs["extract_config"]["image_size"] == 64 and c.attrs["proposer"] == "selective-search"
+        assert c.image_ids() == tiny.image_ids
+        np.testing.assert_array_equal(c.read("labels"), tiny.labels)
+        sizes, boxes, valid = c.read("image_sizes"), c.read("boxes"), c.read("box_valid")
+        g, regions = c.read("global").astype(np.float32), c.read("regions").astype(np.float32)
+    from PIL import Image
+
+    for i, p in enumerate(tiny.image_paths):
+        with Image.open(p) as im:
+            assert tuple(sizes[i]) == (im.height, im.width)
+    assert valid.any(axis=1).all() and (~valid).any()  # 60 ROIs on tiny images: some padding
+    # padding = whole image; on the 2 x 2 map of a 64 px input, a 2 x 2 aligned grid samples every map cell,
+    # so its max-pooled feature is exactly the global max pool (an independent path through the code)
+    i, j = np.argwhere(~valid)[0]
+    np.testing.assert_array_equal(boxes[i, j], [0, 0, sizes[i, 1], sizes[i, 0]])
+    np.testing.assert_array_equal(regions[i, j], g[i])
+    # and the global feature is the max of the last map of the squash-resized image, recomputed here
+    from extract.backbones import build_backbone
+
+    b = build_backbone("efficientnet-lite0", weights="imagenet")
+    img = pil_loader(tiny.image_paths[0]).resize((64, 64), Image.BILINEAR)
+    x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        ref = b.forward_features(b.normalize(x)).amax(dim=(2, 3))[0].half().float().numpy()
+    np.testing.assert_allclose(g[0], ref, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("backbone,proposer,extra", [
+    ("resnet101", "selective-search", {}),
+    ("efficientnet-lite0", "torchvision", {"proposer_weights": "none", "proposer_image_size": 64}),
+])
+def test_other_offline_combinations(tiny, tmp_path, backbone, proposer, extra):
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TINY, backbone=backbone, proposer=proposer, **extra)
+    out = tmp_path / "c.h5"
+    _extract(tiny, cfg, out)
+    with FeatureCache(out) as c:
+        dim = 2048 if backbone == "resnet101" else 1280
+        assert (c.num_images, c.num_rois, c.feature_dim) == (12, 6, dim)
+        assert c.attrs["proposer"] == proposer
+        r = c.read("regions")
+        assert np.isfinite(r.astype(np.float32)).all()
+        assert c.read("box_valid").shape == (12, 6)
+
+
+def test_same_config_is_bitwise_deterministic_and_batch_size_only_rounds(tiny, tmp_path):
+    """Bitwise: the same config twice. Across batch sizes the CPU kernels reorder sums (measured: ~0.4% of
+    fp16 values differ by an ulp), so batch_size is part of the config hash and batches never straddle blocks."""
+    a, b, c = tmp_path / "a.h5", tmp_path / "b.h5", tmp_path / "c.h5"
+    _extract(tiny, dataclasses.replace(TINY, batch_size=4), a)
+    _extract(tiny, dataclasses.replace(TINY, batch_size=4), b)
+    _extract(tiny, dataclasses.replace(TINY, batch_size=1), c)
+    _assert_same_arrays(_arrays(a), _arrays(b))
+    x, y = _arrays(a), _arrays(c)
+    for f in ("global", "regions"):
+        np.testing.assert_allclose(x[f].astype(np.float32), y[f].astype(np.float32), rtol=1e-2, atol=1e-3)
+    for f in ("boxes", "box_scores", "box_valid", "labels", "image_sizes"):
+        np.testing.assert_array_equal(x[f], y[f])
+    with FeatureCache(a) as ca, FeatureCache(c) as cc:
+        assert ca.attrs["extract_config_hash"] != cc.attrs["extract_config_hash"]
+
+
+def test_shards_merge_to_the_unsharded_cache(tiny, tmp_path):
+    whole = tmp_path / "whole.h5"
+    _extract(tiny, TINY, whole)
+    shards = []
+    for i in range(3):
+        p = tmp_path / f"s{i}.h5"
+        _extract(tiny, dataclasses.replace(TINY, shard=f"{i}/3"), p)
+        shards.append(p)
+    with FeatureCache(shards[1]) as c:
+        assert c.attrs["shard"] == {"index": 1, "count": 3, "rows": [4, 8], "total_rows": 12}
+    from click.testing import CliRunner
+
+    from iagcn.cli import main
+
+    res = CliRunner().invoke(main, ["merge", *map(str, [shards[2], shards[0], shards[1]]), "--out",
+                                    str(tmp_path / "merged.h5")])
+    assert res.exit_code == 0, res.output
+    merged = tmp_path / "merged.h5"
+    _assert_same_arrays(_arrays(whole), _arrays(merged))
+    with FeatureCache(merged) as m, FeatureCache(whole) as w:
+        assert m.attrs["extract_config_hash"] == w.attrs["extract_config_hash"]
+        assert "shard" not in m.attrs
+    with pytest.raises(UserError, match="missing"):
+        merge_shards(shards[:2], tmp_path / "x.h5")
+    with pytest.raises(UserError, match="overlap"):
+        merge_shards(shards + [shards[1]], tmp_path / "x.h5")
+    other = tmp_path / "other.h5"
+    _extract(tiny, dataclasses.replace(TINY, shard="2/3", num_rois=5), other)
+    with pytest.raises(UserError, match="extract_config_hash"):
+        merge_shards(shards[:2] + [other], tmp_path / "x.h5")
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_shard_rows_are_whole_blocks_covering_everything():
+    for n in (1, 7, 12, 100):
+        ranges = [shard_rows(n, block_rows=4, index=i, count=3) for i in range(3)]
+        assert ranges[0][0] == 0 and ranges[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        assert all(r[0] % 4 == 0 for r in ranges)
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(tiny, tmp_path):
+    whole = tmp_path / "whole.h5"
+    cfg = dataclasses.replace(TINY, batch_size=1, block_rows=2)
+    _extract(tiny, cfg, whole)
+    root, out = tmp_path / "imgs", tmp_path / "killed.h5"
+    partial = tmp_path / "killed.h5.partial"
+    args = [sys.executable, str(REPO_ROOT / "tests" / "extract_helpers.py"), str(root), str(out),
+            json.dumps(dataclasses.asdict(cfg))]
+    proc = subprocess.Popen(args, env=cli_env(OMP_NUM_THREADS="1"), cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(list(partial.glob("rows-*.npz"))) < 2:
+        time.sleep(0.005)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.communicate()}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    committed = len(list(partial.glob("rows-*.npz")))
+    assert 2 <= committed < 6 and not out.exists()
+    # resume in a fresh process (same images: the helper rewrites them identically)
+    done = subprocess.run(args, env=cli_env(OMP_NUM_THREADS="1"), cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stderr and f"{committed} of 6 blocks" in done.stderr
+    assert not partial.exists()
+    _assert_same_arrays(_arrays(whole), _arrays(out))
+
+
+def test_parts_of_another_config_are_discarded(tiny, tmp_path):
+    out = tmp_path / "c.h5"
+    partial = tmp_path / "c.h5.partial"
+    partial.mkdir()
+    (partial / "config.json").write_text('{"extract_config_hash": "something else"}')
+    (partial / "rows-000000000-000000004.npz").write_bytes(b"stale")
+    messages = []
+    extract_split(tiny, TINY, out, label_embeddings=onehot(), image_loader=pil_loader, progress=False,
+                  log=messages.append)
+    assert any("different extraction config" in m for m in messages)
+    ref = tmp_path / "ref.h5"
+    _extract(tiny, TINY, ref)
+    _assert_same_arrays(_arrays(ref), _arrays(out))
+
+
+# -- the command line (needs extract.datasets: the readers and pre-flight) ----------------------------------
+CHEAP = ["--weights", "none", "--image-size", "64", "--num-rois", "4", "--workers", "0", "--device", "cpu",
+         "--batch-size", "2", "--block-rows", "4", "--quiet"]
+
+
+def _csv_dataset(tmp_path: Path, tiny) -> Path:
+    """A csv dataset of the 12 tiny images plus a missing file, a truncated JPEG and an unknown label."""
+    import shutil
+
+    root = tmp_path / "csvdata"
+    root.mkdir()
+    rows = ["image,labels"]
+    for p, lab in zip(tiny.image_paths, tiny.labels):
+        shutil.copy(p, root / p.name)
+        rows.append(f"{p.name},{' '.join(c for c, v in zip(tiny.class_names, lab) if v == 1)}")
+    (root / "broken.jpg").write_bytes((root / tiny.image_paths[0].name).read_bytes()[:300])
+    rows += ["missing.jpg,red", "broken.jpg,blue", f"{tiny.image_paths[1].name.replace('001', '0x1')},purple"]
+    shutil.copy(tiny.image_paths[1], root / tiny.image_paths[1].name.replace("001", "0x1"))
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_cli_preflight_refuses_listing_every_problem_then_skip_bad_records_them(tiny, tmp_path, cli):
+    root = _csv_dataset(tmp_path, tiny)
+    base = ["extract", "--dataset", "csv", "--root", root, "--split", "labels", "--csv", root / "labels.csv",
+            "--classes", "red,blue,green", *CHEAP]
+    out = tmp_path / "c.h5"
+    refused = cli([*base, "--out", out])
+    assert refused.returncode == 2, refused.stderr
+    err = refused.stderr.strip()
+    assert len(err.splitlines()) == 1 and "missing.jpg" in err and "broken.jpg" in err and "purple" in err
+    assert not out.exists() and not (tmp_path / "c.h5.partial").exists()
+
+    cli([*base, "--out", out, "--skip-bad"], check=True)
+    with FeatureCache(out) as c:
+        assert c.num_images == 12 and c.image_ids() == [p.name for p in tiny.image_paths]
+        assert sorted(c.attrs["skipped_ids"]) == sorted(["missing.jpg", "broken.jpg", "img0x1.jpg"])
+        np.testing.assert_array_equal(c.read("labels"), tiny.labels)
