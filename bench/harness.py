@@ -78,6 +78,7 @@ def machine_info() -> dict[str, Any]:
     except (ValueError, OSError):
         mem_gib = None
     return {
+        "code_sources": code_sources(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
@@ -86,6 +87,23 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
     }
+
+
+def code_sources() -> dict[str, str]:
+    """Where each stage package was imported from, and that folder's git commit (provenance of the figures)."""
+    import importlib
+    import subprocess
+
+    out = {}
+    for pkg in ("bench", "cache", "extract", "train"):
+        try:
+            folder = Path(importlib.import_module(pkg).__file__).resolve().parent
+            sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=folder, capture_output=True, text=True,
+                                 timeout=5).stdout.strip() or "unknown"
+            out[pkg] = f"{folder} @ {sha}"
+        except Exception as e:  # noqa: BLE001
+            out[pkg] = f"unavailable ({type(e).__name__})"
+    return out
 
 
 def fmt_ratio(r: float | None) -> str:
