@@ -16,7 +16,7 @@ BENCHMARKS = ("extract", "decode", "train", "reads", "pastram", "sweep")
 
 #: sizes of the full run and of --quick (a smoke run: every path, smaller shapes; its figures are not the targets')
 SIZES = {
-    "full": {"voc_n": 5011, "coco_n": 200, "extract_n": {"efficientnet-lite0": 16, "resnet101": 8},
+    "full": {"voc_n": 5011, "coco_n": 200, "extract_n": {"efficientnet-lite0": 24, "resnet101": 8},
              "extract_repeats": 2, "train_repeats": 3, "reads_repeats": 3, "pastram_n": 20000, "pastram_dim": 1024,
              "pastram_budget": 1.0, "pastram_repeats": 2, "sweep_train_n": 256, "sweep_eval_n": 128,
              "sweep_epochs": 2, "sweep_seeds": (0, 1, 2), "decode_n": 128, "decode_repeats": 2},
