@@ -96,7 +96,8 @@ def extraction_check(device: torch.device, *, n: int, batch: int, image_size: in
         x = global_max_pool(fmap)                                                      # (B, D)
         mb = boxes_to_map(boxes.to(device), image_sizes=sizes[s:e].to(device), map_size=tuple(fmap.shape[2:]))
         X = region_features(fmap, mb, output_size=7, sampling_ratio=2)                 # (B, N, D)
-        return x.half().cpu(), X.half().cpu(), boxes
+        # float32 on the host (the cache stores float16, but random-weight ResNet features can overflow it)
+        return x.float().cpu(), X.float().cpu(), boxes
 
     out = {}
     with torch.inference_mode():
