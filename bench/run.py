@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     ap.add_argument("--quick", action="store_true", help="smaller shapes: a smoke run of every path, not the targets")
+    ap.add_argument("--stem", default="latest", help="results file names bench/results/<stem>.{json,md} [latest]")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", 2)), help="torch threads [2]")
     args = ap.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()] or list(BENCHMARKS)
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         timings[name] = round(time.perf_counter() - t0, 1)
         log(f"[bench] {name}: {timings[name]:.0f} s")
     info.update(total_seconds=time.perf_counter() - t_all, seconds_per_benchmark=timings, failures=failures)
-    js, md = write_results(rows, info)
+    js, md = write_results(rows, info, stem=args.stem)
     print(markdown_table(rows, info))
     print(f"wrote {js} and {md}")
     for name, err in failures.items():
