@@ -1,0 +1,122 @@
+"""TrainConfig: the one frozen config of stage two, and the ablation presets of Tables 3-6.
+
+Every field can be set from the command line with ``--set key=value`` (``iagcn.configio.apply_overrides``);
+the resolved config is written to ``config.json`` next to every run and stored in every checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from iagcn.configio import config_from_dict
+from iagcn.errors import UserError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # ---- which parts run (set by the preset; see PRESETS) -----------------------------------
+    preset: str = "iagcn"                          # preset name the fields below started from
+    global_branch: Literal["linear", "gcn", "none"] = "gcn"  # y_w: linear classifier on x, label GCN (Eq. 5-6), or off
+    global_adjacency: Literal["static", "fused"] = "fused"   # label-GCN adjacency: static Â_S (ML-GCN) or per-image Â_F (Eq. 1)
+    variational: bool = True                       # Var_Inf: weight regions by z ~ N(z_mu, exp(z_logvar)) (Eq. 7-9) + L_KL
+    region_branch: bool = True                     # Com_Sco: region-based branch y_r (Eq. 10), fused by Eq. 11
+    region_adjacency: Literal["fused", "individual"] = "fused"  # region-branch adjacency: Â_F or the individual Â_I (Tables 5-6)
+    region_reading: Literal["label-nodes", "region-nodes"] = "label-nodes"  # how Eq. 10's nodes are read (paper-decisions.md)
+    region_relu_after_last: bool = True            # ReLU after the region GCN's 4th layer (paper: "all activations are ReLU")
+    # ---- widths and activations ---------------------------------------------------------------
+    gcn_widths: tuple[int, ...] = (512, 1024)      # label-GCN hidden widths; input E, output D (paper 4.3: E->512->1024->D)
+    gcn_activation: Literal["relu", "leaky_relu"] = "relu"  # between label-GCN layers (ML-GCN: LeakyReLU 0.2)
+    leaky_slope: float = 0.2                       # negative slope when gcn_activation = leaky_relu
+    region_widths: tuple[int, ...] = (256, 512, 1024)  # region-GCN hidden widths; output D, then FC D->C (paper 4.3)
+    # ---- equations' constants ------------------------------------------------------------------
+    fusion_lambda: float = 0.8                     # lambda of Eq. 11: y_f = lambda y_w + (1 - lambda) y_r
+    beta: float = 1.0                              # weight of L_KL in Eq. 12
+    tau: float = 0.4                               # statistical LCM threshold on P(j | i) (ML-GCN)
+    p: float = 0.25                                # statistical LCM neighbour weight (ML-GCN)
+    adjacency_eps: float = 1e-8                    # floor on row sums in the adjacency normalisation
+    difficult: Literal["ignore", "positive", "negative"] = "ignore"  # how target -1 (VOC difficult-only) enters L_ML
+    label_embeddings: str = "cache"                # H0: "cache" (the train cache's label_embeddings) or a .npy file (C, E)
+    # ---- optimisation (paper 4.3 on cached features) ------------------------------------------
+    epochs: int = 120                              # training epochs
+    batch_size: int = 32                           # images per SGD step
+    lr: float = 0.01                               # initial learning rate of the heads
+    momentum: float = 0.9                          # SGD momentum
+    weight_decay: float = 1e-4                     # SGD weight decay
+    lr_step: int = 30                              # divide the LR by 1/lr_gamma every lr_step epochs
+    lr_gamma: float = 0.1                          # LR decay factor
+    grad_clip: float = 10.0                        # max gradient norm (ML-GCN code); 0 = off
+    seed: int = 0                                  # seeds parameters, shuffling, reparameterisation noise, holdout split
+    # ---- model selection (issue 7) -------------------------------------------------------------
+    val_fraction: float = 0.1                      # held-out, label-stratified fraction of the TRAIN cache for choosing the epoch
+    select_on_eval: bool = False                   # choose the epoch on the evaluation cache (the published, optimistic protocol)
+    early_stop_patience: int = 0                   # stop after this many epochs without a better selection mAP; 0 = never
+    # ---- machine -------------------------------------------------------------------------------
+    device: str = "auto"                           # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    num_threads: int = 0                           # torch CPU threads; 0 = torch's default
+    memory_budget_gib: float = 4.0                 # load a cache into RAM when its features fit; otherwise stream blocks
+    stream_block_rows: int = 256                   # rows per contiguous block when streaming
+    shuffle_buffer_blocks: int = 8                 # blocks mixed together in the streaming shuffle buffer
+    eval_batch_size: int = 256                     # images per forward pass when scoring
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.lr > 0, "lr must be > 0"),
+            (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
+            (0.0 <= self.fusion_lambda <= 1.0, "fusion_lambda must be in [0, 1]"),
+            (self.lr_step >= 1, "lr_step must be >= 1"),
+            (len(self.gcn_widths) >= 1, "gcn_widths needs at least one hidden width"),
+            (len(self.region_widths) >= 1, "region_widths needs at least one hidden width"),
+            (self.global_branch != "none" or self.region_branch, "global_branch=none needs region_branch=true"),
+            (self.memory_budget_gib >= 0, "memory_budget_gib must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UserError(f"train config: {msg} (preset {self.preset!r}); fix the option or --set value")
+
+    @property
+    def uses_image_lcm(self) -> bool:
+        """Whether a_I / A_I (Eq. 2-4) are computed: needed by Â_F or by the region branch."""
+        return (self.global_branch == "gcn" and self.global_adjacency == "fused") or self.region_branch
+
+    @property
+    def uses_statistical_lcm(self) -> bool:
+        return (self.global_branch == "gcn") or (self.region_branch and self.region_adjacency == "fused")
+
+
+_MLGCN = {"global_branch": "gcn", "global_adjacency": "static", "gcn_widths": (1024,), "gcn_activation": "leaky_relu"}
+
+#: preset name -> config values (Tables 3-6; see paper-decisions.md "Ablation presets")
+PRESETS: dict[str, dict[str, Any]] = {
+    # ResNet-101: a linear classifier on x
+    "resnet": {"global_branch": "linear", "variational": False, "region_branch": False},
+    # Base (ML-GCN): label GCN E->1024->D, LeakyReLU(0.2), on the static Â_S
+    "mlgcn": {**_MLGCN, "variational": False, "region_branch": False},
+    # Base+ID_LCM: A_F from unweighted regions (z = 1), label GCN on Â_F, y = y_w
+    "idlcm": {"global_branch": "gcn", "global_adjacency": "fused", "variational": False, "region_branch": False},
+    # Base+ID_LCM+Var_Inf: as above with variational weights and L_KL
+    "idlcm-vi": {"global_branch": "gcn", "global_adjacency": "fused", "variational": True, "region_branch": False},
+    # Base+ID_LCM+Var_Inf+Com_Sco: the full IA-GCN
+    "iagcn": {"global_branch": "gcn", "global_adjacency": "fused", "variational": True, "region_branch": True,
+              "region_adjacency": "fused"},
+    # Com_Sco alone (Tables 5-6): region branch only, adjacency A_I, no VI
+    "comsco": {"global_branch": "none", "variational": False, "region_branch": True, "region_adjacency": "individual"},
+    # Base+Com_Sco (Tables 5-6): mlgcn on A_S fused with comsco on A_I
+    "mlgcn-comsco": {**_MLGCN, "variational": False, "region_branch": True, "region_adjacency": "individual"},
+}
+
+#: preset -> the paper's row name (Tables 3-6)
+PAPER_ROWS: dict[str, str] = {
+    "resnet": "ResNet-101", "mlgcn": "Base", "idlcm": "Base+ID_LCM", "idlcm-vi": "Base+ID_LCM+Var_Inf",
+    "iagcn": "Base+ID_LCM+Var_Inf+Com_Sco", "comsco": "Com_Sco", "mlgcn-comsco": "Base+Com_Sco",
+}
+
+
+def config_for_preset(name: str, **overrides: Any) -> TrainConfig:
+    """TrainConfig of preset ``name`` with keyword overrides (field names) applied on top."""
+    if name not in PRESETS:
+        raise UserError(f"--preset {name}: unknown preset; choose one of {', '.join(PRESETS)}")
+    values = {**dataclasses.asdict(TrainConfig()), **PRESETS[name], "preset": name, **overrides}
+    return config_from_dict(TrainConfig, values, source=f"preset {name}")

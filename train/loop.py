@@ -1,0 +1,82 @@
+"""The training loop as plain functions: the LR schedule, one epoch of SGD, scoring and evaluation."""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from iagcn.errors import UserError
+from train.config import TrainConfig
+from train.data import CacheData
+from train.model import IAGCNHead, total_loss
+
+
+def learning_rate(epoch: int, *, base_lr: float, step: int, gamma: float) -> float:
+    """Step schedule (paper 4.3): base_lr * gamma ** (epoch // step), epochs counted from 0."""
+    return base_lr * gamma ** (epoch // step)
+
+
+def train_one_epoch(model: IAGCNHead, optimizer: torch.optim.Optimizer, data: CacheData, indices: np.ndarray, *,
+                    config: TrainConfig, epoch: int, device: torch.device, progress: bool = True) -> dict[str, float]:
+    """One pass over ``indices`` of ``data`` in an order seeded by (seed, epoch). Returns mean loss parts and timing."""
+    model.train()
+    rng = np.random.default_rng([config.seed, epoch])
+    sums: dict[str, float] = {}
+    seen, t0 = 0, time.perf_counter()
+    bar = tqdm(total=len(indices), unit="img", desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
+               leave=False, dynamic_ncols=True)
+    for batch in data.batches(indices, batch_size=config.batch_size, shuffle=True, rng=rng, device=device,
+                              regions=model.uses_regions):
+        out = model(batch.x, batch.X, batch.valid)
+        loss, parts = total_loss(out, batch.labels, batch.valid, config=config)
+        if not math.isfinite(parts["loss"]):
+            raise UserError(f"training diverged at epoch {epoch + 1} (loss {parts['loss']}); lower --lr or "
+                            f"--set grad_clip=... and rerun with another --out")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip, foreach=True)
+        optimizer.step()
+        b = len(batch)
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v * b
+        seen += b
+        bar.update(b)
+        bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}")
+    bar.close()
+    seconds = time.perf_counter() - t0
+    stats = {k: v / max(seen, 1) for k, v in sums.items()}
+    stats.update(seconds=seconds, samples_per_s=seen / max(seconds, 1e-9))
+    return stats
+
+
+@torch.no_grad()
+def predict(model: IAGCNHead, data: CacheData, indices: np.ndarray | None = None, *, batch_size: int = 256,
+            device: torch.device | str = "cpu", progress: bool = False) -> np.ndarray:
+    """Logits (n, C) float32 for ``indices`` (default: every row), in that order; z = z_mu (eval mode)."""
+    was_training = model.training
+    model.eval()
+    rows = np.arange(data.n) if indices is None else np.asarray(indices, dtype=np.int64)
+    position = np.full(data.n, -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))                                    # cache row -> output row
+    out = np.empty((len(rows), data.C), np.float32)                          # (n, C)
+    with tqdm(total=len(rows), unit="img", desc="scoring", disable=not progress, leave=False) as bar:
+        for batch in data.batches(rows, batch_size=batch_size, shuffle=False, device=device, regions=model.uses_regions):
+            logits = model(batch.x, batch.X, batch.valid).logits             # (b, C)
+            out[position[batch.index]] = logits.float().cpu().numpy()        # streaming may reorder rows
+            bar.update(len(batch))
+    model.train(was_training)
+    return out
+
+
+def evaluate(model: IAGCNHead, data: CacheData, indices: np.ndarray | None = None, *, batch_size: int = 256,
+             device: torch.device | str = "cpu", progress: bool = False) -> tuple[dict[str, float], np.ndarray]:
+    """Score ``indices`` of ``data`` and compute stage three's metrics. Returns (metrics, logits (n, C))."""
+    from evaluate.metrics import multilabel_metrics
+
+    scores = predict(model, data, indices, batch_size=batch_size, device=device, progress=progress)  # (n, C)
+    targets = data.labels if indices is None else data.labels[indices]       # (n, C)
+    return multilabel_metrics(scores, targets, scores_are="logits"), scores

@@ -1,0 +1,123 @@
+"""The IA-GCN head on cached features: branches wired per TrainConfig, fusion (Eq. 11) and losses (Eq. 12-14).
+
+    x (B, D) global feature, X (B, N, D) region features, valid (B, N)
+      -> [Var_Inf] z (Eq. 7-9) -> A_I^w, a_I, A_I (Eq. 2-4) -> A_F = A_S ⊙ A_I (Eq. 1), normalised
+      -> y_w = label GCN on Â (Eq. 5-6)   (or a linear classifier on x: the ResNet-101 row)
+      -> y_r = region GCN + FC (Eq. 10)
+      -> y_f = lambda y_w + (1 - lambda) y_r (Eq. 11)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from train.config import TrainConfig
+from train.image_lcm import ImageDependentLCM, fused_lcm
+from train.label_gcn import LabelGCN
+from train.lcm import normalize_adjacency
+from train.region_branch import RegionBranch
+from train.variational import VariationalRegionWeighting, kl_loss
+
+
+@dataclass
+class HeadOutput:
+    logits: torch.Tensor                      # (B, C) y_f
+    y_w: torch.Tensor | None = None           # (B, C) global branch
+    y_r: torch.Tensor | None = None           # (B, C) region branch
+    z: torch.Tensor | None = None             # (B, N) region weights used
+    z_mu: torch.Tensor | None = None          # (B, N)
+    z_logvar: torch.Tensor | None = None      # (B, N)
+    scores: torch.Tensor | None = None        # (B, N, C) A_I^w logits
+    a_I: torch.Tensor | None = None           # (B, C)
+    A_I: torch.Tensor | None = None           # (B, C, C)
+    A_F: torch.Tensor | None = None           # (B, C, C) before normalisation
+
+
+class IAGCNHead(nn.Module):
+    """Every row of Tables 3-6 as one module; which parts run is decided by the TrainConfig (see PRESETS).
+
+    Buffers (saved in every checkpoint): ``A_S`` (C, C) statistical LCM, ``A_S_hat`` its normalisation,
+    ``label_embeddings`` H0 (C, E).
+    """
+
+    def __init__(self, *, config: TrainConfig, num_classes: int, feature_dim: int, num_rois: int,
+                 label_embeddings: np.ndarray | torch.Tensor, A_S: np.ndarray | torch.Tensor) -> None:
+        super().__init__()
+        cfg = self.config = config
+        C, D = num_classes, feature_dim
+        H0 = torch.as_tensor(np.asarray(label_embeddings), dtype=torch.float32)          # (C, E)
+        A = torch.as_tensor(np.asarray(A_S), dtype=torch.float32)                        # (C, C)
+        self.register_buffer("label_embeddings", H0)
+        self.register_buffer("A_S", A)
+        self.register_buffer("A_S_hat", normalize_adjacency(A, eps=cfg.adjacency_eps))     # (C, C)
+        self.variational = VariationalRegionWeighting(feature_dim=D) if cfg.variational else None
+        self.image_lcm = ImageDependentLCM(feature_dim=D, num_classes=C) if cfg.uses_image_lcm else None
+        self.linear = nn.Linear(D, C) if cfg.global_branch == "linear" else None
+        self.label_gcn = LabelGCN(embedding_dim=H0.shape[1], widths=tuple(cfg.gcn_widths), feature_dim=D,
+                                  activation=cfg.gcn_activation, leaky_slope=cfg.leaky_slope) \
+            if cfg.global_branch == "gcn" else None
+        self.region = RegionBranch(num_rois=num_rois, num_classes=C, feature_dim=D, widths=tuple(cfg.region_widths),
+                                   reading=cfg.region_reading, relu_after_last=cfg.region_relu_after_last,
+                                   adjacency_eps=cfg.adjacency_eps) if cfg.region_branch else None
+
+    @property
+    def uses_regions(self) -> bool:
+        """Whether forward reads X (resnet and mlgcn read only x, so their batches can skip it)."""
+        return self.variational is not None or self.image_lcm is not None or self.region is not None
+
+    def forward(self, x: torch.Tensor, X: torch.Tensor | None, valid: torch.Tensor, *, naive: bool = False) -> HeadOutput:
+        """x (B, D), X (B, N, D) (None allowed when not uses_regions), valid (B, N) bool -> HeadOutput."""
+        B, D = x.shape
+        cfg, out = self.config, HeadOutput(logits=x.new_zeros(0))
+        if self.variational is not None:
+            out.z, out.z_mu, out.z_logvar = self.variational(X)                       # (B, N) x3, Eq. 7-9
+        A_hat_F = A_hat_I = None
+        if self.image_lcm is not None:
+            out.scores, out.a_I, out.A_I = self.image_lcm(X, valid, out.z)             # (B, N, C), (B, C), (B, C, C)
+            out.A_F = fused_lcm(self.A_S, out.A_I)                                     # (B, C, C) Eq. 1
+            A_hat_F = normalize_adjacency(out.A_F, eps=cfg.adjacency_eps)             # (B, C, C) per image
+            if cfg.region_branch and cfg.region_adjacency == "individual":
+                A_hat_I = normalize_adjacency(out.A_I, eps=cfg.adjacency_eps)         # (B, C, C)
+        if self.linear is not None:
+            out.y_w = self.linear(x)                                                   # (B, C) ResNet-101 row
+        elif self.label_gcn is not None:
+            A_hat = self.A_S_hat if cfg.global_adjacency == "static" else A_hat_F      # (C, C) or (B, C, C)
+            gcn = self.label_gcn.forward_naive if naive else self.label_gcn
+            out.y_w = gcn(x, self.label_embeddings, A_hat)                             # (B, C) Eq. 5-6
+        if self.region is not None:
+            A_hat = A_hat_F if cfg.region_adjacency == "fused" else A_hat_I            # (B, C, C)
+            out.y_r = self.region(out.scores, valid, A_hat)                            # (B, C) Eq. 10
+        if out.y_w is not None and out.y_r is not None:
+            out.logits = cfg.fusion_lambda * out.y_w + (1 - cfg.fusion_lambda) * out.y_r  # (B, C) Eq. 11
+        else:
+            out.logits = out.y_w if out.y_w is not None else out.y_r                   # (B, C)
+        return out
+
+
+def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, *, difficult: str = "ignore") -> torch.Tensor:
+    """Eq. 13: BCE with logits, mean over labels and batch; targets (B, C) in {1, 0, -1}.
+
+    ``difficult``: "ignore" masks target -1 out, "positive" / "negative" count it as 1 / 0.
+    """
+    t = targets.to(logits.dtype)                                                       # (B, C)
+    if difficult == "ignore":
+        keep = (t >= 0).to(logits.dtype)                                               # (B, C)
+        bce = F.binary_cross_entropy_with_logits(logits, t.clamp_min(0), reduction="none")  # (B, C)
+        return (bce * keep).sum() / keep.sum().clamp_min(1.0)                          # ()
+    t = torch.where(t < 0, torch.full_like(t, 1.0 if difficult == "positive" else 0.0), t)  # (B, C)
+    return F.binary_cross_entropy_with_logits(logits, t)                               # ()
+
+
+def total_loss(out: HeadOutput, targets: torch.Tensor, valid: torch.Tensor, *, config: TrainConfig
+               ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eq. 12: L = L_ML + beta L_KL (L_KL only with Var_Inf). Returns the loss and its parts as floats."""
+    l_ml = multilabel_loss(out.logits, targets, difficult=config.difficult)            # () Eq. 13
+    if out.z_mu is None:
+        return l_ml, {"loss": float(l_ml.detach()), "loss_ml": float(l_ml.detach()), "loss_kl": 0.0}
+    l_kl = kl_loss(out.z_mu, out.z_logvar, valid)                                      # () Eq. 14
+    loss = l_ml + config.beta * l_kl                                                   # () Eq. 12
+    return loss, {"loss": float(loss.detach()), "loss_ml": float(l_ml.detach()), "loss_kl": float(l_kl.detach())}

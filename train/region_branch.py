@@ -1,0 +1,59 @@
+"""Region-based branch (Eq. 10): a GCN on the region label scores A_I^w, then a fully connected layer.
+
+Two readings of Eq. 10 (paper-decisions.md), chosen by ``reading``:
+  * ``label-nodes`` (default): the C labels are the nodes, node c's input is column c of A_I^w (its
+    scores over the N regions): H_r0 = (A_I^w)^T (B, C, N); four GCN layers N -> ... -> D on Â;
+    an FC D -> C on every node, node c's c-th output read out as y_r[c] (the diagonal).
+  * ``region-nodes``: the N regions are the nodes with inputs A_I^w Â (B, N, C) and a region adjacency
+    from normalised sigmoid(A_I^w) sigmoid(A_I^w)^T; the same widths; max over valid regions; FC D -> C.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from train.lcm import normalize_adjacency
+
+
+class RegionBranch(nn.Module):
+    def __init__(self, *, num_rois: int, num_classes: int, feature_dim: int, widths: tuple[int, ...],
+                 reading: str = "label-nodes", relu_after_last: bool = True, adjacency_eps: float = 1e-8) -> None:
+        super().__init__()
+        self.reading = reading
+        self.relu_after_last = relu_after_last
+        self.eps = adjacency_eps
+        in_dim = num_rois if reading == "label-nodes" else num_classes
+        dims = [in_dim, *widths, feature_dim]
+        self.weights = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in zip(dims[:-1], dims[1:]))  # W_I, W^(l)
+        self.fc = nn.Linear(feature_dim, num_classes)                                   # f_FC: D -> C
+
+    def forward(self, scores: torch.Tensor, valid: torch.Tensor, A_hat: torch.Tensor) -> torch.Tensor:
+        """scores A_I^w (B, N, C) logits, valid (B, N) bool, Â (B, C, C) or (C, C) -> y_r (B, C)."""
+        if self.reading == "label-nodes":
+            return self.forward_label_nodes(scores, valid, A_hat)
+        return self.forward_region_nodes(scores, valid, A_hat)
+
+    def forward_label_nodes(self, scores: torch.Tensor, valid: torch.Tensor, A_hat: torch.Tensor) -> torch.Tensor:
+        B, N, C = scores.shape
+        h = (scores * valid.unsqueeze(-1)).transpose(1, 2)          # (B, C, N) H_r0 = (A_I^w)^T, padded regions -> 0
+        for W in self.weights[:-1]:
+            h = torch.relu(W(A_hat @ h))                            # (B, C, w_l) Eq. 10: f(Â H W), (Â H) W is cheaper
+        h = A_hat @ h                                               # (B, C, w) Â R_3 of the last layer
+        if self.relu_after_last:
+            R = torch.relu(self.weights[-1](h))                     # (B, C, D) the dominant (w x D) product per label
+            return (R * self.fc.weight).sum(-1) + self.fc.bias      # (B, C) f_FC, diagonal readout: y_r[c] = fc_c . R[c]
+        V = self.weights[-1].weight.t() @ self.fc.weight.t()        # (w, C) W_3 fc^T (no ReLU: the FC re-associates)
+        return torch.einsum("bcw,wc->bc", h, V) + self.fc.bias     # (B, C) diag(Â R_3 W_3 fc^T)
+
+    def forward_region_nodes(self, scores: torch.Tensor, valid: torch.Tensor, A_hat: torch.Tensor) -> torch.Tensor:
+        B, N, C = scores.shape
+        vmask = valid.unsqueeze(-1).to(scores.dtype)                # (B, N, 1)
+        s = torch.sigmoid(scores) * vmask                           # (B, N, C) padded regions get no edges
+        A_R = normalize_adjacency(s @ s.transpose(1, 2), eps=self.eps)  # (B, N, N) regions that agree on labels
+        h = (scores * vmask) @ A_hat                                # (B, N, C) node inputs A_I^w Â
+        for i, W in enumerate(self.weights):
+            h = A_R @ W(h)                                          # (B, N, w_l) Eq. 10: Â_R H W
+            if i < len(self.weights) - 1 or self.relu_after_last:
+                h = torch.relu(h)                                   # (B, N, w_l)
+        h = h.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(dim=1)  # (B, D) max over valid regions
+        return self.fc(h)                                           # (B, C) f_FC

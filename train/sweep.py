@@ -1,0 +1,112 @@
+"""`iagcn sweep`: every preset x seed on caches loaded once; results.csv and the paper-layout table.md.
+
+The table is built by :func:`build_table` from the per-run rows, so a later column (e.g. a ΔmAP-vs-baseline
+bootstrap interval from evaluate.stats) plugs in through ``extra_columns`` without touching the runs.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from iagcn.errors import UserError
+from iagcn.fsutil import write_text_atomic
+from train.config import PAPER_ROWS, TrainConfig
+from train.data import CacheData
+from train.run import train_run
+
+#: the columns of the paper's Tables 3-6, in order
+TABLE_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
+
+
+def run_dir_for(out: Path, preset: str, seed: int) -> Path:
+    return out / f"{preset}-s{seed}"
+
+
+def run_sweep(configs: Iterable[TrainConfig], *, train_data: CacheData, eval_data: CacheData, out_dir: str | Path,
+              progress: bool = True, log=print) -> list[dict[str, Any]]:
+    """Train every config (one per preset x seed) into out_dir/<preset>-s<seed>/; complete runs are skipped,
+    interrupted ones resume. Writes results.csv and table.md after every run; returns the rows."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    configs = list(configs)
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    for i, cfg in enumerate(configs):
+        run_dir = run_dir_for(out, cfg.preset, cfg.seed)
+        done = run_dir / "metrics.json"
+        if done.exists():
+            log(f"[{i + 1}/{len(configs)}] {run_dir.name}: complete, skipped")
+            result = json.loads(done.read_text())
+        else:
+            log(f"[{i + 1}/{len(configs)}] {run_dir.name}: training ({time.perf_counter() - t0:.0f}s into the sweep)")
+            result = train_run(cfg, train_data=train_data, eval_data=eval_data, out_dir=run_dir,
+                               resume=(run_dir / "last.pt").exists(), progress=progress, log=log)
+        rows.append(result_row(result, cfg, run_dir))
+        write_results(out, rows)
+    return rows
+
+
+def result_row(result: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
+    """One results.csv row: preset, seed, protocol, every metric, train seconds, selected epoch, run dir."""
+    row = {"preset": cfg.preset, "seed": cfg.seed, "protocol": result["protocol"]}
+    for k, v in result["metrics"].items():
+        if not isinstance(v, (list, dict)):
+            row[k] = round(v, 4) if isinstance(v, float) else v
+    row.update(train_seconds=round(float(result["train_seconds"]), 2), selected_epoch=result["selected_epoch"],
+               epochs_run=result["epochs_run"], run_dir=run_dir.name)
+    return row
+
+
+def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(out / "results.csv", buf.getvalue(), what="sweep results")
+    write_text_atomic(out / "table.md", build_table(rows), what="sweep table")
+
+
+def build_table(rows: list[dict[str, Any]], *, metrics: tuple[str, ...] = TABLE_METRICS, **report_options: Any) -> str:
+    """Markdown table, one row per preset: mean ± std over seeds in the layout of the paper's Tables 3-6.
+
+    ``rows``: results.csv rows (preset, seed, metric columns). ``report_options`` go to
+    ``evaluate.report.ablation_table`` (``baseline``, ``deltas``, ``seed_tests``: the ΔmAP-vs-baseline hook).
+    A legend maps presets to the paper's row names and states the model-selection protocol(s).
+    """
+    from evaluate.report import ablation_table
+
+    runs = [{"preset": r["preset"], "seed": r.get("seed"),
+             "metrics": {m: (_num(r.get(m)) if _num(r.get(m)) is not None else math.nan) for m in metrics}}
+            for r in rows]
+    table = ablation_table(runs, metrics=metrics, fmt="markdown", **report_options)
+    presets = list(dict.fromkeys(r["preset"] for r in rows))
+    protocols = sorted({str(r.get("protocol")) for r in rows})
+    legend = "; ".join(f"`{p}` = {PAPER_ROWS.get(p, p)}" for p in presets)
+    return (table.rstrip("\n") + "\n\n" + f"Mean ± sample std over seeds. Rows: {legend}. "
+            f"Model selection: {', '.join(protocols)}.\n")
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def parse_list(text: str, *, what: str, cast=str) -> list:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise UserError(f"--{what} is empty; give a comma-separated list")
+    try:
+        return [cast(t) for t in items]
+    except ValueError:
+        raise UserError(f"--{what} {text}: expected a comma-separated list of {cast.__name__}") from None
