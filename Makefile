@@ -93,35 +93,33 @@ demo: $(STAMP)
 	@set -e; t0=$$(date +%s); export OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2}; \
 	echo "== iagcn demo: synthetic data -> features -> 7 presets -> tables, plots, figures, predictions"; \
 	echo "== everything goes to $(DEMO_OUT)/ (delete it for a fresh run; finished steps are skipped on a rerun)"; \
-	echo "== [1/8] synthetic VOC-layout dataset: $(DEMO_TRAIN) trainval + $(DEMO_TEST) test images"; \
+	echo "== [1/7] synthetic VOC-layout dataset: $(DEMO_TRAIN) trainval + $(DEMO_TEST) test images"; \
 	$(IAGCN) synth --out $(DEMO_OUT)/data --train $(DEMO_TRAIN) --test $(DEMO_TEST) --seed 0 --workers 2; \
-	echo "== [2/8] stage one: EfficientNet-Lite0 (bundled ImageNet weights) + selective search, trainval"; \
+	echo "== [2/7] stage one: EfficientNet-Lite0 (bundled ImageNet weights) + selective search, trainval"; \
 	$(IAGCN) extract $(DEMO_EXTRACT) --split trainval --out $(DEMO_OUT)/cache/trainval.h5; \
-	echo "== [3/8] stage one: the test split"; \
+	echo "== [3/7] stage one: the test split"; \
 	$(IAGCN) extract $(DEMO_EXTRACT) --split test --out $(DEMO_OUT)/cache/test.h5; \
-	echo "== [4/8] stage two: sweep over all 7 presets ($(DEMO_EPOCHS) epochs, seeds $(DEMO_SEEDS), epoch chosen on a 10% hold-out of trainval)"; \
+	echo "== [4/7] stage two: sweep over all 7 presets ($(DEMO_EPOCHS) epochs, seeds $(DEMO_SEEDS), epoch chosen on a 10% hold-out of trainval; ΔmAP vs $(DEMO_BASELINE) by paired bootstrap over test images)"; \
 	$(IAGCN) sweep --train-cache $(DEMO_OUT)/cache/trainval.h5 --val-cache $(DEMO_OUT)/cache/test.h5 \
-	  --presets $(PRESETS) --seeds $(DEMO_SEEDS) --epochs $(DEMO_EPOCHS) --device cpu --out $(DEMO_OUT)/sweep; \
-	echo "== [5/8] ablation table: every preset against $(DEMO_BASELINE), paired bootstrap over test images"; \
-	$(IAGCN) compare --sweep $(DEMO_OUT)/sweep --baseline $(DEMO_BASELINE) --cache $(DEMO_OUT)/cache/test.h5 \
-	  --out $(DEMO_OUT)/compare; \
-	echo "== [6/8] evaluation: IA-GCN and the ML-GCN base side by side (Table 1 and Table 2 layouts, plots)"; \
+	  --presets $(PRESETS) --seeds $(DEMO_SEEDS) --epochs $(DEMO_EPOCHS) --device cpu --out $(DEMO_OUT)/sweep \
+	  --baseline $(DEMO_BASELINE); \
+	echo "== [5/7] evaluation: IA-GCN and the ML-GCN base side by side (Table 1 and Table 2 layouts, plots)"; \
 	$(IAGCN) eval --run $(DEMO_OUT)/sweep/iagcn-s0 --run $(DEMO_OUT)/sweep/$(DEMO_BASELINE)-s0 \
 	  --cache $(DEMO_OUT)/cache/test.h5 --out $(DEMO_OUT)/eval --quiet; \
 	image=$$(head -1 $(DEMO_OUT)/sweep/iagcn-s0/image_ids.txt); \
-	echo "== [7/8] explain test image $$image: Fig. 1 (A_F next to A_S) and Fig. 3 (ROIs coloured by z)"; \
+	echo "== [6/7] explain test image $$image: Fig. 1 (A_F next to A_S) and Fig. 3 (ROIs coloured by z)"; \
 	$(IAGCN) explain --run $(DEMO_OUT)/sweep/iagcn-s0 --cache $(DEMO_OUT)/cache/test.h5 --image-id $$image \
 	  --out $(DEMO_OUT)/explain; \
 	images=$$(head -$(DEMO_PREDICT) $(DEMO_ROOT)/ImageSets/Main/test.txt | sed 's|^\(.*\)$$|$(DEMO_ROOT)/JPEGImages/\1.jpg|'); \
-	echo "== [8/8] predict $(DEMO_PREDICT) test images from their files (stage one on the fly + the IA-GCN head)"; \
+	echo "== [7/7] predict $(DEMO_PREDICT) test images from their files (stage one on the fly + the IA-GCN head)"; \
 	$(IAGCN) predict --run $(DEMO_OUT)/sweep/iagcn-s0 --top-k 3 $$images; \
 	echo "   objects in their annotations (difficult ones included):"; \
 	for id in $$(head -$(DEMO_PREDICT) $(DEMO_ROOT)/ImageSets/Main/test.txt); do \
 	  echo "   $$id: $$(grep -o '<name>[a-z]*</name>' $(DEMO_ROOT)/Annotations/$$id.xml | sed 's/<[^>]*>//g' | sort -u | paste -sd' ')"; \
 	done; \
 	echo "== done in $$(( $$(date +%s) - t0 )) s. Outputs in $(DEMO_OUT)/:"; \
-	echo "   sweep/table.md, sweep/results.csv, sweep/<preset>-s<seed>/  runs (config, log, checkpoints, scores, metrics)"; \
-	echo "   compare/ablation.md             ablation table with the ΔmAP-vs-$(DEMO_BASELINE) 95% interval"; \
+	echo "   sweep/table.md, sweep/results.csv, sweep/ablation.json   ablation table (with the ΔmAP-vs-$(DEMO_BASELINE) 95% interval), one row per run"; \
+	echo "   sweep/<preset>-s<seed>/         runs (config, log, checkpoints, scores, metrics)"; \
 	echo "   eval/                           metrics.json, per_class_ap.csv, per_class_ap.png, pr_curves.png, training curves"; \
 	echo "   explain/                        fig1_lcm_<id>.png, fig3_rois_<id>.png (+ .npz with the numbers drawn)"
 

@@ -35,7 +35,7 @@ import numpy as np
 from iagcn.configio import config_hash, config_to_dict
 from iagcn.errors import UserError
 from iagcn.fsutil import check_can_create, check_free_space, check_writable_dir, exclusive_lock, fsync_dir, interrupt_hint, \
-    is_disk_full, tmp_name_for, write_json_atomic
+    is_disk_full, remove_stale_temporaries, tmp_name_for, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -347,6 +347,7 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
         return f"interrupted: {kept}/{row_stop - row_start} images kept in {partial}; rerun the same command to resume"
 
     with exclusive_lock(out, what="cache"), interrupt_hint(hint):
+        remove_stale_temporaries(out)  # a cache temporary of a killed assembly can be large: free it first
         if not partial.exists() and _complete_cache_matches(out, ident_hash, shard):
             log(f"{out} is already complete for this config (hash {ident_hash}); nothing to do (delete it to redo)")
             stats.wall_s = time.perf_counter() - t_start

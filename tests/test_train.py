@@ -202,4 +202,11 @@ def test_sweep_cli(caches, tmp_path):
                     "--epochs", "1", "--val-fraction", "0.2", "--threads", "1", "--quiet", "--out", tmp_path, *SMALL_SET],
                    check=True)
     assert "| mlgcn" in proc.stdout and "holdout-0.2" in proc.stdout
+    # issue 7: the ΔmAP-vs-baseline column with its bootstrap interval, from the saved scores
+    assert "ΔmAP vs mlgcn" in proc.stdout and "baseline" in proc.stdout
+    ablation = json.loads((tmp_path / "ablation.json").read_text())
+    d = ablation["deltas"]["resnet"]["metrics"]["mAP"]
+    ref = json.loads((tmp_path / "resnet-s0" / "metrics.json").read_text())["metrics"]["mAP"] - \
+        json.loads((tmp_path / "mlgcn-s0" / "metrics.json").read_text())["metrics"]["mAP"]
+    assert abs(d["diff"] - ref) < 1e-6 and d["low"] <= d["diff"] <= d["high"]
     assert json.loads((tmp_path / "mlgcn-s0" / "config.json").read_text())["config"]["gcn_widths"] == [16, 32]

@@ -103,8 +103,13 @@ def train_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
               help="Comma-separated presets.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Sweep directory (one run folder per preset x seed).")
+@click.option("--baseline", default="mlgcn", show_default=True,
+              help="Preset every other preset is compared with in table.md (ΔmAP, paired bootstrap 95% CI over "
+                   "evaluation images); 'none' = no comparison column. Ignored when the preset is not swept.")
+@click.option("--bootstrap", "n_resamples", type=click.IntRange(min=100), default=1000, show_default=True,
+              help="Bootstrap resamples for the ΔmAP interval.")
 def sweep_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embeddings, val_fraction, select_on_eval,
-              memory_budget_gib, threads, sets, quiet, presets, seeds, out) -> None:
+              memory_budget_gib, threads, sets, quiet, presets, seeds, out, baseline, n_resamples) -> None:
     """Train every preset x seed on caches loaded once; write results.csv and table.md (paper layout)."""
     import dataclasses
 
@@ -124,6 +129,10 @@ def sweep_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
     eval_data = _open_data(val_cache, "--val-cache", cfg0.memory_budget_gib, cfg0)
     log = (lambda *_: None) if quiet else (lambda m: click.echo(m, err=True))
     run_sweep(configs, train_data=train_data, eval_data=eval_data, out_dir=out, progress=not quiet, log=log)
+    if baseline != "none" and baseline in names and len(names) > 1:
+        from train.sweep import write_ablation
+
+        write_ablation(out, baseline=baseline, cache_path=val_cache, n_resamples=n_resamples, log=log)
     click.echo((Path(out) / "table.md").read_text())
 
 

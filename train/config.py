@@ -46,6 +46,7 @@ class TrainConfig:
     lr_step: int = 30                              # divide the LR by 1/lr_gamma every lr_step epochs
     lr_gamma: float = 0.1                          # LR decay factor
     grad_clip: float = 10.0                        # max gradient norm (ML-GCN code); 0 = off
+    vi_lr_scale: float = 0.01                      # LR multiplier of w_mu, w_logvar (Eq. 8-9); 1 = the paper's single LR, which oscillates under L_KL on cached features (docs/training.md)
     seed: int = 0                                  # seeds parameters, shuffling, reparameterisation noise, holdout split
     # ---- model selection (issue 7) -------------------------------------------------------------
     val_fraction: float = 0.1                      # held-out, label-stratified fraction of the TRAIN cache for choosing the epoch
@@ -67,6 +68,7 @@ class TrainConfig:
             (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
             (0.0 <= self.fusion_lambda <= 1.0, "fusion_lambda must be in [0, 1]"),
             (self.lr_step >= 1, "lr_step must be >= 1"),
+            (self.vi_lr_scale > 0, "vi_lr_scale must be > 0"),
             (len(self.gcn_widths) >= 1, "gcn_widths needs at least one hidden width"),
             (len(self.region_widths) >= 1, "region_widths needs at least one hidden width"),
             (self.global_branch != "none" or self.region_branch, "global_branch=none needs region_branch=true"),

@@ -74,7 +74,7 @@ class CacheData:
     # -- checks ------------------------------------------------------------------------------------
     def _check_finite(self, g: np.ndarray, r: np.ndarray, start: int, stop: int) -> None:
         for name, arr in (("global", g), ("regions", r)):
-            if arr is not None and not np.isfinite(arr).all():
+            if arr is not None and not _all_finite(arr):
                 bad = start + int(np.nonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(1))[0][0])
                 raise UserError(f"cache {self.path}: non-finite features (NaN/Inf) in '{name}' (first at row {bad}, "
                                 f"image {self.image_ids[bad]}); re-extract that cache (nothing was trained on them)")
@@ -131,36 +131,51 @@ class CacheData:
         blocks = [blk for blk in blocks if member[blk[0]:blk[1]].any()]
         if shuffle:
             blocks = [blocks[i] for i in rng.permutation(len(blocks))]
-        g_blk = np.empty((self.block_rows, self.D), np.float16)
-        r_blk = np.empty((self.block_rows, self.N, self.D), np.float16)
-        rshape = (self.N, self.D) if regions else (0, 0)                      # (0, 0): X skipped, rows kept aligned
-        carry = (np.empty(0, np.int64), np.empty((0, self.D), np.float16), np.empty((0, *rshape), np.float16))
         step = self.shuffle_buffer_blocks if shuffle else 1
+        # one preallocated shuffle buffer: the carried-over rows first, then each block read straight into it
+        # (bench/: three copies per row in concatenate/permute were most of the streaming time)
+        cap = step * self.block_rows + batch_size
+        rshape = (self.N, self.D) if regions else (0, 0)                      # (0, 0): X skipped, rows kept aligned
+        buf_rows = np.empty(cap, np.int64)                                     # (cap,) cache row of each slot
+        buf_g = np.empty((cap, self.D), np.float16)                           # (cap, D)
+        buf_r = np.empty((cap, *rshape), np.float16)                          # (cap, N, D)
+        filled = 0
         for gs in range(0, len(blocks), step):
-            parts = [carry]
             for s, e in blocks[gs:gs + step]:
                 m = e - s
-                self.cache.read_into("global", g_blk[:m], s, e)               # contiguous read
+                self.cache.read_into("global", buf_g[filled:filled + m], s, e)    # contiguous read into the buffer
                 if regions:                                                   # heads that read only x skip X
-                    self.cache.read_into("regions", r_blk[:m], s, e)
-                self._check_finite(g_blk[:m], r_blk[:m] if regions else None, s, e)
+                    self.cache.read_into("regions", buf_r[filled:filled + m], s, e)
+                self._check_finite(buf_g[filled:filled + m], buf_r[filled:filled + m] if regions else None, s, e)
                 keep = np.nonzero(member[s:e])[0]
-                r_keep = r_blk[keep] if regions else np.empty((len(keep), *rshape), np.float16)
-                parts.append((s + keep, g_blk[keep], r_keep))                  # copies out of the block buffer
-            rows = np.concatenate([p[0] for p in parts])
-            g = np.concatenate([p[1] for p in parts])
-            r = np.concatenate([p[2] for p in parts])
-            if shuffle:
-                perm = rng.permutation(len(rows))                             # in-buffer shuffle
-                rows, g, r = rows[perm], g[perm], r[perm]
+                if len(keep) < m:                                             # compact a partly selected block
+                    buf_g[filled:filled + len(keep)] = buf_g[filled + keep]
+                    if regions:
+                        buf_r[filled:filled + len(keep)] = buf_r[filled + keep]
+                buf_rows[filled:filled + len(keep)] = s + keep
+                filled += len(keep)
+            order = rng.permutation(filled) if shuffle else np.arange(filled)  # in-buffer shuffle
             last = gs + step >= len(blocks)
-            full = len(rows) if last else (len(rows) // batch_size) * batch_size
+            full = filled if last else (filled // batch_size) * batch_size
             for s in range(0, full, batch_size):
-                yield rows[s:s + batch_size], g[s:s + batch_size], (r[s:s + batch_size] if regions else None)
-            carry = (rows[full:], g[full:], r[full:])
+                sel = order[s:s + batch_size]
+                yield buf_rows[sel], buf_g[sel], (buf_r[sel] if regions else None)  # one gather per batch
+            rest = order[full:filled]                                         # carried into the next buffer
+            buf_rows[:len(rest)], buf_g[:len(rest)] = buf_rows[rest], buf_g[rest]
+            if regions:
+                buf_r[:len(rest)] = buf_r[rest]
+            filled = len(rest)
 
     def close(self) -> None:
         self.cache.close()
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    """np.isfinite(arr).all(), fast for float16: NaN/Inf are exactly the values whose exponent bits are all ones
+    (np.isfinite on float16 is not vectorised: measured 0.9 s of a 5.6 s streamed pass)."""
+    if arr.dtype == np.float16:
+        return not ((arr.view(np.uint16) & 0x7C00) == 0x7C00).any()
+    return bool(np.isfinite(arr).all())
 
 
 class _Buffers:

@@ -163,7 +163,15 @@ def make_optimizer(model: IAGCNHead, config: TrainConfig) -> torch.optim.SGD:
     Measured here (2 threads, the IA-GCN head's 2048x1024 + 1024x300 + 20x2048 weights): the default per-tensor
     loop 149 ms/step, foreach 41 ms, fused 29 ms.
     """
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+    vi = list(model.variational.parameters()) if model.variational is not None else []
+    vi_ids = {id(p) for p in vi}
+    rest = [p for p in model.parameters() if id(p) not in vi_ids]
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if vi:
+        # w_mu, w_logvar (Eq. 8-9): under L_KL their curvature is ~ mean ||X_r||^2 (uncentred CNN features, ~10^3),
+        # so the heads' lr would make them oscillate; config.vi_lr_scale keeps lr * curvature < 2 (docs/training.md).
+        groups.append({"params": vi, "lr_scale": config.vi_lr_scale})
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
                            weight_decay=config.weight_decay, fused=True)
 
 
@@ -271,7 +279,7 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
     for epoch in range(start_epoch, config.epochs):
         lr = learning_rate(epoch, base_lr=config.lr, step=config.lr_step, gamma=config.lr_gamma)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         stats = train_one_epoch(model, optimizer, train_data, train_idx, config=config, epoch=epoch, device=device,
                                 progress=progress)
         score = select_score()

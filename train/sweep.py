@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from iagcn.errors import UserError
-from iagcn.fsutil import check_writable_dir, exclusive_lock, interrupt_hint, write_text_atomic
+from iagcn.fsutil import check_writable_dir, exclusive_lock, interrupt_hint, write_json_atomic, write_text_atomic
 from train.config import PAPER_ROWS, TrainConfig
 from train.data import CacheData
 from train.run import train_run
@@ -97,6 +97,31 @@ def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
     w.writerows(rows)
     write_text_atomic(out / "results.csv", buf.getvalue(), what="sweep results")
     write_text_atomic(out / "table.md", build_table(rows), what="sweep table")
+
+
+def write_ablation(out_dir: str | Path, *, baseline: str, cache_path: str | Path, n_resamples: int = 1000,
+                   seed: int = 0, log=print) -> dict[str, Any]:
+    """Rewrite table.md with the ΔmAP-vs-``baseline`` column (issue 7) and write ablation.json.
+
+    Every preset's saved evaluation scores (no retraining) are compared with the baseline's by a paired
+    bootstrap over evaluation images (resampling the same images for both; seeds averaged per side), plus a
+    paired test across seeds when there are >= 2 (evaluate.compare.sweep_ablation).
+    """
+    from evaluate.compare import sweep_ablation
+    from evaluate.evaluation import EvalConfig
+
+    out = Path(out_dir)
+    result = sweep_ablation(out, baseline=baseline, cache_path=cache_path,
+                            config=EvalConfig(n_resamples=n_resamples, seed=seed), log=log)
+    rows = list(csv.DictReader(open(out / "results.csv", newline="")))
+    table = build_table(rows, baseline=baseline, deltas=result["deltas"],
+                        seed_tests=result["seed_tests"] or None, ci=result["ci"])
+    note = (f"ΔmAP: mean over seeds of B minus mean over seeds of `{baseline}`, with a {result['ci']:.0%} paired "
+            f"bootstrap interval over the {cache_path} images ({n_resamples} resamples, seed {seed}); "
+            f"`*` = the interval excludes zero.\n")
+    write_text_atomic(out / "table.md", table + note, what="sweep table")
+    write_json_atomic(out / "ablation.json", {k: v for k, v in result.items() if k != "runs"}, what="sweep ablation")
+    return result
 
 
 def build_table(rows: list[dict[str, Any]], *, metrics: tuple[str, ...] = TABLE_METRICS, **report_options: Any) -> str:

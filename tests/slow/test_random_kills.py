@@ -62,11 +62,12 @@ def test_ten_random_sigkills_then_resume_equals_uninterrupted(tmp_path):
         # from late start-up (pre-flight, model build) to just past the expected end (assembly, rename)
         delay = rng.uniform(0.5 * startup, startup + work * remaining / blocks)
         before = len(parts(out))
+        stale = {p.name for p in tmp_path.iterdir() if p.name.startswith(".c.h5.tmp-")}
         proc = spawn([*cmd, "--out", out])
         deadline = time.time() + delay
         while time.time() < deadline and proc.poll() is None:
             time.sleep(0.001)
-        if any(p.name.startswith(".c.h5.tmp-") for p in tmp_path.iterdir()):
+        if {p.name for p in tmp_path.iterdir() if p.name.startswith(".c.h5.tmp-")} - stale:
             phase = "assembling"
         elif out.exists():
             phase = "after the rename"
