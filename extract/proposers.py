@@ -217,7 +217,7 @@ class TorchvisionRPNProposer:
         for im, (rh, rw), b, s in zip(images, image_list.image_sizes, boxes, scores):
             h, w = im.shape[:2]
             scale = torch.tensor([w / rw, h / rh, w / rw, h / rh], device=b.device)  # resized -> original
-            out.append(top_n_with_padding((b * scale).cpu().numpy(), s.cpu().numpy(), num=self.num_rois,
+            out.append(top_n_with_padding((b.float() * scale).cpu().numpy(), s.float().cpu().numpy(), num=self.num_rois,
                                           height=h, width=w))
         return out
 
@@ -286,8 +286,8 @@ class Detectron2RPNProposer:
         instances, _ = self.model.proposal_generator(batch, features, None)  # B x Instances(proposal_boxes, objectness_logits)
         out = []
         for (h, w, rh, rw), inst in zip(sizes, instances):
-            b = inst.proposal_boxes.tensor.cpu().numpy() * np.array([w / rw, h / rh, w / rw, h / rh], dtype=np.float32)
-            out.append(top_n_with_padding(b, inst.objectness_logits.cpu().numpy(), num=self.num_rois, height=h, width=w))
+            b = inst.proposal_boxes.tensor.float().cpu().numpy() * np.array([w / rw, h / rh, w / rw, h / rh], dtype=np.float32)
+            out.append(top_n_with_padding(b, inst.objectness_logits.float().cpu().numpy(), num=self.num_rois, height=h, width=w))
         return out
 
 
