@@ -116,10 +116,7 @@ def write_ablation(out_dir: str | Path, *, baseline: str, cache_path: str | Path
     rows = list(csv.DictReader(open(out / "results.csv", newline="")))
     table = build_table(rows, baseline=baseline, deltas=result["deltas"],
                         seed_tests=result["seed_tests"] or None, ci=result["ci"])
-    note = (f"ΔmAP: mean over seeds of B minus mean over seeds of `{baseline}`, with a {result['ci']:.0%} paired "
-            f"bootstrap interval over the {cache_path} images ({n_resamples} resamples, seed {seed}); "
-            f"`*` = the interval excludes zero.\n")
-    write_text_atomic(out / "table.md", table + note, what="sweep table")
+    write_text_atomic(out / "table.md", table, what="sweep table")
     write_json_atomic(out / "ablation.json", {k: v for k, v in result.items() if k != "runs"}, what="sweep ablation")
     return result
 
