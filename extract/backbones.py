@@ -146,7 +146,9 @@ def build_resnet101(*, weights: str = "imagenet") -> Backbone:
     import torchvision
 
     with seeded_init():
-        net = torchvision.models.resnet101(weights=None)
+        # zero-initialised last BN of each residual branch: a random network (`--weights none`, tests and timing) keeps
+        # its activations bounded instead of overflowing float16; loaded weights overwrite these gammas anyway
+        net = torchvision.models.resnet101(weights=None, zero_init_residual=True)
     if weights == "imagenet":
         api_weights = torchvision.models.ResNet101_Weights.IMAGENET1K_V1  # the weights ML-GCN fine-tuned from
         try:
