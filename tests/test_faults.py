@@ -26,7 +26,7 @@ from iagcn.fsutil import exclusive_lock
 from tests.conftest import REPO_ROOT, cli_env, run_cli
 from tests.extract_helpers import write_tiny_images
 
-N_IMAGES, BLOCK = 12, 2                                  # 6 blocks of 2 rows
+N_IMAGES, BLOCK = 24, 2                                  # 12 blocks of 2 rows: work left after every kill point
 CHEAP = ["--weights", "none", "--image-size", "64", "--num-rois", "4", "--workers", "0", "--device", "cpu",
          "--batch-size", "2", "--block-rows", str(BLOCK), "--threads", "1", "--quiet"]
 SMALL_SET = ["--set", "gcn_widths=8,8", "--set", "region_widths=8,8,8", "--threads", "1"]
@@ -263,7 +263,7 @@ def test_read_only_folder_is_refused_before_any_work(dataset, tmp_path):
 
 
 # -- training: SIGKILL at several points, SIGINT, locks, disk full ----------------------------------------
-EPOCHS = 4
+EPOCHS = 8                                                # epochs left after the last kill point (epoch 3)
 
 
 @pytest.fixture(scope="module")
