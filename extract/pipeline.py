@@ -34,8 +34,8 @@ import numpy as np
 
 from iagcn.configio import config_hash, config_to_dict
 from iagcn.errors import UserError
-from iagcn.fsutil import check_can_create, check_free_space, check_writable_dir, exclusive_lock, fsync_dir, interrupt_hint, \
-    is_disk_full, remove_stale_temporaries, tmp_name_for, write_json_atomic
+from iagcn.fsutil import atomic_path, check_can_create, check_free_space, check_writable_dir, exclusive_lock, interrupt_hint, \
+    is_disk_full, remove_stale_temporaries, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -202,21 +202,10 @@ def _part_path(partial: Path, start: int, stop: int) -> Path:
 def _write_part(partial: Path, start: int, stop: int, arrays: dict[str, np.ndarray]) -> None:
     """Commit one block: temporary name, fsync, rename. A failure removes the temporary (disk full: UserError)."""
     final = _part_path(partial, start, stop)
-    tmp = tmp_name_for(final)
-    try:
+    with atomic_path(final, what="block", disk_full_hint=f"the blocks already committed stay in {partial}: "
+                     f"free space and rerun the same command to resume") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(e, Exception) and is_disk_full(e):
-            raise UserError(f"disk full while writing {final}; the blocks already committed stay in {partial}: "
-                            f"free space and rerun the same command to resume") from e
-        raise
-    fsync_dir(partial)
 
 
 def _read_part(path: Path) -> dict[str, np.ndarray] | None:

@@ -133,10 +133,11 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(final: str | os.PathLike, *, what: str = "output") -> Iterator[Path]:
+def atomic_path(final: str | os.PathLike, *, what: str = "output", disk_full_hint: str | None = None) -> Iterator[Path]:
     """Yield a temporary path to write; on success fsync and rename it to ``final``; on failure delete it.
 
-    The previous complete file at ``final`` (if any) stays untouched until the rename.
+    The previous complete file at ``final`` (if any) stays untouched until the rename. ``disk_full_hint`` replaces
+    the default advice of the one-line disk-full error.
     """
     final = Path(final)
     try:
@@ -160,8 +161,8 @@ def atomic_path(final: str | os.PathLike, *, what: str = "output") -> Iterator[P
         with contextlib.suppress(OSError):
             tmp.unlink()
         if isinstance(e, Exception) and is_disk_full(e):
-            raise UserError(f"disk full while writing {what} {final}; free space and rerun "
-                            f"(the previous file, if any, was not replaced)") from e
+            raise UserError(f"disk full while writing {what} {final}; " + (disk_full_hint or
+                            "free space and rerun (the previous file, if any, was not replaced)")) from e
         raise
 
 
