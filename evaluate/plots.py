@@ -181,10 +181,16 @@ def plot_pr_curves(scores, targets, class_names: Sequence[str], classes: Sequenc
 # ----------------------------------------------------------------------------------------------- Fig. 1
 def plot_lcm_pair(A_F, A_S, class_names: Sequence[str], out: PathLike, *, title: str | None = None,
                   save_data: bool = True) -> Path:
-    """Fig. 1: the image-dependent LCM A_F (C, C) next to the statistical LCM A_S (C, C), each with its colour bar.
+    """Fig. 1: the image-dependent LCM A_F (C, C) next to the statistical LCM A_S (C, C) on ONE colour scale.
 
-    With ``save_data`` the two matrices drawn are also written to ``<out>.npz`` (keys A_F, A_S, class_names).
+    The diagonal (a label's correlation with itself) is masked (drawn grey) so that it does not set the scale;
+    both panels share the range of the off-diagonal entries of both matrices and one colour bar, so equal colours
+    mean equal values. With ``save_data`` the matrices drawn and that range go to ``<out>.npz`` (keys A_F, A_S,
+    class_names, colour_range).
     """
+    import matplotlib
+    from matplotlib import colors
+
     a_f = np.asarray(A_F, dtype=np.float64)
     a_s = np.asarray(A_S, dtype=np.float64)
     n_classes = len(class_names)
@@ -193,32 +199,39 @@ def plot_lcm_pair(A_F, A_S, class_names: Sequence[str], out: PathLike, *, title:
             raise UserError(f"plot_lcm_pair: {name} has shape {m.shape}, expected ({n_classes}, {n_classes})")
         if not np.all(np.isfinite(m)):
             raise UserError(f"plot_lcm_pair: {name} has non-finite entries")
+    off = ~np.eye(n_classes, dtype=bool)                                     # (C, C) off-diagonal entries
+    both = np.concatenate([a_f[off], a_s[off]]) if n_classes > 1 else np.zeros(1)
+    lo, hi = float(both.min()), float(both.max())
+    norm = colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1e-6)
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.75")          # masked diagonal: grey
     names = _short_names(class_names)
-    fig = _figure(figsize=(11.0, 5.0))
-    for i, (label, m) in enumerate((("image-dependent LCM $A_F$", a_f), ("statistical LCM $A_S$", a_s))):
-        ax = fig.add_subplot(1, 2, i + 1)
-        im = ax.imshow(m, cmap="viridis", interpolation="nearest")  # rows i, columns j
+    fig = _figure(figsize=(11.5, 5.0))
+    axes = [fig.add_subplot(1, 2, i + 1) for i in range(2)]
+    for ax, (label, m) in zip(axes, (("image-dependent LCM $A_F$", a_f), ("statistical LCM $A_S$", a_s))):
+        im = ax.imshow(np.ma.masked_array(m, mask=~off), cmap=cmap, norm=norm, interpolation="nearest")  # rows i, cols j
         ax.set_title(label)
         if n_classes <= 40:
             ax.set_xticks(range(n_classes))
             ax.set_yticks(range(n_classes))
             ax.set_xticklabels(names, rotation=90, fontsize=7)
             ax.set_yticklabels(names, fontsize=7)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.colorbar(im, ax=axes, fraction=0.03, pad=0.03, label="off-diagonal entries (diagonal masked, grey)")
     if title:
         fig.suptitle(title)
     path = _save_png(fig, out)
     if save_data:
-        _save_npz(out, A_F=a_f, A_S=a_s, class_names=np.array(list(class_names)))
+        _save_npz(out, A_F=a_f, A_S=a_s, class_names=np.array(list(class_names)), colour_range=np.array([lo, hi]))
     return path
 
 
 # ----------------------------------------------------------------------------------------------- Fig. 3
 def plot_roi_weights(image, boxes, weights, valid, out: PathLike, *, title: str | None = None,
-                     save_data: bool = True) -> Path:
+                     caption: str | None = None, save_data: bool = True) -> Path:
     """Fig. 3: the image with its valid ROI boxes (x1 y1 x2 y2, image pixels) coloured by the weight z, colour bar.
 
     Boxes are drawn in increasing z so that the strongest lie on top; padding boxes (valid False) are skipped.
+    ``caption`` (e.g. the image's labels and the model's predictions) is written under the image and saved in
+    the ``.npz``.
     """
     import matplotlib
     from matplotlib import cm, colors
@@ -252,7 +265,9 @@ def plot_roi_weights(image, boxes, weights, valid, out: PathLike, *, title: str 
     ax.axis("off")
     fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.046, pad=0.04, label="ROI weight z")
     ax.set_title(title or f"{shown.size} ROIs coloured by variational weight z")
+    if caption:
+        ax.text(0.0, -0.02, caption, transform=ax.transAxes, ha="left", va="top", fontsize=9)
     path = _save_png(fig, out)
     if save_data:
-        _save_npz(out, boxes=b, weights=z, valid=v)
+        _save_npz(out, boxes=b, weights=z, valid=v, caption=np.asarray(caption or ""))
     return path

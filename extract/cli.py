@@ -38,16 +38,30 @@ COMMANDS: list = [synth_command]
 @click.option("--shard", default=None, help="i/n: extract shard i of n (merge with `iagcn merge`).")
 @click.option("--skip-bad", is_flag=True, help="Skip images that fail pre-flight (recorded in the cache).")
 @click.option("--csv", "csv_file", type=click.Path(), default=None, help="csv dataset: the image,labels file.")
-@click.option("--classes", default=None, help="csv dataset: class list (comma-separated) or a file of names.")
+@click.option("--classes", default=None, help="csv dataset: class list (comma-separated) or a file of names "
+              "[default: the sorted labels found in the CSV].")
+@click.option("--classes-from", "classes_from", type=click.Path(dir_okay=False), default=None,
+              help="csv dataset: use the class list of this cache (e.g. the train split's), so that both caches agree.")
+@click.option("--label-sep", default=" ", show_default=True,
+              help="csv dataset: delimiter between the labels of a row (' ' = any whitespace; e.g. ';' or '|').")
 @click.option("--keep-empty", is_flag=True, help="coco: keep images without annotations.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract_command(dataset, root, split, out, backbone, weights, proposer, proposer_weights, proposer_image_size,
                     detectron2_config, num_rois, image_size, label_embeddings, batch_size, block_rows, workers, device, threads,
-                    shard, skip_bad, csv_file, classes, keep_empty, quiet):
+                    shard, skip_bad, csv_file, classes, classes_from, label_sep, keep_empty, quiet):
     """Extract backbone + ROI features of one dataset split into an HDF5 cache (resumable; rerun to resume)."""
-    from iagcn.extract.pipeline import ExtractConfig, parse_shard, run_extract
+    from iagcn.errors import UserError
+    from iagcn.extract.pipeline import ExtractConfig, classes_from_cache, parse_shard, run_extract
 
-    cfg = ExtractConfig(dataset=dataset, root=str(root), split=split, csv=csv_file, classes=classes,
+    if classes_from is not None:
+        if classes is not None:
+            raise UserError("--classes and --classes-from both name a class list; pass one")
+        if dataset != "csv":
+            raise UserError(f"--classes-from applies to --dataset csv only, not {dataset}; drop it")
+        classes = classes_from_cache(classes_from)
+    if not label_sep:
+        raise UserError("--label-sep is empty; pass the delimiter between labels, e.g. ';' (' ' = whitespace)")
+    cfg = ExtractConfig(dataset=dataset, root=str(root), split=split, csv=csv_file, classes=classes, label_sep=label_sep,
                         keep_empty=keep_empty, backbone=backbone, weights=weights, proposer=proposer,
                         proposer_weights=proposer_weights, proposer_image_size=proposer_image_size,
                         detectron2_config=detectron2_config, num_rois=num_rois, image_size=image_size,
@@ -57,7 +71,10 @@ def extract_command(dataset, root, split, out, backbone, weights, proposer, prop
     if out is None:
         suffix = "" if sh is None else f".shard{sh[0]}of{sh[1]}"
         out = Path("cache") / dataset / f"{split}{suffix}.h5"
-    stats = run_extract(cfg, out, progress=not quiet)
+    stats = run_extract(cfg, out, progress=not quiet, log=lambda m: click.echo(m, err=True))
+    if stats.already_complete:
+        click.echo(f"kept {out}: already complete for this config, nothing computed")
+        return
     n = max(stats.images, 1)
     click.echo(f"wrote {out}: {stats.images} image(s) computed in {stats.wall_s:.1f} s "
                f"({stats.wall_s / n:.3f} s/image; backbone {stats.backbone_s / n:.3f}, proposer {stats.proposer_s / n:.3f} "

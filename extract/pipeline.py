@@ -47,6 +47,7 @@ class ExtractConfig:
     split: str = "trainval"                   # split name (VOC ImageSets/Main/<split>.txt, COCO instances_<split>.json)
     csv: str | None = None                    # csv reader: the image,labels file
     classes: str | None = None                # csv reader: comma-separated class list or a file of names (None: from the CSV)
+    label_sep: str = " "                      # csv reader: delimiter between the labels of one row (" ": any whitespace)
     keep_empty: bool = False                  # coco reader: keep images without annotations (published protocol drops them)
     backbone: str = "efficientnet-lite0"      # efficientnet-lite0 (offline default) | resnet101 (the paper)
     weights: str = "imagenet"                 # imagenet (bundled / torchvision API) | none (random, tests) | state-dict path
@@ -273,6 +274,7 @@ class ExtractStats:
     proposer_s: float = 0.0       # summed per-image proposer time (in workers for selective search)
     loader_wait_s: float = 0.0    # main process waiting for the DataLoader (decode, resize, CPU proposer)
     write_s: float = 0.0          # part files + final assembly
+    already_complete: bool = False  # the cache was already complete for this config: nothing was computed
 
 
 def extract_split(ds, cfg: ExtractConfig, out: str | os.PathLike, *, label_embeddings: tuple[np.ndarray, str],
@@ -340,6 +342,7 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
         if not partial.exists() and _complete_cache_matches(out, ident_hash, shard):
             log(f"{out} is already complete for this config (hash {ident_hash}); nothing to do (delete it to redo)")
             stats.wall_s = time.perf_counter() - t_start
+            stats.already_complete = True
             return stats
         header = {"extract_config_hash": ident_hash, "extract_config": config_to_dict(identity),
                   "rows": [row_start, row_stop], "total_rows": n_total,
@@ -490,7 +493,10 @@ def parse_classes(text: str | None) -> list[str] | None:
     if text is None:
         return None
     path = Path(text)
-    names = path.read_text().split("\n") if path.is_file() else text.split(",")
+    if path.is_file():
+        names = path.read_text().split("\n")
+    else:  # a list: comma-separated, or one a line (what --classes-from records when a name holds a comma)
+        names = text.split("\n") if "\n" in text else text.split(",")
     names = [n.strip() for n in names if n.strip()]
     if not names:
         raise UserError(f"--classes {text}: no class names found; give a comma-separated list or a file of names")
@@ -511,8 +517,11 @@ def load_checked_split(cfg: ExtractConfig, *, progress: bool = True):
         split = cfg.csv or cfg.split
         if cfg.classes is not None:
             options["class_names"] = parse_classes(cfg.classes)
+        options["delimiter"] = cfg.label_sep
     elif cfg.csv is not None or cfg.classes is not None:
-        raise UserError(f"--csv/--classes apply to --dataset csv only, not {cfg.dataset}; drop them")
+        raise UserError(f"--csv/--classes/--classes-from apply to --dataset csv only, not {cfg.dataset}; drop them")
+    elif cfg.label_sep != " ":
+        raise UserError(f"--label-sep applies to --dataset csv only, not {cfg.dataset}; drop it")
     if cfg.dataset == "coco":
         options["keep_empty"] = cfg.keep_empty
     elif cfg.keep_empty:
@@ -529,9 +538,32 @@ def load_checked_split(cfg: ExtractConfig, *, progress: bool = True):
     return ds, list(ds.bad_ids)
 
 
-def run_extract(cfg: ExtractConfig, out: str | os.PathLike, *, progress: bool = True) -> ExtractStats:
+def classes_from_cache(path: str | os.PathLike) -> str:
+    """``--classes-from CACHE``: that cache's class list, in its order, as a ``--classes`` value."""
+    from iagcn.cache.format import FeatureCache
+
+    if not Path(path).is_file():
+        raise UserError(f"--classes-from {path}: no such cache file; pass the cache of the split extracted first")
+    with FeatureCache(path) as c:
+        names = c.class_names
+    return "\n".join(names) if any("," in n for n in names) else ",".join(names)
+
+
+def describe_classes(cfg: ExtractConfig, class_names: Sequence[str], out: Path) -> str:
+    """The line extract prints about the class list: where it came from and how to reuse it."""
+    shown = ", ".join(class_names[:40]) + (f", ... ({len(class_names) - 40} more)" if len(class_names) > 40 else "")
+    if cfg.dataset == "csv" and cfg.classes is None:
+        return (f"classes: {len(class_names)} inferred from {cfg.csv or cfg.split} (sorted labels): {shown}; "
+                f"extract the other splits with --classes-from {out} so that their caches use the same list")
+    return f"classes: {len(class_names)}: {shown}"
+
+
+def run_extract(cfg: ExtractConfig, out: str | os.PathLike, *, progress: bool = True,
+                log: Callable[[str], None] | None = None) -> ExtractStats:
     """Load the split, pre-flight it (refusing with every problem listed unless ``skip_bad``), extract."""
     from iagcn.extract.embeddings import load_label_embeddings
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
 
     validate_options(cfg)
     out = Path(out)
@@ -539,6 +571,7 @@ def run_extract(cfg: ExtractConfig, out: str | os.PathLike, *, progress: bool = 
         raise UserError(f"--out {out} is a folder; give the cache file name, e.g. {out / (cfg.split + '.h5')}")
     check_can_create(out.parent, what=f"the cache {out.name}")
     ds, skipped = load_checked_split(cfg, progress=progress)
+    log(describe_classes(cfg, list(ds.class_names), out))
     emb = load_label_embeddings(cfg.label_embeddings, list(ds.class_names))
     return extract_split(ds, cfg, out, label_embeddings=emb, skipped_ids=skipped, progress=progress)
 
