@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -210,3 +211,47 @@ def test_sweep_cli(caches, tmp_path):
         json.loads((tmp_path / "mlgcn-s0" / "metrics.json").read_text())["metrics"]["mAP"]
     assert abs(d["diff"] - ref) < 1e-6 and d["low"] <= d["diff"] <= d["high"]
     assert json.loads((tmp_path / "mlgcn-s0" / "config.json").read_text())["config"]["gcn_widths"] == [16, 32]
+    # the resnet row is named by what ran: a linear classifier on the cache's backbone ("fake" in fake caches)
+    assert "`resnet` = linear on fake;" in proc.stdout and "ResNet-101" not in proc.stdout
+    # one self-contained report.html listing every run
+    _assert_self_contained_report(tmp_path / "report.html", runs=["resnet-s0", "mlgcn-s0"])
+    assert "report.html" in proc.stdout
+
+
+def _assert_self_contained_report(path, *, runs):
+    import re
+
+    text = path.read_text()
+    assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+    sources = re.findall(r'src="([^"]*)"', text)
+    assert len(sources) == 3 and all(s.startswith("data:image/png;base64,") for s in sources)   # AP, curves, PR
+    assert not re.search(r'(href|src)="(?!data:)', text) and "http" not in text and "url(" not in text
+    for src in sources:                                                       # each is a real PNG
+        import base64
+
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    for run in runs:
+        assert f"<td>{run}</td>" in text
+    for heading in ("Ablation table", "Runs", "Per-class AP", "Training curves", "Precision-recall"):
+        assert f"<h2>{heading}" in text
+
+
+def test_sweep_shows_an_overall_eta(caches, tmp_path):
+    train, test = caches
+    tr, te = CacheData(train), CacheData(test)
+    cfgs = [config_for_preset(p, epochs=1, seed=0, val_fraction=0.0, **SMALL) for p in ("resnet", "mlgcn", "resnet")]
+    cfgs[2] = config_for_preset("resnet", epochs=1, seed=1, val_fraction=0.0, **SMALL)
+    messages = []
+    run_sweep(cfgs, train_data=tr, eval_data=te, out_dir=tmp_path, progress=False, log=messages.append)
+    starts = [m for m in messages if ": training (" in m]
+    assert "3 run(s) to train, ETA after the first" in starts[0]
+    assert re.search(r"2 run\(s\) to train, ETA \d+s", starts[1]) and re.search(r"1 run\(s\) to train, ETA", starts[2])
+    assert any(m.startswith("sweep: 3 run(s)") for m in messages)
+
+
+def test_resnet_row_is_named_by_the_backbone_that_ran():
+    from iagcn.train.sweep import row_name
+
+    assert row_name("resnet", backbone="efficientnet-lite0") == "linear on efficientnet-lite0"
+    assert row_name("resnet", backbone="resnet101") == "linear on resnet101 (the paper's ResNet-101 row)"
+    assert row_name("mlgcn", backbone="efficientnet-lite0") == "Base"

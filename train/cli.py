@@ -133,7 +133,13 @@ def sweep_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
         from iagcn.train.sweep import write_ablation
 
         write_ablation(out, baseline=baseline, cache_path=val_cache, n_resamples=n_resamples, log=log)
+    from iagcn.evaluate.sweep_report import write_sweep_report
+
+    report = write_sweep_report(out, cache_path=val_cache)
     click.echo((Path(out) / "table.md").read_text())
+    written = [n for n in ("results.csv", "table.md", "ablation.json") if (Path(out) / n).exists()] + [report.name]
+    click.echo(f"wrote {out}/: {', '.join(written)} (report.html: the table, every run, per-class AP, training and "
+               f"PR curves overlaid, self-contained)")
 
 
 COMMANDS: list = [train_cmd, sweep_cmd]

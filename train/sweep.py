@@ -43,6 +43,9 @@ def run_sweep(configs: Iterable[TrainConfig], *, train_data: CacheData, eval_dat
 def _run_sweep_locked(configs, train_data, eval_data, out: Path, progress, log) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
+    todo = [not (run_dir_for(out, c.preset, c.seed) / "metrics.json").exists() for c in configs]
+    trained_s: list[float] = []                       # wall seconds of each run trained in this call
+    backbone = (train_data.cache.attrs.get("extract_config") or {}).get("backbone")
     for i, cfg in enumerate(configs):
         run_dir = run_dir_for(out, cfg.preset, cfg.seed)
         done = run_dir / "metrics.json"
@@ -51,13 +54,38 @@ def _run_sweep_locked(configs, train_data, eval_data, out: Path, progress, log) 
             log(f"[{i + 1}/{len(configs)}] {run_dir.name}: complete, skipped")
             result = json.loads(done.read_text())
         else:
-            log(f"[{i + 1}/{len(configs)}] {run_dir.name}: training ({time.perf_counter() - t0:.0f}s into the sweep)")
+            log(f"[{i + 1}/{len(configs)}] {run_dir.name}: training ({fmt_duration(time.perf_counter() - t0)} into "
+                f"the sweep; {sweep_eta(trained_s, sum(todo[i:]))})")
+            t_run = time.perf_counter()
             result = train_run(cfg, train_data=train_data, eval_data=eval_data, out_dir=run_dir,
                                resume=(run_dir / "last.pt").exists(), progress=progress, log=log,
                                resume_command="rerun the same `iagcn sweep` command to resume")
+            trained_s.append(time.perf_counter() - t_run)
         rows.append(result_row(result, cfg, run_dir))
-        write_results(out, rows)
+        write_results(out, rows, backbone=backbone)
+    log(f"sweep: {len(configs)} run(s) in {out}, {len(trained_s)} trained in {fmt_duration(time.perf_counter() - t0)}")
     return rows
+
+
+def fmt_duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h07m``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def sweep_eta(trained_s: list[float], remaining: int) -> str:
+    """The overall ETA: the mean wall time of the runs trained so far times the runs still to train (this one
+    included). Presets differ in cost, so it is a rough figure until every preset has run once."""
+    if remaining <= 0:
+        return "nothing left to train"
+    if not trained_s:
+        return f"{remaining} run(s) to train, ETA after the first"
+    eta = sum(trained_s) / len(trained_s) * remaining
+    return f"{remaining} run(s) to train, ETA {fmt_duration(eta)}"
 
 
 def _refuse_other_config(run_dir: Path, cfg: TrainConfig) -> None:
@@ -87,7 +115,7 @@ def result_row(result: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> dict[
     return row
 
 
-def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
+def write_results(out: Path, rows: list[dict[str, Any]], *, backbone: str | None = None) -> None:
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]
@@ -96,7 +124,7 @@ def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
     w.writeheader()
     w.writerows(rows)
     write_text_atomic(out / "results.csv", buf.getvalue(), what="sweep results")
-    write_text_atomic(out / "table.md", build_table(rows), what="sweep table")
+    write_text_atomic(out / "table.md", build_table(rows, backbone=backbone), what="sweep table")
 
 
 def write_ablation(out_dir: str | Path, *, baseline: str, cache_path: str | Path, n_resamples: int = 1000,
@@ -114,14 +142,35 @@ def write_ablation(out_dir: str | Path, *, baseline: str, cache_path: str | Path
     result = sweep_ablation(out, baseline=baseline, cache_path=cache_path,
                             config=EvalConfig(n_resamples=n_resamples, seed=seed), log=log)
     rows = list(csv.DictReader(open(out / "results.csv", newline="")))
-    table = build_table(rows, baseline=baseline, deltas=result["deltas"],
+    table = build_table(rows, baseline=baseline, deltas=result["deltas"], backbone=_recorded_backbone(out, rows),
                         seed_tests=result["seed_tests"] or None, ci=result["ci"])
     write_text_atomic(out / "table.md", table, what="sweep table")
     write_json_atomic(out / "ablation.json", {k: v for k, v in result.items() if k != "runs"}, what="sweep ablation")
     return result
 
 
-def build_table(rows: list[dict[str, Any]], *, metrics: tuple[str, ...] = TABLE_METRICS, **report_options: Any) -> str:
+def _recorded_backbone(out: Path, rows: list[dict[str, Any]]) -> str | None:
+    """The backbone of the train cache the sweep's first run recorded in its config.json (None if unknown)."""
+    for r in rows:
+        try:
+            record = json.loads((out / str(r["run_dir"]) / "config.json").read_text())
+        except (OSError, ValueError, KeyError):
+            continue
+        return ((record.get("train_cache") or {}).get("extract_config") or {}).get("backbone")
+    return None
+
+
+def row_name(preset: str, *, backbone: str | None) -> str:
+    """What a preset's table row is: the paper's row name, except ``resnet``, named by what ran (a linear
+    classifier on the cache's backbone; the paper's ResNet-101 row only when that backbone is resnet101)."""
+    if preset == "resnet":
+        return f"linear on {backbone or 'the cached global feature'}" + (" (the paper's ResNet-101 row)"
+                                                                         if backbone == "resnet101" else "")
+    return PAPER_ROWS.get(preset, preset)
+
+
+def build_table(rows: list[dict[str, Any]], *, metrics: tuple[str, ...] = TABLE_METRICS, backbone: str | None = None,
+                **report_options: Any) -> str:
     """Markdown table, one row per preset: mean ± std over seeds in the layout of the paper's Tables 3-6.
 
     ``rows``: results.csv rows (preset, seed, metric columns). ``report_options`` go to
@@ -136,7 +185,7 @@ def build_table(rows: list[dict[str, Any]], *, metrics: tuple[str, ...] = TABLE_
     table = ablation_table(runs, metrics=metrics, fmt="markdown", **report_options)
     presets = list(dict.fromkeys(r["preset"] for r in rows))
     protocols = sorted({str(r.get("protocol")) for r in rows})
-    legend = "; ".join(f"`{p}` = {PAPER_ROWS.get(p, p)}" for p in presets)
+    legend = "; ".join(f"`{p}` = {row_name(p, backbone=backbone)}" for p in presets)
     return (table.rstrip("\n") + "\n\n" + f"Mean ± sample std over seeds. Rows: {legend}. "
             f"Model selection: {', '.join(protocols)}.\n")
 
