@@ -255,3 +255,29 @@ def test_resnet_row_is_named_by_the_backbone_that_ran():
     assert row_name("resnet", backbone="efficientnet-lite0") == "linear on efficientnet-lite0"
     assert row_name("resnet", backbone="resnet101") == "linear on resnet101 (the paper's ResNet-101 row)"
     assert row_name("mlgcn", backbone="efficientnet-lite0") == "Base"
+
+
+def test_training_warns_once_in_one_line_with_class_names(caches, tmp_path):
+    """No Python UserWarning with source lines per epoch: one `warning:` line naming the classes without positives,
+    and a warning that a 36-image hold-out is too small to choose an epoch."""
+    import shutil
+
+    train, test = caches
+    test2 = tmp_path / "test.h5"
+    shutil.copyfile(test, test2)
+    with h5py.File(test2, "r+") as f:
+        f["labels"][:, 5] = 0                                                  # class05: no positives in the eval cache
+    proc = run_cli(["train", "--train-cache", train, "--val-cache", test2, "--preset", "mlgcn", "--epochs", "3",
+                    "--threads", "1", "--quiet", "--out", tmp_path / "run", *SMALL_SET], check=True)
+    err = proc.stderr.splitlines()
+    assert "UserWarning" not in proc.stderr and "warnings.warn" not in proc.stderr
+    eval_lines = [line for line in err if "without positives in the evaluation cache" in line]
+    assert len(eval_lines) == 1 and eval_lines[0].startswith("warning: AP undefined for 1 class(es)")
+    assert "(class05)" in eval_lines[0]
+    small = [line for line in err if "hold-out has 36 images" in line]
+    assert len(small) == 1 and small[0].startswith("warning: ") and "--val-fraction" in small[0]
+    # a big enough hold-out: no such warning
+    proc = run_cli(["train", "--train-cache", train, "--val-cache", test, "--preset", "resnet", "--epochs", "1",
+                    "--val-fraction", "0.5", "--threads", "1", "--quiet", "--out", tmp_path / "run2", *SMALL_SET],
+                   check=True)
+    assert "hold-out has" not in proc.stderr and "warning:" not in proc.stderr

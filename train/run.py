@@ -17,6 +17,7 @@ import io
 import json
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,54 @@ def cache_record(cache: FeatureCache) -> dict[str, Any]:
             "proposer_weights_sha256": cache.attrs.get("proposer_weights_sha256")}
 
 
+_WARNED: set[str] = set()
+
+
+def warn(message: str) -> None:
+    """The project's one-line warning on stderr (shown also with --quiet), once per process (a sweep's runs share
+    their evaluation cache: its warning is printed once, not once per run)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+#: a hold-out below this many images, or where a quarter of the classes have fewer than
+#: MIN_HOLDOUT_POSITIVES positives, cannot tell epochs apart reliably (its mAP moves by points per image)
+MIN_HOLDOUT_IMAGES = 100
+MIN_HOLDOUT_POSITIVES = 3
+
+
+def _names(names: list[str], limit: int = 10) -> str:
+    return ", ".join(names[:limit]) + (f" ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def selection_warnings(train_data: CacheData, hold_idx: np.ndarray | None, eval_data: CacheData,
+                       config: TrainConfig) -> list[str]:
+    """What a user should know before the epochs start, one line each: classes without positives in the split that
+    chooses the epoch or in the evaluation cache (their AP is undefined: left out of mAP), and a hold-out too small
+    for model selection to mean much."""
+    names = list(train_data.class_names)
+    lines = []
+    if hold_idx is not None:
+        positives = (train_data.labels[hold_idx] == 1).sum(0)                   # (C,)
+        n_hold = len(hold_idx)
+        missing = [names[c] for c in np.flatnonzero(positives == 0)]
+        if missing:
+            lines.append(f"AP undefined for {len(missing)} class(es) without positives in the {n_hold}-image "
+                         f"hold-out ({_names(missing)}): left out of the selection mAP")
+        few = int((positives < MIN_HOLDOUT_POSITIVES).sum())
+        if n_hold < MIN_HOLDOUT_IMAGES or few > len(names) / 4:
+            lines.append(f"the hold-out has {n_hold} images ({config.val_fraction:g} of {train_data.n}) and {few} of "
+                         f"{len(names)} classes have fewer than {MIN_HOLDOUT_POSITIVES} positives in it: too small "
+                         f"for the chosen epoch to mean much; raise --val-fraction, or pass --val-fraction 0 "
+                         f"to keep the last epoch")
+    eval_missing = [names[c] for c in np.flatnonzero((eval_data.labels == 1).sum(0) == 0)]
+    if eval_missing:
+        lines.append(f"AP undefined for {len(eval_missing)} class(es) without positives in the evaluation cache "
+                     f"{eval_data.path} ({_names(eval_missing)}): left out of its mAP, CP and CR")
+    return lines
+
+
 # -- the run ----------------------------------------------------------------------------------------
 def train_run(config: TrainConfig, *, train_data: CacheData, eval_data: CacheData, out_dir: str | os.PathLike,
               resume: bool = False, progress: bool = True, log=print,
@@ -236,6 +285,8 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
 
     protocol = protocol_name(config)
     train_idx, hold_idx = split_train(train_data.labels, config)
+    for line in selection_warnings(train_data, hold_idx, eval_data, config):
+        warn(line)
     A_S = statistical_lcm(train_data.labels[train_idx], tau=config.tau, p=config.p)    # (C, C) training part only
     emb, emb_source = load_label_embeddings(config, train_data.cache)                  # (C, E)
     meta = {"num_classes": train_data.C, "feature_dim": train_data.D, "num_rois": train_data.N,
