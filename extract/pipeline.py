@@ -555,7 +555,7 @@ def describe_classes(cfg: ExtractConfig, class_names: Sequence[str], out: Path) 
     if cfg.dataset == "csv" and cfg.classes is None:
         return (f"classes: {len(class_names)} inferred from {cfg.csv or cfg.split} (sorted labels): {shown}; "
                 f"extract the other splits with --classes-from {out} so that their caches use the same list")
-    return f"classes: {len(class_names)}: {shown}"
+    return f"classes: {len(class_names)} as given: {shown}"
 
 
 def run_extract(cfg: ExtractConfig, out: str | os.PathLike, *, progress: bool = True,
@@ -571,9 +571,11 @@ def run_extract(cfg: ExtractConfig, out: str | os.PathLike, *, progress: bool = 
         raise UserError(f"--out {out} is a folder; give the cache file name, e.g. {out / (cfg.split + '.h5')}")
     check_can_create(out.parent, what=f"the cache {out.name}")
     ds, skipped = load_checked_split(cfg, progress=progress)
-    log(describe_classes(cfg, list(ds.class_names), out))
     emb = load_label_embeddings(cfg.label_embeddings, list(ds.class_names))
-    return extract_split(ds, cfg, out, label_embeddings=emb, skipped_ids=skipped, progress=progress)
+    stats = extract_split(ds, cfg, out, label_embeddings=emb, skipped_ids=skipped, progress=progress, log=log)
+    if cfg.dataset == "csv":   # after success (an error stays one line); VOC / COCO: the fixed lists of their devkits
+        log(describe_classes(cfg, list(ds.class_names), out))
+    return stats
 
 
 # -- merging shards -----------------------------------------------------------------------------------------

@@ -300,7 +300,7 @@ def test_cli_custom_csv_class_lists_label_sep_and_skipped_rerun(tiny, tmp_path, 
 
     test.unlink()
     got = cli([*base, "--split", "test", "--out", test, "--classes-from", train], check=True)
-    assert "classes: 3: blue, green, red" in got.stderr
+    assert "classes: 3 as given: blue, green, red" in got.stderr
     with FeatureCache(test) as c:
         assert c.class_names == ["blue", "green", "red"]
         np.testing.assert_array_equal(c.read("labels"), np.tile([0, 0, 1], (4, 1)))

@@ -285,8 +285,8 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
 
     protocol = protocol_name(config)
     train_idx, hold_idx = split_train(train_data.labels, config)
-    for line in selection_warnings(train_data, hold_idx, eval_data, config):
-        warn(line)
+    # shown after the first epoch, so that a run refused on its data (NaN features, ...) stays one error line
+    pending_warnings = selection_warnings(train_data, hold_idx, eval_data, config)
     A_S = statistical_lcm(train_data.labels[train_idx], tau=config.tau, p=config.p)    # (C, C) training part only
     emb, emb_source = load_label_embeddings(config, train_data.cache)                  # (C, E)
     meta = {"num_classes": train_data.C, "feature_dim": train_data.D, "num_rois": train_data.N,
@@ -353,10 +353,15 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
         log(f"epoch {epoch + 1}/{config.epochs} lr {lr:.2g} loss {stats['loss']:.4f} (ml {stats['loss_ml']:.4f} "
             f"kl {stats['loss_kl']:.4f}) select mAP {score:.2f} [{protocol}] best epoch {best['epoch'] + 1} "
             f"{stats['seconds']:.1f}s {stats['samples_per_s']:.0f} img/s")
+        for line in pending_warnings:
+            warn(line)
+        pending_warnings = []
         if config.early_stop_patience > 0 and stale >= config.early_stop_patience:
             log(f"early stop: no better selection mAP for {stale} epochs")
             break
 
+    for line in pending_warnings:
+        warn(line)
     # -- score the evaluation cache once, with the selected checkpoint ----------------------------
     selected_path = best_path if best_path.exists() else last_path
     selected = load_checkpoint(selected_path)
