@@ -33,6 +33,7 @@ from iagcn.evaluate.metrics import (ScoresAre, average_precision_per_class, mean
 from iagcn.configio import config_to_dict
 from iagcn.errors import UserError
 from iagcn.fsutil import atomic_path, exclusive_lock, git_commit, write_json_atomic, write_text_atomic
+from iagcn.validation import ANY, Range, check_ranges, check_types, read_user_text, require_unique
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,24 @@ class EvalConfig:
     n_resamples: int = 1000            # compare: paired bootstrap resamples over images
     seed: int = 0                      # compare: bootstrap RNG seed
     ci: float = 0.95                   # compare: interval level
+
+    def __post_init__(self) -> None:
+        check_types(self, where="eval config", hint="fix the option")
+        check_ranges(self, EVAL_RANGES, where="eval config", hint="fix the option", option_names=EVAL_OPTIONS)
+
+
+#: the allowed values of every EvalConfig field (checked when the config is built)
+EVAL_RANGES: dict[str, Range] = {
+    "scores_are": ANY, "which": ANY, "pr_classes": ANY, "plots": ANY, "device": ANY,
+    "threshold": Range(0.0, 1.0, note="a probability"),
+    "top_k": Range(0, 100_000, note="0 = no top-k block"),
+    "batch_size": Range(1, 1_000_000),
+    "n_resamples": Range(1, 10_000_000),
+    "seed": Range(0, 2**32 - 1),
+    "ci": Range(0.0, 1.0, low_open=True, high_open=True, note="e.g. 0.95"),
+}
+EVAL_OPTIONS = {"threshold": "--threshold", "top_k": "--top-k", "n_resamples": "--resamples/--bootstrap",
+                "seed": "--seed", "ci": "--ci", "batch_size": "--batch-size"}
 
 
 # ============================================================================================== reading inputs
@@ -77,10 +96,7 @@ def read_csv_matrix(path: Path, *, option: str) -> ScoreTable:
     The header is recognised when its cells (after the id column) are not all numbers; the id column when the
     first cells of the data rows are not all numbers or the header names it ``image_id`` / ``id``.
     """
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{option} {path}: cannot read ({e}); pass a .npy, .npz or .csv file") from e
+    text = read_user_text(path, what=option)  # UTF-8, a leading byte-order mark removed
     rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
     if not rows:
         raise UserError(f"{option} {path}: empty file; write one row per image")
@@ -112,8 +128,27 @@ def read_csv_matrix(path: Path, *, option: str) -> ScoreTable:
 
 
 def read_matrix(path: str | os.PathLike, *, option: str, key: str = "scores") -> ScoreTable:
-    """Read scores or targets from .npy, .npz (``key``, optional ``image_ids``/``class_names``), .csv or a cache .h5."""
-    path = Path(path)
+    """Read scores or targets from .npy, .npz (``key``, optional ``image_ids``/``class_names``), .csv or a cache .h5.
+
+    A file that names its image ids or classes must name each once (a repeated id would be counted twice)."""
+    table = _read_matrix(Path(path), option=option, key=key)
+    if table.values.ndim != 2:
+        raise UserError(f"{option} {path}: expected a 2-D (images, classes) array, got shape {table.values.shape}")
+    n, C = table.values.shape
+    if table.image_ids is not None:
+        if len(table.image_ids) != n:
+            raise UserError(f"{option} {path}: {len(table.image_ids)} image ids for {n} rows; give one id per row")
+        require_unique(table.image_ids, what="image id", where=f"{option} {path}",
+                       fix="each image must appear once (a repeated image would be counted twice)")
+    if table.class_names is not None:
+        if len(table.class_names) != C:
+            raise UserError(f"{option} {path}: {len(table.class_names)} class names for {C} columns; "
+                            "give one name per column")
+        require_unique(table.class_names, what="class name", where=f"{option} {path}")
+    return table
+
+
+def _read_matrix(path: Path, *, option: str, key: str) -> ScoreTable:
     if not path.exists():
         raise UserError(f"{option} {path}: file not found")
     suffix = path.suffix.lower()
@@ -121,7 +156,7 @@ def read_matrix(path: str | os.PathLike, *, option: str, key: str = "scores") ->
         from iagcn.cache.format import FeatureCache
 
         with FeatureCache(path) as c:
-            return ScoreTable(c.read("labels").astype(np.int8), c.image_ids(), c.class_names, path)
+            return ScoreTable(c.labels(), c.image_ids(), c.class_names, path)
     if suffix == ".csv":
         return read_csv_matrix(path, option=option)
     try:
@@ -146,10 +181,11 @@ def parse_class_names(text: str | None) -> list[str] | None:
     if not text:
         return None
     p = Path(text)
-    names = p.read_text().splitlines() if p.is_file() else text.split(",")
+    names = read_user_text(p, what="--class-names").splitlines() if p.is_file() else text.split(",")
     names = [n.strip() for n in names if n.strip()]
     if not names:
         raise UserError(f"--class-names {text}: no names found; give a comma-separated list or a file of names")
+    require_unique(names, what="class name", where=f"--class-names {text}")
     return names
 
 
@@ -173,15 +209,46 @@ def align_by_ids(scores: ScoreTable, targets: ScoreTable) -> tuple[np.ndarray, n
     return s, t, scores.image_ids or targets.image_ids
 
 
-def resolve_class_names(given: list[str] | None, *candidates: list[str] | None, n_classes: int) -> list[str]:
-    """The class names: explicit ``--class-names``, else the first file that carried them, else ``class00`` ..."""
-    for names in (given, *candidates):
-        if names is not None:
-            if len(names) != n_classes:
-                raise UserError(f"--class-names: {len(names)} names for {n_classes} score columns; "
-                                "give one name per column, in column order")
-            return list(names)
-    return [f"class{c:02d}" for c in range(n_classes)]
+def align_columns(scores: ScoreTable, targets: ScoreTable, s: np.ndarray, t: np.ndarray,
+                  given: list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Score and target columns for the same classes, in one order, with their names.
+
+    Columns are matched by class NAME whenever the files name them (a CSV header, an npz ``class_names``, a
+    cache's class list); only a file that names none is taken in column order. The order is the targets' own
+    when they carry names, else ``--class-names``, else the scores', else ``class00 ...``. ``--class-names``
+    names the columns of files that carry no names; with a file that does, it must list the same classes.
+    Any disagreement (another class set, a different count) is refused.
+    """
+    C_s, C_t = s.shape[1], t.shape[1]
+    order = targets.class_names or given or scores.class_names
+    if order is None:
+        if C_s != C_t:
+            raise UserError(f"--scores {scores.path} has {C_s} columns but --targets {targets.path} has {C_t}; "
+                            "give one column per class in both")
+        return s, t, [f"class{c:02d}" for c in range(C_s)]
+    order = list(order)
+    for label, names, path in (("--class-names", given, None), ("--scores", scores.class_names, scores.path),
+                               ("--targets", targets.class_names, targets.path)):
+        if names is not None and set(names) != set(order):
+            where = label if path is None else f"{label} {path}"
+            missing = [c for c in order if c not in names]
+            extra = [c for c in names if c not in order]
+            raise UserError(f"{where}: its classes differ from the reference class list ({len(names)} vs "
+                            f"{len(order)} names; missing {missing[:5]}, unexpected {extra[:5]}); "
+                            "score and label the same classes")
+
+    def reorder(values: np.ndarray, names: list[str] | None, label: str, path: Path) -> np.ndarray:
+        if names is None:  # positional: the file's columns are the reference order
+            if values.shape[1] != len(order):
+                raise UserError(f"{label} {path}: {values.shape[1]} columns for {len(order)} classes "
+                                f"({', '.join(order[:5])}{' ...' if len(order) > 5 else ''}); give one column "
+                                "per class, or name the columns (CSV header / npz class_names)")
+            return values
+        position = {c: k for k, c in enumerate(names)}
+        return values[:, [position[c] for c in order]]
+
+    return (reorder(s, scores.class_names, "--scores", scores.path),
+            reorder(t, targets.class_names, "--targets", targets.path), order)
 
 
 # ============================================================================================== evaluation
@@ -297,13 +364,9 @@ class RunScores:
 
 
 def read_run_record(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.json"
-    if not path.exists():
-        raise UserError(f"--run {run_dir}: no config.json; pass a folder written by `iagcn train --out`")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: unreadable run config ({e}); rerun the training or fix the file") from e
+    from iagcn.train.run import read_run_record as read
+
+    return read(run_dir, option="--run")
 
 
 def load_model(*, run_dir: Path | None = None, checkpoint: Path | None = None, which: str = "best"):

@@ -41,12 +41,12 @@ class ExtractionRecord:
 def extraction_record(run_dir: str | os.PathLike) -> ExtractionRecord:
     """The extraction config recorded for a run (config.json's train_cache entry, else its train cache's attrs)."""
     run_dir = Path(run_dir)
+    from iagcn.train.run import read_run_record
+
     path = run_dir / "config.json"
-    if not path.exists():
-        raise UserError(f"--run {run_dir}: no config.json; pass a folder written by `iagcn train --out`")
-    record = json.loads(path.read_text())
-    tc = record.get("train_cache") or {}
-    if tc.get("extract_config"):
+    record = read_run_record(run_dir, option="--run")
+    tc = record.get("train_cache") if isinstance(record.get("train_cache"), dict) else {}
+    if isinstance(tc.get("extract_config"), dict):
         return ExtractionRecord(tc["extract_config"], tc.get("extract_config_hash"),
                                 tc.get("backbone_weights_sha256"), tc.get("proposer_weights_sha256"), str(path))
     cache_path = tc.get("path")

@@ -34,6 +34,7 @@ import numpy as np
 
 from iagcn.configio import config_hash, config_to_dict
 from iagcn.errors import UserError
+from iagcn.validation import ANY, Range, check_ranges, check_types
 from iagcn.fsutil import atomic_path, check_can_create, check_free_space, check_writable_dir, exclusive_lock, interrupt_hint, \
     is_disk_full, remove_stale_temporaries, write_json_atomic
 
@@ -67,12 +68,37 @@ class ExtractConfig:
     shard: str | None = None                  # "i/n": extract only shard i of n (contiguous whole blocks)
     skip_bad: bool = False                    # proceed past pre-flight problems, skipping (and recording) bad images
 
+    def __post_init__(self) -> None:
+        check_types(self, where="extract config", hint="fix the option")
+        check_ranges(self, EXTRACT_RANGES, where="extract config", hint="fix the option",
+                     option_names={f: EXTRACT_OPTIONS.get(f, "--" + f.replace("_", "-")) for f in EXTRACT_RANGES})
+
     def identity(self) -> "ExtractConfig":
         """The config with execution-only fields neutralised: what the cache's ``extract_config`` records.
 
         ``workers``, ``threads`` and ``shard`` never change the arrays; ``device`` is resolved to cpu/cuda.
         """
         return dataclasses.replace(self, workers=0, threads=0, shard=None, device=resolve_device(self.device))
+
+
+#: the allowed values of every ExtractConfig field, checked when the config is built (before any file is read)
+EXTRACT_RANGES: dict[str, Range] = {
+    # names, paths and choices: checked by the reader / backbone / proposer / embedding loaders that use them
+    "dataset": ANY, "root": ANY, "split": ANY, "csv": ANY, "classes": ANY, "keep_empty": ANY, "backbone": ANY,
+    "weights": ANY, "proposer": ANY, "proposer_weights": ANY, "detectron2_config": ANY, "label_embeddings": ANY,
+    "device": ANY, "shard": ANY, "skip_bad": ANY,
+    # 1000: an RPN keeps at most 1000 proposals per image at test time; each ROI costs D * 2 bytes per image
+    "num_rois": Range(1, 1000, note="proposals per image"),
+    "proposer_image_size": Range(32, 8192, none_ok=True, note="pixels"),
+    "image_size": Range(32, 8192, none_ok=True, note="pixels"),
+    "roi_output_size": Range(1, 64),
+    "roi_sampling_ratio": Range(1, 64),
+    "batch_size": Range(1, 4096),
+    "block_rows": Range(1, 1_000_000),
+    "workers": Range(0, 256),
+    "threads": Range(0, 4096, note="0 = torch's default"),
+}
+EXTRACT_OPTIONS = {"csv": "--csv"}
 
 
 def resolve_device(device: str) -> str:
@@ -241,19 +267,7 @@ def _open_partial(partial: Path, header: dict[str, Any], *, log: Callable[[str],
 
 # -- the extraction -----------------------------------------------------------------------------------------
 def validate_options(cfg: ExtractConfig) -> None:
-    """Out-of-range numeric options -> one-line UserError naming the option (before any work is done)."""
-    for name, value in (("--batch-size", cfg.batch_size), ("--block-rows", cfg.block_rows),
-                        ("--num-rois", cfg.num_rois), ("--roi-output-size", cfg.roi_output_size),
-                        ("--roi-sampling-ratio", cfg.roi_sampling_ratio)):
-        if value < 1:
-            raise UserError(f"{name} {value}: must be at least 1")
-    for name, value in (("--image-size", cfg.image_size), ("--proposer-image-size", cfg.proposer_image_size)):
-        if value is not None and value < 32:
-            raise UserError(f"{name} {value}: must be at least 32 pixels")
-    if cfg.workers < 0:
-        raise UserError(f"--workers {cfg.workers}: must be 0 or more")
-    if cfg.threads < 0:
-        raise UserError(f"--threads {cfg.threads}: must be 0 (torch default) or more")
+    """Options that need more than a range (EXTRACT_RANGES is checked when the config is built): the shard."""
     parse_shard(cfg.shard)
 
 
@@ -337,10 +351,15 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
 
     with exclusive_lock(out, what="cache"), interrupt_hint(hint):
         remove_stale_temporaries(out)  # a cache temporary of a killed assembly can be large: free it first
-        if not partial.exists() and _complete_cache_matches(out, ident_hash, shard):
-            log(f"{out} is already complete for this config (hash {ident_hash}); nothing to do (delete it to redo)")
+        inputs = input_hashes(ds, emb, skipped_ids, rows=(row_start, row_stop))
+        reason = _complete_cache_differs(out, ident_hash, shard, inputs) if not partial.exists() else "in progress"
+        if reason is None:
+            log(f"{out} is already complete for this config (hash {ident_hash}) and these inputs (image ids, labels, "
+                f"class names, label embeddings); nothing to do (delete it to redo)")
             stats.wall_s = time.perf_counter() - t_start
             return stats
+        if out.exists() and reason != "in progress":
+            log(f"note: {out} exists but {reason}; extracting it again")
         header = {"extract_config_hash": ident_hash, "extract_config": config_to_dict(identity),
                   "rows": [row_start, row_stop], "total_rows": n_total,
                   "backbone_weights_sha256": backbone.weights_sha256,
@@ -418,7 +437,7 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
             "backbone": backbone.name, "backbone_weights": cfg.weights,
             "backbone_weights_sha256": backbone.weights_sha256, "proposer": proposer.name,
             "proposer_weights": cfg.proposer_weights, "proposer_weights_sha256": proposer.weights_sha256,
-            "image_size": image_size, "skipped_ids": list(skipped_ids),
+            "image_size": image_size, "skipped_ids": list(skipped_ids), "inputs": inputs,
             "execution": {"workers": cfg.workers, "threads": cfg.threads, "device": device},
         }
         if shard is not None:
@@ -461,19 +480,53 @@ def _check_finite_part(part: dict[str, np.ndarray], partial: Path, start: int, i
                             f"check --weights (nothing was written; the parts stay in {partial})")
 
 
-def _complete_cache_matches(out: Path, ident_hash: str, shard: tuple[int, int] | None) -> bool:
-    """True when ``out`` is a readable cache of the same config (and the same shard)."""
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def input_hashes(ds, emb: np.ndarray, skipped_ids: Sequence[str], *, rows: tuple[int, int]) -> dict[str, Any]:
+    """sha256 of every input a cache's rows are made of, besides the extraction config: the image ids (the split
+    file), the labels (the annotations), the class names, the label embeddings and the skipped images.
+    Stored as the cache attribute ``inputs``; a complete cache is reused only when all of them are equal."""
+    a, b = rows
+    return {"rows": [a, b],
+            "image_ids_sha256": _sha256("\n".join(map(str, ds.image_ids[a:b])).encode()),
+            "labels_sha256": _sha256(np.ascontiguousarray(ds.labels[a:b], dtype=np.int8).tobytes()),
+            "class_names_sha256": _sha256(json.dumps(list(ds.class_names)).encode()),
+            "label_embeddings_sha256": _sha256(np.ascontiguousarray(emb, dtype=np.float32).tobytes()),
+            "skipped_ids_sha256": _sha256("\n".join(map(str, skipped_ids)).encode())}
+
+
+def _complete_cache_differs(out: Path, ident_hash: str, shard: tuple[int, int] | None,
+                            inputs: dict[str, Any]) -> str | None:
+    """None when ``out`` is a readable cache of the same config, shard and inputs; else why it cannot be reused.
+
+    The inputs are recomputed from the cache's own contents (ids, labels, class names, embeddings), so a cache
+    written before the ``inputs`` attribute existed is compared just as well."""
     if not out.exists():
-        return False
+        return "it does not exist"
     from iagcn.cache.format import FeatureCache
 
     try:
         with FeatureCache(out) as c:
             sh = c.attrs.get("shard")
-            return c.attrs.get("extract_config_hash") == ident_hash and \
-                (None if sh is None else (sh["index"], sh["count"])) == shard
-    except UserError:
-        return False
+            if c.attrs.get("extract_config_hash") != ident_hash:
+                return "it was written with another extraction config"
+            if (None if sh is None else (sh["index"], sh["count"])) != shard:
+                return "it is another shard"
+            emb, _ = c.label_embeddings()
+            mine = {"image_ids_sha256": _sha256("\n".join(c.image_ids()).encode()),
+                    "labels_sha256": _sha256(np.ascontiguousarray(c.labels()).tobytes()),
+                    "class_names_sha256": _sha256(json.dumps(c.class_names).encode()),
+                    "label_embeddings_sha256": _sha256(np.ascontiguousarray(emb).tobytes()),
+                    "skipped_ids_sha256": _sha256("\n".join(map(str, c.attrs.get("skipped_ids", []))).encode())}
+    except UserError as e:
+        return f"it is not a valid cache ({e})"
+    names = {"image_ids_sha256": "the image ids (split file)", "labels_sha256": "the labels (annotations)",
+             "class_names_sha256": "the class names", "label_embeddings_sha256": "the label embeddings",
+             "skipped_ids_sha256": "the skipped images"}
+    changed = [names[k] for k in mine if mine[k] != inputs[k]]
+    return f"{', '.join(changed)} changed since it was written" if changed else None
 
 
 def _empty_block(blk: tuple[int, int], num_rois: int, dim: int) -> dict[str, np.ndarray]:
@@ -490,10 +543,13 @@ def parse_classes(text: str | None) -> list[str] | None:
     if text is None:
         return None
     path = Path(text)
-    names = path.read_text().split("\n") if path.is_file() else text.split(",")
+    from iagcn.validation import read_user_text, require_unique
+
+    names = read_user_text(path, what="--classes").split("\n") if path.is_file() else text.split(",")
     names = [n.strip() for n in names if n.strip()]
     if not names:
         raise UserError(f"--classes {text}: no class names found; give a comma-separated list or a file of names")
+    require_unique(names, what="class name", where=f"--classes {text}")
     return names
 
 

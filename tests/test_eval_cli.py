@@ -271,7 +271,8 @@ def test_compare_seeds_sweep_spec_matches_stats(tiny_runs):
 
 
 def fake_run(dir_, *, scores, image_ids, cache_path, seed, preset, class_names):
-    """A run folder holding only what compare reads: config.json and the saved scores (no checkpoint at all)."""
+    """A run folder holding only what compare reads: config.json, the saved scores and the completion marker
+    metrics.json (no checkpoint at all)."""
     from iagcn.cache.format import FeatureCache
 
     dir_.mkdir(parents=True)
@@ -281,6 +282,7 @@ def fake_run(dir_, *, scores, image_ids, cache_path, seed, preset, class_names):
         "config": {"seed": seed, "preset": preset}, "class_names": class_names,
         "eval_cache": {"path": str(cache_path.resolve()), "extract_config_hash": h}}))
     np.savez(dir_ / "scores.npz", scores=scores.astype(np.float32), image_ids=np.array(image_ids))
+    (dir_ / "metrics.json").write_text("{}")  # marks a complete run: compare refuses interrupted ones
 
 
 def test_compare_better_by_construction_excludes_zero(tmp_path):

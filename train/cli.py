@@ -1,7 +1,6 @@
 """`iagcn` subcommands of the `train` stage: `iagcn train` and `iagcn sweep`. Each module lists its commands in COMMANDS."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -72,15 +71,22 @@ def train_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
                          val_fraction=val_fraction, select_on_eval=select_on_eval,
                          memory_budget_gib=memory_budget_gib, threads=threads, seed=seed)
     if resume_dir:
+        from iagcn.train.run import read_run_record
+
         record_path = Path(resume_dir) / "config.json"
-        if not record_path.exists():
-            raise UserError(f"--resume {resume_dir}: no config.json there; is it an `iagcn train --out` folder?")
-        record = json.loads(record_path.read_text())
+        record = read_run_record(resume_dir, option="--resume")
         cfg = config_from_dict(TrainConfig, record["config"], source=str(record_path))
         if preset and preset != cfg.preset:
             raise UserError(f"--resume {resume_dir}: the run is preset {cfg.preset}, not {preset}; drop --preset")
-        train_cache = train_cache or record["train_cache"]["path"]
-        val_cache = val_cache or record["eval_cache"]["path"]
+
+        def recorded(key: str) -> str:
+            path = (record.get(key) or {}).get("path") if isinstance(record.get(key), dict) else None
+            if not isinstance(path, str):
+                raise UserError(f"{record_path}: no {key} path recorded; it was not written by `iagcn train`")
+            return path
+
+        train_cache = train_cache or recorded("train_cache")
+        val_cache = val_cache or recorded("eval_cache")
         if out and Path(out).resolve() != Path(resume_dir).resolve():
             raise UserError("--out and --resume name different folders; pass only --resume DIR")
         out = resume_dir
@@ -132,7 +138,8 @@ def sweep_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
     if baseline != "none" and baseline in names and len(names) > 1:
         from iagcn.train.sweep import write_ablation
 
-        write_ablation(out, baseline=baseline, cache_path=val_cache, n_resamples=n_resamples, log=log)
+        write_ablation(out, baseline=baseline, cache_path=val_cache, n_resamples=n_resamples, log=log,
+                       configs=configs)
     click.echo((Path(out) / "table.md").read_text())
 
 

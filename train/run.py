@@ -107,6 +107,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def read_run_record(run_dir: str | os.PathLike, *, option: str = "--run") -> dict[str, Any]:
+    """A run folder's config.json as a dict with a ``config`` mapping; anything else is one UserError naming it."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise UserError(f"{option} {run_dir}: no config.json; pass a folder written by `iagcn train --out`")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: unreadable run config ({type(e).__name__}: {' '.join(str(e).split())[:100]}); "
+                        f"it is damaged: restore it or train into another --out") from e
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise UserError(f"{path}: not an iagcn run config (no 'config' object); restore it or train into "
+                        f"another --out")
+    return record
+
+
 def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
     with atomic_path(path, what="checkpoint") as tmp:
         torch.save(obj, tmp)
@@ -127,6 +143,27 @@ def load_checkpoint(path: Path, *, keys: tuple[str, ...] = CHECKPOINT_KEYS) -> d
     if missing:
         raise UserError(f"checkpoint {path} lacks {', '.join(missing)}; it was not written by `iagcn train`")
     return ckpt
+
+
+def check_same_caches(run_dir: Path, record: dict[str, Any], train: FeatureCache, evaluation: FeatureCache, *,
+                      action: str) -> None:
+    """Refuse to continue (``action``) a run with other caches than the ones it was started on.
+
+    Compared: each cache's content fingerprint (:meth:`FeatureCache.fingerprint`); for config.json files written
+    before fingerprints, the extraction config hash and the number of images. A cache that merely moved (same
+    content, another path) is accepted."""
+    for key, cache, option in (("train_cache", train, "--train-cache"), ("eval_cache", evaluation, "--val-cache")):
+        saved = record.get(key)
+        if not isinstance(saved, dict):
+            raise UserError(f"{run_dir / 'config.json'}: no {key} entry; it was not written by `iagcn train` "
+                            f"(start another --out)")
+        now = cache_record(cache)
+        fields = ("fingerprint",) if "fingerprint" in saved else ("extract_config_hash", "num_images")
+        if any(saved.get(f) != now.get(f) for f in fields):
+            what = "content fingerprint" if fields == ("fingerprint",) else "extraction config hash / image count"
+            raise UserError(f"{action}: run {run_dir} was trained on another {option} ({saved.get('path')}; its "
+                            f"{what} differs from {cache.path}); use the run's own caches or train into another "
+                            f"--out")
 
 
 def load_state_checked(model: torch.nn.Module, state: dict[str, Any], *, path: Path, config: TrainConfig) -> None:
@@ -177,6 +214,7 @@ def make_optimizer(model: IAGCNHead, config: TrainConfig) -> torch.optim.SGD:
 
 def cache_record(cache: FeatureCache) -> dict[str, Any]:
     return {"path": str(Path(cache.path).resolve()), "extract_config_hash": cache.attrs.get("extract_config_hash"),
+            "fingerprint": cache.fingerprint(),   # content identity: resume and sweep refuse another cache
             "dataset": cache.attrs.get("dataset"), "split": cache.attrs.get("split"), "num_images": cache.num_images,
             # stage three (`iagcn predict`) re-runs stage one with exactly this config and checks these weight hashes
             "extract_config": cache.attrs.get("extract_config"),
@@ -232,6 +270,9 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
         if list(ckpt["meta"].get("class_names", [])) != list(train_data.class_names):
             raise UserError(f"--resume {out}: last.pt was trained on another class list than the train cache "
                             f"{train_data.path}; resume with the run's own caches or choose another --out")
+        if (out / "config.json").exists():  # the caches are part of a run's identity, as its config is
+            check_same_caches(out, read_run_record(out, option="--resume"), train_data.cache, eval_data.cache,
+                              action=f"--resume {out}")
         kept["epochs"] = int(ckpt["epoch"]) + 1
 
     protocol = protocol_name(config)
