@@ -103,8 +103,7 @@ def check_ranges(cfg: Any, table: Mapping[str, Range], *, where: str, option_nam
         bad = rng.problem(value)
         if bad:
             opt = option_names.get(f.name)
-            name = f"{opt} ({f.name})" if opt else f.name
-            raise UserError(f"{where}: {name}={_show(value)} {bad}; {hint}")
+            raise UserError(f"{where}: {f.name}={_show(value)}{f' (option {opt})' if opt else ''} {bad}; {hint}")
 
 
 def check_types(cfg: Any, *, where: str, hint: str = "fix the option or --set value") -> None:
@@ -163,7 +162,7 @@ def check_values(values: Mapping[str, Any], table: Mapping[str, Range], *, where
         bad = rng.problem(value) if rng is not None else None
         if bad:
             opt = option_names.get(name, name)
-            raise UserError(f"{where}: {opt}={_show(value)} {bad}; {hint}")
+            raise UserError(f"{where}: {opt} {_show(value)} {bad}; {hint}")
 
 
 def check_table_covers(cls: type, table: Mapping[str, Range]) -> list[str]:
