@@ -358,7 +358,7 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
                 f"class names, label embeddings); nothing to do (delete it to redo)")
             stats.wall_s = time.perf_counter() - t_start
             return stats
-        if out.exists() and reason != "in progress":
+        if reason is not None and reason.endswith("changed since it was written"):  # same config, other inputs
             log(f"note: {out} exists but {reason}; extracting it again")
         header = {"extract_config_hash": ident_hash, "extract_config": config_to_dict(identity),
                   "rows": [row_start, row_stop], "total_rows": n_total,
