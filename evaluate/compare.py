@@ -20,18 +20,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from iagcn.evaluate.evaluation import EvalConfig, RunScores, cache_targets, rows_for_ids, run_scores_for_cache
-from iagcn.evaluate.metrics import metric_names, validate_scores_targets
 from iagcn.errors import UserError
-
-
-def is_complete_run(path: Path) -> bool:
-    """A finished training run: its metrics.json exists (written last, atomically, by `iagcn train`)."""
-    return (path / "config.json").exists() and (path / "metrics.json").exists()
+from iagcn.evaluate.evaluation import EvalConfig
+from iagcn.evaluate.inputs import cache_targets, rows_for_ids
+from iagcn.evaluate.runscores import RunScores, run_scores_for_cache
+from iagcn.evaluate.metrics import metric_names, validate_scores_targets
+from iagcn.jsonutil import to_json
+from iagcn.train import runfolder
 
 
 def _refuse_incomplete(path: Path, spec: str) -> None:
-    if not (path / "metrics.json").exists():
+    if not runfolder.is_complete(path):
         raise UserError(f"{spec}: run {path} is not complete (no metrics.json: interrupted?); finish it with "
                         f"`iagcn train --resume {path}` (or the same `iagcn sweep` command) before comparing")
 
@@ -43,7 +42,7 @@ def expand_run_spec(spec: str, *, log=None) -> list[Path]:
     note through ``log``); an explicit incomplete run folder is refused.
     """
     path = Path(spec)
-    if path.is_dir() and (path / "config.json").exists():
+    if path.is_dir() and (path / runfolder.CONFIG).exists():
         _refuse_incomplete(path, spec)
         return [path]
     if ":" in spec:
@@ -54,7 +53,7 @@ def expand_run_spec(spec: str, *, log=None) -> list[Path]:
                             f"{folder}; pass SWEEP_DIR:PRESET of a finished sweep")
         return groups[preset]
     if path.is_dir():
-        subs = sorted({p.parent.name.rsplit('-s', 1)[0] for p in path.glob("*/config.json")})
+        subs = sorted({p.parent.name.rsplit('-s', 1)[0] for p in path.glob(f"*/{runfolder.CONFIG}")})
         hint = f"; it looks like a sweep: pass {spec}:PRESET with PRESET one of {', '.join(subs)}" if subs else ""
         raise UserError(f"{spec}: no config.json (not a run folder){hint}")
     raise UserError(f"{spec}: not found; pass a run folder (iagcn train --out) or SWEEP_DIR:PRESET")
@@ -188,18 +187,7 @@ def compare_runs(specs_a: Sequence[str], specs_b: Sequence[str], *, cache_path: 
 
 
 def comparison_record(cmp: Comparison, *, cache_path: str | Path, config: EvalConfig) -> dict[str, Any]:
-    def clean(x):
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        if isinstance(x, (float, np.floating)):
-            return float(x) if math.isfinite(x) else None
-        if isinstance(x, np.integer):
-            return int(x)
-        return x
-
-    return clean({"a": [str(r.run_dir) for r in cmp.runs_a], "b": [str(r.run_dir) for r in cmp.runs_b],
+    return to_json({"a": [str(r.run_dir) for r in cmp.runs_a], "b": [str(r.run_dir) for r in cmp.runs_b],
                   "seeds_a": [r.seed for r in cmp.runs_a], "seeds_b": [r.seed for r in cmp.runs_b],
                   "pairing": cmp.pairing, "cache": str(cache_path), "bootstrap": cmp.bootstrap,
                   "seed_tests": cmp.seed_tests, "per_run": cmp.per_run,
@@ -246,20 +234,18 @@ def sweep_runs(sweep_dir: str | Path, *, log=None) -> dict[str, list[Path]]:
     Two complete runs of the same preset and seed (a copied folder) are refused: which one belongs in a table
     would be a guess. Presets come in the sweep's results.csv order, then first-seen order.
     """
-    import json
-
     out: dict[str, list[tuple[int, Path]]] = {}
     skipped = []
-    for cfg_path in sorted(Path(sweep_dir).glob("*/config.json")):
-        if not (cfg_path.parent / "metrics.json").exists():
+    for cfg_path in sorted(Path(sweep_dir).glob(f"*/{runfolder.CONFIG}")):
+        if not runfolder.is_complete(cfg_path.parent):
             skipped.append(cfg_path.parent.name)
             continue
+        cfg = runfolder.read_record(cfg_path.parent, option="--sweep")["config"]   # a damaged record: one line
         try:
-            cfg = json.loads(cfg_path.read_text()).get("config", {})
             preset, seed = str(cfg["preset"]), int(cfg["seed"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise UserError(f"{cfg_path}: unreadable run config ({type(e).__name__}: {e}); fix or remove "
-                            f"that run folder") from e
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{cfg_path}: its config lacks a valid preset/seed ({type(e).__name__}: {e}); fix or "
+                            f"remove that run folder") from e
         for other_seed, other in out.get(preset, []):
             if other_seed == seed:
                 raise UserError(f"--sweep {sweep_dir}: two complete runs of {preset} seed {seed} ({other.name} and "

@@ -45,7 +45,8 @@ def extract_command(dataset, root, split, out, backbone, weights, proposer, prop
                     detectron2_config, num_rois, image_size, label_embeddings, batch_size, block_rows, workers, device, threads,
                     shard, skip_bad, csv_file, classes, keep_empty, quiet):
     """Extract backbone + ROI features of one dataset split into an HDF5 cache (resumable; rerun to resume)."""
-    from iagcn.extract.pipeline import ExtractConfig, parse_shard, run_extract
+    from iagcn.extract.config import ExtractConfig, parse_shard
+    from iagcn.extract.pipeline import run_extract
 
     cfg = ExtractConfig(dataset=dataset, root=str(root), split=split, csv=csv_file, classes=classes,
                         keep_empty=keep_empty, backbone=backbone, weights=weights, proposer=proposer,
@@ -69,7 +70,7 @@ def extract_command(dataset, root, split, out, backbone, weights, proposer, prop
 @click.option("--out", type=click.Path(), required=True, help="Merged cache file.")
 def merge_command(shards, out):
     """Merge `iagcn extract --shard i/n` outputs into one cache (checks they are complete and consistent)."""
-    from iagcn.extract.pipeline import merge_shards
+    from iagcn.extract.merge import merge_shards
 
     click.echo(f"wrote {merge_shards(list(shards), out)}")
 

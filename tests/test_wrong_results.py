@@ -586,7 +586,7 @@ def test_compare_refuses_out_of_range_values(args, needle, mlgcn_run, caches):
 
 def test_every_config_field_has_a_range():
     from iagcn.evaluate.evaluation import EVAL_RANGES, EvalConfig
-    from iagcn.extract.pipeline import EXTRACT_RANGES, ExtractConfig
+    from iagcn.extract.config import EXTRACT_RANGES, ExtractConfig
     from iagcn.train.config import TRAIN_RANGES, TrainConfig
     from iagcn.validation import check_table_covers
 

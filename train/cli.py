@@ -71,22 +71,14 @@ def train_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
                          val_fraction=val_fraction, select_on_eval=select_on_eval,
                          memory_budget_gib=memory_budget_gib, threads=threads, seed=seed)
     if resume_dir:
-        from iagcn.train.run import read_run_record
+        from iagcn.train import runfolder
 
-        record_path = Path(resume_dir) / "config.json"
-        record = read_run_record(resume_dir, option="--resume")
-        cfg = config_from_dict(TrainConfig, record["config"], source=str(record_path))
+        record = runfolder.read_record(resume_dir, option="--resume")
+        cfg = config_from_dict(TrainConfig, record["config"], source=str(Path(resume_dir) / runfolder.CONFIG))
         if preset and preset != cfg.preset:
             raise UserError(f"--resume {resume_dir}: the run is preset {cfg.preset}, not {preset}; drop --preset")
-
-        def recorded(key: str) -> str:
-            path = (record.get(key) or {}).get("path") if isinstance(record.get(key), dict) else None
-            if not isinstance(path, str):
-                raise UserError(f"{record_path}: no {key} path recorded; it was not written by `iagcn train`")
-            return path
-
-        train_cache = train_cache or recorded("train_cache")
-        val_cache = val_cache or recorded("eval_cache")
+        train_cache = train_cache or runfolder.recorded_cache(resume_dir, "train", option="--resume")["path"]
+        val_cache = val_cache or runfolder.recorded_cache(resume_dir, "eval", option="--resume")["path"]
         if out and Path(out).resolve() != Path(resume_dir).resolve():
             raise UserError("--out and --resume name different folders; pass only --resume DIR")
         out = resume_dir
