@@ -95,14 +95,15 @@ def per_class_ap_by_preset(sweep_dir: Path, runs, cache_path: str | os.PathLike)
     """
     import pandas as pd
 
-    from iagcn.evaluate.evaluation import cache_targets, rows_for_ids, saved_run_scores
+    from iagcn.evaluate.inputs import cache_targets, rows_for_ids
     from iagcn.evaluate.metrics import average_precision_per_class
+    from iagcn.train.runfolder import load_scores
 
     table = cache_targets(Path(cache_path))
     class_names = list(table.class_names or [])
     records = []
     for row in runs.itertuples(index=False):
-        saved = saved_run_scores(sweep_dir / str(row.run_dir))
+        saved = load_scores(sweep_dir / str(row.run_dir))
         if saved is None:
             continue
         scores, ids = saved
@@ -128,18 +129,21 @@ def write_sweep_report(sweep_dir: str | os.PathLike, *, cache_path: str | os.Pat
     if mean_ap:
         ap_uri = _png_data_uri(lambda p: plot_per_class_ap(mean_ap, class_names, p,
                                                            title="Per-class AP (mean over seeds)"))
-    logs = {str(r): sweep_dir / str(r) / "log.csv" for r in runs["run_dir"] if (sweep_dir / str(r) / "log.csv").exists()}
+    from iagcn.train.runfolder import log_path
+
+    logs = {str(r): log_path(sweep_dir / str(r)) for r in runs["run_dir"] if log_path(sweep_dir / str(r)).exists()}
     curves_uri = _png_data_uri(lambda p: plot_training_curves_overlay(logs, p)) if logs else None
 
     pr_uri, pr_note = None, ""
     if len(frame):
-        from iagcn.evaluate.evaluation import cache_targets, rows_for_ids, saved_run_scores
+        from iagcn.evaluate.inputs import cache_targets, rows_for_ids
+        from iagcn.train.runfolder import load_scores
 
         table = cache_targets(Path(cache_path))
         first_seed = runs.drop_duplicates("preset")                                        # one run per preset
         curves = {}
         for row in first_seed.itertuples(index=False):
-            saved = saved_run_scores(sweep_dir / str(row.run_dir))
+            saved = load_scores(sweep_dir / str(row.run_dir))
             if saved is not None:
                 curves[str(row.run_dir)] = (saved[0], rows_for_ids(table, saved[1], what=f"run {row.run_dir}"))
         positives = (table.values == 1).sum(0)                                            # (C,)

@@ -50,8 +50,11 @@ def extract_command(dataset, root, split, out, backbone, weights, proposer, prop
                     detectron2_config, num_rois, image_size, label_embeddings, batch_size, block_rows, workers, device, threads,
                     shard, skip_bad, csv_file, classes, classes_from, label_sep, keep_empty, quiet):
     """Extract backbone + ROI features of one dataset split into an HDF5 cache (resumable; rerun to resume)."""
+    from iagcn.extract.config import ExtractConfig, parse_shard
+    from iagcn.extract.pipeline import run_extract
+
     from iagcn.errors import UserError
-    from iagcn.extract.pipeline import ExtractConfig, classes_from_cache, parse_shard, run_extract
+    from iagcn.extract.preflight import classes_from_cache
 
     if classes_from is not None:
         if classes is not None:
@@ -86,7 +89,7 @@ def extract_command(dataset, root, split, out, backbone, weights, proposer, prop
 @click.option("--out", type=click.Path(), required=True, help="Merged cache file.")
 def merge_command(shards, out):
     """Merge `iagcn extract --shard i/n` outputs into one cache (checks they are complete and consistent)."""
-    from iagcn.extract.pipeline import merge_shards
+    from iagcn.extract.merge import merge_shards
 
     click.echo(f"wrote {merge_shards(list(shards), out)}")
 

@@ -151,7 +151,7 @@ def direct_logits(run_dir, cache_path):
     import torch
 
     from iagcn.cache.format import FeatureCache
-    from iagcn.train.run import load_run
+    from iagcn.train.inference import load_run
 
     run = load_run(run_dir)
     with FeatureCache(cache_path) as c:
@@ -304,16 +304,24 @@ def test_compare_seeds_sweep_spec_matches_stats(tiny_runs):
 
 
 def fake_run(dir_, *, scores, image_ids, cache_path, seed, preset, class_names):
-    """A run folder holding only what compare reads: config.json and the saved scores (no checkpoint at all)."""
+    """A run folder holding only what compare reads: config.json, the saved scores and the completion marker
+    metrics.json (no checkpoint at all)."""
     from iagcn.cache.format import FeatureCache
 
     dir_.mkdir(parents=True)
     with FeatureCache(cache_path) as c:
         h = c.attrs["extract_config_hash"]
-    (dir_ / "config.json").write_text(json.dumps({
-        "config": {"seed": seed, "preset": preset}, "class_names": class_names,
-        "eval_cache": {"path": str(cache_path.resolve()), "extract_config_hash": h}}))
-    np.savez(dir_ / "scores.npz", scores=scores.astype(np.float32), image_ids=np.array(image_ids))
+    from iagcn.train import runfolder
+
+    runfolder.write_record(dir_, {
+        "config": {"seed": seed, "preset": preset}, "class_names": class_names, "protocol": "last-epoch",
+        "git_commit": None, "train_cache": {"path": str(cache_path.resolve()), "extract_config_hash": h},
+        "eval_cache": {"path": str(cache_path.resolve()), "extract_config_hash": h}})
+    runfolder.save_scores(dir_, np.asarray(scores), [str(i) for i in image_ids])
+    # metrics.json marks a complete run: compare refuses interrupted ones (its content is not read here)
+    runfolder.write_metrics(dir_, {"metrics": {}, "protocol": "last-epoch", "selected_epoch": 1,
+                                   "selection_mAP": None, "epochs_run": 1, "train_seconds": 0.0,
+                                   "eval_cache": {}, "preset": preset, "seed": seed})
 
 
 def test_compare_better_by_construction_excludes_zero(tmp_path):
@@ -372,3 +380,28 @@ def test_explain_file_stem_drops_the_image_suffix():
     assert file_stem("street/001.JPEG") == "street_001"
     assert file_stem("a b/c.png") == "a_b_c"
     assert file_stem("v1.2") == "v1.2"            # not an image suffix: kept
+
+
+def test_eval_never_overwrites_the_runs_own_files(tiny_runs):
+    """`iagcn eval --run R --out R` used to replace R/metrics.json (training's completion marker): a later sweep
+    then failed with KeyError 'protocol'. An evaluation refuses a run folder as its output, leaving it intact."""
+    from iagcn.train import runfolder
+
+    run_dir = tiny_runs["runs"][("mlgcn", 0)]
+    before = {name: (run_dir / name).read_bytes() for name in runfolder.RUN_FILES if (run_dir / name).exists()}
+    assert {"metrics.json", "config.json", "scores.npz"} <= set(before)
+    for args in (["eval", "--run", run_dir, "--cache", tiny_runs["test"], "--out", run_dir, "--quiet", "--no-plots"],
+                 ["eval", "--scores", run_dir / "scores.npz", "--targets", tiny_runs["test"], "--scores-are",
+                  "logits", "--out", run_dir]):
+        r = invoke(args)
+        assert r.exit_code == 2, r.output
+        assert "error: --out" in r.output and "training run folder" in r.output
+    after = {name: (run_dir / name).read_bytes() for name in runfolder.RUN_FILES if (run_dir / name).exists()}
+    assert after == before
+    assert not (run_dir / "eval_config.json").exists() and not (run_dir / "per_class_ap.csv").exists()
+    assert runfolder.read_metrics(run_dir)["protocol"].startswith("holdout")  # what a sweep reads
+    # the default output (R/eval) and any other folder still work
+    r = invoke(["eval", "--run", run_dir, "--cache", tiny_runs["test"], "--quiet", "--no-plots"])
+    assert r.exit_code == 0, r.output
+    assert (run_dir / "eval" / "metrics.json").exists()
+    assert {name: (run_dir / name).read_bytes() for name in before} == before

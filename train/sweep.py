@@ -11,12 +11,13 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from iagcn.errors import UserError
 from iagcn.fsutil import check_writable_dir, exclusive_lock, interrupt_hint, write_json_atomic, write_text_atomic
 from iagcn.train.config import PAPER_ROWS, TrainConfig
 from iagcn.train.data import CacheData
+from iagcn.train import runfolder
 from iagcn.train.run import train_run
 
 #: the columns of the paper's Tables 3-6, in order
@@ -34,7 +35,7 @@ def run_sweep(configs: Iterable[TrainConfig], *, train_data: CacheData, eval_dat
     out = check_writable_dir(out_dir, what="the sweep", option="--out")
     configs = list(configs)
     with exclusive_lock(out / "sweep", what="sweep directory"), \
-            interrupt_hint(lambda: f"interrupted: {sum((run_dir_for(out, c.preset, c.seed) / 'metrics.json').exists() for c in configs)}"
+            interrupt_hint(lambda: f"interrupted: {sum(runfolder.is_complete(run_dir_for(out, c.preset, c.seed)) for c in configs)}"
                                    f"/{len(configs)} runs complete in {out}; rerun the same `iagcn sweep` command to "
                                    f"resume (the interrupted run continues from its last epoch)"):
         return _run_sweep_locked(configs, train_data, eval_data, out, progress, log)
@@ -48,17 +49,18 @@ def _run_sweep_locked(configs, train_data, eval_data, out: Path, progress, log) 
     backbone = (train_data.cache.attrs.get("extract_config") or {}).get("backbone")
     for i, cfg in enumerate(configs):
         run_dir = run_dir_for(out, cfg.preset, cfg.seed)
-        done = run_dir / "metrics.json"
-        if done.exists():
+        if runfolder.is_complete(run_dir):
             _refuse_other_config(run_dir, cfg)
+            runfolder.check_same_caches(run_dir, train_data.cache, eval_data.cache,
+                                        action=f"sweep --out {out}: reusing complete run {run_dir.name}")
             log(f"[{i + 1}/{len(configs)}] {run_dir.name}: complete, skipped")
-            result = json.loads(done.read_text())
+            result = runfolder.read_metrics(run_dir)
         else:
             log(f"[{i + 1}/{len(configs)}] {run_dir.name}: training ({fmt_duration(time.perf_counter() - t0)} into "
                 f"the sweep; {sweep_eta(trained_s, sum(todo[i:]))})")
             t_run = time.perf_counter()
             result = train_run(cfg, train_data=train_data, eval_data=eval_data, out_dir=run_dir,
-                               resume=(run_dir / "last.pt").exists(), progress=progress, log=log,
+                               resume=runfolder.checkpoint_path(run_dir, "last").exists(), progress=progress, log=log,
                                resume_command="rerun the same `iagcn sweep` command to resume")
             trained_s.append(time.perf_counter() - t_run)
         rows.append(result_row(result, cfg, run_dir))
@@ -92,11 +94,7 @@ def _refuse_other_config(run_dir: Path, cfg: TrainConfig) -> None:
     """A complete run trained with other settings must not slip into this sweep's table."""
     from iagcn.configio import config_to_dict
 
-    try:
-        saved = json.loads((run_dir / "config.json").read_text())["config"]
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"{run_dir}: metrics.json exists but config.json is unreadable; delete that folder "
-                        f"and rerun") from e
+    saved = runfolder.read_record(run_dir, option="sweep run")["config"]
     mine = json.loads(json.dumps(config_to_dict(cfg)))
     diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
     if diff:
@@ -128,20 +126,34 @@ def write_results(out: Path, rows: list[dict[str, Any]], *, backbone: str | None
 
 
 def write_ablation(out_dir: str | Path, *, baseline: str, cache_path: str | Path, n_resamples: int = 1000,
-                   seed: int = 0, log=print) -> dict[str, Any]:
+                   seed: int = 0, log=print, configs: Iterable[TrainConfig] | None = None) -> dict[str, Any]:
     """Rewrite table.md with the ΔmAP-vs-``baseline`` column (issue 7) and write ablation.json.
 
     Every preset's saved evaluation scores (no retraining) are compared with the baseline's by a paired
     bootstrap over evaluation images (resampling the same images for both; seeds averaged per side), plus a
-    paired test across seeds when there are >= 2 (evaluate.compare.sweep_ablation).
+    paired test across seeds when both sides have >= 2 seeds (evaluate.compare.sweep_ablation).
+
+    ``configs``: the runs of this invocation (preset x seed); only they enter the table and the Δ column, never
+    another run folder that happens to be in ``out_dir`` (an interrupted run, an earlier sweep's seeds). Default:
+    the runs listed in results.csv.
     """
     from iagcn.evaluate.compare import sweep_ablation
     from iagcn.evaluate.evaluation import EvalConfig
 
     out = Path(out_dir)
-    result = sweep_ablation(out, baseline=baseline, cache_path=cache_path,
-                            config=EvalConfig(n_resamples=n_resamples, seed=seed), log=log)
     rows = list(csv.DictReader(open(out / "results.csv", newline="")))
+    if configs is not None:
+        members = [(c.preset, int(c.seed)) for c in configs]
+        rows = [r for r in rows if (r["preset"], int(r["seed"])) in set(members)]
+        missing = sorted(set(members) - {(r["preset"], int(r["seed"])) for r in rows})
+        if missing:
+            raise RuntimeError(f"sweep {out}: results.csv lacks runs {missing} of this invocation")
+    groups: dict[str, list[Path]] = {}
+    for r in rows:
+        groups.setdefault(r["preset"], []).append(out / r["run_dir"])
+    result = sweep_ablation(out, baseline=baseline, cache_path=cache_path,
+                            config=EvalConfig(n_resamples=n_resamples, seed=seed), log=log, groups=groups)
+    _check_deltas_match_table(rows, result, baseline)
     table = build_table(rows, baseline=baseline, deltas=result["deltas"], backbone=_recorded_backbone(out, rows),
                         seed_tests=result["seed_tests"] or None, ci=result["ci"])
     write_text_atomic(out / "table.md", table, what="sweep table")
@@ -153,10 +165,10 @@ def _recorded_backbone(out: Path, rows: list[dict[str, Any]]) -> str | None:
     """The backbone of the train cache the sweep's first run recorded in its config.json (None if unknown)."""
     for r in rows:
         try:
-            record = json.loads((out / str(r["run_dir"]) / "config.json").read_text())
-        except (OSError, ValueError, KeyError):
+            entry = runfolder.recorded_cache(out / str(r["run_dir"]), "train")
+        except (UserError, KeyError):
             continue
-        return ((record.get("train_cache") or {}).get("extract_config") or {}).get("backbone")
+        return (entry.get("extract_config") or {}).get("backbone")
     return None
 
 
@@ -167,6 +179,27 @@ def row_name(preset: str, *, backbone: str | None) -> str:
         return f"linear on {backbone or 'the cached global feature'}" + (" (the paper's ResNet-101 row)"
                                                                          if backbone == "resnet101" else "")
     return PAPER_ROWS.get(preset, preset)
+
+
+def _check_deltas_match_table(rows: list[dict[str, Any]], result: dict[str, Any], baseline: str) -> None:
+    """The Δ column and the mAP column come from the same runs: mean mAP(preset) - mean mAP(baseline) must equal
+    the bootstrap's point estimate (to the rounding of results.csv). A mismatch is a bug, never a table."""
+    means: dict[str, list[float]] = {}
+    for r in rows:
+        v = _num(r.get("mAP"))
+        if v is not None:
+            means.setdefault(r["preset"], []).append(v)
+    if baseline not in means:
+        return
+    base = sum(means[baseline]) / len(means[baseline])
+    for preset, d in result["deltas"].items():
+        diff = d["metrics"]["mAP"]["diff"]
+        complete = preset in means and len(means[preset]) == sum(r["preset"] == preset for r in rows)
+        if complete and diff is not None and math.isfinite(diff):
+            table_diff = sum(means[preset]) / len(means[preset]) - base
+            if abs(table_diff - diff) > 0.01:
+                raise RuntimeError(f"ΔmAP of {preset} ({diff:+.4f}) disagrees with its mAP column "
+                                   f"({table_diff:+.4f}); the table was not written")
 
 
 def build_table(rows: list[dict[str, Any]], *, metrics: tuple[str, ...] = TABLE_METRICS, backbone: str | None = None,
@@ -203,6 +236,11 @@ def parse_list(text: str, *, what: str, cast=str) -> list:
     if not items:
         raise UserError(f"--{what} is empty; give a comma-separated list")
     try:
-        return [cast(t) for t in items]
+        values = [cast(t) for t in items]
     except ValueError:
         raise UserError(f"--{what} {text}: expected a comma-separated list of {cast.__name__}") from None
+    dup = sorted({str(v) for v in values if values.count(v) > 1})
+    if dup:
+        raise UserError(f"--{what} {text}: {', '.join(dup)} listed more than once; one run counts once (a "
+                        f"repeated {what[:-1]} would be counted as two)")
+    return values
