@@ -37,7 +37,7 @@ def test_training_curves_from_csv_and_dataframe(tmp_path):
 
 
 def test_training_curve_panels_separate_units_and_drop_flat_zero_columns(tmp_path):
-    from iagcn.train.run import LOG_FIELDS
+    from iagcn.train.runfolder import LOG_FIELDS
 
     n = 6
     log = pd.DataFrame({"epoch": np.arange(1, n + 1), "lr": [0.01] * n, "loss": np.linspace(1, 0.5, n),
