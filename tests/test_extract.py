@@ -296,7 +296,7 @@ def test_cli_custom_csv_class_lists_label_sep_and_skipped_rerun(tiny, tmp_path, 
     cli([*base, "--split", "test", "--out", test], check=True)
     with FeatureCache(test) as c:
         assert c.class_names == ["red"]
-    refused = cli(["train", "--train-cache", train, "--val-cache", test, "--out", tmp_path / "run", "--epochs", "1"])
+    refused = cli(["train", "--train-cache", train, "--eval-cache", test, "--out", tmp_path / "run", "--epochs", "1"])
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert "class_names" in refused.stderr and f"--classes-from {train}" in refused.stderr
     assert not (tmp_path / "run").exists()

@@ -63,7 +63,7 @@ def test_learns_planted_structure_far_above_chance(caches, tmp_path, preset):
 
 
 def _train_args(train, test, out, epochs):
-    return ["train", "--train-cache", train, "--val-cache", test, "--preset", "iagcn", "--epochs", str(epochs),
+    return ["train", "--train-cache", train, "--eval-cache", test, "--preset", "iagcn", "--epochs", str(epochs),
             "--batch-size", "16", "--lr", "0.03", "--threads", "1", "--quiet", "--out", out, *SMALL_SET]
 
 
@@ -108,7 +108,7 @@ def test_mismatched_caches_are_refused_with_one_line(caches, tmp_path):
                              class_names=[f"c{i}" for i in range(6)])
     wider = write_fake_cache(tmp_path / "wider.h5", n=20, num_rois=8, dim=48, num_classes=6, embedding_dim=10)
     for bad, what in ((other, "class_names"), (wider, "feature_dim")):
-        proc = run_cli(["train", "--train-cache", train, "--val-cache", bad, "--preset", "mlgcn", "--epochs", "1",
+        proc = run_cli(["train", "--train-cache", train, "--eval-cache", bad, "--preset", "mlgcn", "--epochs", "1",
                         "--quiet", "--out", tmp_path / f"run-{what}"])
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
@@ -200,7 +200,7 @@ def test_sweep_writes_results_and_table_and_skips_complete_runs(caches, tmp_path
 
 def test_sweep_cli(caches, tmp_path):
     train, test = caches
-    proc = run_cli(["sweep", "--train-cache", train, "--val-cache", test, "--presets", "resnet,mlgcn", "--seeds", "0",
+    proc = run_cli(["sweep", "--train-cache", train, "--eval-cache", test, "--presets", "resnet,mlgcn", "--seeds", "0",
                     "--epochs", "1", "--val-fraction", "0.2", "--threads", "1", "--quiet", "--out", tmp_path, *SMALL_SET],
                    check=True)
     assert "| mlgcn" in proc.stdout and "holdout-0.2" in proc.stdout
@@ -268,7 +268,7 @@ def test_training_warns_once_in_one_line_with_class_names(caches, tmp_path):
     shutil.copyfile(test, test2)
     with h5py.File(test2, "r+") as f:
         f["labels"][:, 5] = 0                                                  # class05: no positives in the eval cache
-    proc = run_cli(["train", "--train-cache", train, "--val-cache", test2, "--preset", "mlgcn", "--epochs", "3",
+    proc = run_cli(["train", "--train-cache", train, "--eval-cache", test2, "--preset", "mlgcn", "--epochs", "3",
                     "--threads", "1", "--quiet", "--out", tmp_path / "run", *SMALL_SET], check=True)
     err = proc.stderr.splitlines()
     assert "UserWarning" not in proc.stderr and "warnings.warn" not in proc.stderr
@@ -278,7 +278,28 @@ def test_training_warns_once_in_one_line_with_class_names(caches, tmp_path):
     small = [line for line in err if "hold-out has 36 images" in line]
     assert len(small) == 1 and small[0].startswith("warning: ") and "--val-fraction" in small[0]
     # a big enough hold-out: no such warning
-    proc = run_cli(["train", "--train-cache", train, "--val-cache", test, "--preset", "resnet", "--epochs", "1",
+    proc = run_cli(["train", "--train-cache", train, "--eval-cache", test, "--preset", "resnet", "--epochs", "1",
                     "--val-fraction", "0.5", "--threads", "1", "--quiet", "--out", tmp_path / "run2", *SMALL_SET],
                    check=True)
     assert "hold-out has" not in proc.stderr and "warning:" not in proc.stderr
+
+
+def test_val_cache_is_an_alias_of_eval_cache_with_a_note(caches, tmp_path):
+    train, test = caches
+    args = ["train", "--train-cache", train, "--preset", "resnet", "--epochs", "1", "--threads", "1", "--quiet",
+            *SMALL_SET]
+    old = run_cli([*args, "--val-cache", test, "--out", tmp_path / "old"], check=True)
+    notes = [line for line in old.stderr.splitlines() if "--val-cache" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: --val-cache is now --eval-cache")
+    new = run_cli([*args, "--eval-cache", test, "--out", tmp_path / "new"], check=True)
+    assert "--val-cache" not in new.stderr
+    assert runfolder_eval_path(tmp_path / "old") == runfolder_eval_path(tmp_path / "new") == str(test)
+    clash = run_cli([*args, "--eval-cache", test, "--val-cache", train, "--out", tmp_path / "x"])
+    assert clash.returncode == 2 and "disagree" in clash.stderr and not (tmp_path / "x").exists()
+    assert "--eval-cache" in run_cli(["train", "--help"]).stdout and "--val-cache" not in run_cli(["train", "--help"]).stdout
+
+
+def runfolder_eval_path(run_dir):
+    from iagcn.train import runfolder
+
+    return runfolder.recorded_cache(run_dir, "eval")["path"]

@@ -11,8 +11,10 @@ from iagcn.errors import UserError
 def _common_options(f):
     opts = [
         click.option("--train-cache", type=click.Path(dir_okay=False), help="Cache of the training split (stage one)."),
-        click.option("--val-cache", type=click.Path(dir_okay=False),
-                     help="Evaluation cache, scored once at the end (and every epoch with --select-on-eval)."),
+        click.option("--eval-cache", type=click.Path(dir_okay=False),
+                     help="Evaluation (test) cache, scored once at the end (and every epoch with --select-on-eval)."),
+        click.option("--val-cache", type=click.Path(dir_okay=False), hidden=True,
+                     help="Old name of --eval-cache (the hold-out, not this cache, is the validation split)."),
         click.option("--epochs", type=int, help="Training epochs [120]."),
         click.option("--batch-size", type=int, help="Images per SGD step [32]."),
         click.option("--lr", type=float, help="Initial learning rate [0.01], /10 every 30 epochs."),
@@ -42,6 +44,17 @@ def _explicit(**kw) -> dict:
     return {names[k]: v for k, v in kw.items() if k in names and v is not None}
 
 
+def _eval_cache_option(eval_cache: str | None, val_cache: str | None) -> str | None:
+    """--eval-cache, or its old name --val-cache with a one-line note (both given: they must agree)."""
+    if val_cache is None:
+        return eval_cache
+    if eval_cache is not None and Path(eval_cache) != Path(val_cache):
+        raise UserError(f"--eval-cache {eval_cache} and --val-cache {val_cache} (its old name) disagree; pass --eval-cache")
+    click.echo("note: --val-cache is now --eval-cache (the evaluation split; the hold-out is the validation split); "
+               "using it", err=True)
+    return val_cache
+
+
 def _open_data(path: str | None, option: str, budget: float, cfg):
     from iagcn.train.data import CacheData
 
@@ -58,10 +71,12 @@ def _open_data(path: str | None, option: str, budget: float, cfg):
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory to write.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
               help="Continue the killed run in this directory (its config.json gives the config and caches).")
-def train_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embeddings, val_fraction, select_on_eval,
+def train_cmd(train_cache, eval_cache, val_cache, epochs, batch_size, lr, device, label_embeddings, val_fraction, select_on_eval,
               memory_budget_gib, threads, sets, quiet, preset, seed, out, resume_dir) -> None:
     """Train one IA-GCN head (a preset of Tables 3-6) on cached features; write a run directory."""
     import dataclasses
+
+    eval_cache = _eval_cache_option(eval_cache, val_cache)
 
     from iagcn.configio import apply_overrides, config_from_dict
     from iagcn.train.config import TrainConfig, config_for_preset
@@ -78,7 +93,7 @@ def train_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
         if preset and preset != cfg.preset:
             raise UserError(f"--resume {resume_dir}: the run is preset {cfg.preset}, not {preset}; drop --preset")
         train_cache = train_cache or runfolder.recorded_cache(resume_dir, "train", option="--resume")["path"]
-        val_cache = val_cache or runfolder.recorded_cache(resume_dir, "eval", option="--resume")["path"]
+        eval_cache = eval_cache or runfolder.recorded_cache(resume_dir, "eval", option="--resume")["path"]
         if out and Path(out).resolve() != Path(resume_dir).resolve():
             raise UserError("--out and --resume name different folders; pass only --resume DIR")
         out = resume_dir
@@ -89,7 +104,7 @@ def train_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
     cfg = dataclasses.replace(cfg, **explicit)
     cfg = apply_overrides(cfg, sets)
     train_data = _open_data(train_cache, "--train-cache", cfg.memory_budget_gib, cfg)
-    eval_data = _open_data(val_cache, "--val-cache", cfg.memory_budget_gib, cfg)
+    eval_data = _open_data(eval_cache, "--eval-cache", cfg.memory_budget_gib, cfg)
     log = (lambda *_: None) if quiet else (lambda m: click.echo(m, err=True))
     train_run(cfg, train_data=train_data, eval_data=eval_data, out_dir=out, resume=bool(resume_dir),
               progress=not quiet, log=log)
@@ -106,10 +121,12 @@ def train_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
                    "evaluation images); 'none' = no comparison column. Ignored when the preset is not swept.")
 @click.option("--bootstrap", "n_resamples", type=click.IntRange(min=100), default=1000, show_default=True,
               help="Bootstrap resamples for the ΔmAP interval.")
-def sweep_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embeddings, val_fraction, select_on_eval,
+def sweep_cmd(train_cache, eval_cache, val_cache, epochs, batch_size, lr, device, label_embeddings, val_fraction, select_on_eval,
               memory_budget_gib, threads, sets, quiet, presets, seeds, out, baseline, n_resamples) -> None:
     """Train every preset x seed on caches loaded once; write results.csv and table.md (paper layout)."""
     import dataclasses
+
+    eval_cache = _eval_cache_option(eval_cache, val_cache)
 
     from iagcn.configio import apply_overrides
     from iagcn.train.config import config_for_preset
@@ -124,17 +141,17 @@ def sweep_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
                for p in names for s in seed_list]
     cfg0 = configs[0]
     train_data = _open_data(train_cache, "--train-cache", cfg0.memory_budget_gib, cfg0)
-    eval_data = _open_data(val_cache, "--val-cache", cfg0.memory_budget_gib, cfg0)
+    eval_data = _open_data(eval_cache, "--eval-cache", cfg0.memory_budget_gib, cfg0)
     log = (lambda *_: None) if quiet else (lambda m: click.echo(m, err=True))
     run_sweep(configs, train_data=train_data, eval_data=eval_data, out_dir=out, progress=not quiet, log=log)
     if baseline != "none" and baseline in names and len(names) > 1:
         from iagcn.train.sweep import write_ablation
 
-        write_ablation(out, baseline=baseline, cache_path=val_cache, n_resamples=n_resamples, log=log,
+        write_ablation(out, baseline=baseline, cache_path=eval_cache, n_resamples=n_resamples, log=log,
                        configs=configs)
     from iagcn.evaluate.sweep_report import write_sweep_report
 
-    report = write_sweep_report(out, cache_path=val_cache)
+    report = write_sweep_report(out, cache_path=eval_cache)
     click.echo((Path(out) / "table.md").read_text())
     written = [n for n in ("results.csv", "table.md", "ablation.json") if (Path(out) / n).exists()] + [report.name]
     click.echo(f"wrote {out}/: {', '.join(written)} (report.html: the table, every run, per-class AP, training and "
