@@ -16,7 +16,7 @@ from typing import Any
 
 from iagcn.configio import config_to_dict
 from iagcn.errors import UserError
-from iagcn.evaluate.compare import compare_runs, comparison_record
+from iagcn.evaluate.compare import compare_runs, comparison_record, refuse_incomplete, sweep_runs
 from iagcn.evaluate.evaluation import EvalConfig
 from iagcn.fsutil import git_commit, write_json_atomic, write_text_atomic
 from iagcn.jsonutil import finite_or_none, to_json
@@ -26,7 +26,7 @@ from iagcn.train.config import PAPER_ROWS
 #: the columns of the paper's Tables 3-6, in order
 TABLE_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
 #: ablation.json's schema: these keys of a :func:`sweep_ablation` result, then the EvalConfig and the git commit
-ABLATION_RESULT_KEYS = ("baseline", "sweep", "cache", "ci", "deltas", "seed_tests", "comparisons")
+ABLATION_RESULT_KEYS = ("baseline", "sweep", "cache", "ci", "deltas", "seed_tests", "comparisons", "run_dirs")
 ABLATION_KEYS = ABLATION_RESULT_KEYS + ("config", "git_commit")
 
 
@@ -80,32 +80,21 @@ def write_sweep_table(sweep_dir: str | Path, rows: list[dict[str, Any]] | None =
 
 
 # -- the comparison against a baseline ----------------------------------------------------------------
-def sweep_runs(sweep_dir: str | Path) -> dict[str, list[Path]]:
-    """``{preset: [run dirs sorted by seed]}`` of a sweep folder, from each run's config.json (first-seen order)."""
-    out: dict[str, list[tuple[int, Path]]] = {}
-    for cfg_path in sorted(Path(sweep_dir).glob(f"*/{runfolder.CONFIG}")):
-        try:
-            cfg = runfolder.read_record(cfg_path.parent)["config"]
-        except UserError:
-            continue
-        out.setdefault(str(cfg.get("preset", cfg_path.parent.name)), []).append((int(cfg.get("seed", 0)),
-                                                                                 cfg_path.parent))
-    if not out:
-        raise UserError(f"--sweep {sweep_dir}: no run folders (*/config.json); pass the --out of `iagcn sweep`")
-    order = list(out)
-    results = Path(sweep_dir) / "results.csv"
-    if results.exists():  # the sweep's own preset order (the paper's row order)
-        with open(results, newline="") as fh:
-            seen = [row.get("preset") for row in csv.DictReader(fh)]
-        order = [p for p in dict.fromkeys(seen) if p in out] + [p for p in order if p not in seen]
-    return {p: [d for _, d in sorted(out[p])] for p in order}
-
-
 def sweep_ablation(sweep_dir: str | Path, *, baseline: str, cache_path: str | Path, config: EvalConfig,
-                   log=None) -> dict[str, Any]:
+                   log=None, groups: dict[str, list[Path]] | None = None) -> dict[str, Any]:
     """Every preset of a sweep against ``baseline``: the ablation table (mean ± std over seeds) with the
-    ``ΔmAP vs baseline [CI]`` column from the paired bootstrap and, with >= 2 seeds, the seed test's p-value."""
-    groups = sweep_runs(sweep_dir)
+    ``ΔmAP vs baseline [CI]`` column from the paired bootstrap and, with >= 2 seeds paired by seed on both sides,
+    the seed test's p-value.
+
+    ``groups`` (``{preset: [run dirs]}``): exactly the runs to compare (`iagcn sweep` passes the runs of its own
+    invocation); default: every complete run in ``sweep_dir`` (:func:`sweep_runs`).
+    """
+    if groups is None:
+        groups = sweep_runs(sweep_dir, log=log)
+    else:
+        for dirs in groups.values():
+            for d in dirs:
+                refuse_incomplete(Path(d), str(d))
     if baseline not in groups:
         raise UserError(f"--baseline {baseline}: not among the sweep's presets ({', '.join(groups)})")
     runs, deltas, seed_tests, records = [], {}, {}, {}
@@ -123,7 +112,8 @@ def sweep_ablation(sweep_dir: str | Path, *, baseline: str, cache_path: str | Pa
                 m = cmp.bootstrap["metrics"]["mAP"]
                 log(f"{preset} vs {baseline}: ΔmAP {m['diff']:+.2f} [{m['low']:+.2f}, {m['high']:+.2f}]")
     return {"baseline": baseline, "sweep": str(sweep_dir), "cache": str(cache_path), "runs": runs, "deltas": deltas,
-            "seed_tests": seed_tests, "comparisons": records, "ci": config.ci}
+            "seed_tests": seed_tests, "comparisons": records, "ci": config.ci,
+            "run_dirs": {p: [str(d) for d in dirs] for p, dirs in groups.items()}}
 
 
 def sweep_ablation_table(result: dict[str, Any], *, fmt: str = "text") -> str:
@@ -144,3 +134,54 @@ def write_ablation(out_dir: str | Path, result: dict[str, Any], *, config: EvalC
     write_json_atomic(paths["json"], to_json(record), what="ablation comparison")
     write_text_atomic(paths["md"], sweep_ablation_table(result, fmt="markdown"), what="ablation table")
     return paths
+
+
+def ablate_sweep(out_dir: str | Path, *, baseline: str, cache_path: str | Path, config: EvalConfig, log=print,
+                 members: list[tuple[str, int]] | None = None) -> dict[str, Any]:
+    """`iagcn sweep --baseline`: table.md with the ΔmAP-vs-``baseline`` column (issue 7), ablation.json and .md.
+
+    Every preset's saved evaluation scores (no retraining) are compared with the baseline's by a paired
+    bootstrap over evaluation images (resampling the same images for both; seeds averaged per side), plus a
+    paired test across seeds when both sides have >= 2 seeds (:func:`sweep_ablation`).
+
+    ``members``: the (preset, seed) runs of this invocation; only they enter the table and the Δ column, never
+    another run folder that happens to be in ``out_dir`` (an interrupted run, an earlier sweep's seeds). Default:
+    the runs listed in results.csv.
+    """
+    out = Path(out_dir)
+    rows = read_results(out)
+    if members is not None:
+        wanted = {(p, int(s)) for p, s in members}
+        rows = [r for r in rows if (r["preset"], int(r["seed"])) in wanted]
+        missing = sorted(wanted - {(r["preset"], int(r["seed"])) for r in rows})
+        if missing:
+            raise RuntimeError(f"sweep {out}: results.csv lacks runs {missing} of this invocation")
+    groups: dict[str, list[Path]] = {}
+    for r in rows:
+        groups.setdefault(r["preset"], []).append(out / r["run_dir"])
+    result = sweep_ablation(out, baseline=baseline, cache_path=cache_path, config=config, log=log, groups=groups)
+    _check_deltas_match_table(rows, result, baseline)
+    write_sweep_table(out, rows, ablation=result)
+    write_ablation(out, result, config=config)
+    return result
+
+
+def _check_deltas_match_table(rows: list[dict[str, Any]], result: dict[str, Any], baseline: str) -> None:
+    """The Δ column and the mAP column come from the same runs: mean mAP(preset) - mean mAP(baseline) must equal
+    the bootstrap's point estimate (to the rounding of results.csv). A mismatch is a bug, never a table."""
+    means: dict[str, list[float]] = {}
+    for r in rows:
+        v = _num(r.get("mAP"))
+        if math.isfinite(v):
+            means.setdefault(r["preset"], []).append(v)
+    if baseline not in means:
+        return
+    base = sum(means[baseline]) / len(means[baseline])
+    for preset, d in result["deltas"].items():
+        diff = d["metrics"]["mAP"]["diff"]
+        complete = preset in means and len(means[preset]) == sum(r["preset"] == preset for r in rows)
+        if complete and diff is not None and math.isfinite(diff):
+            table_diff = sum(means[preset]) / len(means[preset]) - base
+            if abs(table_diff - diff) > 0.01:
+                raise RuntimeError(f"ΔmAP of {preset} ({diff:+.4f}) disagrees with its mAP column "
+                                   f"({table_diff:+.4f}); the table was not written")

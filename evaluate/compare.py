@@ -30,18 +30,30 @@ from iagcn.metrics import metric_names
 from iagcn.train import runfolder
 
 
-def expand_run_spec(spec: str) -> list[Path]:
-    """``DIR`` (one run) or ``SWEEP_DIR:PRESET`` (all seeds of a preset in a sweep), each a folder with config.json."""
+def refuse_incomplete(path: Path, spec: str) -> None:
+    """Only complete runs (metrics.json written) are compared."""
+    if not runfolder.is_complete(path):
+        raise UserError(f"{spec}: run {path} is not complete (no metrics.json: interrupted?); finish it with "
+                        f"`iagcn train --resume {path}` (or the same `iagcn sweep` command) before comparing")
+
+
+def expand_run_spec(spec: str, *, log=None) -> list[Path]:
+    """``DIR`` (one complete run) or ``SWEEP_DIR:PRESET`` (the complete seeds of a preset in a sweep).
+
+    Only complete runs (with metrics.json) are compared: an interrupted run folder of a sweep is left out (with a
+    note through ``log``); an explicit incomplete run folder is refused.
+    """
     path = Path(spec)
     if path.is_dir() and (path / runfolder.CONFIG).exists():
+        refuse_incomplete(path, spec)
         return [path]
     if ":" in spec:
         folder, preset = spec.rsplit(":", 1)
-        runs = sorted(p for p in Path(folder).glob(f"{preset}-s*") if (p / runfolder.CONFIG).exists())
-        if not runs:
-            raise UserError(f"{spec}: no runs {preset}-s<seed> with a config.json in {folder}; "
-                            "pass SWEEP_DIR:PRESET of a finished sweep")
-        return runs
+        groups = sweep_runs(folder, log=log)
+        if preset not in groups:
+            raise UserError(f"{spec}: no complete runs of preset {preset} (a config.json and metrics.json) in "
+                            f"{folder}; pass SWEEP_DIR:PRESET of a finished sweep")
+        return groups[preset]
     if path.is_dir():
         subs = sorted({p.parent.name.rsplit('-s', 1)[0] for p in path.glob(f"*/{runfolder.CONFIG}")})
         hint = f"; it looks like a sweep: pass {spec}:PRESET with PRESET one of {', '.join(subs)}" if subs else ""
@@ -78,8 +90,8 @@ def compare_runs(specs_a: Sequence[str], specs_b: Sequence[str], *, cache_path: 
 
     cache_path = Path(cache_path)
     targets_table = cache_targets(cache_path)
-    dirs_a = [p for s in specs_a for p in expand_run_spec(s)]
-    dirs_b = [p for s in specs_b for p in expand_run_spec(s)]
+    dirs_a = [p for s in specs_a for p in expand_run_spec(s, log=log)]
+    dirs_b = [p for s in specs_b for p in expand_run_spec(s, log=log)]
     runs_a = [run_scores_for_cache(d, cache_path, config=config, progress=progress) for d in dirs_a]
     runs_b = [run_scores_for_cache(d, cache_path, config=config, progress=progress) for d in dirs_b]
     for r in runs_a + runs_b:
@@ -114,7 +126,8 @@ def compare_runs(specs_a: Sequence[str], specs_b: Sequence[str], *, cache_path: 
             per_run[str(r.run_dir)] = multilabel_metrics(aligned[id(r)], targets, scores_are="logits",
                                                          threshold=config.threshold, top_k=top_k)
     seed_tests = None
-    if len(runs_a) >= 2 and len(runs_a) == len(runs_b):
+    # a test ACROSS seeds needs >= 2 runs on each side, paired by the same seeds (never by order)
+    if len(runs_a) >= 2 and len(runs_a) == len(runs_b) and pairing == "by seed":
         seed_tests = {}
         for k in metric_names(top_k):
             va = [per_run[str(r.run_dir)][k] for r in runs_a]
@@ -164,3 +177,43 @@ def comparison_table(cmp: Comparison, *, fmt: str = "text") -> str:
     if cmp.seed_tests is not None:
         note += f" Seed test: paired t-test over {len(cmp.runs_a)} seeds (two-sided)."
     return render_table(header, rows, fmt=fmt) + ("\n" if fmt == "markdown" else "") + note + "\n"
+
+
+def sweep_runs(sweep_dir: str | Path, *, log=None) -> dict[str, list[Path]]:
+    """``{preset: [complete run dirs sorted by seed]}`` of a sweep folder, from each run's config.json.
+
+    Only complete runs (metrics.json present) count: an interrupted run is left out, with a note through ``log``.
+    Two complete runs of the same preset and seed (a copied folder) are refused: which one belongs in a table
+    would be a guess. Presets come in the sweep's results.csv order, then first-seen order.
+    """
+    out: dict[str, list[tuple[int, Path]]] = {}
+    skipped = []
+    for cfg_path in sorted(Path(sweep_dir).glob(f"*/{runfolder.CONFIG}")):
+        if not runfolder.is_complete(cfg_path.parent):
+            skipped.append(cfg_path.parent.name)
+            continue
+        cfg = runfolder.read_record(cfg_path.parent, option="--sweep")["config"]   # a damaged record: one line
+        try:
+            preset, seed = str(cfg["preset"]), int(cfg["seed"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{cfg_path}: its config lacks a valid preset/seed ({type(e).__name__}: {e}); fix or "
+                            f"remove that run folder") from e
+        for other_seed, other in out.get(preset, []):
+            if other_seed == seed:
+                raise UserError(f"--sweep {sweep_dir}: two complete runs of {preset} seed {seed} ({other.name} and "
+                                f"{cfg_path.parent.name}); remove one of them")
+        out.setdefault(preset, []).append((seed, cfg_path.parent))
+    if skipped and log:
+        log(f"note: left out {len(skipped)} incomplete run folder(s) without metrics.json: {', '.join(skipped)}")
+    if not out:
+        raise UserError(f"--sweep {sweep_dir}: no complete run folders (*/config.json with metrics.json); "
+                        "pass the --out of a finished `iagcn sweep`")
+    order = list(out)
+    results = Path(sweep_dir) / "results.csv"
+    if results.exists():  # the sweep's own preset order (the paper's row order)
+        import csv
+
+        with open(results, newline="") as fh:
+            seen = [row.get("preset") for row in csv.DictReader(fh)]
+        order = [p for p in dict.fromkeys(seen) if p in out] + [p for p in order if p not in seen]
+    return {p: [d for _, d in sorted(out[p])] for p in order}

@@ -77,8 +77,8 @@ def train_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
         cfg = config_from_dict(TrainConfig, record["config"], source=str(Path(resume_dir) / runfolder.CONFIG))
         if preset and preset != cfg.preset:
             raise UserError(f"--resume {resume_dir}: the run is preset {cfg.preset}, not {preset}; drop --preset")
-        train_cache = train_cache or record["train_cache"]["path"]
-        val_cache = val_cache or record["eval_cache"]["path"]
+        train_cache = train_cache or runfolder.recorded_cache(resume_dir, "train", option="--resume")["path"]
+        val_cache = val_cache or runfolder.recorded_cache(resume_dir, "eval", option="--resume")["path"]
         if out and Path(out).resolve() != Path(resume_dir).resolve():
             raise UserError("--out and --resume name different folders; pass only --resume DIR")
         out = resume_dir
@@ -130,15 +130,12 @@ def sweep_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
     run_sweep(configs, train_data=train_data, eval_data=eval_data, out_dir=out, progress=not quiet, log=log,
               on_results=write_sweep_table)
     if baseline != "none" and baseline in names and len(names) > 1:
-        # ΔmAP vs the baseline from every run's saved evaluation scores (no retraining): a paired bootstrap over
-        # evaluation images, seeds averaged per side, plus a paired test across seeds when there are >= 2
-        from iagcn.evaluate.ablation import sweep_ablation, write_ablation
+        # ΔmAP vs the baseline from the runs' saved evaluation scores (no retraining): table.md, ablation.json/.md
+        from iagcn.evaluate.ablation import ablate_sweep
         from iagcn.evaluate.evaluation import EvalConfig
 
-        config = EvalConfig(n_resamples=n_resamples, seed=0)
-        result = sweep_ablation(out, baseline=baseline, cache_path=val_cache, config=config, log=log)
-        write_ablation(out, result, config=config)
-        write_sweep_table(out, ablation=result)
+        ablate_sweep(out, baseline=baseline, cache_path=val_cache, config=EvalConfig(n_resamples=n_resamples, seed=0),
+                     log=log, members=[(c.preset, c.seed) for c in configs])
     click.echo((Path(out) / "table.md").read_text())
 
 

@@ -47,6 +47,8 @@ def _run_sweep_locked(configs, train_data, eval_data, out: Path, progress, log, 
         run_dir = run_dir_for(out, cfg.preset, cfg.seed)
         if runfolder.is_complete(run_dir):
             _refuse_other_config(run_dir, cfg)
+            runfolder.check_same_caches(run_dir, train_data.cache, eval_data.cache,
+                                        action=f"sweep --out {out}: reusing complete run {run_dir.name}")
             log(f"[{i + 1}/{len(configs)}] {run_dir.name}: complete, skipped")
             result = runfolder.read_metrics(run_dir)
         else:
@@ -100,6 +102,11 @@ def parse_list(text: str, *, what: str, cast=str) -> list:
     if not items:
         raise UserError(f"--{what} is empty; give a comma-separated list")
     try:
-        return [cast(t) for t in items]
+        values = [cast(t) for t in items]
     except ValueError:
         raise UserError(f"--{what} {text}: expected a comma-separated list of {cast.__name__}") from None
+    dup = sorted({str(v) for v in values if values.count(v) > 1})
+    if dup:
+        raise UserError(f"--{what} {text}: {', '.join(dup)} listed more than once; one run counts once (a "
+                        f"repeated {what[:-1]} would be counted as two)")
+    return values
