@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from iagcn.configio import config_hash, config_to_dict
+from iagcn.device import resolve_device
 from iagcn.errors import UserError
 from iagcn.fsutil import atomic_path, check_can_create, check_free_space, check_writable_dir, exclusive_lock, interrupt_hint, \
     is_disk_full, remove_stale_temporaries, write_json_atomic
@@ -62,7 +63,7 @@ class ExtractConfig:
     batch_size: int = 16                      # images per backbone batch (batches never straddle a block)
     block_rows: int = 64                      # rows per committed part file (resume granularity, shard alignment)
     workers: int = 2                          # DataLoader worker processes (decode, resize, selective search)
-    device: str = "auto"                      # auto | cpu | cuda
+    device: str = "auto"                      # auto | cpu | cuda[:k] (iagcn.device.resolve_device)
     threads: int = 0                          # torch intra-op threads in the main process (0: torch's default)
     shard: str | None = None                  # "i/n": extract only shard i of n (contiguous whole blocks)
     skip_bad: bool = False                    # proceed past pre-flight problems, skipping (and recording) bad images
@@ -70,21 +71,10 @@ class ExtractConfig:
     def identity(self) -> "ExtractConfig":
         """The config with execution-only fields neutralised: what the cache's ``extract_config`` records.
 
-        ``workers``, ``threads`` and ``shard`` never change the arrays; ``device`` is resolved to cpu/cuda.
+        ``workers``, ``threads`` and ``shard`` never change the arrays; ``device`` is resolved to its kind,
+        cpu or cuda (which CUDA device, cuda:k, does not change them either).
         """
-        return dataclasses.replace(self, workers=0, threads=0, shard=None, device=resolve_device(self.device))
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise UserError(f"--device {device}: choose auto, cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is visible; use --device cpu or auto")
-    return device
+        return dataclasses.replace(self, workers=0, threads=0, shard=None, device=resolve_device(self.device).type)
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -288,7 +278,7 @@ def extract_split(ds, cfg: ExtractConfig, out: str | os.PathLike, *, label_embed
     if image_loader is None:
         from iagcn.extract.datasets import load_image_rgb as image_loader
     out = Path(out)
-    device = resolve_device(cfg.device)
+    device = str(resolve_device(cfg.device))          # "cpu" / "cuda:k": model, proposer and batches all go there
     previous_threads = torch.get_num_threads()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)

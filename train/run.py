@@ -12,7 +12,6 @@ Stage three uses :func:`load_run`, :func:`predict_cache` and :func:`explain_imag
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import os
@@ -26,7 +25,8 @@ import numpy as np
 import torch
 
 from iagcn.cache.format import FeatureCache, check_compatible
-from iagcn.configio import config_from_dict, config_to_dict
+from iagcn.configio import config_from_dict, config_hash, config_to_dict
+from iagcn.device import resolve_device
 from iagcn.errors import UserError
 from iagcn.fsutil import atomic_path, check_writable_dir, exclusive_lock, git_commit, interrupt_hint, \
     remove_stale_temporaries, write_json_atomic, write_text_atomic
@@ -40,17 +40,6 @@ LOG_FIELDS = ("epoch", "lr", "loss", "loss_ml", "loss_kl", "select_mAP", "second
 
 
 # -- small helpers ----------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise UserError(f"--device {name}: {e}; use auto, cpu or cuda[:k]") from e
-
-
 def protocol_name(config: TrainConfig) -> str:
     """Which split chose the epoch: 'holdout-F' (honest), 'select-on-eval' (published), or 'last-epoch'."""
     if config.select_on_eval:
@@ -152,7 +141,7 @@ def build_model(config: TrainConfig, meta: dict[str, Any], *, label_embeddings: 
                 A_S: np.ndarray | None = None) -> IAGCNHead:
     """The head for ``config`` and the cache shapes in ``meta`` (zeros for buffers a state_dict will fill)."""
     C, E = meta["num_classes"], meta["embedding_dim"]
-    return IAGCNHead(config=config, num_classes=C, feature_dim=meta["feature_dim"], num_rois=meta["num_rois"],
+    return IAGCNHead(config=config.head(), num_classes=C, feature_dim=meta["feature_dim"], num_rois=meta["num_rois"],
                      label_embeddings=np.zeros((C, E), np.float32) if label_embeddings is None else label_embeddings,
                      A_S=np.eye(C, dtype=np.float32) if A_S is None else A_S)
 
@@ -225,8 +214,8 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
                             f"or choose another --out")
         ckpt = load_checkpoint(last_path, keys=CHECKPOINT_KEYS + RESUME_KEYS)
         saved = config_from_dict(TrainConfig, ckpt["config"], source=str(last_path))
-        if saved != config:
-            diff = [f.name for f in dataclasses.fields(TrainConfig) if getattr(saved, f.name) != getattr(config, f.name)]
+        diff = saved.identity_diff(config)          # execution fields (device, threads, ...) may change
+        if diff:
             raise UserError(f"--resume {out}: the run was started with a different config ({', '.join(diff)}); "
                             f"rerun with the same options or choose another --out")
         if list(ckpt["meta"].get("class_names", [])) != list(train_data.class_names):
@@ -256,7 +245,7 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
         log(f"resuming {out} after epoch {start_epoch} (best so far: epoch {best['epoch'] + 1})")
 
     run_record = {
-        "config": config_to_dict(config), "protocol": protocol, "git_commit": git_commit(),
+        "config": config_to_dict(config), "identity_hash": config_hash(config.identity()), "protocol": protocol, "git_commit": git_commit(),
         "train_cache": cache_record(train_data.cache), "eval_cache": cache_record(eval_data.cache),
         "class_names": train_data.class_names, "label_embeddings_source": emb_source,
         "num_train": int(len(train_idx)), "num_selection": int(len(hold_idx)) if hold_idx is not None else
@@ -385,22 +374,30 @@ def _as_data(cache: CacheData | FeatureCache | str | os.PathLike, memory_budget_
 
 
 def predict_cache(model: IAGCNHead, cache: CacheData | FeatureCache | str | os.PathLike, *, batch_size: int = 256,
-                  device: str = "cpu", memory_budget_gib: float = 4.0, progress: bool = False) -> dict[str, Any]:
-    """Logits of every image of ``cache``: {"scores": (n, C) float32, "image_ids": list, "labels": (n, C) int8}."""
+                  device: str | torch.device = "cpu", memory_budget_gib: float = 4.0,
+                  progress: bool = False) -> dict[str, Any]:
+    """Logits of every image of ``cache``: {"scores": (n, C) float32, "image_ids": list, "labels": (n, C) int8}.
+
+    ``device`` (auto | cpu | cuda[:k]) is resolved by :func:`iagcn.device.resolve_device`; the model is moved
+    there (in place) and so are the batches."""
+    dev = resolve_device(device)
     data = _as_data(cache, memory_budget_gib)
-    scores = predict(model, data, None, batch_size=batch_size, device=torch.device(device), progress=progress)
+    model.to(dev)
+    scores = predict(model, data, None, batch_size=batch_size, device=dev, progress=progress)
     return {"scores": scores, "image_ids": list(data.image_ids), "labels": data.labels}
 
 
 @torch.no_grad()
 def explain_image(model: IAGCNHead, cache: CacheData | FeatureCache | str | os.PathLike, image: int | str, *,
-                  memory_budget_gib: float = 4.0) -> dict[str, Any]:
+                  memory_budget_gib: float = 4.0, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Per-image internals for the explain plots (eval mode, z = z_mu), as NumPy arrays.
 
     ``image``: a row number or an image id. Keys: image_id, index, boxes (N, 4), box_valid (N,), labels (C,),
     logits (C,), y_w, y_r (C,) or None, z / z_mu / z_logvar (N,) or None (no Var_Inf), region_scores A_I^w (N, C),
     a_I (C,), A_I (C, C), A_S (C, C), A_F (C, C) (before normalisation), each None where the preset lacks it.
+    ``device`` (auto | cpu | cuda[:k]): where the model (moved in place) and the image's batch run.
     """
+    dev = resolve_device(device)
     data = _as_data(cache, memory_budget_gib)
     if isinstance(image, str):
         if image not in data.image_ids:
@@ -410,7 +407,8 @@ def explain_image(model: IAGCNHead, cache: CacheData | FeatureCache | str | os.P
         index = int(image)
     was_training = model.training
     model.eval()
-    batch = next(data.batches(np.array([index]), batch_size=1, device="cpu"))
+    model.to(dev)
+    batch = next(data.batches(np.array([index]), batch_size=1, device=dev))
     out = model(batch.x, batch.X, batch.valid)
     model.train(was_training)
 
