@@ -74,6 +74,8 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
     config = E.EvalConfig(scores_are=scores_are or "logits", pr_classes=_pr_classes(pr_classes), plots=not no_plots,
                           **given(threshold=threshold, top_k=top_k, which=which, device=device))
     top_k = config.top_k
+    if runs or checkpoint:
+        resolve_device(config.device)                # refuse a bad --device before reading anything
     names_given = E.parse_class_names(class_names)
 
     if scores is not None:
