@@ -76,7 +76,7 @@ def extraction_check(device: torch.device, *, n: int, batch: int, image_size: in
     from PIL import Image
 
     from iagcn.extract.backbones import build_resnet101
-    from iagcn.extract.pipeline import boxes_to_map, global_max_pool, region_features
+    from iagcn.extract.features import boxes_to_map, global_max_pool, region_features
     from iagcn.extract.proposers import TorchvisionRPNProposer
 
     backbone = build_resnet101(weights="none").to(device)
@@ -141,7 +141,8 @@ def training_check(device: torch.device, *, n: int, dim: int, epochs: int, workd
     from iagcn.train.data import CacheData
     from iagcn.train.lcm import statistical_lcm
     from iagcn.train.loop import train_one_epoch
-    from iagcn.train.run import build_model, load_label_embeddings
+    from iagcn.train.inference import build_model
+    from iagcn.train.run import load_label_embeddings
 
     path = workdir / "voc-fake.h5"
     t0 = time.perf_counter()
@@ -184,7 +185,7 @@ def decode_check(*, n: int, workers: list[int], workdir: Path) -> dict:
     from PIL import Image
 
     from iagcn.extract.datasets import load_image_rgb
-    from iagcn.extract.pipeline import _collate, _ImageRows, _worker_init
+    from iagcn.extract.loader import ImageRows, collate_items, worker_init
 
     folder = workdir / "jpegs"
     folder.mkdir(parents=True, exist_ok=True)
@@ -196,9 +197,9 @@ def decode_check(*, n: int, workers: list[int], workdir: Path) -> dict:
     paths = [paths[i % len(paths)] for i in range(n)]
     out = {}
     for w in workers:
-        loader = torch.utils.data.DataLoader(_ImageRows(paths, image_size=448, image_loader=load_image_rgb, proposer=None),
-                                             batch_size=16, collate_fn=_collate, num_workers=w,
-                                             worker_init_fn=_worker_init if w else None, prefetch_factor=4 if w else None)
+        loader = torch.utils.data.DataLoader(ImageRows(paths, image_size=448, image_loader=load_image_rgb, proposer=None),
+                                             batch_size=16, collate_fn=collate_items, num_workers=w,
+                                             worker_init_fn=worker_init if w else None, prefetch_factor=4 if w else None)
         t_first, count = None, 0
         for items in loader:
             if t_first is None:

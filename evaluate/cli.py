@@ -11,6 +11,7 @@ from iagcn.device import resolve_device
 from iagcn.errors import UserError
 from iagcn.evaluate.evaluation import EvalConfig
 from iagcn.options import config_option, device_option, given
+from iagcn.train import runfolder
 
 
 def _warn_to_stderr() -> None:
@@ -55,6 +56,8 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
              no_plots, out, fmt, device, quiet) -> None:
     """Evaluate scores (any model) or trained runs: metrics.json, per_class_ap.csv, scores, Table 1/2 layouts, plots."""
     from iagcn.evaluate import evaluation as E
+    from iagcn.evaluate import inputs as I
+    from iagcn.evaluate.runscores import score_run_on_cache
 
     _warn_to_stderr()
     if scores is not None or targets is not None:
@@ -76,13 +79,13 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
     top_k = config.top_k
     if runs or checkpoint:
         resolve_device(config.device)                # refuse a bad --device before reading anything
-    names_given = E.parse_class_names(class_names)
+    names_given = I.parse_class_names(class_names)
 
     if scores is not None:
-        st = E.read_matrix(scores, option="--scores")
-        tt = E.read_matrix(targets, option="--targets", key="labels")
-        s, t, ids = E.align_by_ids(st, tt)
-        names = E.resolve_class_names(names_given, st.class_names, tt.class_names, n_classes=s.shape[1])
+        st = I.read_matrix(scores, option="--scores")
+        tt = I.read_matrix(targets, option="--targets", key="labels")
+        s, t, ids = I.align_by_ids(st, tt)
+        names = I.resolve_class_names(names_given, st.class_names, tt.class_names, n_classes=s.shape[1])
         ev = E.evaluate_scores(s, t, class_names=names, config=config, name=Path(scores).stem, image_ids=ids)
         click.echo(E.format_tables([ev], top_k=top_k, fmt=fmt))
         if out:
@@ -102,15 +105,15 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
     evaluations, logs = [], {}
     for k, src in enumerate(sources):
         cache_path = Path(cache) if cache else _recorded_eval_cache(src)
-        rs = E.score_run_on_cache(run_dir=src if runs else None, checkpoint=Path(checkpoint) if checkpoint else None,
-                                  cache_path=cache_path, config=config, progress=not quiet)
-        tt = E.cache_targets(cache_path)
-        t = E.rows_for_ids(tt, rs.image_ids, what="--cache")
+        rs = score_run_on_cache(run_dir=src if runs else None, checkpoint=Path(checkpoint) if checkpoint else None,
+                                cache_path=cache_path, config=config, progress=not quiet)
+        tt = I.cache_targets(cache_path)
+        t = I.rows_for_ids(tt, rs.image_ids, what="--cache")
         name = rs.name if sum(s.name == src.name for s in sources) == 1 else f"{rs.name}-{k}"
         ev = E.evaluate_scores(rs.scores, t, class_names=rs.class_names, config=config, name=name,
                                image_ids=rs.image_ids)
         evaluations.append(ev)
-        logs[name] = src / "log.csv"
+        logs[name] = runfolder.log_path(src)
         sub = out_dir / name if len(sources) > 1 else out_dir
         inputs = {"run": str(src.resolve()), "checkpoint": rs.source, "cache": str(cache_path.resolve())}
         E.write_evaluation(sub, ev, config=config, inputs=inputs)
@@ -125,10 +128,7 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
 
 
 def _recorded_eval_cache(run_dir: Path) -> Path:
-    from iagcn.evaluate.evaluation import read_run_record
-
-    rec = read_run_record(run_dir)
-    path = (rec.get("eval_cache") or {}).get("path")
+    path = runfolder.recorded_cache(run_dir, "eval")["path"]
     if not path or not Path(path).exists():
         raise UserError(f"--run {run_dir}: its evaluation cache {path!r} is not there; pass --cache FILE")
     return Path(path)

@@ -20,25 +20,29 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from iagcn.evaluate.evaluation import EvalConfig, RunScores, cache_targets, rows_for_ids, run_scores_for_cache
-from iagcn.evaluate.metrics import metric_names, validate_scores_targets
 from iagcn.errors import UserError
+from iagcn.evaluate.evaluation import EvalConfig
+from iagcn.evaluate.inputs import cache_targets, rows_for_ids
+from iagcn.evaluate.runscores import RunScores, run_scores_for_cache
+from iagcn.evaluate.metrics import metric_names, validate_scores_targets
+from iagcn.jsonutil import to_json
+from iagcn.train import runfolder
 
 
 def expand_run_spec(spec: str) -> list[Path]:
     """``DIR`` (one run) or ``SWEEP_DIR:PRESET`` (all seeds of a preset in a sweep), each a folder with config.json."""
     path = Path(spec)
-    if path.is_dir() and (path / "config.json").exists():
+    if path.is_dir() and (path / runfolder.CONFIG).exists():
         return [path]
     if ":" in spec:
         folder, preset = spec.rsplit(":", 1)
-        runs = sorted(p for p in Path(folder).glob(f"{preset}-s*") if (p / "config.json").exists())
+        runs = sorted(p for p in Path(folder).glob(f"{preset}-s*") if (p / runfolder.CONFIG).exists())
         if not runs:
             raise UserError(f"{spec}: no runs {preset}-s<seed> with a config.json in {folder}; "
                             "pass SWEEP_DIR:PRESET of a finished sweep")
         return runs
     if path.is_dir():
-        subs = sorted({p.parent.name.rsplit('-s', 1)[0] for p in path.glob("*/config.json")})
+        subs = sorted({p.parent.name.rsplit('-s', 1)[0] for p in path.glob(f"*/{runfolder.CONFIG}")})
         hint = f"; it looks like a sweep: pass {spec}:PRESET with PRESET one of {', '.join(subs)}" if subs else ""
         raise UserError(f"{spec}: no config.json (not a run folder){hint}")
     raise UserError(f"{spec}: not found; pass a run folder (iagcn train --out) or SWEEP_DIR:PRESET")
@@ -171,18 +175,7 @@ def compare_runs(specs_a: Sequence[str], specs_b: Sequence[str], *, cache_path: 
 
 
 def comparison_record(cmp: Comparison, *, cache_path: str | Path, config: EvalConfig) -> dict[str, Any]:
-    def clean(x):
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        if isinstance(x, (float, np.floating)):
-            return float(x) if math.isfinite(x) else None
-        if isinstance(x, np.integer):
-            return int(x)
-        return x
-
-    return clean({"a": [str(r.run_dir) for r in cmp.runs_a], "b": [str(r.run_dir) for r in cmp.runs_b],
+    return to_json({"a": [str(r.run_dir) for r in cmp.runs_a], "b": [str(r.run_dir) for r in cmp.runs_b],
                   "seeds_a": [r.seed for r in cmp.runs_a], "seeds_b": [r.seed for r in cmp.runs_b],
                   "pairing": cmp.pairing, "cache": str(cache_path), "bootstrap": cmp.bootstrap,
                   "seed_tests": cmp.seed_tests, "per_run": cmp.per_run,
@@ -224,13 +217,11 @@ def comparison_table(cmp: Comparison, *, fmt: str = "text") -> str:
 
 def sweep_runs(sweep_dir: str | Path) -> dict[str, list[Path]]:
     """``{preset: [run dirs sorted by seed]}`` of a sweep folder, from each run's config.json (first-seen order)."""
-    import json
-
     out: dict[str, list[tuple[int, Path]]] = {}
-    for cfg_path in sorted(Path(sweep_dir).glob("*/config.json")):
+    for cfg_path in sorted(Path(sweep_dir).glob(f"*/{runfolder.CONFIG}")):
         try:
-            cfg = json.loads(cfg_path.read_text()).get("config", {})
-        except (OSError, ValueError):
+            cfg = runfolder.read_record(cfg_path.parent)["config"]
+        except UserError:
             continue
         out.setdefault(str(cfg.get("preset", cfg_path.parent.name)), []).append((int(cfg.get("seed", 0)),
                                                                                  cfg_path.parent))

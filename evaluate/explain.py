@@ -86,7 +86,7 @@ def explain(run_dir: str | os.PathLike, cache_path: str | os.PathLike, image_id:
     from iagcn.cache.format import FeatureCache
     from iagcn.evaluate.metrics import sigmoid
     from iagcn.evaluate.plots import plot_lcm_pair, plot_roi_weights
-    from iagcn.train.run import explain_image, load_run
+    from iagcn.train.inference import explain_image, load_run
 
     run = load_run(run_dir, which=which)
     cache_path = Path(cache_path)

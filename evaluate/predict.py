@@ -6,8 +6,8 @@
 2. The weights are checked *before* anything runs: the backbone's weight file must exist and its sha256 must equal
    the one recorded (likewise a proposer with weights), else a one-line error says which file and what to do.
 3. The images go through :func:`extract.pipeline.extract_split` with exactly that config (batched; a progress bar
-   for folders), into a temporary cache, then through the trained head (:func:`train.run.predict_cache`); both on
-   ``device`` (auto | cpu | cuda[:k], resolved once by :func:`iagcn.device.resolve_device`).
+   for folders), into a temporary cache, then through the trained head (:func:`train.inference.predict_cache`); both
+   on ``device`` (auto | cpu | cuda[:k], resolved once by :func:`iagcn.device.resolve_device`).
 4. Per image: the labels whose probability sigmoid(logit) >= threshold (at most ``top_k``), with probabilities.
 """
 from __future__ import annotations
@@ -43,11 +43,10 @@ class ExtractionRecord:
 def extraction_record(run_dir: str | os.PathLike) -> ExtractionRecord:
     """The extraction config recorded for a run (config.json's train_cache entry, else its train cache's attrs)."""
     run_dir = Path(run_dir)
-    path = run_dir / "config.json"
-    if not path.exists():
-        raise UserError(f"--run {run_dir}: no config.json; pass a folder written by `iagcn train --out`")
-    record = json.loads(path.read_text())
-    tc = record.get("train_cache") or {}
+    from iagcn.train import runfolder
+
+    path = run_dir / runfolder.CONFIG
+    tc = runfolder.read_record(run_dir)["train_cache"] or {}
     if tc.get("extract_config"):
         return ExtractionRecord(tc["extract_config"], tc.get("extract_config_hash"),
                                 tc.get("backbone_weights_sha256"), tc.get("proposer_weights_sha256"), str(path))
@@ -157,9 +156,10 @@ def predict_images(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLik
 
     from iagcn.evaluate.metrics import sigmoid
     from iagcn.extract.datasets import DatasetSplit
-    from iagcn.extract.pipeline import ExtractConfig, extract_split
+    from iagcn.extract.config import ExtractConfig
+    from iagcn.extract.pipeline import extract_split
     from iagcn.configio import config_from_dict
-    from iagcn.train.run import load_run, predict_cache
+    from iagcn.train.inference import load_run, predict_cache
 
     if not (0.0 < threshold < 1.0):
         raise UserError(f"--threshold {threshold}: must be a probability strictly between 0 and 1")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from iagcn.extract.pipeline import ExtractConfig
+from iagcn.extract.config import ExtractConfig
 from iagcn.extract.synth import synth_command
 from iagcn.options import config_option, device_option, given
 
@@ -53,7 +53,8 @@ def extract_command(dataset, root, split, out, sets, quiet, **options):
     """Extract backbone + ROI features of one dataset split into an HDF5 cache (resumable; rerun to resume)."""
     from iagcn.configio import apply_overrides
     from iagcn.device import resolve_device
-    from iagcn.extract.pipeline import parse_shard, run_extract
+    from iagcn.extract.config import parse_shard
+    from iagcn.extract.pipeline import run_extract
 
     cfg = ExtractConfig(dataset=dataset, root=str(root), split=split, **given(**options))
     cfg = apply_overrides(cfg, sets)
@@ -74,7 +75,7 @@ def extract_command(dataset, root, split, out, sets, quiet, **options):
 @click.option("--out", type=click.Path(), required=True, help="Merged cache file.")
 def merge_command(shards, out):
     """Merge `iagcn extract --shard i/n` outputs into one cache (checks they are complete and consistent)."""
-    from iagcn.extract.pipeline import merge_shards
+    from iagcn.extract.merge import merge_shards
 
     click.echo(f"wrote {merge_shards(list(shards), out)}")
 

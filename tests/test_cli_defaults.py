@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from iagcn.cli import main
 from iagcn.evaluate.evaluation import EvalConfig
-from iagcn.extract.pipeline import ExtractConfig
+from iagcn.extract.config import ExtractConfig
 from iagcn.options import default_text
 from iagcn.train.config import TrainConfig
 

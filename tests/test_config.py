@@ -42,7 +42,7 @@ def test_set_refuses_bad_values_with_one_line(pair, words):
 
 
 def test_extract_config_optional_ints_parse_as_ints():
-    from iagcn.extract.pipeline import ExtractConfig
+    from iagcn.extract.config import ExtractConfig
 
     cfg = apply_overrides(ExtractConfig(), ["image_size=224", "proposer_image_size=128", "proposer_weights=none"])
     assert cfg.image_size == 224 and cfg.proposer_image_size == 128 and cfg.proposer_weights == "none"

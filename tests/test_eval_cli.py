@@ -150,7 +150,7 @@ def direct_logits(run_dir, cache_path):
     import torch
 
     from iagcn.cache.format import FeatureCache
-    from iagcn.train.run import load_run
+    from iagcn.train.inference import load_run
 
     run = load_run(run_dir)
     with FeatureCache(cache_path) as c:
@@ -277,10 +277,13 @@ def fake_run(dir_, *, scores, image_ids, cache_path, seed, preset, class_names):
     dir_.mkdir(parents=True)
     with FeatureCache(cache_path) as c:
         h = c.attrs["extract_config_hash"]
-    (dir_ / "config.json").write_text(json.dumps({
-        "config": {"seed": seed, "preset": preset}, "class_names": class_names,
-        "eval_cache": {"path": str(cache_path.resolve()), "extract_config_hash": h}}))
-    np.savez(dir_ / "scores.npz", scores=scores.astype(np.float32), image_ids=np.array(image_ids))
+    from iagcn.train import runfolder
+
+    runfolder.write_record(dir_, {
+        "config": {"seed": seed, "preset": preset}, "class_names": class_names, "protocol": "last-epoch",
+        "git_commit": None, "train_cache": {"path": str(cache_path.resolve()), "extract_config_hash": h},
+        "eval_cache": {"path": str(cache_path.resolve()), "extract_config_hash": h}})
+    runfolder.save_scores(dir_, np.asarray(scores), [str(i) for i in image_ids])
 
 
 def test_compare_better_by_construction_excludes_zero(tmp_path):
@@ -359,7 +362,7 @@ def test_eval_on_cuda_sends_the_model_and_batches_to_the_gpu(tiny_runs, tmp_path
 def test_explain_image_on_cuda_moves_model_and_batch(tiny_runs, fake_gpu):
     import torch
 
-    from iagcn.train.run import explain_image, load_run
+    from iagcn.train.inference import explain_image, load_run
 
     run = tiny_runs["runs"][("iagcn", 0)]
     ref = explain_image(load_run(run).model, tiny_runs["test"], 3, device="cpu")
@@ -370,3 +373,28 @@ def test_explain_image_on_cuda_moves_model_and_batch(tiny_runs, fake_gpu):
     assert [e[1] for e in fake_gpu[1:] if e[0] == "tensor"] and all(e[2] == cuda0 for e in fake_gpu)
     for key in ("logits", "z", "A_F"):
         np.testing.assert_array_equal(got[key], ref[key])
+
+
+def test_eval_never_overwrites_the_runs_own_files(tiny_runs):
+    """`iagcn eval --run R --out R` used to replace R/metrics.json (training's completion marker): a later sweep
+    then failed with KeyError 'protocol'. An evaluation refuses a run folder as its output, leaving it intact."""
+    from iagcn.train import runfolder
+
+    run_dir = tiny_runs["runs"][("mlgcn", 0)]
+    before = {name: (run_dir / name).read_bytes() for name in runfolder.RUN_FILES if (run_dir / name).exists()}
+    assert {"metrics.json", "config.json", "scores.npz"} <= set(before)
+    for args in (["eval", "--run", run_dir, "--cache", tiny_runs["test"], "--out", run_dir, "--quiet", "--no-plots"],
+                 ["eval", "--scores", run_dir / "scores.npz", "--targets", tiny_runs["test"], "--scores-are",
+                  "logits", "--out", run_dir]):
+        r = invoke(args)
+        assert r.exit_code == 2, r.output
+        assert "error: --out" in r.output and "training run folder" in r.output
+    after = {name: (run_dir / name).read_bytes() for name in runfolder.RUN_FILES if (run_dir / name).exists()}
+    assert after == before
+    assert not (run_dir / "eval_config.json").exists() and not (run_dir / "per_class_ap.csv").exists()
+    assert runfolder.read_metrics(run_dir)["protocol"].startswith("holdout")  # what a sweep reads
+    # the default output (R/eval) and any other folder still work
+    r = invoke(["eval", "--run", run_dir, "--cache", tiny_runs["test"], "--quiet", "--no-plots"])
+    assert r.exit_code == 0, r.output
+    assert (run_dir / "eval" / "metrics.json").exists()
+    assert {name: (run_dir / name).read_bytes() for name in before} == before

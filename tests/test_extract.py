@@ -15,7 +15,10 @@ import pytest
 import torch
 
 from iagcn.cache.format import REQUIRED_ATTRS, ROW_FIELDS, FeatureCache
-from iagcn.extract.pipeline import ExtractConfig, extract_split, merge_shards, region_features, shard_rows
+from iagcn.extract.config import ExtractConfig, shard_rows
+from iagcn.extract.features import region_features
+from iagcn.extract.merge import merge_shards
+from iagcn.extract.pipeline import extract_split
 from iagcn.errors import UserError
 from tests.conftest import REPO_ROOT, cli_env
 from tests.extract_helpers import onehot, pil_loader, write_tiny_images
@@ -56,7 +59,7 @@ def test_region_features_max_pool_the_roi_align_grid():
 
 
 def test_boxes_map_from_original_pixels_to_the_map_of_the_squashed_input():
-    from iagcn.extract.pipeline import boxes_to_map
+    from iagcn.extract.features import boxes_to_map
 
     boxes = torch.tensor([[[30.0, 15.0, 90.0, 45.0], [0.0, 0.0, 120.0, 60.0]]])  # (1, 2, 4) on a 60 x 120 image
     got = boxes_to_map(boxes, image_sizes=torch.tensor([[60, 120]]), map_size=(4, 8))

@@ -25,7 +25,8 @@ def tiny(tmp_path_factory):
     import dataclasses
 
     from iagcn.extract.backbones import bundled_lite0_weights
-    from iagcn.extract.pipeline import ExtractConfig, run_extract
+    from iagcn.extract.config import ExtractConfig
+    from iagcn.extract.pipeline import run_extract
     from iagcn.extract.synth import write_synth
     from iagcn.train.config import config_for_preset
     from iagcn.train.data import CacheData
@@ -54,7 +55,7 @@ def test_predict_reproduces_cached_features(tiny):
     from iagcn.cache.format import FeatureCache
     from iagcn.evaluate.metrics import sigmoid
     from iagcn.evaluate.predict import predict_images
-    from iagcn.train.run import load_run, predict_cache
+    from iagcn.train.inference import load_run, predict_cache
 
     with FeatureCache(tiny["test"]) as c:
         ids = c.image_ids()

@@ -1,7 +1,6 @@
 """`iagcn` subcommands of the `train` stage: `iagcn train` and `iagcn sweep`. Each module lists its commands in COMMANDS."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -77,11 +76,10 @@ def train_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
                          val_fraction=val_fraction, select_on_eval=select_on_eval,
                          memory_budget_gib=memory_budget_gib, num_threads=num_threads, seed=seed)
     if resume_dir:
-        record_path = Path(resume_dir) / "config.json"
-        if not record_path.exists():
-            raise UserError(f"--resume {resume_dir}: no config.json there; is it an `iagcn train --out` folder?")
-        record = json.loads(record_path.read_text())
-        cfg = config_from_dict(TrainConfig, record["config"], source=str(record_path))
+        from iagcn.train import runfolder
+
+        record = runfolder.read_record(resume_dir, option="--resume")
+        cfg = config_from_dict(TrainConfig, record["config"], source=str(Path(resume_dir) / runfolder.CONFIG))
         if preset and preset != cfg.preset:
             raise UserError(f"--resume {resume_dir}: the run is preset {cfg.preset}, not {preset}; drop --preset")
         train_cache = train_cache or record["train_cache"]["path"]

@@ -11,12 +11,13 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from iagcn.errors import UserError
 from iagcn.fsutil import check_writable_dir, exclusive_lock, interrupt_hint, write_json_atomic, write_text_atomic
 from iagcn.train.config import PAPER_ROWS, TrainConfig
 from iagcn.train.data import CacheData
+from iagcn.train import runfolder
 from iagcn.train.run import train_run
 
 #: the columns of the paper's Tables 3-6, in order
@@ -34,7 +35,7 @@ def run_sweep(configs: Iterable[TrainConfig], *, train_data: CacheData, eval_dat
     out = check_writable_dir(out_dir, what="the sweep", option="--out")
     configs = list(configs)
     with exclusive_lock(out / "sweep", what="sweep directory"), \
-            interrupt_hint(lambda: f"interrupted: {sum((run_dir_for(out, c.preset, c.seed) / 'metrics.json').exists() for c in configs)}"
+            interrupt_hint(lambda: f"interrupted: {sum(runfolder.is_complete(run_dir_for(out, c.preset, c.seed)) for c in configs)}"
                                    f"/{len(configs)} runs complete in {out}; rerun the same `iagcn sweep` command to "
                                    f"resume (the interrupted run continues from its last epoch)"):
         return _run_sweep_locked(configs, train_data, eval_data, out, progress, log)
@@ -45,15 +46,14 @@ def _run_sweep_locked(configs, train_data, eval_data, out: Path, progress, log) 
     t0 = time.perf_counter()
     for i, cfg in enumerate(configs):
         run_dir = run_dir_for(out, cfg.preset, cfg.seed)
-        done = run_dir / "metrics.json"
-        if done.exists():
+        if runfolder.is_complete(run_dir):
             _refuse_other_config(run_dir, cfg)
             log(f"[{i + 1}/{len(configs)}] {run_dir.name}: complete, skipped")
-            result = json.loads(done.read_text())
+            result = runfolder.read_metrics(run_dir)
         else:
             log(f"[{i + 1}/{len(configs)}] {run_dir.name}: training ({time.perf_counter() - t0:.0f}s into the sweep)")
             result = train_run(cfg, train_data=train_data, eval_data=eval_data, out_dir=run_dir,
-                               resume=(run_dir / "last.pt").exists(), progress=progress, log=log,
+                               resume=runfolder.checkpoint_path(run_dir, "last").exists(), progress=progress, log=log,
                                resume_command="rerun the same `iagcn sweep` command to resume")
         rows.append(result_row(result, cfg, run_dir))
         write_results(out, rows)
@@ -65,11 +65,7 @@ def _refuse_other_config(run_dir: Path, cfg: TrainConfig) -> None:
     the device or the thread count may differ: they do not change what a run computes)."""
     from iagcn.configio import config_from_dict
 
-    try:
-        saved = json.loads((run_dir / "config.json").read_text())["config"]
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"{run_dir}: metrics.json exists but config.json is unreadable; delete that folder "
-                        f"and rerun") from e
+    saved = runfolder.read_record(run_dir, option="sweep run")["config"]
     diff = config_from_dict(TrainConfig, saved, source=str(run_dir / "config.json")).identity_diff(cfg)
     if diff:
         raise UserError(f"{run_dir}: a complete run with a different config ({', '.join(diff)}) is already there; "
