@@ -62,7 +62,9 @@ def _open_data(path: str | None, option: str, budget: float, cfg):
 @config_option(TrainConfig, "seed", type=int, help="Seed of parameters, shuffling, noise and the holdout split.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory to write.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
-              help="Continue the killed run in this directory (its config.json gives the config and caches).")
+              help="Continue the killed run in this directory (its config.json gives the config and caches); "
+                   "execution options (--device, --threads, --memory-budget-gib, --set eval_batch_size=...) may "
+                   "differ, any other change is refused.")
 def train_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embeddings, val_fraction, select_on_eval,
               memory_budget_gib, num_threads, sets, quiet, preset, seed, out, resume_dir) -> None:
     """Train one IA-GCN head (a preset of Tables 3-6) on cached features; write a run directory."""
@@ -103,7 +105,7 @@ def train_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
 
 @click.command("sweep")
 @_common_options
-@click.option("--presets", default="resnet,mlgcn,idlcm,idlcm-vi,iagcn,comsco,mlgcn-comsco", show_default=True,
+@click.option("--presets", default=",".join(PRESETS), show_default=True,
               help="Comma-separated presets.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Sweep directory (one run folder per preset x seed).")
