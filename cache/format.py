@@ -146,6 +146,12 @@ class CacheWriter:
             self.abort()
             raise RuntimeError(f"cache {self.path}: label embeddings were never set; nothing was committed")
         self._h5.flush()
+        try:  # never commit a cache that the reader would refuse (duplicate ids, labels out of range, ...)
+            validate_contents(self._h5, {k: json.loads(v) for k, v in self._h5.attrs.items()},
+                              where=f"cache {self.path} (not written)")
+        except UserError:
+            self.abort()
+            raise
         self._h5.close()
         with open(self.tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -208,9 +214,13 @@ class FeatureCache:
         return out
 
     def _validate(self) -> None:
+        """The cache contract (see the module docstring), checked on open: one UserError naming the file and
+        the first problem. Features are checked for NaN/Inf later, when they are read (train.data)."""
         version = self.attrs.get("format_version")
         if version is None:
             raise UserError(f"cache {self.path} has no format_version attribute; it was not written by iagcn")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise UserError(f"cache {self.path}: format_version {version!r} is not an integer; it was not written by iagcn")
         if version > FORMAT_VERSION:
             raise UserError(f"cache {self.path} has format version {version}, newer than this iagcn "
                             f"understands ({FORMAT_VERSION}); upgrade iagcn")
@@ -218,13 +228,7 @@ class FeatureCache:
         missing += [f for f in list(ROW_FIELDS) + ["label_embeddings"] if f not in self._h5]
         if missing:
             raise UserError(f"cache {self.path} lacks {', '.join(missing)}; re-extract it")
-        n = self._h5["global"].shape[0]
-        for f in ROW_FIELDS:
-            if self._h5[f].shape[0] != n:
-                raise UserError(f"cache {self.path}: dataset {f} has {self._h5[f].shape[0]} rows, expected {n}; re-extract it")
-        if len(self.class_names) != self._h5["labels"].shape[1]:
-            raise UserError(f"cache {self.path}: class_names has {len(self.class_names)} entries but labels has "
-                            f"{self._h5['labels'].shape[1]} columns; re-extract it")
+        self._labels, self._image_ids = validate_contents(self._h5, self.attrs, where=f"cache {self.path}")
 
     # -- shape facts --------------------------------------------------------------------------
     @property
@@ -267,11 +271,31 @@ class FeatureCache:
         self._h5[name].read_direct(out, source_sel=np.s_[start:stop])
 
     def image_ids(self) -> list[str]:
-        return list(self.read("image_ids"))
+        """The image ids (validated unique on open)."""
+        return list(self._image_ids)
+
+    def labels(self) -> np.ndarray:
+        """(n, C) int8 labels in {-1, 0, 1} (validated on open); a fresh copy."""
+        return self._labels.copy()
 
     def label_embeddings(self) -> tuple[np.ndarray, str]:
         ds = self._h5["label_embeddings"]
         return ds[...].astype(np.float32), json.loads(ds.attrs.get("source", '"unknown"'))
+
+    def fingerprint(self) -> str:
+        """sha256 (16 hex digits) of what identifies this cache's content without reading its features: the
+        extraction config hash, the backbone and proposer weight hashes, the class names, image ids, labels and
+        label embeddings. Two caches with the same fingerprint hold the same images, labels and extraction."""
+        import hashlib
+
+        h = hashlib.sha256()
+        ident = {k: self.attrs.get(k) for k in ("extract_config_hash", "backbone_weights_sha256",
+                                                 "proposer_weights_sha256", "class_names", "num_rois", "feature_dim")}
+        h.update(json.dumps(ident, sort_keys=True).encode())
+        h.update("\n".join(self._image_ids).encode())
+        h.update(np.ascontiguousarray(self._labels).tobytes())
+        h.update(np.ascontiguousarray(self._h5["label_embeddings"][...]).tobytes())
+        return h.hexdigest()[:16]
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -285,6 +309,92 @@ class FeatureCache:
 
     def __repr__(self) -> str:
         return f"FeatureCache({str(self.path)!r}, n={self.num_images}, N={self.num_rois}, D={self.feature_dim}, C={self.num_classes})"
+
+
+def _fail(where: str, problem: str, fix: str = "re-extract it") -> UserError:
+    return UserError(f"{where}: {problem}; {fix}")
+
+
+def validate_contents(h5: h5py.File | h5py.Group, attrs: dict[str, Any], *, where: str
+                      ) -> tuple[np.ndarray, list[str]]:
+    """Check every dataset of a cache against the contract; return (labels (n, C) int8, image ids).
+
+    Checked: the dtype and rank of every dataset (ROW_FIELDS, label_embeddings (C, E) float32), that n, N, D and
+    C agree across datasets and with the attributes (num_rois, feature_dim, class_names), that class names are
+    unique non-empty strings, labels are int8 in {-1, 0, 1}, image ids are unique non-empty strings, and label
+    embeddings are finite. Raises UserError naming ``where`` and the first problem found.
+    """
+    dims: dict[str, tuple[int, str]] = {}    # symbol -> (size, the dataset that fixed it)
+    n = None
+    for name, (shape, dtype) in ROW_FIELDS.items():
+        ds = h5[name]
+        if not isinstance(ds, h5py.Dataset):
+            raise _fail(where, f"{name} is not a dataset")
+        if name == "image_ids":
+            if h5py.check_string_dtype(ds.dtype) is None:
+                raise _fail(where, f"dataset image_ids has dtype {ds.dtype}, expected strings")
+        elif ds.dtype != np.dtype(dtype):
+            raise _fail(where, f"dataset {name} has dtype {ds.dtype}, expected {np.dtype(dtype)}")
+        if ds.ndim != 1 + len(shape):
+            raise _fail(where, f"dataset {name} has shape {ds.shape}, expected {1 + len(shape)} dimensions "
+                               f"(n, {', '.join(map(str, shape))})".replace(", )", ")"))
+        if n is None:
+            n = ds.shape[0]
+        elif ds.shape[0] != n:
+            raise _fail(where, f"dataset {name} has {ds.shape[0]} rows, expected {n} (as global)")
+        for axis, sym in enumerate(shape, start=1):
+            size = ds.shape[axis]
+            if isinstance(sym, int):
+                if size != sym:
+                    raise _fail(where, f"dataset {name} has shape {ds.shape}; axis {axis} must be {sym}")
+            elif sym in dims and dims[sym][0] != size:
+                raise _fail(where, f"dataset {name} has {sym}={size} (shape {ds.shape}) but {dims[sym][1]} has "
+                                   f"{sym}={dims[sym][0]}")
+            else:
+                dims.setdefault(sym, (size, name))
+    emb = h5["label_embeddings"]
+    if not isinstance(emb, h5py.Dataset) or emb.ndim != 2 or emb.dtype != np.float32:
+        raise _fail(where, f"label_embeddings has shape {getattr(emb, 'shape', None)} dtype "
+                           f"{getattr(emb, 'dtype', None)}, expected (C, E) float32")
+    C = dims["C"][0]
+    if emb.shape[0] != C or emb.shape[1] < 1:
+        raise _fail(where, f"label_embeddings has shape {emb.shape}, expected ({C}, E) with one row per class")
+    names = attrs.get("class_names")
+    if not isinstance(names, list) or not all(isinstance(c, str) and c.strip() for c in names):
+        raise _fail(where, "class_names is not a list of non-empty strings")
+    if len(names) != C:
+        raise _fail(where, f"class_names has {len(names)} entries but labels has {C} columns")
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
+        raise _fail(where, f"class_names lists {', '.join(map(repr, dup[:5]))} more than once")
+    for key, sym in (("num_rois", "N"), ("feature_dim", "D")):
+        if attrs.get(key) != dims[sym][0]:
+            raise _fail(where, f"attribute {key}={attrs.get(key)!r} but the datasets have {sym}={dims[sym][0]}")
+    if C < 1 or dims["D"][0] < 1 or dims["N"][0] < 1:
+        raise _fail(where, f"empty axis: C={C}, D={dims['D'][0]}, N={dims['N'][0]}")
+    labels = h5["labels"][...]                                                          # (n, C) int8
+    bad = (labels < -1) | (labels > 1)
+    if bad.any():
+        r, c = (int(v[0]) for v in np.nonzero(bad))
+        raise _fail(where, f"labels must be 1 (present), 0 (absent) or -1 (ignore), found {int(labels[r, c])} "
+                           f"at row {r}, class {names[c]!r} ({int(bad.sum())} such entries)")
+    ids = [s.decode() if isinstance(s, bytes) else str(s) for s in h5["image_ids"][...]]
+    if any(not i for i in ids):
+        raise _fail(where, f"image id at row {next(k for k, i in enumerate(ids) if not i)} is empty")
+    if len(set(ids)) != len(ids):
+        seen: dict[str, int] = {}
+        for k, i in enumerate(ids):
+            if i in seen:
+                count = len(ids) - len(set(ids))
+                raise _fail(where, f"duplicate image id {i!r} (rows {seen[i]} and {k}; {count} duplicate row(s)): "
+                                   f"every image must appear once")
+            seen[i] = k
+    values = emb[...]
+    if not np.isfinite(values).all():
+        row = int(np.nonzero(~np.isfinite(values).all(1))[0][0])
+        raise _fail(where, f"label_embeddings hold NaN/Inf (first in the row of class {names[row]!r})",
+                    "re-extract it with finite --label-embeddings")
+    return labels, ids
 
 
 def check_compatible(train: FeatureCache, other: FeatureCache, *, role: str = "validation") -> None:

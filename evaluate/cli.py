@@ -85,7 +85,7 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
         st = I.read_matrix(scores, option="--scores")
         tt = I.read_matrix(targets, option="--targets", key="labels")
         s, t, ids = I.align_by_ids(st, tt)
-        names = I.resolve_class_names(names_given, st.class_names, tt.class_names, n_classes=s.shape[1])
+        s, t, names = I.align_columns(st, tt, s, t, names_given)  # by class name whenever names are known
         ev = E.evaluate_scores(s, t, class_names=names, config=config, name=Path(scores).stem, image_ids=ids)
         click.echo(E.format_tables([ev], top_k=top_k, fmt=fmt))
         if out:

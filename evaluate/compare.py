@@ -29,18 +29,29 @@ from iagcn.jsonutil import to_json
 from iagcn.train import runfolder
 
 
-def expand_run_spec(spec: str) -> list[Path]:
-    """``DIR`` (one run) or ``SWEEP_DIR:PRESET`` (all seeds of a preset in a sweep), each a folder with config.json."""
+def _refuse_incomplete(path: Path, spec: str) -> None:
+    if not runfolder.is_complete(path):
+        raise UserError(f"{spec}: run {path} is not complete (no metrics.json: interrupted?); finish it with "
+                        f"`iagcn train --resume {path}` (or the same `iagcn sweep` command) before comparing")
+
+
+def expand_run_spec(spec: str, *, log=None) -> list[Path]:
+    """``DIR`` (one complete run) or ``SWEEP_DIR:PRESET`` (the complete seeds of a preset in a sweep).
+
+    Only complete runs (with metrics.json) are compared: an interrupted run folder of a sweep is left out (with a
+    note through ``log``); an explicit incomplete run folder is refused.
+    """
     path = Path(spec)
     if path.is_dir() and (path / runfolder.CONFIG).exists():
+        _refuse_incomplete(path, spec)
         return [path]
     if ":" in spec:
         folder, preset = spec.rsplit(":", 1)
-        runs = sorted(p for p in Path(folder).glob(f"{preset}-s*") if (p / runfolder.CONFIG).exists())
-        if not runs:
-            raise UserError(f"{spec}: no runs {preset}-s<seed> with a config.json in {folder}; "
-                            "pass SWEEP_DIR:PRESET of a finished sweep")
-        return runs
+        groups = sweep_runs(folder, log=log)
+        if preset not in groups:
+            raise UserError(f"{spec}: no complete runs of preset {preset} (a config.json and metrics.json) in "
+                            f"{folder}; pass SWEEP_DIR:PRESET of a finished sweep")
+        return groups[preset]
     if path.is_dir():
         subs = sorted({p.parent.name.rsplit('-s', 1)[0] for p in path.glob(f"*/{runfolder.CONFIG}")})
         hint = f"; it looks like a sweep: pass {spec}:PRESET with PRESET one of {', '.join(subs)}" if subs else ""
@@ -131,8 +142,8 @@ def compare_runs(specs_a: Sequence[str], specs_b: Sequence[str], *, cache_path: 
 
     cache_path = Path(cache_path)
     targets_table = cache_targets(cache_path)
-    dirs_a = [p for s in specs_a for p in expand_run_spec(s)]
-    dirs_b = [p for s in specs_b for p in expand_run_spec(s)]
+    dirs_a = [p for s in specs_a for p in expand_run_spec(s, log=log)]
+    dirs_b = [p for s in specs_b for p in expand_run_spec(s, log=log)]
     runs_a = [run_scores_for_cache(d, cache_path, config=config, progress=progress) for d in dirs_a]
     runs_b = [run_scores_for_cache(d, cache_path, config=config, progress=progress) for d in dirs_b]
     for r in runs_a + runs_b:
@@ -163,7 +174,8 @@ def compare_runs(specs_a: Sequence[str], specs_b: Sequence[str], *, cache_path: 
             per_run[str(r.run_dir)] = multilabel_metrics(aligned[id(r)], targets, scores_are="logits",
                                                          threshold=config.threshold, top_k=top_k)
     seed_tests = None
-    if len(runs_a) >= 2 and len(runs_a) == len(runs_b):
+    # a test ACROSS seeds needs >= 2 runs on each side, paired by the same seeds (never by order)
+    if len(runs_a) >= 2 and len(runs_a) == len(runs_b) and pairing == "by seed":
         seed_tests = {}
         for k in metric_names(top_k):
             va = [per_run[str(r.run_dir)][k] for r in runs_a]
@@ -215,18 +227,35 @@ def comparison_table(cmp: Comparison, *, fmt: str = "text") -> str:
     return render_table(header, rows, fmt=fmt) + ("\n" if fmt == "markdown" else "") + note + "\n"
 
 
-def sweep_runs(sweep_dir: str | Path) -> dict[str, list[Path]]:
-    """``{preset: [run dirs sorted by seed]}`` of a sweep folder, from each run's config.json (first-seen order)."""
+def sweep_runs(sweep_dir: str | Path, *, log=None) -> dict[str, list[Path]]:
+    """``{preset: [complete run dirs sorted by seed]}`` of a sweep folder, from each run's config.json.
+
+    Only complete runs (metrics.json present) count: an interrupted run is left out, with a note through ``log``.
+    Two complete runs of the same preset and seed (a copied folder) are refused: which one belongs in a table
+    would be a guess. Presets come in the sweep's results.csv order, then first-seen order.
+    """
     out: dict[str, list[tuple[int, Path]]] = {}
+    skipped = []
     for cfg_path in sorted(Path(sweep_dir).glob(f"*/{runfolder.CONFIG}")):
-        try:
-            cfg = runfolder.read_record(cfg_path.parent)["config"]
-        except UserError:
+        if not runfolder.is_complete(cfg_path.parent):
+            skipped.append(cfg_path.parent.name)
             continue
-        out.setdefault(str(cfg.get("preset", cfg_path.parent.name)), []).append((int(cfg.get("seed", 0)),
-                                                                                 cfg_path.parent))
+        cfg = runfolder.read_record(cfg_path.parent, option="--sweep")["config"]   # a damaged record: one line
+        try:
+            preset, seed = str(cfg["preset"]), int(cfg["seed"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{cfg_path}: its config lacks a valid preset/seed ({type(e).__name__}: {e}); fix or "
+                            f"remove that run folder") from e
+        for other_seed, other in out.get(preset, []):
+            if other_seed == seed:
+                raise UserError(f"--sweep {sweep_dir}: two complete runs of {preset} seed {seed} ({other.name} and "
+                                f"{cfg_path.parent.name}); remove one of them")
+        out.setdefault(preset, []).append((seed, cfg_path.parent))
+    if skipped and log:
+        log(f"note: left out {len(skipped)} incomplete run folder(s) without metrics.json: {', '.join(skipped)}")
     if not out:
-        raise UserError(f"--sweep {sweep_dir}: no run folders (*/config.json); pass the --out of `iagcn sweep`")
+        raise UserError(f"--sweep {sweep_dir}: no complete run folders (*/config.json with metrics.json); "
+                        "pass the --out of a finished `iagcn sweep`")
     order = list(out)
     results = Path(sweep_dir) / "results.csv"
     if results.exists():  # the sweep's own preset order (the paper's row order)
@@ -239,10 +268,20 @@ def sweep_runs(sweep_dir: str | Path) -> dict[str, list[Path]]:
 
 
 def sweep_ablation(sweep_dir: str | Path, *, baseline: str, cache_path: str | Path, config: EvalConfig,
-                   log=None) -> dict[str, Any]:
+                   log=None, groups: dict[str, list[Path]] | None = None) -> dict[str, Any]:
     """Every preset of a sweep against ``baseline``: the ablation table (mean ± std over seeds) with the
-    ``ΔmAP vs baseline [CI]`` column from the paired bootstrap and, with >= 2 seeds, the seed test's p-value."""
-    groups = sweep_runs(sweep_dir)
+    ``ΔmAP vs baseline [CI]`` column from the paired bootstrap and, with >= 2 seeds paired by seed on both sides,
+    the seed test's p-value.
+
+    ``groups`` (``{preset: [run dirs]}``): exactly the runs to compare (`iagcn sweep` passes the runs of its own
+    invocation); default: every complete run in ``sweep_dir`` (:func:`sweep_runs`).
+    """
+    if groups is None:
+        groups = sweep_runs(sweep_dir, log=log)
+    else:
+        for dirs in groups.values():
+            for d in dirs:
+                _refuse_incomplete(Path(d), str(d))
     if baseline not in groups:
         raise UserError(f"--baseline {baseline}: not among the sweep's presets ({', '.join(groups)})")
     runs, deltas, seed_tests, records = [], {}, {}, {}
@@ -260,7 +299,8 @@ def sweep_ablation(sweep_dir: str | Path, *, baseline: str, cache_path: str | Pa
                 m = cmp.bootstrap["metrics"]["mAP"]
                 log(f"{preset} vs {baseline}: ΔmAP {m['diff']:+.2f} [{m['low']:+.2f}, {m['high']:+.2f}]")
     return {"baseline": baseline, "sweep": str(sweep_dir), "cache": str(cache_path), "runs": runs, "deltas": deltas,
-            "seed_tests": seed_tests, "comparisons": records, "ci": config.ci}
+            "seed_tests": seed_tests, "comparisons": records, "ci": config.ci,
+            "run_dirs": {p: [str(d) for d in dirs] for p, dirs in groups.items()}}
 
 
 def sweep_ablation_table(result: dict[str, Any], *, fmt: str = "text") -> str:

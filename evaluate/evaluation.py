@@ -32,6 +32,7 @@ from iagcn.errors import UserError
 from iagcn.evaluate.metrics import (ScoresAre, average_precision_per_class, mean_average_precision, multilabel_metrics,
                                     validate_scores_targets)
 from iagcn.fsutil import atomic_path, exclusive_lock, git_commit, write_json_atomic, write_text_atomic
+from iagcn.validation import ANY, Range, check_ranges, check_types
 from iagcn.jsonutil import finite_or_none
 from iagcn.train import runfolder
 
@@ -51,6 +52,25 @@ class EvalConfig:
     n_resamples: int = 1000            # compare: paired bootstrap resamples over images
     seed: int = 0                      # compare: bootstrap RNG seed
     ci: float = 0.95                   # compare: interval level
+
+    def __post_init__(self) -> None:
+        check_types(self, where="eval config", hint="fix the option")
+        check_ranges(self, EVAL_RANGES, where="eval config", hint="fix the option", option_names=EVAL_OPTIONS)
+
+
+#: the allowed values of every EvalConfig field (checked when the config is built)
+EVAL_RANGES: dict[str, Range] = {
+    "scores_are": ANY, "which": ANY, "pr_classes": ANY, "plots": ANY, "device": ANY,
+    "threshold": Range(0.0, 1.0, note="a probability"),
+    "top_k": Range(0, 100_000, note="0 = no top-k block"),
+    "batch_size": Range(1, 1_000_000),
+    "n_resamples": Range(1, 10_000_000),
+    "seed": Range(0, 2**32 - 1),
+    "ci": Range(0.0, 1.0, low_open=True, high_open=True, note="e.g. 0.95"),
+}
+EVAL_OPTIONS = {"threshold": "--threshold", "top_k": "--top-k", "n_resamples": "--resamples/--bootstrap",
+                "seed": "--seed", "ci": "--ci", "batch_size": "--batch-size"}
+
 
 
 # ============================================================================================== evaluation

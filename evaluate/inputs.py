@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from iagcn.errors import UserError
+from iagcn.validation import read_user_text, require_unique
 
 
 @dataclass
@@ -38,10 +39,7 @@ def read_csv_matrix(path: Path, *, option: str) -> ScoreTable:
     The header is recognised when its cells (after the id column) are not all numbers; the id column when the
     first cells of the data rows are not all numbers or the header names it ``image_id`` / ``id``.
     """
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{option} {path}: cannot read ({e}); pass a .npy, .npz or .csv file") from e
+    text = read_user_text(path, what=option)  # UTF-8, a leading byte-order mark removed
     rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
     if not rows:
         raise UserError(f"{option} {path}: empty file; write one row per image")
@@ -73,7 +71,27 @@ def read_csv_matrix(path: Path, *, option: str) -> ScoreTable:
 
 
 def read_matrix(path: str | os.PathLike, *, option: str, key: str = "scores") -> ScoreTable:
-    """Read scores or targets from .npy, .npz (``key``, optional ``image_ids``/``class_names``), .csv or a cache .h5."""
+    """Read scores or targets from .npy, .npz (``key``, optional ``image_ids``/``class_names``), .csv or a cache .h5.
+
+    A file that names its image ids or classes must name each once (a repeated id would be counted twice)."""
+    table = _read_matrix(Path(path), option=option, key=key)
+    if table.values.ndim != 2:
+        raise UserError(f"{option} {path}: expected a 2-D (images, classes) array, got shape {table.values.shape}")
+    n, C = table.values.shape
+    if table.image_ids is not None:
+        if len(table.image_ids) != n:
+            raise UserError(f"{option} {path}: {len(table.image_ids)} image ids for {n} rows; give one id per row")
+        require_unique(table.image_ids, what="image id", where=f"{option} {path}",
+                       fix="each image must appear once (a repeated image would be counted twice)")
+    if table.class_names is not None:
+        if len(table.class_names) != C:
+            raise UserError(f"{option} {path}: {len(table.class_names)} class names for {C} columns; "
+                            "give one name per column")
+        require_unique(table.class_names, what="class name", where=f"{option} {path}")
+    return table
+
+
+def _read_matrix(path: Path, *, option: str, key: str) -> ScoreTable:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{option} {path}: file not found")
@@ -82,7 +100,7 @@ def read_matrix(path: str | os.PathLike, *, option: str, key: str = "scores") ->
         from iagcn.cache.format import FeatureCache
 
         with FeatureCache(path) as c:
-            return ScoreTable(c.read("labels").astype(np.int8), c.image_ids(), c.class_names, path)
+            return ScoreTable(c.labels(), c.image_ids(), c.class_names, path)
     if suffix == ".csv":
         return read_csv_matrix(path, option=option)
     try:
@@ -107,10 +125,11 @@ def parse_class_names(text: str | None) -> list[str] | None:
     if not text:
         return None
     p = Path(text)
-    names = p.read_text().splitlines() if p.is_file() else text.split(",")
+    names = read_user_text(p, what="--class-names").splitlines() if p.is_file() else text.split(",")
     names = [n.strip() for n in names if n.strip()]
     if not names:
         raise UserError(f"--class-names {text}: no names found; give a comma-separated list or a file of names")
+    require_unique(names, what="class name", where=f"--class-names {text}")
     return names
 
 
@@ -134,17 +153,46 @@ def align_by_ids(scores: ScoreTable, targets: ScoreTable) -> tuple[np.ndarray, n
     return s, t, scores.image_ids or targets.image_ids
 
 
-def resolve_class_names(given: list[str] | None, *candidates: list[str] | None, n_classes: int) -> list[str]:
-    """The class names: explicit ``--class-names``, else the first file that carried them, else ``class00`` ..."""
-    for names in (given, *candidates):
-        if names is not None:
-            if len(names) != n_classes:
-                raise UserError(f"--class-names: {len(names)} names for {n_classes} score columns; "
-                                "give one name per column, in column order")
-            return list(names)
-    return [f"class{c:02d}" for c in range(n_classes)]
+def align_columns(scores: ScoreTable, targets: ScoreTable, s: np.ndarray, t: np.ndarray,
+                  given: list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Score and target columns for the same classes, in one order, with their names.
 
+    Columns are matched by class NAME whenever the files name them (a CSV header, an npz ``class_names``, a
+    cache's class list); only a file that names none is taken in column order. The order is the targets' own
+    when they carry names, else ``--class-names``, else the scores', else ``class00 ...``. ``--class-names``
+    names the columns of files that carry no names; with a file that does, it must list the same classes.
+    Any disagreement (another class set, a different count) is refused.
+    """
+    C_s, C_t = s.shape[1], t.shape[1]
+    order = targets.class_names or given or scores.class_names
+    if order is None:
+        if C_s != C_t:
+            raise UserError(f"--scores {scores.path} has {C_s} columns but --targets {targets.path} has {C_t}; "
+                            "give one column per class in both")
+        return s, t, [f"class{c:02d}" for c in range(C_s)]
+    order = list(order)
+    for label, names, path in (("--class-names", given, None), ("--scores", scores.class_names, scores.path),
+                               ("--targets", targets.class_names, targets.path)):
+        if names is not None and set(names) != set(order):
+            where = label if path is None else f"{label} {path}"
+            missing = [c for c in order if c not in names]
+            extra = [c for c in names if c not in order]
+            raise UserError(f"{where}: its classes differ from the reference class list ({len(names)} vs "
+                            f"{len(order)} names; missing {missing[:5]}, unexpected {extra[:5]}); "
+                            "score and label the same classes")
 
+    def reorder(values: np.ndarray, names: list[str] | None, label: str, path: Path) -> np.ndarray:
+        if names is None:  # positional: the file's columns are the reference order
+            if values.shape[1] != len(order):
+                raise UserError(f"{label} {path}: {values.shape[1]} columns for {len(order)} classes "
+                                f"({', '.join(order[:5])}{' ...' if len(order) > 5 else ''}); give one column "
+                                "per class, or name the columns (CSV header / npz class_names)")
+            return values
+        position = {c: k for k, c in enumerate(names)}
+        return values[:, [position[c] for c in order]]
+
+    return (reorder(s, scores.class_names, "--scores", scores.path),
+            reorder(t, targets.class_names, "--targets", targets.path), order)
 
 
 def cache_targets(cache_path: Path) -> ScoreTable:

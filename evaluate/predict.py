@@ -46,8 +46,9 @@ def extraction_record(run_dir: str | os.PathLike) -> ExtractionRecord:
     from iagcn.train import runfolder
 
     path = run_dir / runfolder.CONFIG
-    tc = runfolder.read_record(run_dir)["train_cache"] or {}
-    if tc.get("extract_config"):
+    tc = runfolder.read_record(run_dir)["train_cache"]
+    tc = tc if isinstance(tc, dict) else {}
+    if isinstance(tc.get("extract_config"), dict):
         return ExtractionRecord(tc["extract_config"], tc.get("extract_config_hash"),
                                 tc.get("backbone_weights_sha256"), tc.get("proposer_weights_sha256"), str(path))
     cache_path = tc.get("path")

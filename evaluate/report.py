@@ -187,7 +187,8 @@ def ablation_table(runs: Iterable[Mapping], *, metrics: Sequence[str] = MAIN_MET
                 row.append(fmt_delta_ci(d) if d is not None else MISSING)
         if seed_tests is not None:
             st = seed_tests.get(preset)
-            row.append(MISSING if st is None or preset == baseline else f"{st['p_t']:.3f}")
+            # a p-value across seeds only for a row of >= 2 seeds (never on a "1 seed" row)
+            row.append(MISSING if st is None or preset == baseline or g["n"] < 2 else f"{st['p_t']:.3f}")
         rows.append(row)
     table = render_table(header, rows, fmt=fmt, title=title)
     if baseline is not None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from iagcn.device import resolve_device
 from iagcn.errors import UserError
+from iagcn.validation import ANY, Range, check_ranges, check_types
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,11 @@ class ExtractConfig:
     shard: str | None = None                  # "i/n": extract only shard i of n (contiguous whole blocks)
     skip_bad: bool = False                    # proceed past pre-flight problems, skipping (and recording) bad images
 
+    def __post_init__(self) -> None:
+        check_types(self, where="extract config", hint="fix the option")
+        check_ranges(self, EXTRACT_RANGES, where="extract config", hint="fix the option",
+                     option_names={f: EXTRACT_OPTIONS.get(f, "--" + f.replace("_", "-")) for f in EXTRACT_RANGES})
+
     def identity(self) -> "ExtractConfig":
         """The config with execution-only fields neutralised: what the cache's ``extract_config`` records.
 
@@ -44,6 +50,26 @@ class ExtractConfig:
         cpu or cuda (which CUDA device, cuda:k, does not change them either).
         """
         return dataclasses.replace(self, workers=0, threads=0, shard=None, device=resolve_device(self.device).type)
+
+
+#: the allowed values of every ExtractConfig field, checked when the config is built (before any file is read)
+EXTRACT_RANGES: dict[str, Range] = {
+    # names, paths and choices: checked by the reader / backbone / proposer / embedding loaders that use them
+    "dataset": ANY, "root": ANY, "split": ANY, "csv": ANY, "classes": ANY, "keep_empty": ANY, "backbone": ANY,
+    "weights": ANY, "proposer": ANY, "proposer_weights": ANY, "detectron2_config": ANY, "label_embeddings": ANY,
+    "device": ANY, "shard": ANY, "skip_bad": ANY,
+    # 1000: an RPN keeps at most 1000 proposals per image at test time; each ROI costs D * 2 bytes per image
+    "num_rois": Range(1, 1000, note="proposals per image"),
+    "proposer_image_size": Range(32, 8192, none_ok=True, note="pixels"),
+    "image_size": Range(32, 8192, none_ok=True, note="pixels"),
+    "roi_output_size": Range(1, 64),
+    "roi_sampling_ratio": Range(1, 64),
+    "batch_size": Range(1, 4096),
+    "block_rows": Range(1, 1_000_000),
+    "workers": Range(0, 256),
+    "threads": Range(0, 4096, note="0 = torch's default"),
+}
+EXTRACT_OPTIONS = {"csv": "--csv"}
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -67,18 +93,5 @@ def shard_rows(num_rows: int, *, block_rows: int, index: int, count: int) -> tup
 
 
 def validate_options(cfg: ExtractConfig) -> None:
-    """Out-of-range numeric options -> one-line UserError naming the option (before any work is done)."""
-    for name, value in (("--batch-size", cfg.batch_size), ("--block-rows", cfg.block_rows),
-                        ("--num-rois", cfg.num_rois), ("--roi-output-size", cfg.roi_output_size),
-                        ("--roi-sampling-ratio", cfg.roi_sampling_ratio)):
-        if value < 1:
-            raise UserError(f"{name} {value}: must be at least 1")
-    for name, value in (("--image-size", cfg.image_size), ("--proposer-image-size", cfg.proposer_image_size)):
-        if value is not None and value < 32:
-            raise UserError(f"{name} {value}: must be at least 32 pixels")
-    if cfg.workers < 0:
-        raise UserError(f"--workers {cfg.workers}: must be 0 or more")
-    if cfg.threads < 0:
-        raise UserError(f"--threads {cfg.threads}: must be 0 (torch default) or more")
+    """Options that need more than a range (EXTRACT_RANGES is checked when the config is built): the shard."""
     parse_shard(cfg.shard)
-

@@ -52,6 +52,7 @@ from typing import Iterable
 import numpy as np
 
 from iagcn.errors import UserError
+from iagcn.validation import read_user_text, require_unique
 
 VOC_CLASSES: list[str] = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -189,10 +190,9 @@ def read_voc(root: str | os.PathLike, split: str, *, strict: bool = True, name: 
     if not split_file.is_file():
         raise UserError(f"VOC split {split!r} not found ({split_file}); available splits: "
                         f"{', '.join(voc_available_splits(root)) or 'none'}")
-    ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise UserError(f"{split_file}: duplicate image ids {dup}; each id must appear once")
+    # UTF-8 with a leading byte-order mark stripped (it would otherwise become part of the first id)
+    ids = [line.split()[0] for line in read_user_text(split_file, what="VOC split file").splitlines() if line.strip()]
+    require_unique(ids, what="image id", where=str(split_file), fix="each id must appear once")
     class_index = {c: i for i, c in enumerate(VOC_CLASSES)}
     image_dir, ann_dir = root / "JPEGImages", root / "Annotations"
     rows, kept_ids, paths, problems = [], [], [], {}
@@ -244,13 +244,28 @@ def read_coco(root: str | os.PathLike, split: str, *, keep_empty: bool = False, 
                         "'annotations' and 'categories' lists") from e
     image_dir = root / split
     _require_dir(image_dir, what="COCO image folder", hint=f"put the {split} images in {image_dir}")
-    class_names = [str(c["name"]) for c in categories]
-    cat_index = {int(c["id"]): i for i, c in enumerate(categories)}   # category id -> label column
     try:
-        image_index = {int(im["id"]): k for k, im in enumerate(images)}  # image id -> row
+        class_names = [str(c["name"]).strip() for c in categories]
+        cat_ids = [int(c["id"]) for c in categories]
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{ann_file}: a category lacks 'id' or 'name' ({e})") from e
+    # a repeated category id or name would make two label columns of one class, or file annotations under the wrong
+    # column: refused, never guessed
+    require_unique([str(i) for i in cat_ids], what="category id", where=f"{ann_file} 'categories'",
+                   fix="each category must appear once")
+    require_unique(class_names, what="category name", where=f"{ann_file} 'categories'",
+                   fix="each category must appear once")
+    if any(not n for n in class_names):
+        raise UserError(f"{ann_file}: a category has an empty name; name every category")
+    cat_index = {cid: i for i, cid in enumerate(cat_ids)}   # category id -> label column
+    try:
+        raw_image_ids = [int(im["id"]) for im in images]
         file_names = [str(im["file_name"]) for im in images]
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{ann_file}: an image entry lacks 'id' or 'file_name' ({e})") from e
+    require_unique([str(i) for i in raw_image_ids], what="image id", where=f"{ann_file} 'images'",
+                   fix="each image must appear once")
+    image_index = {image_id: k for k, image_id in enumerate(raw_image_ids)}  # image id -> row
     labels = np.zeros((len(images), len(class_names)), dtype=np.int8)   # (n_all, C)
     has_annotation = np.zeros(len(images), dtype=bool)                    # (n_all,)
     unknown_cats: dict[int, int] = {}
@@ -283,8 +298,7 @@ def read_coco(root: str | os.PathLike, split: str, *, keep_empty: bool = False, 
         fname = file_names[k]
         paths.append(_join_inside(image_dir, fname, what=f"{ann_file} image {images[k]['id']}"))
         ids.append(os.path.splitext(fname)[0])
-    if len(set(ids)) != len(ids):
-        raise UserError(f"{ann_file}: duplicate image file names; each image must appear once")
+    require_unique(ids, what="image file name", where=f"{ann_file} 'images'", fix="each image must appear once")
     del strict  # COCO annotation errors are file-level: nothing to skip image by image
     return DatasetSplit(name=name, root=root, split=split, class_names=class_names, image_ids=ids,
                         image_paths=paths, labels=labels[keep])
@@ -306,7 +320,7 @@ def read_csv_dataset(root: str | os.PathLike, csv_path: str | os.PathLike, *, cl
     if not csv_path.is_file():
         raise UserError(f"CSV file {csv_path} not found; pass an existing image,labels file")
     try:
-        with open(csv_path, newline="", encoding="utf-8") as fh:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:  # a byte-order mark is stripped
             rows = list(csv.reader(fh))
     except (UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{csv_path}: cannot read as CSV ({e}); expected UTF-8 rows 'image,labels'") from e
@@ -328,8 +342,8 @@ def read_csv_dataset(root: str | os.PathLike, csv_path: str | os.PathLike, *, cl
             raise UserError(f"{csv_path}: no labels in the file; pass the class list with --classes")
     else:
         class_names = list(class_names)
-        if len(set(class_names)) != len(class_names):
-            raise UserError("class list has duplicate names; each class must appear once")
+        require_unique(class_names, what="class name", where=f"class list for {csv_path}",
+                       fix="each class must appear once")
     class_index = {c: i for i, c in enumerate(class_names)}
     label_rows, ids, paths, seen = [], [], [], {}
     problems: dict[str, str] = {}

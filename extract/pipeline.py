@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -123,10 +124,15 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
 
     with exclusive_lock(out, what="cache"), interrupt_hint(hint):
         remove_stale_temporaries(out)  # a cache temporary of a killed assembly can be large: free it first
-        if not partial.exists() and _complete_cache_matches(out, ident_hash, shard):
-            log(f"{out} is already complete for this config (hash {ident_hash}); nothing to do (delete it to redo)")
+        inputs = input_hashes(ds, emb, skipped_ids, rows=(row_start, row_stop))
+        reason = _complete_cache_differs(out, ident_hash, shard, inputs) if not partial.exists() else "in progress"
+        if reason is None:
+            log(f"{out} is already complete for this config (hash {ident_hash}) and these inputs (image ids, labels, "
+                f"class names, label embeddings); nothing to do (delete it to redo)")
             stats.wall_s = time.perf_counter() - t_start
             return stats
+        if reason is not None and reason.endswith("changed since it was written"):  # same config, other inputs
+            log(f"note: {out} exists but {reason}; extracting it again")
         header = {"extract_config_hash": ident_hash, "extract_config": config_to_dict(identity),
                   "rows": [row_start, row_stop], "total_rows": n_total,
                   "backbone_weights_sha256": backbone.weights_sha256,
@@ -204,7 +210,7 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
             "backbone": backbone.name, "backbone_weights": cfg.weights,
             "backbone_weights_sha256": backbone.weights_sha256, "proposer": proposer.name,
             "proposer_weights": cfg.proposer_weights, "proposer_weights_sha256": proposer.weights_sha256,
-            "image_size": image_size, "skipped_ids": list(skipped_ids),
+            "image_size": image_size, "skipped_ids": list(skipped_ids), "inputs": inputs,
             "execution": {"workers": cfg.workers, "threads": cfg.threads, "device": device},
         }
         if shard is not None:
@@ -236,19 +242,53 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
     return stats
 
 
-def _complete_cache_matches(out: Path, ident_hash: str, shard: tuple[int, int] | None) -> bool:
-    """True when ``out`` is a readable cache of the same config (and the same shard)."""
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def input_hashes(ds, emb: np.ndarray, skipped_ids: Sequence[str], *, rows: tuple[int, int]) -> dict[str, Any]:
+    """sha256 of every input a cache's rows are made of, besides the extraction config: the image ids (the split
+    file), the labels (the annotations), the class names, the label embeddings and the skipped images.
+    Stored as the cache attribute ``inputs``; a complete cache is reused only when all of them are equal."""
+    a, b = rows
+    return {"rows": [a, b],
+            "image_ids_sha256": _sha256("\n".join(map(str, ds.image_ids[a:b])).encode()),
+            "labels_sha256": _sha256(np.ascontiguousarray(ds.labels[a:b], dtype=np.int8).tobytes()),
+            "class_names_sha256": _sha256(json.dumps(list(ds.class_names)).encode()),
+            "label_embeddings_sha256": _sha256(np.ascontiguousarray(emb, dtype=np.float32).tobytes()),
+            "skipped_ids_sha256": _sha256("\n".join(map(str, skipped_ids)).encode())}
+
+
+def _complete_cache_differs(out: Path, ident_hash: str, shard: tuple[int, int] | None,
+                            inputs: dict[str, Any]) -> str | None:
+    """None when ``out`` is a readable cache of the same config, shard and inputs; else why it cannot be reused.
+
+    The inputs are recomputed from the cache's own contents (ids, labels, class names, embeddings), so a cache
+    written before the ``inputs`` attribute existed is compared just as well."""
     if not out.exists():
-        return False
+        return "it does not exist"
     from iagcn.cache.format import FeatureCache
 
     try:
         with FeatureCache(out) as c:
             sh = c.attrs.get("shard")
-            return c.attrs.get("extract_config_hash") == ident_hash and \
-                (None if sh is None else (sh["index"], sh["count"])) == shard
-    except UserError:
-        return False
+            if c.attrs.get("extract_config_hash") != ident_hash:
+                return "it was written with another extraction config"
+            if (None if sh is None else (sh["index"], sh["count"])) != shard:
+                return "it is another shard"
+            emb, _ = c.label_embeddings()
+            mine = {"image_ids_sha256": _sha256("\n".join(c.image_ids()).encode()),
+                    "labels_sha256": _sha256(np.ascontiguousarray(c.labels()).tobytes()),
+                    "class_names_sha256": _sha256(json.dumps(c.class_names).encode()),
+                    "label_embeddings_sha256": _sha256(np.ascontiguousarray(emb).tobytes()),
+                    "skipped_ids_sha256": _sha256("\n".join(map(str, c.attrs.get("skipped_ids", []))).encode())}
+    except UserError as e:
+        return f"it is not a valid cache ({e})"
+    names = {"image_ids_sha256": "the image ids (split file)", "labels_sha256": "the labels (annotations)",
+             "class_names_sha256": "the class names", "label_embeddings_sha256": "the label embeddings",
+             "skipped_ids_sha256": "the skipped images"}
+    changed = [names[k] for k in mine if mine[k] != inputs[k]]
+    return f"{', '.join(changed)} changed since it was written" if changed else None
 
 
 def run_extract(cfg: ExtractConfig, out: str | os.PathLike, *, progress: bool = True) -> ExtractStats:

@@ -14,10 +14,13 @@ def parse_classes(text: str | None) -> list[str] | None:
     if text is None:
         return None
     path = Path(text)
-    names = path.read_text().split("\n") if path.is_file() else text.split(",")
+    from iagcn.validation import read_user_text, require_unique
+
+    names = read_user_text(path, what="--classes").split("\n") if path.is_file() else text.split(",")
     names = [n.strip() for n in names if n.strip()]
     if not names:
         raise UserError(f"--classes {text}: no class names found; give a comma-separated list or a file of names")
+    require_unique(names, what="class name", where=f"--classes {text}")
     return names
 
 

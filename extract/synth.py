@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw
 
 from iagcn.extract.datasets import VOC_CLASSES
 from iagcn.errors import UserError
+from iagcn.validation import Range, check_values
 from iagcn.fsutil import TMP_MARK, check_writable_dir, exclusive_lock, interrupt_hint, is_disk_full, tmp_name_for
 
 GENERATOR_VERSION = 1
@@ -422,6 +423,12 @@ def dataset_root(out: Path, fmt: str) -> Path:
     return out / "VOCdevkit" / "VOC2007" if fmt == "voc" else out
 
 
+#: the allowed values of `iagcn synth`'s numeric options (checked before anything is drawn)
+SYNTH_RANGES = {"n_train": Range(1, 1_000_000), "n_test": Range(1, 1_000_000), "seed": Range(0, 2**32 - 1),
+                "workers": Range(0, 256, note="0 = 1 process")}
+SYNTH_OPTIONS = {"n_train": "--train", "n_test": "--test", "seed": "--seed", "workers": "--workers"}
+
+
 def write_synth(out: str | os.PathLike, *, fmt: str = "voc", n_train: int = 800, n_test: int = 400, seed: int = 0,
                 workers: int = 1, overwrite: bool = False, progress: bool = False) -> tuple[Path, bool]:
     """Write the synthetic dataset under ``out`` (built in a temporary folder, then renamed into place).
@@ -430,8 +437,8 @@ def write_synth(out: str | os.PathLike, *, fmt: str = "voc", n_train: int = 800,
     """
     if fmt not in ("voc", "coco"):
         raise UserError(f"--format {fmt!r} is not known; choose voc or coco")
-    if n_train < 1 or n_test < 1:
-        raise UserError("--train and --test must be at least 1")
+    check_values({"n_train": n_train, "n_test": n_test, "seed": seed, "workers": workers}, SYNTH_RANGES,
+                 where="iagcn synth", option_names=SYNTH_OPTIONS)
     out = Path(out)
     manifest = {"generator": "iagcn synth", "version": GENERATOR_VERSION, "format": fmt, "train": n_train,
                 "test": n_test, "seed": seed}
@@ -485,6 +492,7 @@ def synth_command(out: str, fmt: str, n_train: int, n_test: int, seed: int, work
                   quiet: bool) -> None:
     """Write a deterministic synthetic multi-label dataset (20 VOC classes as glyphs on textured scenes)."""
     start = time.perf_counter()
+    check_values({"workers": workers}, SYNTH_RANGES, where="iagcn synth", option_names=SYNTH_OPTIONS)
     root, written = write_synth(out, fmt=fmt, n_train=n_train, n_test=n_test, seed=seed, workers=max(1, workers),
                                 overwrite=overwrite, progress=not quiet)
     splits = ("trainval", "test") if fmt == "voc" else ("train2014", "val2014")

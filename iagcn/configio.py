@@ -37,7 +37,12 @@ def config_from_dict(cls: type[T], data: dict[str, Any], *, source: str = "confi
         if isinstance(v, list) and "tuple" in str(hints.get(k, "")):
             v = tuple(v)
         kwargs[k] = v
-    return cls(**kwargs)
+    if source.startswith("preset "):
+        return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except UserError as e:  # a recorded config (config.json, a checkpoint) that is out of range: name the file
+        raise UserError(f"{source}: {e}") from e
 
 
 def _parse_value(text: str, hint: Any, key: str) -> Any:

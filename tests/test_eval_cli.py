@@ -271,7 +271,8 @@ def test_compare_seeds_sweep_spec_matches_stats(tiny_runs):
 
 
 def fake_run(dir_, *, scores, image_ids, cache_path, seed, preset, class_names):
-    """A run folder holding only what compare reads: config.json and the saved scores (no checkpoint at all)."""
+    """A run folder holding only what compare reads: config.json, the saved scores and the completion marker
+    metrics.json (no checkpoint at all)."""
     from iagcn.cache.format import FeatureCache
 
     dir_.mkdir(parents=True)
@@ -284,6 +285,10 @@ def fake_run(dir_, *, scores, image_ids, cache_path, seed, preset, class_names):
         "git_commit": None, "train_cache": {"path": str(cache_path.resolve()), "extract_config_hash": h},
         "eval_cache": {"path": str(cache_path.resolve()), "extract_config_hash": h}})
     runfolder.save_scores(dir_, np.asarray(scores), [str(i) for i in image_ids])
+    # metrics.json marks a complete run: compare refuses interrupted ones (its content is not read here)
+    runfolder.write_metrics(dir_, {"metrics": {}, "protocol": "last-epoch", "selected_epoch": 1,
+                                   "selection_mAP": None, "epochs_run": 1, "train_seconds": 0.0,
+                                   "eval_cache": {}, "preset": preset, "seed": seed})
 
 
 def test_compare_better_by_construction_excludes_zero(tmp_path):

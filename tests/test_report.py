@@ -123,4 +123,8 @@ def test_ablation_table_accepts_bootstrap_results_and_seed_tests():
     rows = parse_text(ablation_table(runs, baseline="A", deltas={"B": boot}, fmt="text",
                                      seed_tests={"B": {"p_t": 0.0123}}))
     assert rows[2][-2].endswith("*") and rows[2][-2].startswith(f"{boot['metrics']['mAP']['diff']:+.1f}")
-    assert rows[2][-1] == "0.012" and rows[1][-1] == "-"
+    # one seed per row: a p-value ACROSS seeds would be meaningless, so none is printed (issue 11)
+    assert rows[2][-1] == "-" and rows[1][-1] == "-"
+    rows = parse_text(ablation_table(runs + runs, baseline="A", deltas={"B": boot}, fmt="text",
+                                     seed_tests={"B": {"p_t": 0.0123}}))
+    assert rows[2][1] == "2" and rows[2][-1] == "0.012" and rows[1][-1] == "-"

@@ -84,8 +84,8 @@ def train_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
         cfg = config_from_dict(TrainConfig, record["config"], source=str(Path(resume_dir) / runfolder.CONFIG))
         if preset and preset != cfg.preset:
             raise UserError(f"--resume {resume_dir}: the run is preset {cfg.preset}, not {preset}; drop --preset")
-        train_cache = train_cache or record["train_cache"]["path"]
-        val_cache = val_cache or record["eval_cache"]["path"]
+        train_cache = train_cache or runfolder.recorded_cache(resume_dir, "train", option="--resume")["path"]
+        val_cache = val_cache or runfolder.recorded_cache(resume_dir, "eval", option="--resume")["path"]
         if out and Path(out).resolve() != Path(resume_dir).resolve():
             raise UserError("--out and --resume name different folders; pass only --resume DIR")
         out = resume_dir
@@ -139,7 +139,8 @@ def sweep_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
     if baseline != "none" and baseline in names and len(names) > 1:
         from iagcn.train.sweep import write_ablation
 
-        write_ablation(out, baseline=baseline, cache_path=val_cache, n_resamples=n_resamples, log=log)
+        write_ablation(out, baseline=baseline, cache_path=val_cache, n_resamples=n_resamples, log=log,
+                       configs=configs)
     click.echo((Path(out) / "table.md").read_text())
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from iagcn.configio import config_from_dict
 from iagcn.errors import UserError
+from iagcn.validation import ANY, Range, check_ranges, check_types
 
 
 def execution(default: Any) -> Any:
@@ -100,22 +101,11 @@ class TrainConfig:
     eval_batch_size: int = execution(256)          # images per forward pass when scoring
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.lr > 0, "lr must be > 0"),
-            (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
-            (0.0 <= self.fusion_lambda <= 1.0, "fusion_lambda must be in [0, 1]"),
-            (self.lr_step >= 1, "lr_step must be >= 1"),
-            (self.vi_lr_scale > 0, "vi_lr_scale must be > 0"),
-            (len(self.gcn_widths) >= 1, "gcn_widths needs at least one hidden width"),
-            (len(self.region_widths) >= 1, "region_widths needs at least one hidden width"),
-            (self.global_branch != "none" or self.region_branch, "global_branch=none needs region_branch=true"),
-            (self.memory_budget_gib >= 0, "memory_budget_gib must be >= 0"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise UserError(f"train config: {msg} (preset {self.preset!r}); fix the option or --set value")
+        where = f"train config (preset {self.preset!r})"
+        check_types(self, where=where)
+        check_ranges(self, TRAIN_RANGES, where=where, option_names=TRAIN_OPTIONS)
+        if self.global_branch == "none" and not self.region_branch:
+            raise UserError(f"{where}: global_branch=none needs region_branch=true; fix the option or --set value")
 
     def identity(self) -> "TrainConfig":
         """The config with every execution field at its default: equal identities train the same model."""
@@ -135,6 +125,48 @@ class TrainConfig:
 def execution_fields() -> tuple[str, ...]:
     """Names of TrainConfig's execution-only fields."""
     return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("execution"))
+
+
+#: the allowed values of every TrainConfig field, checked when a config is built (options, --set, a config.json,
+#: a checkpoint): nothing runs with a value that makes no sense. Choices (Literal fields) are checked by type.
+TRAIN_RANGES: dict[str, Range] = {
+    "preset": ANY, "global_branch": ANY, "global_adjacency": ANY, "variational": ANY, "region_branch": ANY,
+    "region_adjacency": ANY, "region_reading": ANY, "region_relu_after_last": ANY, "gcn_activation": ANY,
+    "difficult": ANY, "label_embeddings": ANY, "select_on_eval": ANY,
+    "device": ANY,                                                        # checked by the device resolver
+    "gcn_widths": Range(1, 65536, each=True, min_len=1, note="hidden widths, at least one"),
+    "region_widths": Range(1, 65536, each=True, min_len=1, note="hidden widths, at least one"),
+    "leaky_slope": Range(0.0, 1.0),
+    "fusion_lambda": Range(0.0, 1.0),
+    "beta": Range(0.0, 1e6),
+    "tau": Range(0.0, 1.0, note="a threshold on P(j | i)"),
+    "p": Range(0.0, 1.0),
+    "adjacency_eps": Range(0.0, 1.0, low_open=True, note="a positive floor on row sums"),
+    "epochs": Range(1, 100_000),
+    "batch_size": Range(1, 1_000_000),
+    "lr": Range(0.0, 100.0, low_open=True),
+    "momentum": Range(0.0, 1.0, high_open=True),
+    "weight_decay": Range(0.0, 1.0),
+    "lr_step": Range(1, 100_000),
+    "lr_gamma": Range(0.0, 1.0, low_open=True, note="the LR is multiplied by it every lr_step epochs"),
+    "grad_clip": Range(0.0, 1e9, note="0 = off"),
+    "vi_lr_scale": Range(0.0, 1e6, low_open=True),
+    "seed": Range(0, 2**32 - 1),
+    "val_fraction": Range(0.0, 1.0, high_open=True),
+    "early_stop_patience": Range(0, 100_000, note="0 = never"),
+    "num_threads": Range(0, 4096, note="0 = torch's default"),
+    "memory_budget_gib": Range(0.0, 1e6),
+    "stream_block_rows": Range(1, 10_000_000),
+    "shuffle_buffer_blocks": Range(1, 1_000_000),
+    "eval_batch_size": Range(1, 1_000_000),
+}
+
+#: the command-line option of a field, when it has one (messages name what the user typed)
+TRAIN_OPTIONS: dict[str, str] = {
+    "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed",
+    "val_fraction": "--val-fraction", "memory_budget_gib": "--memory-budget-gib", "num_threads": "--threads",
+    "label_embeddings": "--label-embeddings", "device": "--device",
+}
 
 
 _MLGCN = {"global_branch": "gcn", "global_adjacency": "static", "gcn_widths": (1024,), "gcn_activation": "leaky_relu"}

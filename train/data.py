@@ -56,7 +56,7 @@ class CacheData:
         self.path = c.path
         self.n, self.N, self.D, self.C = c.num_images, c.num_rois, c.feature_dim, c.num_classes
         self.class_names = c.class_names
-        self.labels = c.read("labels").astype(np.int8)             # (n, C)
+        self.labels = c.labels()                                   # (n, C) int8, validated on open
         self.valid = c.read("box_valid").astype(bool)              # (n, N)
         self.image_ids = c.image_ids()
         self.block_rows = max(1, int(block_rows))

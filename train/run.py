@@ -151,6 +151,8 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
         if list(ckpt["meta"].get("class_names", [])) != list(train_data.class_names):
             raise UserError(f"--resume {out}: last.pt was trained on another class list than the train cache "
                             f"{train_data.path}; resume with the run's own caches or choose another --out")
+        if (out / runfolder.CONFIG).exists():  # the caches are part of a run's identity, as its config is
+            runfolder.check_same_caches(out, train_data.cache, eval_data.cache, action=f"--resume {out}")
         kept["epochs"] = int(ckpt["epoch"]) + 1
 
     protocol = protocol_name(config)

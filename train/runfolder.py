@@ -79,11 +79,30 @@ def remove_stale(run_dir: Path) -> None:
 def cache_record(cache) -> dict[str, Any]:
     """config.json's entry for a cache (``cache.format.FeatureCache``): what stage three needs to find and check it."""
     return {"path": str(Path(cache.path).resolve()), "extract_config_hash": cache.attrs.get("extract_config_hash"),
+            "fingerprint": cache.fingerprint(),   # content identity: resume and sweep refuse another cache
             "dataset": cache.attrs.get("dataset"), "split": cache.attrs.get("split"), "num_images": cache.num_images,
             # stage three (`iagcn predict`) re-runs stage one with exactly this config and checks these weight hashes
             "extract_config": cache.attrs.get("extract_config"),
             "backbone_weights_sha256": cache.attrs.get("backbone_weights_sha256"),
             "proposer_weights_sha256": cache.attrs.get("proposer_weights_sha256")}
+
+
+def check_same_caches(run_dir: str | os.PathLike, train, evaluation, *, action: str) -> None:
+    """Refuse to continue (``action``, e.g. "--resume DIR") a run on other caches than the ones it started on.
+
+    The caches are part of a run's identity, as its config is. Compared: each cache's content fingerprint
+    (``FeatureCache.fingerprint``); for config.json files written before fingerprints, the extraction config hash
+    and the number of images. A cache that merely moved (same content, another path) is accepted."""
+    run_dir = Path(run_dir)
+    for role, cache, option in (("train", train, "--train-cache"), ("eval", evaluation, "--val-cache")):
+        saved = recorded_cache(run_dir, role, option=action.split()[0])
+        now = cache_record(cache)
+        fields = ("fingerprint",) if "fingerprint" in saved else ("extract_config_hash", "num_images")
+        if any(saved.get(f) != now.get(f) for f in fields):
+            what = "content fingerprint" if fields == ("fingerprint",) else "extraction config hash / image count"
+            raise UserError(f"{action}: run {run_dir} was trained on another {option} ({saved.get('path')}; its "
+                            f"{what} differs from {cache.path}); use the run's own caches or train into another "
+                            f"--out")
 
 
 def write_record(run_dir: Path, record: dict[str, Any]) -> None:

@@ -48,6 +48,8 @@ def _run_sweep_locked(configs, train_data, eval_data, out: Path, progress, log) 
         run_dir = run_dir_for(out, cfg.preset, cfg.seed)
         if runfolder.is_complete(run_dir):
             _refuse_other_config(run_dir, cfg)
+            runfolder.check_same_caches(run_dir, train_data.cache, eval_data.cache,
+                                        action=f"sweep --out {out}: reusing complete run {run_dir.name}")
             log(f"[{i + 1}/{len(configs)}] {run_dir.name}: complete, skipped")
             result = runfolder.read_metrics(run_dir)
         else:
@@ -96,25 +98,60 @@ def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def write_ablation(out_dir: str | Path, *, baseline: str, cache_path: str | Path, n_resamples: int = 1000,
-                   seed: int = 0, log=print) -> dict[str, Any]:
+                   seed: int = 0, log=print, configs: Iterable[TrainConfig] | None = None) -> dict[str, Any]:
     """Rewrite table.md with the ΔmAP-vs-``baseline`` column (issue 7) and write ablation.json.
 
     Every preset's saved evaluation scores (no retraining) are compared with the baseline's by a paired
     bootstrap over evaluation images (resampling the same images for both; seeds averaged per side), plus a
-    paired test across seeds when there are >= 2 (evaluate.compare.sweep_ablation).
+    paired test across seeds when both sides have >= 2 seeds (evaluate.compare.sweep_ablation).
+
+    ``configs``: the runs of this invocation (preset x seed); only they enter the table and the Δ column, never
+    another run folder that happens to be in ``out_dir`` (an interrupted run, an earlier sweep's seeds). Default:
+    the runs listed in results.csv.
     """
     from iagcn.evaluate.compare import sweep_ablation
     from iagcn.evaluate.evaluation import EvalConfig
 
     out = Path(out_dir)
-    result = sweep_ablation(out, baseline=baseline, cache_path=cache_path,
-                            config=EvalConfig(n_resamples=n_resamples, seed=seed), log=log)
     rows = list(csv.DictReader(open(out / "results.csv", newline="")))
+    if configs is not None:
+        members = [(c.preset, int(c.seed)) for c in configs]
+        rows = [r for r in rows if (r["preset"], int(r["seed"])) in set(members)]
+        missing = sorted(set(members) - {(r["preset"], int(r["seed"])) for r in rows})
+        if missing:
+            raise RuntimeError(f"sweep {out}: results.csv lacks runs {missing} of this invocation")
+    groups: dict[str, list[Path]] = {}
+    for r in rows:
+        groups.setdefault(r["preset"], []).append(out / r["run_dir"])
+    result = sweep_ablation(out, baseline=baseline, cache_path=cache_path,
+                            config=EvalConfig(n_resamples=n_resamples, seed=seed), log=log, groups=groups)
+    _check_deltas_match_table(rows, result, baseline)
     table = build_table(rows, baseline=baseline, deltas=result["deltas"],
                         seed_tests=result["seed_tests"] or None, ci=result["ci"])
     write_text_atomic(out / "table.md", table, what="sweep table")
     write_json_atomic(out / "ablation.json", {k: v for k, v in result.items() if k != "runs"}, what="sweep ablation")
     return result
+
+
+def _check_deltas_match_table(rows: list[dict[str, Any]], result: dict[str, Any], baseline: str) -> None:
+    """The Δ column and the mAP column come from the same runs: mean mAP(preset) - mean mAP(baseline) must equal
+    the bootstrap's point estimate (to the rounding of results.csv). A mismatch is a bug, never a table."""
+    means: dict[str, list[float]] = {}
+    for r in rows:
+        v = _num(r.get("mAP"))
+        if v is not None:
+            means.setdefault(r["preset"], []).append(v)
+    if baseline not in means:
+        return
+    base = sum(means[baseline]) / len(means[baseline])
+    for preset, d in result["deltas"].items():
+        diff = d["metrics"]["mAP"]["diff"]
+        complete = preset in means and len(means[preset]) == sum(r["preset"] == preset for r in rows)
+        if complete and diff is not None and math.isfinite(diff):
+            table_diff = sum(means[preset]) / len(means[preset]) - base
+            if abs(table_diff - diff) > 0.01:
+                raise RuntimeError(f"ΔmAP of {preset} ({diff:+.4f}) disagrees with its mAP column "
+                                   f"({table_diff:+.4f}); the table was not written")
 
 
 def build_table(rows: list[dict[str, Any]], *, metrics: tuple[str, ...] = TABLE_METRICS, **report_options: Any) -> str:
@@ -150,6 +187,11 @@ def parse_list(text: str, *, what: str, cast=str) -> list:
     if not items:
         raise UserError(f"--{what} is empty; give a comma-separated list")
     try:
-        return [cast(t) for t in items]
+        values = [cast(t) for t in items]
     except ValueError:
         raise UserError(f"--{what} {text}: expected a comma-separated list of {cast.__name__}") from None
+    dup = sorted({str(v) for v in values if values.count(v) > 1})
+    if dup:
+        raise UserError(f"--{what} {text}: {', '.join(dup)} listed more than once; one run counts once (a "
+                        f"repeated {what[:-1]} would be counted as two)")
+    return values
