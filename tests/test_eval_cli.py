@@ -282,8 +282,7 @@ def test_compare_run_against_itself_is_exactly_zero(tiny_runs):
 
 def test_compare_seeds_sweep_spec_matches_stats(tiny_runs):
     """SWEEP:PRESET expands to the seeds; the bootstrap of one pair equals evaluate.stats.paired_bootstrap."""
-    from iagcn.evaluate.compare import paired_bootstrap_runs
-    from iagcn.evaluate.stats import paired_bootstrap
+    from iagcn.evaluate.stats import paired_bootstrap, paired_bootstrap_runs
 
     sweep = tiny_runs["dir"] / "sweep"
     r = invoke(["compare", f"{sweep}:iagcn", f"{sweep}:iagcn", "--cache", tiny_runs["test"], "--resamples", "50",
@@ -296,7 +295,7 @@ def test_compare_seeds_sweep_spec_matches_stats(tiny_runs):
     t = (rng.random((40, 4)) < 0.4).astype(np.int8)
     t[0] = 1
     a, b = rng.standard_normal((40, 4)), rng.standard_normal((40, 4)) + t
-    mine = paired_bootstrap_runs([a], [b], t, n_resamples=300, seed=4)
+    mine = paired_bootstrap_runs([a], [b], t, scores_are="logits", n_resamples=300, seed=4)
     ref = paired_bootstrap(a, b, t, scores_are="logits", n_resamples=300, seed=4)
     for k, m in ref["metrics"].items():
         for field in ("diff", "low", "high"):
@@ -364,7 +363,11 @@ def test_compare_sweep_ablation_table(tiny_runs):
 
     assert "ΔmAP vs mlgcn" in md
     assert re.search(r"\| mlgcn\s*\|.*\|\s*baseline \|", md) and re.search(r"\| iagcn\s*\|\s*2 \|", md)
+    from iagcn.evaluate.ablation import ABLATION_KEYS
+
     rec = json.loads((out / "ablation.json").read_text())
+    assert set(rec) == set(ABLATION_KEYS)  # the one schema (also what `sweep --baseline` writes)
+    assert rec["deltas"]["iagcn"]["metrics"]["mAP"] == rec["comparisons"]["iagcn"]["bootstrap"]["metrics"]["mAP"]
     m = rec["comparisons"]["iagcn"]["bootstrap"]["metrics"]["mAP"]
     runs = tiny_runs["runs"]
     mean_b = np.mean([json.loads((runs[("iagcn", s)] / "metrics.json").read_text())["metrics"]["mAP"] for s in (0, 1)])
@@ -380,6 +383,47 @@ def test_explain_file_stem_drops_the_image_suffix():
     assert file_stem("street/001.JPEG") == "street_001"
     assert file_stem("a b/c.png") == "a_b_c"
     assert file_stem("v1.2") == "v1.2"            # not an image suffix: kept
+
+
+def test_eval_on_cuda_sends_the_model_and_batches_to_the_gpu(tiny_runs, tmp_path, fake_gpu):
+    """`eval --run R --device cuda` (simulated GPU, conftest.fake_gpu): the run's head is moved to cuda:0 before
+    its batches, which go there too (the head used to stay on the CPU); the metrics equal --device cpu's."""
+    import torch
+
+    run = tiny_runs["runs"][("iagcn", 0)]
+
+    def metrics(device):
+        out = tmp_path / device
+        r = invoke(["eval", "--run", run, "--cache", tiny_runs["test"], "--no-plots", "--out", out, "--quiet",
+                    "--device", device])
+        assert r.exit_code == 0, r.output
+        return json.loads((out / "metrics.json").read_text())["metrics"]
+
+    on_cpu = metrics("cpu")
+    assert fake_gpu == []
+    on_gpu = metrics("cuda:0")
+    cuda0 = torch.device("cuda", 0)
+    assert fake_gpu[0] == ("module", "IAGCNHead", cuda0), fake_gpu[:3]   # the model first ...
+    batches = [e for e in fake_gpu[1:] if e[0] == "tensor"]
+    assert len(batches) >= 4 and all(dev == cuda0 for _, _, dev in batches)  # ... then x, X, valid, labels
+    assert sum(shape[0] for _, shape, _ in batches if len(shape) == 3) == 48   # X of all 48 images moved
+    assert on_gpu == on_cpu
+
+
+def test_explain_image_on_cuda_moves_model_and_batch(tiny_runs, fake_gpu):
+    import torch
+
+    from iagcn.train.inference import explain_image, load_run
+
+    run = tiny_runs["runs"][("iagcn", 0)]
+    ref = explain_image(load_run(run).model, tiny_runs["test"], 3, device="cpu")
+    assert fake_gpu == []
+    got = explain_image(load_run(run).model, tiny_runs["test"], 3, device="cuda")
+    cuda0 = torch.device("cuda", 0)
+    assert fake_gpu[0] == ("module", "IAGCNHead", cuda0)
+    assert [e[1] for e in fake_gpu[1:] if e[0] == "tensor"] and all(e[2] == cuda0 for e in fake_gpu)
+    for key in ("logits", "z", "A_F"):
+        np.testing.assert_array_equal(got[key], ref[key])
 
 
 def test_eval_never_overwrites_the_runs_own_files(tiny_runs):

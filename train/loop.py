@@ -31,7 +31,7 @@ def train_one_epoch(model: IAGCNHead, optimizer: torch.optim.Optimizer, data: Ca
     for step, batch in enumerate(data.batches(indices, batch_size=config.batch_size, shuffle=True, rng=rng,
                                               device=device, regions=model.uses_regions)):
         out = model(batch.x, batch.X, batch.valid)
-        loss, parts = total_loss(out, batch.labels, batch.valid, config=config)
+        loss, parts = total_loss(out, batch.labels, batch.valid, beta=config.beta, difficult=config.difficult)
         if not math.isfinite(parts["loss"]):
             raise UserError(divergence_cause(model, batch, parts, config=config, epoch=epoch, step=step,
                                              path=getattr(data, "path", None)))
@@ -114,7 +114,7 @@ def predict(model: IAGCNHead, data: CacheData, indices: np.ndarray | None = None
 def evaluate(model: IAGCNHead, data: CacheData, indices: np.ndarray | None = None, *, batch_size: int = 256,
              device: torch.device | str = "cpu", progress: bool = False) -> tuple[dict[str, float], np.ndarray]:
     """Score ``indices`` of ``data`` and compute stage three's metrics. Returns (metrics, logits (n, C))."""
-    from iagcn.evaluate.metrics import multilabel_metrics
+    from iagcn.metrics import multilabel_metrics
 
     scores = predict(model, data, indices, batch_size=batch_size, device=device, progress=progress)  # (n, C)
     targets = data.labels if indices is None else data.labels[indices]       # (n, C)

@@ -5,7 +5,6 @@ belong to :mod:`train.runfolder`; the trained head for stage three to :mod:`trai
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import sys
@@ -16,7 +15,8 @@ import numpy as np
 import torch
 
 from iagcn.cache.format import FeatureCache, check_compatible
-from iagcn.configio import config_from_dict, config_to_dict
+from iagcn.configio import config_from_dict, config_hash, config_to_dict
+from iagcn.device import resolve_device
 from iagcn.errors import UserError
 from iagcn.fsutil import check_writable_dir, exclusive_lock, git_commit, interrupt_hint
 from iagcn.jsonutil import to_json
@@ -26,21 +26,11 @@ from iagcn.train.data import CacheData
 from iagcn.train.inference import build_model, load_state_checked
 from iagcn.train.lcm import statistical_lcm
 from iagcn.train.loop import evaluate, learning_rate, train_one_epoch
+from iagcn.train.tensorboard_log import TensorBoardLog
 from iagcn.train.model import IAGCNHead
 
 
 # -- small helpers ----------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise UserError(f"--device {name}: {e}; use auto, cpu or cuda[:k]") from e
-
-
 def protocol_name(config: TrainConfig) -> str:
     """Which split chose the epoch: 'holdout-F' (honest), 'select-on-eval' (published), or 'last-epoch'."""
     if config.select_on_eval:
@@ -53,7 +43,7 @@ def split_train(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np
     n = len(labels)
     if config.select_on_eval or config.val_fraction <= 0:
         return np.arange(n), None
-    from iagcn.evaluate.stats import stratified_holdout
+    from iagcn.train.holdout import stratified_holdout
 
     train_idx, hold_idx = stratified_holdout(labels, fraction=config.val_fraction, seed=config.seed)
     return np.sort(np.asarray(train_idx, np.int64)), np.sort(np.asarray(hold_idx, np.int64))
@@ -204,8 +194,8 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
                             f"or choose another --out")
         ckpt = runfolder.load_checkpoint(last_path, keys=runfolder.CHECKPOINT_KEYS + runfolder.RESUME_KEYS)
         saved = config_from_dict(TrainConfig, ckpt["config"], source=str(last_path))
-        if saved != config:
-            diff = [f.name for f in dataclasses.fields(TrainConfig) if getattr(saved, f.name) != getattr(config, f.name)]
+        diff = saved.identity_diff(config)          # execution fields (device, threads, ...) may change
+        if diff:
             raise UserError(f"--resume {out}: the run was started with a different config ({', '.join(diff)}); "
                             f"rerun with the same options or choose another --out")
         if list(ckpt["meta"].get("class_names", [])) != list(train_data.class_names):
@@ -239,7 +229,8 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
         log(f"resuming {out} after epoch {start_epoch} (best so far: epoch {best['epoch'] + 1})")
 
     run_record = {
-        "config": config_to_dict(config), "protocol": protocol, "git_commit": git_commit(),
+        "config": config_to_dict(config), "identity_hash": config_hash(config.identity()), "protocol": protocol,
+        "git_commit": git_commit(),
         "train_cache": runfolder.cache_record(train_data.cache), "eval_cache": runfolder.cache_record(eval_data.cache),
         "class_names": train_data.class_names, "label_embeddings_source": emb_source,
         "num_train": int(len(train_idx)), "num_selection": int(len(hold_idx)) if hold_idx is not None else
@@ -259,52 +250,57 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
         return float(m["mAP"])
 
     stale = (start_epoch - 1 - best["epoch"]) if ckpt is not None else 0
-    for epoch in range(start_epoch, config.epochs):
-        lr = learning_rate(epoch, base_lr=config.lr, step=config.lr_step, gamma=config.lr_gamma)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
-        stats = train_one_epoch(model, optimizer, train_data, train_idx, config=config, epoch=epoch, device=device,
-                                progress=progress)
-        score = select_score()
-        row = {"epoch": epoch + 1, "lr": lr, **stats, "select_mAP": score}
-        history.append(row)
-        improved = (score == score and score > best["select_mAP"]) or (score != score)  # NaN: last epoch is "best"
-        if improved:
-            best = {"epoch": epoch, "select_mAP": score if score == score else float("-inf")}
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "rng": rng_state(), "epoch": epoch, "config": config_to_dict(config), "meta": meta,
-                 "best": best, "history": history, "protocol": protocol}
-        if improved:
-            runfolder.save_checkpoint(best_path, state)
-        runfolder.save_checkpoint(last_path, state)
-        kept["epochs"] = epoch + 1                   # last.pt now holds this epoch: what a resume continues from
-        runfolder.write_log(out, history)
-        stale = 0 if improved else stale + 1
-        log(f"epoch {epoch + 1}/{config.epochs} lr {lr:.2g} loss {stats['loss']:.4f} (ml {stats['loss_ml']:.4f} "
-            f"kl {stats['loss_kl']:.4f}) select mAP {score:.2f} [{protocol}] best epoch {best['epoch'] + 1} "
-            f"{stats['seconds']:.1f}s {stats['samples_per_s']:.0f} img/s")
+    with contextlib.closing(TensorBoardLog(out, enabled=config.tensorboard)) as tb:  # a no-op unless --tensorboard
+        for epoch in range(start_epoch, config.epochs):
+            lr = learning_rate(epoch, base_lr=config.lr, step=config.lr_step, gamma=config.lr_gamma)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            stats = train_one_epoch(model, optimizer, train_data, train_idx, config=config, epoch=epoch, device=device,
+                                    progress=progress)
+            score = select_score()
+            row = {"epoch": epoch + 1, "lr": lr, **stats, "select_mAP": score}
+            history.append(row)
+            improved = (score == score and score > best["select_mAP"]) or (score != score)  # NaN: last epoch is "best"
+            if improved:
+                best = {"epoch": epoch, "select_mAP": score if score == score else float("-inf")}
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "rng": rng_state(), "epoch": epoch, "config": config_to_dict(config), "meta": meta,
+                     "best": best, "history": history, "protocol": protocol}
+            if improved:
+                runfolder.save_checkpoint(best_path, state)
+            runfolder.save_checkpoint(last_path, state)
+            kept["epochs"] = epoch + 1                   # last.pt now holds this epoch: what a resume continues from
+            runfolder.write_log(out, history)
+            tb.epoch(row)
+            stale = 0 if improved else stale + 1
+            log(f"epoch {epoch + 1}/{config.epochs} lr {lr:.2g} loss {stats['loss']:.4f} (ml {stats['loss_ml']:.4f} "
+                f"kl {stats['loss_kl']:.4f}) select mAP {score:.2f} [{protocol}] best epoch {best['epoch'] + 1} "
+                f"{stats['seconds']:.1f}s {stats['samples_per_s']:.0f} img/s")
+            for line in pending_warnings:
+                warn(line)
+            pending_warnings = []
+            if config.early_stop_patience > 0 and stale >= config.early_stop_patience:
+                log(f"early stop: no better selection mAP for {stale} epochs")
+                break
+
         for line in pending_warnings:
             warn(line)
-        pending_warnings = []
-        if config.early_stop_patience > 0 and stale >= config.early_stop_patience:
-            log(f"early stop: no better selection mAP for {stale} epochs")
-            break
-
-    for line in pending_warnings:
-        warn(line)
-    # -- score the evaluation cache once, with the selected checkpoint ----------------------------
-    selected_path = best_path if best_path.exists() else last_path
-    selected = runfolder.load_checkpoint(selected_path)
-    load_state_checked(model, selected["model"], path=selected_path, config=config)
-    metrics, scores = evaluate(model, eval_data, None, batch_size=config.eval_batch_size, device=device,
-                               progress=progress)
-    runfolder.save_scores(out, scores, eval_data.image_ids)
-    result = {"metrics": to_json(metrics), "protocol": protocol, "selected_epoch": int(selected["epoch"]) + 1,
-              "selection_mAP": best["select_mAP"] if best["select_mAP"] != float("-inf") else None,
-              "epochs_run": len(history), "train_seconds": float(sum(r["seconds"] for r in history)),
-              "eval_cache": runfolder.cache_record(eval_data.cache), "preset": config.preset, "seed": config.seed}
-    runfolder.write_metrics(out, result)
-    log(f"done: {config.preset} seed {config.seed} [{protocol}] epoch {result['selected_epoch']}: "
-        + " ".join(f"{k} {metrics[k]:.1f}" for k in ("mAP", "CF1", "OF1") if k in metrics))
-    return result
+        # -- score the evaluation cache once, with the selected checkpoint ----------------------------
+        selected_path = best_path if best_path.exists() else last_path
+        selected = runfolder.load_checkpoint(selected_path)
+        load_state_checked(model, selected["model"], path=selected_path, config=config)
+        metrics, scores = evaluate(model, eval_data, None, batch_size=config.eval_batch_size, device=device,
+                                   progress=progress)
+        runfolder.save_scores(out, scores, eval_data.image_ids)
+        result = {"metrics": to_json(metrics), "protocol": protocol, "selected_epoch": int(selected["epoch"]) + 1,
+                  "selection_mAP": best["select_mAP"] if best["select_mAP"] != float("-inf") else None,
+                  "epochs_run": len(history), "train_seconds": float(sum(r["seconds"] for r in history)),
+                  "eval_cache": runfolder.cache_record(eval_data.cache), "preset": config.preset, "seed": config.seed}
+        runfolder.write_metrics(out, result)
+        tb.final(metrics, epoch=result["selected_epoch"])
+        if config.keep_checkpoints == "best" and best_path.exists() and last_path.exists():
+            last_path.unlink()                           # the run is complete (metrics.json): nothing resumes from last.pt
+        log(f"done: {config.preset} seed {config.seed} [{protocol}] epoch {result['selected_epoch']}: "
+            + " ".join(f"{k} {metrics[k]:.1f}" for k in ("mAP", "CF1", "OF1") if k in metrics))
+        return result
 
