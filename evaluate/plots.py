@@ -250,7 +250,7 @@ def plot_pr_curves_overlay(runs: Mapping[str, tuple[object, object]], class_name
     legend). ``runs`` maps a name to (scores (n, C), targets (n, C)); ignored entries (-1) are left out."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
-    from iagcn.evaluate.metrics import validate_scores_targets
+    from iagcn.metrics import validate_scores_targets
 
     if not runs:
         raise UserError("plot_pr_curves_overlay: no runs given")

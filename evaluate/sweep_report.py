@@ -96,7 +96,7 @@ def per_class_ap_by_preset(sweep_dir: Path, runs, cache_path: str | os.PathLike)
     import pandas as pd
 
     from iagcn.evaluate.inputs import cache_targets, rows_for_ids
-    from iagcn.evaluate.metrics import average_precision_per_class
+    from iagcn.metrics import average_precision_per_class
     from iagcn.train.runfolder import load_scores
 
     table = cache_targets(Path(cache_path))

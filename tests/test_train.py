@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -317,7 +318,7 @@ def test_sweep_shows_an_overall_eta(caches, tmp_path):
 
 
 def test_resnet_row_is_named_by_the_backbone_that_ran():
-    from iagcn.train.sweep import row_name
+    from iagcn.evaluate.ablation import row_name
 
     assert row_name("resnet", backbone="efficientnet-lite0") == "linear on efficientnet-lite0"
     assert row_name("resnet", backbone="resnet101") == "linear on resnet101 (the paper's ResNet-101 row)"
@@ -369,3 +370,89 @@ def runfolder_eval_path(run_dir):
     from iagcn.train import runfolder
 
     return runfolder.recorded_cache(run_dir, "eval")["path"]
+
+
+def test_config_file_yaml_and_a_runs_config_json_with_command_line_overrides(caches, tmp_path):
+    """--config FILE (YAML, or a previous run's config.json): its values, then the options given, then --set; the
+    resolved config is what config.json records. A YAML may name the caches."""
+    train, test = caches
+    (tmp_path / "recipe.yaml").write_text(
+        "# my recipe\npreset: mlgcn\nepochs: 2\nlr: 0.02\nweight_decay: 5.0e-4\nlr_step: 1\ngcn_widths: [16, 32]\n"
+        f"num_threads: 1\ntrain_cache: {train}\neval_cache: {test}\n")
+    run_cli(["train", "--config", tmp_path / "recipe.yaml", "--lr", "0.03", "--grad-clip", "5", "--quiet",
+             "--out", tmp_path / "a"], check=True)
+    from iagcn.train import runfolder
+
+    a = runfolder.read_record(tmp_path / "a")
+    cfg = a["config"]
+    assert (cfg["preset"], cfg["epochs"], cfg["weight_decay"], cfg["lr_step"], cfg["gcn_widths"]) == \
+        ("mlgcn", 2, 5e-4, 1, [16, 32])
+    assert cfg["lr"] == 0.03 and cfg["grad_clip"] == 5.0                     # the command line wins over the file
+    assert cfg["global_adjacency"] == "static"                                # mlgcn's structure
+    assert a["train_cache"]["path"] == str(Path(train).resolve())
+    log = list(csv.DictReader(open(tmp_path / "a" / "log.csv")))
+    assert [float(r["lr"]) for r in log] == pytest.approx([0.03, 0.003])     # lr_step 1, lr_gamma 0.1
+
+    # a run's own config.json reproduces its config; --set still overrides
+    run_cli(["train", "--config", tmp_path / "a" / "config.json", "--set", "momentum=0.8", "--quiet",
+             "--out", tmp_path / "b"], check=True)
+    b = runfolder.read_record(tmp_path / "b")["config"]
+    assert b == {**cfg, "momentum": 0.8}
+    # another --preset keeps its own structure and takes the recipe
+    proc = run_cli(["train", "--config", tmp_path / "a" / "config.json", "--preset", "resnet", "--quiet",
+                    "--out", tmp_path / "c"], check=True)
+    c = runfolder.read_record(tmp_path / "c")["config"]
+    assert c["preset"] == "resnet" and c["global_branch"] == "linear" and c["lr"] == 0.03 and c["epochs"] == 2
+    assert "note: --config" in proc.stderr and "keeps its own structure" in proc.stderr
+
+    # bad files: one line naming the file and the field
+    (tmp_path / "bad.yaml").write_text("lr: fast\n")
+    bad = run_cli(["train", "--config", tmp_path / "bad.yaml", "--out", tmp_path / "d"])
+    assert bad.returncode == 2 and bad.stderr.strip() == f"error: --config {tmp_path / 'bad.yaml'}: lr: 'fast' is not a number"
+    (tmp_path / "typo.json").write_text('{"lrr": 0.1}')
+    bad = run_cli(["train", "--config", tmp_path / "typo.json", "--out", tmp_path / "d"])
+    assert bad.returncode == 2 and "unknown field(s) lrr" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()
+
+
+def test_sweep_config_file_sets_the_recipe_not_the_presets(caches, tmp_path):
+    train, test = caches
+    (tmp_path / "r.json").write_text(json.dumps({"preset": "iagcn", "global_branch": "none", "seed": 7, "epochs": 1,
+                                                 "lr": 0.005, "gcn_widths": [16, 32], "region_widths": [16, 16, 32],
+                                                 "num_threads": 1, "val_fraction": 0.0}))
+    proc = run_cli(["sweep", "--config", tmp_path / "r.json", "--train-cache", train, "--eval-cache", test,
+                    "--presets", "resnet,mlgcn", "--seeds", "1", "--baseline", "none", "--quiet", "--out", tmp_path / "s"],
+                   check=True)
+    from iagcn.train import runfolder
+
+    for preset, branch in (("resnet", "linear"), ("mlgcn", "gcn")):
+        cfg = runfolder.read_record(tmp_path / "s" / f"{preset}-s1")["config"]
+        assert (cfg["preset"], cfg["global_branch"], cfg["seed"], cfg["lr"], cfg["epochs"]) == (preset, branch, 1, 0.005, 1)
+    assert "gcn_widths, global_branch, preset, seed not taken" in proc.stderr
+
+
+def test_tensorboard_logs_each_epoch_and_keep_best_drops_last_pt(caches, tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra (pip install 'iagcn[tensorboard]')")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train, test = caches
+    run_cli(["train", "--train-cache", train, "--eval-cache", test, "--preset", "idlcm-vi", "--epochs", "3",
+             "--threads", "1", "--quiet", "--tensorboard", "--keep-checkpoints", "best", "--out", tmp_path / "r",
+             *SMALL_SET], check=True)
+    ea = EventAccumulator(str(tmp_path / "r" / "tensorboard"))
+    ea.Reload()
+    tags = set(ea.Tags()["scalars"])
+    assert {"loss/total", "loss/ml", "loss/kl", "lr", "holdout/mAP", "time/seconds_per_epoch", "eval/mAP"} <= tags
+    log = list(csv.DictReader(open(tmp_path / "r" / "log.csv")))
+    got = [(e.step, e.value) for e in ea.Scalars("holdout/mAP")]
+    assert got == [(int(r["epoch"]), pytest.approx(float(r["select_mAP"]), rel=1e-5)) for r in log]
+    assert [e.value for e in ea.Scalars("loss/total")] == pytest.approx([float(r["loss"]) for r in log], rel=1e-5)
+    # --keep-checkpoints best: the finished run keeps only the selected epoch's checkpoint, and still evaluates
+    assert (tmp_path / "r" / "best.pt").exists() and not (tmp_path / "r" / "last.pt").exists()
+    from iagcn.train.inference import load_run
+
+    assert load_run(tmp_path / "r").epoch == json.loads((tmp_path / "r" / "metrics.json").read_text())["selected_epoch"]
+    # default: both checkpoints, no tensorboard folder
+    run_cli(["train", "--train-cache", train, "--eval-cache", test, "--preset", "resnet", "--epochs", "1",
+             "--threads", "1", "--quiet", "--out", tmp_path / "d", *SMALL_SET], check=True)
+    assert (tmp_path / "d" / "last.pt").exists() and not (tmp_path / "d" / "tensorboard").exists()

@@ -5,6 +5,7 @@ belong to :mod:`train.runfolder`; the trained head for stage three to :mod:`trai
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sys
