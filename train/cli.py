@@ -68,15 +68,20 @@ def _explicit(options: dict) -> dict:
 
 
 def _eval_cache_option(eval_cache: str | None, val_cache: str | None) -> str | None:
-    """--eval-cache, or its old name --val-cache with a one-line note (both given: they must agree)."""
+    """--eval-cache, or its old name --val-cache (both given: they must agree); see :func:`_alias_note`."""
     if val_cache is None:
         return eval_cache
     if eval_cache is not None and Path(eval_cache) != Path(val_cache):
         raise UserError(f"--eval-cache {eval_cache} and --val-cache {val_cache} (its old name) disagree; "
                         f"pass --eval-cache")
-    click.echo("note: --val-cache is now --eval-cache (the evaluation split; the hold-out is the validation split); "
-               "using it", err=True)
     return val_cache
+
+
+def _alias_note(val_cache: str | None) -> None:
+    """The one-line note for --val-cache, once the inputs are accepted (a refusal stays one error line)."""
+    if val_cache is not None:
+        click.echo("note: --val-cache is now --eval-cache (the evaluation split; the hold-out is the validation "
+                   "split); using it", err=True)
 
 
 def _config_file(path: str | None):
@@ -148,6 +153,7 @@ def train_cmd(config_file, train_cache, eval_cache, val_cache, sets, quiet, pres
     train_data = _open_data(train_cache, "--train-cache", cfg.memory_budget_gib, cfg)
     eval_data = _open_data(eval_cache, "--eval-cache", cfg.memory_budget_gib, cfg)
     log = (lambda *_: None) if quiet else (lambda m: click.echo(m, err=True))
+    _alias_note(val_cache)
     train_run(cfg, train_data=train_data, eval_data=eval_data, out_dir=out, resume=bool(resume_dir),
               progress=not quiet, log=log)
 
@@ -196,6 +202,7 @@ def sweep_cmd(config_file, train_cache, eval_cache, val_cache, sets, quiet, pres
     train_data = _open_data(train_cache, "--train-cache", cfg0.memory_budget_gib, cfg0)
     eval_data = _open_data(eval_cache, "--eval-cache", cfg0.memory_budget_gib, cfg0)
     log = (lambda *_: None) if quiet else (lambda m: click.echo(m, err=True))
+    _alias_note(val_cache)
     run_sweep(configs, train_data=train_data, eval_data=eval_data, out_dir=out, progress=not quiet, log=log,
               on_results=write_sweep_table)
     if baseline != "none" and baseline in names and len(names) > 1:
