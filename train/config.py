@@ -73,10 +73,6 @@ class TrainConfig:
         """Whether a_I / A_I (Eq. 2-4) are computed: needed by Â_F or by the region branch."""
         return (self.global_branch == "gcn" and self.global_adjacency == "fused") or self.region_branch
 
-    @property
-    def uses_statistical_lcm(self) -> bool:
-        return (self.global_branch == "gcn") or (self.region_branch and self.region_adjacency == "fused")
-
 
 #: the allowed values of every TrainConfig field, checked when a config is built (options, --set, a config.json,
 #: a checkpoint): nothing runs with a value that makes no sense. Choices (Literal fields) are checked by type.
