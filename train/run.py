@@ -122,7 +122,7 @@ def train_run(config: TrainConfig, *, train_data: CacheData, eval_data: CacheDat
     def hint() -> str:
         if kept["epochs"] == 0:
             return f"interrupted: no epoch finished in {out}; {how}"
-        return f"interrupted: epochs 1-{kept['epochs']} kept in {out / 'last.pt'}; {how}"
+        return f"interrupted: epochs 1-{kept['epochs']} kept in {runfolder.checkpoint_path(out, 'last')}; {how}"
 
     with exclusive_lock(out / "run", what="run directory"), interrupt_hint(hint):
         runfolder.remove_stale(out)
