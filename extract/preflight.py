@@ -6,26 +6,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from iagcn.classes import parse_class_names
 from iagcn.errors import UserError
 from iagcn.extract.config import ExtractConfig
-
-
-def parse_classes(text: str | None) -> list[str] | None:
-    """``--classes``: a file of names (one a line) or a comma-separated list; None: from the dataset."""
-    if text is None:
-        return None
-    path = Path(text)
-    from iagcn.validation import read_user_text, require_unique
-
-    if path.is_file():
-        names = read_user_text(path, what="--classes").split("\n")
-    else:  # a list: comma-separated, or one a line (what --classes-from records when a name holds a comma)
-        names = text.split("\n") if "\n" in text else text.split(",")
-    names = [n.strip() for n in names if n.strip()]
-    if not names:
-        raise UserError(f"--classes {text}: no class names found; give a comma-separated list or a file of names")
-    require_unique(names, what="class name", where=f"--classes {text}")
-    return names
 
 
 def classes_from_cache(path: str | os.PathLike) -> str:
@@ -54,14 +37,15 @@ def load_checked_split(cfg: ExtractConfig, *, progress: bool = True):
     Refuses (one UserError listing all problems) unless ``cfg.skip_bad``; with it, drops the bad images and
     returns their ids. Returns (DatasetSplit, skipped ids).
     """
-    from iagcn.extract.datasets import find_bad_images, load_dataset, raise_on_problems
+    from iagcn.extract.datasets import load_dataset, raise_on_problems
+    from iagcn.extract.images import find_bad_images
 
     options: dict[str, Any] = {"strict": False}  # collect annotation problems instead of stopping at the first file
     split = cfg.split
     if cfg.dataset == "csv":
         split = cfg.csv or cfg.split
         if cfg.classes is not None:
-            options["class_names"] = parse_classes(cfg.classes)
+            options["class_names"] = parse_class_names(cfg.classes, option="--classes")
         options["delimiter"] = cfg.label_sep
     elif cfg.csv is not None or cfg.classes is not None:
         raise UserError(f"--csv/--classes/--classes-from apply to --dataset csv only, not {cfg.dataset}; drop them")

@@ -8,7 +8,7 @@ from PIL import Image
 
 from iagcn.evaluate.plots import (plot_lcm_pair, plot_per_class_ap, plot_pr_curves, plot_pr_curves_overlay, plot_roi_weights,
                                   plot_training_curves, plot_training_curves_overlay, training_curve_panels)
-from iagcn.evaluate.report import VOC_CLASSES
+from iagcn.classes import VOC_CLASSES
 from iagcn.errors import UserError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
