@@ -167,7 +167,7 @@ def test_synth_cli(tmp_path, cli):
 
 def test_every_image_keeps_a_non_difficult_object(monkeypatch, tmp_path, cli):
     """As in the VOC devkit (0 of 5,011 trainval images lack a positive): no image has only difficult objects."""
-    import iagcn.extract.synth as synth
+    import iagcn.extract.synth_scenes as synth
 
     def layouts(n=1500):
         return [sample_image(np.random.default_rng([0, 0, i])) for i in range(n)]
