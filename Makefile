@@ -150,8 +150,10 @@ demo: $(STAMP)
 	done; \
 	echo "== done in $$(( $$(date +%s) - t0 )) s. Outputs in $(DEMO_OUT)/:"; \
 	echo "   sweep/table.md, sweep/results.csv, sweep/ablation.json   ablation table (with the ΔmAP-vs-$(DEMO_BASELINE) 95% interval), one row per run"; \
+	echo "   sweep/report.html               one self-contained page: the table, every run, per-class AP, training and PR curves"; \
 	echo "   sweep/<preset>-s<seed>/         runs (config, log, checkpoints, scores, metrics)"; \
-	echo "   eval/                           metrics.json, per_class_ap.csv, per_class_ap.png, pr_curves.png, training curves"; \
+	echo "   eval/                           tables.md (both runs), per_class_ap.png, pr_curves.png + training_curves.png overlaid;"; \
+	echo "                                   eval/<run>/: metrics.json, tables.md, per_class_ap.csv, scores.npz, plots"; \
 	echo "   explain/                        fig1_lcm_<id>.png, fig3_rois_<id>.png (+ .npz with the numbers drawn)"
 
 bench: $(STAMP)
