@@ -358,6 +358,13 @@ def test_bad_config_json_is_one_line_naming_the_file(command, damage, mlgcn_run,
     assert_one_line_error(code, err, "config.json")
 
 
+def test_compare_refuses_a_run_listed_twice_on_one_side(mlgcn_run, caches):
+    """--a R --a R would count one run as two seeds (and get a test across seeds)."""
+    code, err = invoke(["compare", "--a", mlgcn_run, "--a", str(mlgcn_run) + "/", "--b", mlgcn_run, "--cache",
+                        caches[1]])
+    assert_one_line_error(code, err, "side A", "duplicate run")
+
+
 def test_sweep_refuses_repeated_seeds_and_presets(caches, tmp_path):
     for args, needle in ((["--seeds", "0,0"], "--seeds"), (["--presets", "mlgcn,resnet,mlgcn"], "--presets")):
         out = tmp_path / "sweep"
@@ -632,6 +639,10 @@ def test_divergence_message_names_inputs_before_blaming_the_learning_rate(caches
     assert "lower --lr" in msg and "epoch 4" in msg
     msg = divergence_cause(model(), batch, parts, config=cfg, epoch=0, step=0, path=data.path)
     assert "first step" in msg and "lower --lr" not in msg
+    batch.valid[2] = False                                            # an image without any valid region
+    msg = divergence_cause(model(), batch, parts, config=cfg, epoch=1, step=0, path=data.path,
+                           image_ids=data.image_ids)
+    assert "no valid region" in msg and repr(data.image_ids[int(batch.index[2])]) in msg and "lower --lr" not in msg
 
 
 def test_nan_label_embeddings_are_named_not_blamed_on_the_learning_rate(caches, tmp_path):
