@@ -162,7 +162,7 @@ def compare_cmd(run_a, run_b, more_a, more_b, cache, resamples, seed, ci, thresh
 
     _warn_to_stderr()
     if sweep_dir is not None:
-        from iagcn.evaluate.compare import sweep_ablation, sweep_ablation_table, sweep_runs
+        from iagcn.evaluate.ablation import sweep_ablation, sweep_ablation_table, sweep_runs, write_ablation
 
         if run_a or run_b or more_a or more_b:
             raise UserError("--sweep compares the sweep's presets; drop RUN_A/RUN_B/--a/--b")
@@ -172,12 +172,8 @@ def compare_cmd(run_a, run_b, more_a, more_b, cache, resamples, seed, ci, thresh
                                 log=lambda m: click.echo(m, err=True))
         click.echo(sweep_ablation_table(result, fmt=fmt))
         if out:
-            rec = {k: result[k] for k in ("baseline", "sweep", "cache", "comparisons")}
-            rec.update(config=config_to_dict(config), git_commit=git_commit())
-            write_json_atomic(Path(out) / "ablation.json", rec, what="ablation comparison")
-            write_text_atomic(Path(out) / "ablation.md", sweep_ablation_table(result, fmt="markdown"),
-                              what="ablation table")
-            click.echo(f"wrote {Path(out) / 'ablation.json'} and {Path(out) / 'ablation.md'}")
+            paths = write_ablation(out, result, config=config)
+            click.echo(f"wrote {paths['json']} and {paths['md']}")
         return
     side_a = ([run_a] if run_a else []) + list(more_a)
     side_b = ([run_b] if run_b else []) + list(more_b)

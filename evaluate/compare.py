@@ -5,7 +5,7 @@ From the runs' saved per-image scores (never retraining), on the targets of one 
 * per metric the difference B - A on all images, with a **paired bootstrap** interval over images: each resample
   draws n images with replacement, the same images for A and B. With several seeds per side the statistic is
   the difference of the seed-averaged metrics, mean_s M(B_s) - mean_s M(A_s), every run of a resample weighting
-  the same images (for one run per side this is exactly :func:`evaluate.stats.paired_bootstrap`);
+  the same images (:func:`evaluate.stats.paired_bootstrap_runs`; for one run per side this is :func:`evaluate.stats.paired_bootstrap`);
 * with >= 2 seeds on both sides, a **paired seed test** per metric (:func:`evaluate.stats.paired_seed_test`,
   runs paired by their seed).
 
@@ -25,12 +25,14 @@ from iagcn.validation import require_unique
 from iagcn.evaluate.evaluation import EvalConfig
 from iagcn.evaluate.inputs import cache_targets, rows_for_ids
 from iagcn.evaluate.runscores import RunScores, run_scores_for_cache
-from iagcn.evaluate.metrics import metric_names, validate_scores_targets
+from iagcn.evaluate.stats import paired_bootstrap_runs
 from iagcn.jsonutil import to_json
+from iagcn.metrics import metric_names
 from iagcn.train import runfolder
 
 
-def _refuse_incomplete(path: Path, spec: str) -> None:
+def refuse_incomplete(path: Path, spec: str) -> None:
+    """Only complete runs (metrics.json written) are compared."""
     if not runfolder.is_complete(path):
         raise UserError(f"{spec}: run {path} is not complete (no metrics.json: interrupted?); finish it with "
                         f"`iagcn train --resume {path}` (or the same `iagcn sweep` command) before comparing")
@@ -44,7 +46,7 @@ def expand_run_spec(spec: str, *, log=None) -> list[Path]:
     """
     path = Path(spec)
     if path.is_dir() and (path / runfolder.CONFIG).exists():
-        _refuse_incomplete(path, spec)
+        refuse_incomplete(path, spec)
         return [path]
     if ":" in spec:
         folder, preset = spec.rsplit(":", 1)
@@ -71,60 +73,6 @@ def pair_by_seed(a: Sequence[RunScores], b: Sequence[RunScores]) -> tuple[list[R
     return list(a), list(b), "by order (seed sets differ)"
 
 
-def paired_bootstrap_runs(scores_a: Sequence[np.ndarray], scores_b: Sequence[np.ndarray], targets: np.ndarray, *,
-                          scores_are: str = "logits", n_resamples: int = 1000, seed: int = 0, ci: float = 0.95,
-                          threshold: float = 0.5, top_k: int | None = 3, chunk: int = 250) -> dict[str, Any]:
-    """B - A of the seed-averaged metrics, with a paired percentile-bootstrap interval over images.
-
-    Same resampling stream as :func:`evaluate.stats.paired_bootstrap` (seeded generator, chunks of ``chunk``), so
-    with one run per side the result is identical to it.
-    """
-    from iagcn.evaluate.stats import _percentile_interval, bootstrap_weights, weighted_multilabel_metrics
-
-    if not scores_a or not scores_b:
-        raise UserError("compare: each side needs at least one run")
-    t = None
-    checked_a, checked_b = [], []
-    for s in scores_a:
-        s2, t = validate_scores_targets(s, targets, scores_are=scores_are)
-        checked_a.append(s2)
-    for s in scores_b:
-        s2, t = validate_scores_targets(s, targets, scores_are=scores_are)
-        checked_b.append(s2)
-    if not (0.0 < ci < 1.0):
-        raise UserError(f"--ci {ci}: must be strictly between 0 and 1 (e.g. 0.95)")
-    if n_resamples < 1:
-        raise UserError(f"--resamples {n_resamples}: must be >= 1")
-    n = t.shape[0]
-    names = list(metric_names(top_k))
-
-    def side_mean(side: list[np.ndarray], weights: np.ndarray) -> dict[str, np.ndarray]:
-        per_run = [weighted_multilabel_metrics(s, t, weights, scores_are=scores_are, threshold=threshold, top_k=top_k)
-                   for s in side]
-        return {k: np.mean([m[k] for m in per_run], axis=0) for k in names}  # (R,) each
-
-    ones = np.ones((1, n), dtype=np.int32)
-    full_a = {k: float(v[0]) for k, v in side_mean(checked_a, ones).items()}
-    full_b = {k: float(v[0]) for k, v in side_mean(checked_b, ones).items()}
-    rng = np.random.default_rng(seed)
-    diffs = {k: np.empty(n_resamples) for k in names}
-    for start in range(0, n_resamples, chunk):
-        stop = min(n_resamples, start + chunk)
-        _, weights = bootstrap_weights(n, n_resamples=stop - start, rng=rng)  # (r, n) multiplicities
-        ma, mb = side_mean(checked_a, weights), side_mean(checked_b, weights)
-        for k in names:
-            diffs[k][start:stop] = mb[k] - ma[k]  # (r,)
-    metrics = {}
-    for k in names:
-        low, high, n_valid = _percentile_interval(diffs[k], ci)
-        metrics[k] = {"a": full_a[k], "b": full_b[k], "diff": full_b[k] - full_a[k], "low": low, "high": high,
-                      "excludes_zero": bool(n_valid > 0 and (low > 0 or high < 0)), "n_valid": n_valid}
-    return {"metrics": metrics, "n_images": n, "n_resamples": n_resamples, "seed": seed, "ci": ci,
-            "runs_a": len(checked_a), "runs_b": len(checked_b),
-            "method": "paired percentile bootstrap over images (same resampled images for every run); "
-                      "statistic: mean over seeds of B minus mean over seeds of A"}
-
-
 @dataclass
 class Comparison:
     runs_a: list[RunScores]
@@ -138,7 +86,7 @@ class Comparison:
 def compare_runs(specs_a: Sequence[str], specs_b: Sequence[str], *, cache_path: str | Path, config: EvalConfig,
                  progress: bool = False, log=None) -> Comparison:
     """Compare the runs of side A with those of side B on the images and targets of ``cache_path``."""
-    from iagcn.evaluate.metrics import multilabel_metrics
+    from iagcn.metrics import multilabel_metrics
     from iagcn.evaluate.stats import paired_seed_test
 
     cache_path = Path(cache_path)
@@ -166,6 +114,10 @@ def compare_runs(specs_a: Sequence[str], specs_b: Sequence[str], *, cache_path: 
         aligned[id(r)] = r.scores[np.array([pos[i] for i in ids], dtype=np.int64)]
     targets = rows_for_ids(targets_table, ids, what="--cache")
     top_k = config.top_k or None
+    if not (0.0 < config.ci < 1.0):
+        raise UserError(f"--ci {config.ci}: must be strictly between 0 and 1 (e.g. 0.95)")
+    if config.n_resamples < 1:
+        raise UserError(f"--resamples {config.n_resamples}: must be >= 1")
     boot = paired_bootstrap_runs([aligned[id(r)] for r in runs_a], [aligned[id(r)] for r in runs_b], targets,
                                  scores_are="logits", n_resamples=config.n_resamples, seed=config.seed, ci=config.ci,
                                  threshold=config.threshold, top_k=top_k)
@@ -269,47 +221,3 @@ def sweep_runs(sweep_dir: str | Path, *, log=None) -> dict[str, list[Path]]:
             seen = [row.get("preset") for row in csv.DictReader(fh)]
         order = [p for p in dict.fromkeys(seen) if p in out] + [p for p in order if p not in seen]
     return {p: [d for _, d in sorted(out[p])] for p in order}
-
-
-def sweep_ablation(sweep_dir: str | Path, *, baseline: str, cache_path: str | Path, config: EvalConfig,
-                   log=None, groups: dict[str, list[Path]] | None = None) -> dict[str, Any]:
-    """Every preset of a sweep against ``baseline``: the ablation table (mean ± std over seeds) with the
-    ``ΔmAP vs baseline [CI]`` column from the paired bootstrap and, with >= 2 seeds paired by seed on both sides,
-    the seed test's p-value.
-
-    ``groups`` (``{preset: [run dirs]}``): exactly the runs to compare (`iagcn sweep` passes the runs of its own
-    invocation); default: every complete run in ``sweep_dir`` (:func:`sweep_runs`).
-    """
-    if groups is None:
-        groups = sweep_runs(sweep_dir, log=log)
-    else:
-        for dirs in groups.values():
-            for d in dirs:
-                _refuse_incomplete(Path(d), str(d))
-    if baseline not in groups:
-        raise UserError(f"--baseline {baseline}: not among the sweep's presets ({', '.join(groups)})")
-    runs, deltas, seed_tests, records = [], {}, {}, {}
-    base_specs = [str(d) for d in groups[baseline]]
-    for preset, dirs in groups.items():
-        cmp = compare_runs(base_specs, [str(d) for d in dirs], cache_path=cache_path, config=config)
-        for r in cmp.runs_b:
-            runs.append({"preset": preset, "seed": r.seed, "metrics": cmp.per_run[str(r.run_dir)]})
-        if preset != baseline:
-            deltas[preset] = cmp.bootstrap
-            if cmp.seed_tests and "mAP" in cmp.seed_tests:
-                seed_tests[preset] = cmp.seed_tests["mAP"]
-            records[preset] = comparison_record(cmp, cache_path=cache_path, config=config)
-            if log:
-                m = cmp.bootstrap["metrics"]["mAP"]
-                log(f"{preset} vs {baseline}: ΔmAP {m['diff']:+.2f} [{m['low']:+.2f}, {m['high']:+.2f}]")
-    return {"baseline": baseline, "sweep": str(sweep_dir), "cache": str(cache_path), "runs": runs, "deltas": deltas,
-            "seed_tests": seed_tests, "comparisons": records, "ci": config.ci,
-            "run_dirs": {p: [str(d) for d in dirs] for p, dirs in groups.items()}}
-
-
-def sweep_ablation_table(result: dict[str, Any], *, fmt: str = "text") -> str:
-    """The ablation table (report.ablation_table) of a :func:`sweep_ablation` result."""
-    from iagcn.evaluate.report import ablation_table
-
-    return ablation_table(result["runs"], fmt=fmt, baseline=result["baseline"], deltas=result["deltas"],
-                          seed_tests=result["seed_tests"] or None, ci=result["ci"])

@@ -29,7 +29,7 @@ import numpy as np
 
 from iagcn.configio import config_to_dict
 from iagcn.errors import UserError
-from iagcn.evaluate.metrics import (ScoresAre, average_precision_per_class, mean_average_precision, multilabel_metrics,
+from iagcn.metrics import (ScoresAre, average_precision_per_class, mean_average_precision, multilabel_metrics,
                                     validate_scores_targets)
 from iagcn.fsutil import atomic_path, exclusive_lock, git_commit, write_json_atomic, write_text_atomic
 from iagcn.validation import ANY, Range, check_ranges, check_types

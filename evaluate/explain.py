@@ -84,7 +84,7 @@ def explain(run_dir: str | os.PathLike, cache_path: str | os.PathLike, image_id:
             image_root: str | os.PathLike | None = None, which: str = "best") -> dict[str, Any]:
     """Write Fig. 1 / Fig. 3 (+ their .npz data) and explain.json for one image; return the explain.json record."""
     from iagcn.cache.format import FeatureCache
-    from iagcn.evaluate.metrics import sigmoid
+    from iagcn.metrics import sigmoid
     from iagcn.evaluate.plots import plot_lcm_pair, plot_roi_weights
     from iagcn.train.inference import explain_image, load_run
 

@@ -153,7 +153,7 @@ def predict_images(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLik
     """Run stage one (the run's recorded extraction config) and the trained head on image files / folders."""
     import dataclasses
 
-    from iagcn.evaluate.metrics import sigmoid
+    from iagcn.metrics import sigmoid
     from iagcn.extract.datasets import DatasetSplit
     from iagcn.extract.config import ExtractConfig
     from iagcn.extract.pipeline import extract_split

@@ -6,7 +6,7 @@
 * :func:`ablation_table` — per-run metric dicts grouped by preset: mean ± std over seeds, with an optional
   ``ΔmAP vs <baseline> [95% CI]`` column (``*`` marks intervals that exclude zero) and the seed-test p-value.
 
-All inputs are percentages as returned by :mod:`evaluate.metrics`; NaN prints as ``-`` (as the paper prints
+All inputs are percentages as returned by :mod:`iagcn.metrics`; NaN prints as ``-`` (as the paper prints
 missing entries). Pure string formatting, no I/O.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from iagcn.evaluate.metrics import MAIN_METRICS, THRESHOLD_METRICS, mean_average_precision
+from iagcn.metrics import MAIN_METRICS, THRESHOLD_METRICS, mean_average_precision
 
 Fmt = Literal["markdown", "text"]
 
@@ -83,7 +83,7 @@ def metrics_table(results: Mapping[str, Mapping[str, float]] | Iterable[tuple[st
                   fmt: Fmt = "markdown", top_k: int | None = 3, title: str | None = None) -> str:
     """``Methods | mAP CP CR CF1 OP OR OF1`` rows (one per method, in order), then the top-k block if present.
 
-    ``results`` maps a method name to a :func:`evaluate.metrics.multilabel_metrics` dict (percent).
+    ``results`` maps a method name to a :func:`iagcn.metrics.multilabel_metrics` dict (percent).
     """
     rows = _rows_of(results)
     main = render_table(["Methods", *MAIN_METRICS], [[name, *(fmt_pct(m.get(k)) for k in MAIN_METRICS)]

@@ -249,8 +249,7 @@ def test_compare_run_against_itself_is_exactly_zero(tiny_runs):
 
 def test_compare_seeds_sweep_spec_matches_stats(tiny_runs):
     """SWEEP:PRESET expands to the seeds; the bootstrap of one pair equals evaluate.stats.paired_bootstrap."""
-    from iagcn.evaluate.compare import paired_bootstrap_runs
-    from iagcn.evaluate.stats import paired_bootstrap
+    from iagcn.evaluate.stats import paired_bootstrap, paired_bootstrap_runs
 
     sweep = tiny_runs["dir"] / "sweep"
     r = invoke(["compare", f"{sweep}:iagcn", f"{sweep}:iagcn", "--cache", tiny_runs["test"], "--resamples", "50",
@@ -263,7 +262,7 @@ def test_compare_seeds_sweep_spec_matches_stats(tiny_runs):
     t = (rng.random((40, 4)) < 0.4).astype(np.int8)
     t[0] = 1
     a, b = rng.standard_normal((40, 4)), rng.standard_normal((40, 4)) + t
-    mine = paired_bootstrap_runs([a], [b], t, n_resamples=300, seed=4)
+    mine = paired_bootstrap_runs([a], [b], t, scores_are="logits", n_resamples=300, seed=4)
     ref = paired_bootstrap(a, b, t, scores_are="logits", n_resamples=300, seed=4)
     for k, m in ref["metrics"].items():
         for field in ("diff", "low", "high"):
@@ -331,7 +330,11 @@ def test_compare_sweep_ablation_table(tiny_runs):
 
     assert "ΔmAP vs mlgcn" in md
     assert re.search(r"\| mlgcn\s*\|.*\|\s*baseline \|", md) and re.search(r"\| iagcn\s*\|\s*2 \|", md)
+    from iagcn.evaluate.ablation import ABLATION_KEYS
+
     rec = json.loads((out / "ablation.json").read_text())
+    assert set(rec) == set(ABLATION_KEYS)  # the one schema (also what `sweep --baseline` writes)
+    assert rec["deltas"]["iagcn"]["metrics"]["mAP"] == rec["comparisons"]["iagcn"]["bootstrap"]["metrics"]["mAP"]
     m = rec["comparisons"]["iagcn"]["bootstrap"]["metrics"]["mAP"]
     runs = tiny_runs["runs"]
     mean_b = np.mean([json.loads((runs[("iagcn", s)] / "metrics.json").read_text())["metrics"]["mAP"] for s in (0, 1)])

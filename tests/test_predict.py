@@ -53,7 +53,7 @@ def tiny(tmp_path_factory):
 
 def test_predict_reproduces_cached_features(tiny):
     from iagcn.cache.format import FeatureCache
-    from iagcn.evaluate.metrics import sigmoid
+    from iagcn.metrics import sigmoid
     from iagcn.evaluate.predict import predict_images
     from iagcn.train.inference import load_run, predict_cache
 

@@ -183,7 +183,12 @@ def test_sweep_writes_results_and_table_and_skips_complete_runs(caches, tmp_path
     train, test = caches
     tr, te = CacheData(train), CacheData(test)
     cfgs = [config_for_preset(p, epochs=1, seed=s, val_fraction=0.0, **SMALL) for p in ("resnet", "comsco") for s in (0, 1)]
-    rows = run_sweep(cfgs, train_data=tr, eval_data=te, out_dir=tmp_path, progress=False, log=_quiet)
+    from iagcn.evaluate.ablation import write_sweep_table
+
+    tables = []
+    rows = run_sweep(cfgs, train_data=tr, eval_data=te, out_dir=tmp_path, progress=False, log=_quiet,
+                     on_results=lambda out, rows: tables.append(write_sweep_table(out, rows)))
+    assert len(tables) == 4  # table.md rewritten after every run (by the CLI layer's writer)
     assert [(r["preset"], r["seed"]) for r in rows] == [("resnet", 0), ("resnet", 1), ("comsco", 0), ("comsco", 1)]
     results = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert len(results) == 4 and {"mAP", "OF1", "CF1_top3", "train_seconds", "protocol"} <= set(results[0])
@@ -205,7 +210,11 @@ def test_sweep_cli(caches, tmp_path):
     assert "| mlgcn" in proc.stdout and "holdout-0.2" in proc.stdout
     # issue 7: the ΔmAP-vs-baseline column with its bootstrap interval, from the saved scores
     assert "ΔmAP vs mlgcn" in proc.stdout and "baseline" in proc.stdout
+    from iagcn.evaluate.ablation import ABLATION_KEYS
+
     ablation = json.loads((tmp_path / "ablation.json").read_text())
+    assert set(ablation) == set(ABLATION_KEYS)  # the one schema (also what `compare --sweep --out` writes)
+    assert "ΔmAP vs mlgcn" in (tmp_path / "ablation.md").read_text()
     d = ablation["deltas"]["resnet"]["metrics"]["mAP"]
     ref = json.loads((tmp_path / "resnet-s0" / "metrics.json").read_text())["metrics"]["mAP"] - \
         json.loads((tmp_path / "mlgcn-s0" / "metrics.json").read_text())["metrics"]["mAP"]

@@ -113,6 +113,7 @@ def sweep_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
 
     from iagcn.configio import apply_overrides
     from iagcn.train.config import config_for_preset
+    from iagcn.evaluate.ablation import write_sweep_table
     from iagcn.train.sweep import parse_list, run_sweep
 
     explicit = _explicit(epochs=epochs, batch_size=batch_size, lr=lr, device=device, label_embeddings=label_embeddings,
@@ -126,12 +127,15 @@ def sweep_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
     train_data = _open_data(train_cache, "--train-cache", cfg0.memory_budget_gib, cfg0)
     eval_data = _open_data(val_cache, "--val-cache", cfg0.memory_budget_gib, cfg0)
     log = (lambda *_: None) if quiet else (lambda m: click.echo(m, err=True))
-    run_sweep(configs, train_data=train_data, eval_data=eval_data, out_dir=out, progress=not quiet, log=log)
+    run_sweep(configs, train_data=train_data, eval_data=eval_data, out_dir=out, progress=not quiet, log=log,
+              on_results=write_sweep_table)
     if baseline != "none" and baseline in names and len(names) > 1:
-        from iagcn.train.sweep import write_ablation
+        # ΔmAP vs the baseline from the runs' saved evaluation scores (no retraining): table.md, ablation.json/.md
+        from iagcn.evaluate.ablation import ablate_sweep
+        from iagcn.evaluate.evaluation import EvalConfig
 
-        write_ablation(out, baseline=baseline, cache_path=val_cache, n_resamples=n_resamples, log=log,
-                       configs=configs)
+        ablate_sweep(out, baseline=baseline, cache_path=val_cache, config=EvalConfig(n_resamples=n_resamples, seed=0),
+                     log=log, members=[(c.preset, c.seed) for c in configs])
     click.echo((Path(out) / "table.md").read_text())
 
 

@@ -121,7 +121,7 @@ def predict(model: IAGCNHead, data: CacheData, indices: np.ndarray | None = None
 def evaluate(model: IAGCNHead, data: CacheData, indices: np.ndarray | None = None, *, batch_size: int = 256,
              device: torch.device | str = "cpu", progress: bool = False) -> tuple[dict[str, float], np.ndarray]:
     """Score ``indices`` of ``data`` and compute stage three's metrics. Returns (metrics, logits (n, C))."""
-    from iagcn.evaluate.metrics import multilabel_metrics
+    from iagcn.metrics import multilabel_metrics
 
     scores = predict(model, data, indices, batch_size=batch_size, device=device, progress=progress)  # (n, C)
     targets = data.labels if indices is None else data.labels[indices]       # (n, C)

@@ -52,7 +52,7 @@ def split_train(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np
     n = len(labels)
     if config.select_on_eval or config.val_fraction <= 0:
         return np.arange(n), None
-    from iagcn.evaluate.stats import stratified_holdout
+    from iagcn.train.holdout import stratified_holdout
 
     train_idx, hold_idx = stratified_holdout(labels, fraction=config.val_fraction, seed=config.seed)
     return np.sort(np.asarray(train_idx, np.int64)), np.sort(np.asarray(hold_idx, np.int64))

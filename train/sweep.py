@@ -1,27 +1,24 @@
-"""`iagcn sweep`: every preset x seed on caches loaded once; results.csv and the paper-layout table.md.
+"""`iagcn sweep`: every preset x seed on caches loaded once; results.csv after every run.
 
-The table is built by :func:`build_table` from the per-run rows, so a later column (e.g. a ΔmAP-vs-baseline
-bootstrap interval from evaluate.stats) plugs in through ``extra_columns`` without touching the runs.
+The paper-layout table.md and the ΔmAP-vs-baseline comparison (ablation.json) are stage three's: the CLI layer
+(``train/cli.py``) passes :func:`evaluate.ablation.write_sweep_table` as ``on_results`` and calls
+:func:`evaluate.ablation.write_ablation` after the sweep, so training never imports evaluation.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
-import math
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from iagcn.errors import UserError
-from iagcn.fsutil import check_writable_dir, exclusive_lock, interrupt_hint, write_json_atomic, write_text_atomic
-from iagcn.train.config import PAPER_ROWS, TrainConfig
-from iagcn.train.data import CacheData
+from iagcn.fsutil import check_writable_dir, exclusive_lock, interrupt_hint, write_text_atomic
 from iagcn.train import runfolder
+from iagcn.train.config import TrainConfig
+from iagcn.train.data import CacheData
 from iagcn.train.run import train_run
-
-#: the columns of the paper's Tables 3-6, in order
-TABLE_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
 
 
 def run_dir_for(out: Path, preset: str, seed: int) -> Path:
@@ -29,19 +26,21 @@ def run_dir_for(out: Path, preset: str, seed: int) -> Path:
 
 
 def run_sweep(configs: Iterable[TrainConfig], *, train_data: CacheData, eval_data: CacheData, out_dir: str | Path,
-              progress: bool = True, log=print) -> list[dict[str, Any]]:
+              progress: bool = True, log=print,
+              on_results: Callable[[Path, list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """Train every config (one per preset x seed) into out_dir/<preset>-s<seed>/; complete runs are skipped,
-    interrupted ones resume. Writes results.csv and table.md after every run; returns the rows."""
+    interrupted ones resume. Writes results.csv after every run, then calls ``on_results(out, rows)`` (the CLI
+    passes the table.md writer); returns the rows."""
     out = check_writable_dir(out_dir, what="the sweep", option="--out")
     configs = list(configs)
     with exclusive_lock(out / "sweep", what="sweep directory"), \
             interrupt_hint(lambda: f"interrupted: {sum(runfolder.is_complete(run_dir_for(out, c.preset, c.seed)) for c in configs)}"
                                    f"/{len(configs)} runs complete in {out}; rerun the same `iagcn sweep` command to "
                                    f"resume (the interrupted run continues from its last epoch)"):
-        return _run_sweep_locked(configs, train_data, eval_data, out, progress, log)
+        return _run_sweep_locked(configs, train_data, eval_data, out, progress, log, on_results)
 
 
-def _run_sweep_locked(configs, train_data, eval_data, out: Path, progress, log) -> list[dict[str, Any]]:
+def _run_sweep_locked(configs, train_data, eval_data, out: Path, progress, log, on_results) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     for i, cfg in enumerate(configs):
@@ -59,6 +58,8 @@ def _run_sweep_locked(configs, train_data, eval_data, out: Path, progress, log) 
                                resume_command="rerun the same `iagcn sweep` command to resume")
         rows.append(result_row(result, cfg, run_dir))
         write_results(out, rows)
+        if on_results is not None:
+            on_results(out, rows)
     return rows
 
 
@@ -94,92 +95,6 @@ def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
     w.writeheader()
     w.writerows(rows)
     write_text_atomic(out / "results.csv", buf.getvalue(), what="sweep results")
-    write_text_atomic(out / "table.md", build_table(rows), what="sweep table")
-
-
-def write_ablation(out_dir: str | Path, *, baseline: str, cache_path: str | Path, n_resamples: int = 1000,
-                   seed: int = 0, log=print, configs: Iterable[TrainConfig] | None = None) -> dict[str, Any]:
-    """Rewrite table.md with the ΔmAP-vs-``baseline`` column (issue 7) and write ablation.json.
-
-    Every preset's saved evaluation scores (no retraining) are compared with the baseline's by a paired
-    bootstrap over evaluation images (resampling the same images for both; seeds averaged per side), plus a
-    paired test across seeds when both sides have >= 2 seeds (evaluate.compare.sweep_ablation).
-
-    ``configs``: the runs of this invocation (preset x seed); only they enter the table and the Δ column, never
-    another run folder that happens to be in ``out_dir`` (an interrupted run, an earlier sweep's seeds). Default:
-    the runs listed in results.csv.
-    """
-    from iagcn.evaluate.compare import sweep_ablation
-    from iagcn.evaluate.evaluation import EvalConfig
-
-    out = Path(out_dir)
-    rows = list(csv.DictReader(open(out / "results.csv", newline="")))
-    if configs is not None:
-        members = [(c.preset, int(c.seed)) for c in configs]
-        rows = [r for r in rows if (r["preset"], int(r["seed"])) in set(members)]
-        missing = sorted(set(members) - {(r["preset"], int(r["seed"])) for r in rows})
-        if missing:
-            raise RuntimeError(f"sweep {out}: results.csv lacks runs {missing} of this invocation")
-    groups: dict[str, list[Path]] = {}
-    for r in rows:
-        groups.setdefault(r["preset"], []).append(out / r["run_dir"])
-    result = sweep_ablation(out, baseline=baseline, cache_path=cache_path,
-                            config=EvalConfig(n_resamples=n_resamples, seed=seed), log=log, groups=groups)
-    _check_deltas_match_table(rows, result, baseline)
-    table = build_table(rows, baseline=baseline, deltas=result["deltas"],
-                        seed_tests=result["seed_tests"] or None, ci=result["ci"])
-    write_text_atomic(out / "table.md", table, what="sweep table")
-    write_json_atomic(out / "ablation.json", {k: v for k, v in result.items() if k != "runs"}, what="sweep ablation")
-    return result
-
-
-def _check_deltas_match_table(rows: list[dict[str, Any]], result: dict[str, Any], baseline: str) -> None:
-    """The Δ column and the mAP column come from the same runs: mean mAP(preset) - mean mAP(baseline) must equal
-    the bootstrap's point estimate (to the rounding of results.csv). A mismatch is a bug, never a table."""
-    means: dict[str, list[float]] = {}
-    for r in rows:
-        v = _num(r.get("mAP"))
-        if v is not None:
-            means.setdefault(r["preset"], []).append(v)
-    if baseline not in means:
-        return
-    base = sum(means[baseline]) / len(means[baseline])
-    for preset, d in result["deltas"].items():
-        diff = d["metrics"]["mAP"]["diff"]
-        complete = preset in means and len(means[preset]) == sum(r["preset"] == preset for r in rows)
-        if complete and diff is not None and math.isfinite(diff):
-            table_diff = sum(means[preset]) / len(means[preset]) - base
-            if abs(table_diff - diff) > 0.01:
-                raise RuntimeError(f"ΔmAP of {preset} ({diff:+.4f}) disagrees with its mAP column "
-                                   f"({table_diff:+.4f}); the table was not written")
-
-
-def build_table(rows: list[dict[str, Any]], *, metrics: tuple[str, ...] = TABLE_METRICS, **report_options: Any) -> str:
-    """Markdown table, one row per preset: mean ± std over seeds in the layout of the paper's Tables 3-6.
-
-    ``rows``: results.csv rows (preset, seed, metric columns). ``report_options`` go to
-    ``evaluate.report.ablation_table`` (``baseline``, ``deltas``, ``seed_tests``: the ΔmAP-vs-baseline hook).
-    A legend maps presets to the paper's row names and states the model-selection protocol(s).
-    """
-    from iagcn.evaluate.report import ablation_table
-
-    runs = [{"preset": r["preset"], "seed": r.get("seed"),
-             "metrics": {m: (_num(r.get(m)) if _num(r.get(m)) is not None else math.nan) for m in metrics}}
-            for r in rows]
-    table = ablation_table(runs, metrics=metrics, fmt="markdown", **report_options)
-    presets = list(dict.fromkeys(r["preset"] for r in rows))
-    protocols = sorted({str(r.get("protocol")) for r in rows})
-    legend = "; ".join(f"`{p}` = {PAPER_ROWS.get(p, p)}" for p in presets)
-    return (table.rstrip("\n") + "\n\n" + f"Mean ± sample std over seeds. Rows: {legend}. "
-            f"Model selection: {', '.join(protocols)}.\n")
-
-
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def parse_list(text: str, *, what: str, cast=str) -> list:
