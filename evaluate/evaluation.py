@@ -48,7 +48,7 @@ class EvalConfig:
     pr_classes: tuple[str, ...] = ()   # classes whose precision-recall curves are drawn (empty: none)
     plots: bool = True                 # write the PNG plots next to the metrics
     batch_size: int = 256              # images per forward pass when a run scores a cache
-    device: str = "cpu"                # device for scoring a cache (cpu | cuda)
+    device: str = "auto"               # where a run scores a cache: auto | cpu | cuda[:k] (iagcn.device)
     n_resamples: int = 1000            # compare: paired bootstrap resamples over images
     seed: int = 0                      # compare: bootstrap RNG seed
     ci: float = 0.95                   # compare: interval level

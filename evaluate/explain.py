@@ -81,7 +81,7 @@ def find_image(cache_attrs: dict[str, Any], image_id: str, *, image_root: str | 
 
 
 def explain(run_dir: str | os.PathLike, cache_path: str | os.PathLike, image_id: str, out: str | os.PathLike, *,
-            image_root: str | os.PathLike | None = None, which: str = "best") -> dict[str, Any]:
+            image_root: str | os.PathLike | None = None, which: str = "best", device: str = "auto") -> dict[str, Any]:
     """Write Fig. 1 / Fig. 3 (+ their .npz data) and explain.json for one image; return the explain.json record."""
     from iagcn.cache.format import FeatureCache
     from iagcn.metrics import sigmoid
@@ -99,7 +99,7 @@ def explain(run_dir: str | os.PathLike, cache_path: str | os.PathLike, image_id:
     if image_id not in ids:
         sample = ", ".join(ids[:5])
         raise UserError(f"--image-id {image_id}: not in cache {cache_path} ({len(ids)} images, e.g. {sample})")
-    info = explain_image(run.model, cache_path, image_id)
+    info = explain_image(run.model, cache_path, image_id, device=device)
     out = Path(out)
     stem = _safe(image_id)
     written: dict[str, str] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from iagcn.device import resolve_device
 from iagcn.errors import UserError
 from iagcn.validation import ANY, Range, check_ranges, check_types
 
@@ -32,7 +33,7 @@ class ExtractConfig:
     batch_size: int = 16                      # images per backbone batch (batches never straddle a block)
     block_rows: int = 64                      # rows per committed part file (resume granularity, shard alignment)
     workers: int = 2                          # DataLoader worker processes (decode, resize, selective search)
-    device: str = "auto"                      # auto | cpu | cuda
+    device: str = "auto"                      # auto | cpu | cuda[:k] (iagcn.device.resolve_device)
     threads: int = 0                          # torch intra-op threads in the main process (0: torch's default)
     shard: str | None = None                  # "i/n": extract only shard i of n (contiguous whole blocks)
     skip_bad: bool = False                    # proceed past pre-flight problems, skipping (and recording) bad images
@@ -45,9 +46,10 @@ class ExtractConfig:
     def identity(self) -> "ExtractConfig":
         """The config with execution-only fields neutralised: what the cache's ``extract_config`` records.
 
-        ``workers``, ``threads`` and ``shard`` never change the arrays; ``device`` is resolved to cpu/cuda.
+        ``workers``, ``threads`` and ``shard`` never change the arrays; ``device`` is resolved to its kind,
+        cpu or cuda (which CUDA device, cuda:k, does not change them either).
         """
-        return dataclasses.replace(self, workers=0, threads=0, shard=None, device=resolve_device(self.device))
+        return dataclasses.replace(self, workers=0, threads=0, shard=None, device=resolve_device(self.device).type)
 
 
 #: the allowed values of every ExtractConfig field, checked when the config is built (before any file is read)
@@ -68,18 +70,6 @@ EXTRACT_RANGES: dict[str, Range] = {
     "threads": Range(0, 4096, note="0 = torch's default"),
 }
 EXTRACT_OPTIONS = {"csv": "--csv"}
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise UserError(f"--device {device}: choose auto, cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is visible; use --device cpu or auto")
-    return device
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:

@@ -33,7 +33,8 @@ import numpy as np
 
 from iagcn.configio import config_hash, config_to_dict
 from iagcn.errors import UserError
-from iagcn.extract.config import ExtractConfig, parse_shard, resolve_device, shard_rows, validate_options
+from iagcn.device import resolve_device
+from iagcn.extract.config import ExtractConfig, parse_shard, shard_rows, validate_options
 from iagcn.extract.features import boxes_to_map, global_max_pool, region_features
 from iagcn.extract.loader import batches_of_blocks, collate_items, ImageRows, worker_init
 from iagcn.extract.parts import PART_FIELDS, check_finite_part, empty_block, open_partial, part_path, read_part, \
@@ -74,7 +75,7 @@ def extract_split(ds, cfg: ExtractConfig, out: str | os.PathLike, *, label_embed
     if image_loader is None:
         from iagcn.extract.datasets import load_image_rgb as image_loader
     out = Path(out)
-    device = resolve_device(cfg.device)
+    device = str(resolve_device(cfg.device))          # "cpu" / "cuda:k": model, proposer and batches all go there
     previous_threads = torch.get_num_threads()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)

@@ -342,6 +342,47 @@ def test_compare_sweep_ablation_table(tiny_runs):
     assert m["diff"] == pytest.approx(mean_b - base, abs=1e-3)
 
 
+def test_eval_on_cuda_sends_the_model_and_batches_to_the_gpu(tiny_runs, tmp_path, fake_gpu):
+    """`eval --run R --device cuda` (simulated GPU, conftest.fake_gpu): the run's head is moved to cuda:0 before
+    its batches, which go there too (the head used to stay on the CPU); the metrics equal --device cpu's."""
+    import torch
+
+    run = tiny_runs["runs"][("iagcn", 0)]
+
+    def metrics(device):
+        out = tmp_path / device
+        r = invoke(["eval", "--run", run, "--cache", tiny_runs["test"], "--no-plots", "--out", out, "--quiet",
+                    "--device", device])
+        assert r.exit_code == 0, r.output
+        return json.loads((out / "metrics.json").read_text())["metrics"]
+
+    on_cpu = metrics("cpu")
+    assert fake_gpu == []
+    on_gpu = metrics("cuda:0")
+    cuda0 = torch.device("cuda", 0)
+    assert fake_gpu[0] == ("module", "IAGCNHead", cuda0), fake_gpu[:3]   # the model first ...
+    batches = [e for e in fake_gpu[1:] if e[0] == "tensor"]
+    assert len(batches) >= 4 and all(dev == cuda0 for _, _, dev in batches)  # ... then x, X, valid, labels
+    assert sum(shape[0] for _, shape, _ in batches if len(shape) == 3) == 48   # X of all 48 images moved
+    assert on_gpu == on_cpu
+
+
+def test_explain_image_on_cuda_moves_model_and_batch(tiny_runs, fake_gpu):
+    import torch
+
+    from iagcn.train.inference import explain_image, load_run
+
+    run = tiny_runs["runs"][("iagcn", 0)]
+    ref = explain_image(load_run(run).model, tiny_runs["test"], 3, device="cpu")
+    assert fake_gpu == []
+    got = explain_image(load_run(run).model, tiny_runs["test"], 3, device="cuda")
+    cuda0 = torch.device("cuda", 0)
+    assert fake_gpu[0] == ("module", "IAGCNHead", cuda0)
+    assert [e[1] for e in fake_gpu[1:] if e[0] == "tensor"] and all(e[2] == cuda0 for e in fake_gpu)
+    for key in ("logits", "z", "A_F"):
+        np.testing.assert_array_equal(got[key], ref[key])
+
+
 def test_eval_never_overwrites_the_runs_own_files(tiny_runs):
     """`iagcn eval --run R --out R` used to replace R/metrics.json (training's completion marker): a later sweep
     then failed with KeyError 'protocol'. An evaluation refuses a run folder as its output, leaving it intact."""

@@ -262,3 +262,34 @@ def test_cli_preflight_refuses_listing_every_problem_then_skip_bad_records_them(
         assert c.num_images == 12 and c.image_ids() == [p.name for p in tiny.image_paths]
         assert sorted(c.attrs["skipped_ids"]) == sorted(["missing.jpg", "broken.jpg", "img0x1.jpg"])
         np.testing.assert_array_equal(c.read("labels"), tiny.labels)
+
+
+def test_cli_set_overrides_any_extract_config_field(tiny, tmp_path):
+    """`iagcn extract --set key=value` (issue 10), typed like train's: the cache records the values."""
+    from click.testing import CliRunner
+
+    from iagcn.cli import main
+
+    root = tmp_path / "csvdata"
+    root.mkdir()
+    rows = ["image,labels"]
+    for p, lab in zip(tiny.image_paths[:4], tiny.labels[:4]):
+        (root / p.name).write_bytes(p.read_bytes())
+        rows.append(f"{p.name},{' '.join(c for c, v in zip(tiny.class_names, lab) if v == 1)}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    base = ["extract", "--dataset", "csv", "--root", str(root), "--split", "labels", "--csv", str(root / "labels.csv"),
+            *map(str, CHEAP)]
+    out = tmp_path / "set.h5"
+    r = CliRunner().invoke(main, [*base, "--out", str(out), "--set", "roi_output_size=3", "--set",
+                                  "roi_sampling_ratio=1", "--set", "proposer_image_size=48", "--set", "num_rois=3"])
+    assert r.exit_code == 0, r.output
+    with FeatureCache(out) as c:
+        cfg = c.attrs["extract_config"]
+        assert (cfg["roi_output_size"], cfg["roi_sampling_ratio"], cfg["proposer_image_size"]) == (3, 1, 48)
+        assert cfg["num_rois"] == 3 and c.num_rois == 3                 # --set applies after --num-rois 4
+        assert cfg["image_size"] == 64 and cfg["classes"] is None and cfg["device"] == "cpu"
+    for bad, words in ((["--set", "roi_output_size=three"], "expected a int"),
+                       (["--set", "bogus=1"], "unknown field"), (["--set", "device=gpu"], "unknown device")):
+        r = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "bad.h5"), *bad])
+        assert r.exit_code == 2 and words in r.output and len(r.output.strip().splitlines()) == 1, r.output
+        assert not (tmp_path / "bad.h5").exists()

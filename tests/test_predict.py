@@ -140,3 +140,43 @@ def test_run_records_extraction_config_and_predict_needs_no_train_cache(tiny, tm
         assert predict_images(tiny["run"], [image], progress=False, log=lambda *_: None)
     finally:
         shutil.move(moved, tiny["trainval"])
+
+
+def _predict_json(tiny, images, device):
+    r = CliRunner().invoke(main, ["predict", "--run", str(tiny["run"]), *map(str, images), "--format", "json",
+                                  "--threshold", "0.01", "--quiet", "--device", device], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return {o["image"]: o["probabilities"] for o in json.loads(r.stdout)}
+
+
+def test_predict_device_auto_runs_on_the_cpu_without_cuda(tiny):
+    """`--device auto` used to reach torch.device("auto") and fail; here (no CUDA) it must mean the CPU."""
+    import torch
+
+    assert not torch.cuda.is_available()
+    images = sorted((tiny["root"] / "JPEGImages").iterdir())[:2]
+    assert _predict_json(tiny, images, "auto") == _predict_json(tiny, images, "cpu")
+    r = CliRunner().invoke(main, ["predict", "--run", str(tiny["run"]), str(images[0]), "--device", "cuda"])
+    assert r.exit_code == 2 and "--device cuda" in r.output and "not available" in r.output
+
+
+def test_predict_on_cuda_sends_the_head_backbone_and_batches_to_the_gpu(tiny, fake_gpu):
+    """With --device cuda (simulated: see conftest.fake_gpu) the head, the backbone and every batch go to cuda:0.
+    Before issue 10 the head stayed on the CPU while its batches went to the GPU."""
+    import torch
+
+    images = sorted((tiny["root"] / "JPEGImages").iterdir())[:2]
+    reference = _predict_json(tiny, images, "cpu")
+    assert fake_gpu == []                                              # --device cpu: nothing sent to CUDA
+    got = _predict_json(tiny, images, "cuda")
+    cuda0 = torch.device("cuda", 0)
+    modules = [(name, dev) for kind, name, dev in fake_gpu if kind == "module"]
+    assert ("IAGCNHead", cuda0) in modules, modules                   # the trained head
+    assert any(dev == cuda0 and name != "IAGCNHead" for name, dev in modules)   # stage one's backbone
+    head_at = next(i for i, e in enumerate(fake_gpu) if e[:2] == ("module", "IAGCNHead"))
+    tensors = [e for e in fake_gpu[head_at:] if e[0] == "tensor"]
+    # the head's batches (x (b, D), X (b, N, D), valid, labels) after the head moved, all to cuda:0
+    assert tensors and all(dev == cuda0 for _, _, dev in tensors)
+    assert {len(shape) for _, shape, _ in tensors} >= {2, 3}
+    assert all(e[2] == cuda0 for e in fake_gpu)
+    assert got == reference                                            # the same numbers (computed on the CPU here)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import signal
 import subprocess
@@ -99,6 +100,53 @@ def test_resume_after_sigkill_equals_uninterrupted_run(caches, tmp_path):
     assert [(r["loss"], r["select_mAP"]) for r in la] == [(r["loss"], r["select_mAP"]) for r in lb]
     ckpt = torch.load(killed / "last.pt", weights_only=True)
     assert set(ckpt) >= {"model", "optimizer", "rng", "epoch", "config"} and ckpt["epoch"] == epochs - 1
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_with_other_execution_fields_continues_and_identity_changes_are_refused(caches, tmp_path):
+    """Issue 10: --resume DIR with another --threads / --device / --memory-budget-gib / eval and streaming sizes."""
+    train, test = caches
+    out = tmp_path / "run"
+
+    def stop_after_two(msg):
+        if msg.startswith("epoch 2/"):
+            raise _Stop                              # an interruption right after epoch 2 was committed
+
+    cfg = config_for_preset("iagcn", epochs=4, lr=0.03, batch_size=16, seed=0, **SMALL)
+    with pytest.raises(_Stop):
+        train_run(cfg, train_data=CacheData(train), eval_data=CacheData(test), out_dir=out, progress=False,
+                  log=stop_after_two)
+    assert not (out / "metrics.json").exists()
+    before = json.loads((out / "config.json").read_text())
+    assert before["config"]["num_threads"] == 1 and before["data_in_memory"]["train"] is True
+    first_rows = list(csv.DictReader(open(out / "log.csv")))
+    assert [r["epoch"] for r in first_rows] == ["1", "2"]
+
+    for change, field in ((["--lr", "0.1", "--threads", "2"], "lr"), (["--set", "gcn_widths=8,8"], "gcn_widths")):
+        proc = run_cli(["train", "--resume", out, "--quiet", *change])
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert f"different config ({field})" in lines[0] and "--resume" in lines[0]
+    assert not (out / "metrics.json").exists()
+
+    proc = run_cli(["train", "--resume", out, "--quiet", "--threads", "2", "--device", "cpu",
+                    "--memory-budget-gib", "0", "--set", "eval_batch_size=7", "--set", "stream_block_rows=32",
+                    "--set", "shuffle_buffer_blocks=2"])
+    assert proc.returncode == 0, proc.stderr
+    after = json.loads((out / "config.json").read_text())
+    assert after["config"]["num_threads"] == 2 and after["config"]["memory_budget_gib"] == 0.0
+    assert after["config"]["eval_batch_size"] == 7 and after["config"]["stream_block_rows"] == 32
+    assert after["data_in_memory"] == {"train": False, "eval": False}          # the new budget was used
+    assert after["torch_threads"] == 2 and after["device"] == "cpu"
+    assert after["identity_hash"] == before["identity_hash"]
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"] and rows[:2] == first_rows  # continued, not restarted
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 4 and metrics["selected_epoch"] >= 1
+    assert metrics["metrics"]["mAP"] > 50      # chance ~21 (see above); measured 75 after these 4 epochs
 
 
 def test_mismatched_caches_are_refused_with_one_line(caches, tmp_path):
@@ -200,6 +248,15 @@ def test_sweep_writes_results_and_table_and_skips_complete_runs(caches, tmp_path
     run_sweep(cfgs, train_data=tr, eval_data=te, out_dir=tmp_path, progress=False, log=messages.append)
     assert (tmp_path / "resnet-s0" / "metrics.json").stat().st_mtime_ns == stamp
     assert sum("skipped" in m for m in messages) == 4
+    # other execution fields (threads, eval batch, memory budget) still match the complete runs ...
+    other_machine = [dataclasses.replace(c, num_threads=2, eval_batch_size=7, memory_budget_gib=0.0) for c in cfgs]
+    messages.clear()
+    run_sweep(other_machine, train_data=tr, eval_data=te, out_dir=tmp_path, progress=False, log=messages.append)
+    assert sum("skipped" in m for m in messages) == 4
+    # ... while an identity field does not
+    with pytest.raises(UserError, match=r"different config \(lr\)"):
+        run_sweep([dataclasses.replace(cfgs[0], lr=0.5)], train_data=tr, eval_data=te, out_dir=tmp_path,
+                  progress=False, log=_quiet)
 
 
 def test_sweep_cli(caches, tmp_path):

@@ -1,7 +1,15 @@
-"""TrainConfig: the one frozen config of stage two, and the ablation presets of Tables 3-6.
+"""TrainConfig: the one frozen config of stage two, its parts, and the ablation presets of Tables 3-6.
 
 Every field can be set from the command line with ``--set key=value`` (``iagcn.configio.apply_overrides``);
 the resolved config is written to ``config.json`` next to every run and stored in every checkpoint.
+
+Identity and execution (as ``ExtractConfig``): fields declared with :func:`execution` (device, threads, memory
+budget, streaming sizes, eval batch size) change how a run executes, never what it computes.
+:meth:`TrainConfig.identity` neutralises them; ``--resume`` and a sweep's completed runs compare identities, so a
+run may continue with another ``--device`` or ``--threads`` while any other change is refused.
+
+The model receives only :class:`HeadConfig` (``TrainConfig.head()``): the fields that shape the head's modules
+and forward pass, kept apart from optimisation, data and machine settings.
 """
 from __future__ import annotations
 
@@ -12,6 +20,37 @@ from typing import Any, Literal
 from iagcn.configio import config_from_dict
 from iagcn.errors import UserError
 from iagcn.validation import ANY, Range, check_ranges, check_types
+
+
+def execution(default: Any) -> Any:
+    """Declare a TrainConfig field as execution-only: it may differ between a run and its resume."""
+    return dataclasses.field(default=default, metadata={"execution": True})
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadConfig:
+    """What :class:`iagcn.train.model.IAGCNHead` reads: which branches exist, their widths, Eq. 1-11's constants.
+
+    Built from a TrainConfig by :meth:`TrainConfig.head` (same field names and meanings; see TrainConfig)."""
+
+    global_branch: Literal["linear", "gcn", "none"]
+    global_adjacency: Literal["static", "fused"]
+    variational: bool
+    region_branch: bool
+    region_adjacency: Literal["fused", "individual"]
+    region_reading: Literal["label-nodes", "region-nodes"]
+    region_relu_after_last: bool
+    gcn_widths: tuple[int, ...]
+    gcn_activation: Literal["relu", "leaky_relu"]
+    leaky_slope: float
+    region_widths: tuple[int, ...]
+    fusion_lambda: float
+    adjacency_eps: float
+
+    @property
+    def uses_image_lcm(self) -> bool:
+        """Whether a_I / A_I (Eq. 2-4) are computed: needed by Â_F or by the region branch."""
+        return (self.global_branch == "gcn" and self.global_adjacency == "fused") or self.region_branch
 
 
 @dataclass(frozen=True)
@@ -53,13 +92,13 @@ class TrainConfig:
     val_fraction: float = 0.1                      # held-out, label-stratified fraction of the TRAIN cache for choosing the epoch
     select_on_eval: bool = False                   # choose the epoch on the evaluation cache (the published, optimistic protocol)
     early_stop_patience: int = 0                   # stop after this many epochs without a better selection mAP; 0 = never
-    # ---- machine -------------------------------------------------------------------------------
-    device: str = "auto"                           # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
-    num_threads: int = 0                           # torch CPU threads; 0 = torch's default
-    memory_budget_gib: float = 4.0                 # load a cache into RAM when its features fit; otherwise stream blocks
-    stream_block_rows: int = 256                   # rows per contiguous block when streaming
-    shuffle_buffer_blocks: int = 8                 # blocks mixed together in the streaming shuffle buffer
-    eval_batch_size: int = 256                     # images per forward pass when scoring
+    # ---- machine: execution only (identity() neutralises these; a resume may change them) --------
+    device: str = execution("auto")                # auto (cuda if available) | cpu | cuda[:k] (iagcn.device)
+    num_threads: int = execution(0)                # torch CPU threads; 0 = torch's default
+    memory_budget_gib: float = execution(4.0)      # load a cache into RAM when its features fit; otherwise stream
+    stream_block_rows: int = execution(256)        # rows per contiguous block when streaming
+    shuffle_buffer_blocks: int = execution(8)      # blocks mixed together in the streaming shuffle buffer
+    eval_batch_size: int = execution(256)          # images per forward pass when scoring
 
     def __post_init__(self) -> None:
         where = f"train config (preset {self.preset!r})"
@@ -68,14 +107,24 @@ class TrainConfig:
         if self.global_branch == "none" and not self.region_branch:
             raise UserError(f"{where}: global_branch=none needs region_branch=true; fix the option or --set value")
 
-    @property
-    def uses_image_lcm(self) -> bool:
-        """Whether a_I / A_I (Eq. 2-4) are computed: needed by Â_F or by the region branch."""
-        return (self.global_branch == "gcn" and self.global_adjacency == "fused") or self.region_branch
+    def identity(self) -> "TrainConfig":
+        """The config with every execution field at its default: equal identities train the same model."""
+        return dataclasses.replace(self, **{f.name: f.default for f in dataclasses.fields(self)
+                                            if f.metadata.get("execution")})
 
-    @property
-    def uses_statistical_lcm(self) -> bool:
-        return (self.global_branch == "gcn") or (self.region_branch and self.region_adjacency == "fused")
+    def identity_diff(self, other: "TrainConfig") -> list[str]:
+        """Names of the identity fields whose values differ between ``self`` and ``other``."""
+        return [f.name for f in dataclasses.fields(self)
+                if not f.metadata.get("execution") and getattr(self, f.name) != getattr(other, f.name)]
+
+    def head(self) -> HeadConfig:
+        """The fields the model reads (nothing about optimisation, data or the machine)."""
+        return HeadConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(HeadConfig)})
+
+
+def execution_fields() -> tuple[str, ...]:
+    """Names of TrainConfig's execution-only fields."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("execution"))
 
 
 #: the allowed values of every TrainConfig field, checked when a config is built (options, --set, a config.json,

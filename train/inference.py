@@ -16,6 +16,7 @@ import torch
 
 from iagcn.cache.format import FeatureCache
 from iagcn.configio import config_from_dict
+from iagcn.device import resolve_device
 from iagcn.errors import UserError
 from iagcn.train import runfolder
 from iagcn.train.config import TrainConfig
@@ -28,7 +29,7 @@ def build_model(config: TrainConfig, meta: dict[str, Any], *, label_embeddings: 
                 A_S: np.ndarray | None = None) -> IAGCNHead:
     """The head for ``config`` and the cache shapes in ``meta`` (zeros for buffers a state_dict will fill)."""
     C, E = meta["num_classes"], meta["embedding_dim"]
-    return IAGCNHead(config=config, num_classes=C, feature_dim=meta["feature_dim"], num_rois=meta["num_rois"],
+    return IAGCNHead(config=config.head(), num_classes=C, feature_dim=meta["feature_dim"], num_rois=meta["num_rois"],
                      label_embeddings=np.zeros((C, E), np.float32) if label_embeddings is None else label_embeddings,
                      A_S=np.eye(C, dtype=np.float32) if A_S is None else A_S)
 
@@ -85,22 +86,30 @@ def _as_data(cache: CacheData | FeatureCache | str | os.PathLike, memory_budget_
 
 
 def predict_cache(model: IAGCNHead, cache: CacheData | FeatureCache | str | os.PathLike, *, batch_size: int = 256,
-                  device: str = "cpu", memory_budget_gib: float = 4.0, progress: bool = False) -> dict[str, Any]:
-    """Logits of every image of ``cache``: {"scores": (n, C) float32, "image_ids": list, "labels": (n, C) int8}."""
+                  device: str | torch.device = "cpu", memory_budget_gib: float = 4.0,
+                  progress: bool = False) -> dict[str, Any]:
+    """Logits of every image of ``cache``: {"scores": (n, C) float32, "image_ids": list, "labels": (n, C) int8}.
+
+    ``device`` (auto | cpu | cuda[:k]) is resolved by :func:`iagcn.device.resolve_device`; the model is moved
+    there (in place) and so are the batches."""
+    dev = resolve_device(device)
     data = _as_data(cache, memory_budget_gib)
-    scores = predict(model, data, None, batch_size=batch_size, device=torch.device(device), progress=progress)
+    model.to(dev)
+    scores = predict(model, data, None, batch_size=batch_size, device=dev, progress=progress)
     return {"scores": scores, "image_ids": list(data.image_ids), "labels": data.labels}
 
 
 @torch.no_grad()
-def explain_image(model: IAGCNHead, cache: CacheData | FeatureCache | str | os.PathLike, image: int | str
-                  ) -> dict[str, Any]:
+def explain_image(model: IAGCNHead, cache: CacheData | FeatureCache | str | os.PathLike, image: int | str, *,
+                  device: str | torch.device = "cpu") -> dict[str, Any]:
     """Per-image internals for the explain plots (eval mode, z = z_mu), as NumPy arrays; reads that one row only.
 
     ``image``: a row number or an image id. Keys: image_id, index, boxes (N, 4), box_valid (N,), labels (C,),
     logits (C,), y_w, y_r (C,) or None, z / z_mu / z_logvar (N,) or None (no Var_Inf), region_scores A_I^w (N, C),
     a_I (C,), A_I (C, C), A_S (C, C), A_F (C, C) (before normalisation), each None where the preset lacks it.
+    ``device`` (auto | cpu | cuda[:k]): where the model (moved in place) and the image's features run.
     """
+    dev = resolve_device(device)
     if isinstance(cache, CacheData):
         cache = cache.cache
     with contextlib.ExitStack() as stack:
@@ -122,8 +131,8 @@ def explain_image(model: IAGCNHead, cache: CacheData | FeatureCache | str | os.P
         raise UserError(f"cache {c.path}: non-finite features (NaN/Inf) for image {ids[index]}; re-extract it")
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    out = model(x.to(device), X.to(device), valid.to(device))
+    model.to(dev)
+    out = model(x.to(dev), X.to(dev), valid.to(dev))
     model.train(was_training)
 
     def first(t):

@@ -31,7 +31,7 @@ def train_one_epoch(model: IAGCNHead, optimizer: torch.optim.Optimizer, data: Ca
     for step, batch in enumerate(data.batches(indices, batch_size=config.batch_size, shuffle=True, rng=rng,
                                               device=device, regions=model.uses_regions)):
         out = model(batch.x, batch.X, batch.valid)
-        loss, parts = total_loss(out, batch.labels, batch.valid, config=config)
+        loss, parts = total_loss(out, batch.labels, batch.valid, beta=config.beta, difficult=config.difficult)
         if not math.isfinite(parts["loss"]):
             raise UserError(divergence_cause(model, batch, parts, config=config, epoch=epoch, step=step,
                                              path=getattr(data, "path", None),

@@ -5,7 +5,6 @@ belong to :mod:`train.runfolder`; the trained head for stage three to :mod:`trai
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 from pathlib import Path
@@ -15,7 +14,8 @@ import numpy as np
 import torch
 
 from iagcn.cache.format import FeatureCache, check_compatible
-from iagcn.configio import config_from_dict, config_to_dict
+from iagcn.configio import config_from_dict, config_hash, config_to_dict
+from iagcn.device import resolve_device
 from iagcn.errors import UserError
 from iagcn.fsutil import check_writable_dir, exclusive_lock, git_commit, interrupt_hint
 from iagcn.jsonutil import to_json
@@ -29,17 +29,6 @@ from iagcn.train.model import IAGCNHead
 
 
 # -- small helpers ----------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise UserError(f"--device {name}: {e}; use auto, cpu or cuda[:k]") from e
-
-
 def protocol_name(config: TrainConfig) -> str:
     """Which split chose the epoch: 'holdout-F' (honest), 'select-on-eval' (published), or 'last-epoch'."""
     if config.select_on_eval:
@@ -155,8 +144,8 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
                             f"or choose another --out")
         ckpt = runfolder.load_checkpoint(last_path, keys=runfolder.CHECKPOINT_KEYS + runfolder.RESUME_KEYS)
         saved = config_from_dict(TrainConfig, ckpt["config"], source=str(last_path))
-        if saved != config:
-            diff = [f.name for f in dataclasses.fields(TrainConfig) if getattr(saved, f.name) != getattr(config, f.name)]
+        diff = saved.identity_diff(config)          # execution fields (device, threads, ...) may change
+        if diff:
             raise UserError(f"--resume {out}: the run was started with a different config ({', '.join(diff)}); "
                             f"rerun with the same options or choose another --out")
         if list(ckpt["meta"].get("class_names", [])) != list(train_data.class_names):
@@ -188,7 +177,8 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
         log(f"resuming {out} after epoch {start_epoch} (best so far: epoch {best['epoch'] + 1})")
 
     run_record = {
-        "config": config_to_dict(config), "protocol": protocol, "git_commit": git_commit(),
+        "config": config_to_dict(config), "identity_hash": config_hash(config.identity()), "protocol": protocol,
+        "git_commit": git_commit(),
         "train_cache": runfolder.cache_record(train_data.cache), "eval_cache": runfolder.cache_record(eval_data.cache),
         "class_names": train_data.class_names, "label_embeddings_source": emb_source,
         "num_train": int(len(train_idx)), "num_selection": int(len(hold_idx)) if hold_idx is not None else

@@ -64,12 +64,12 @@ def _run_sweep_locked(configs, train_data, eval_data, out: Path, progress, log, 
 
 
 def _refuse_other_config(run_dir: Path, cfg: TrainConfig) -> None:
-    """A complete run trained with other settings must not slip into this sweep's table."""
-    from iagcn.configio import config_to_dict
+    """A complete run trained with other settings must not slip into this sweep's table (execution fields such as
+    the device or the thread count may differ: they do not change what a run computes)."""
+    from iagcn.configio import config_from_dict
 
     saved = runfolder.read_record(run_dir, option="sweep run")["config"]
-    mine = json.loads(json.dumps(config_to_dict(cfg)))
-    diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+    diff = config_from_dict(TrainConfig, saved, source=str(run_dir / "config.json")).identity_diff(cfg)
     if diff:
         raise UserError(f"{run_dir}: a complete run with a different config ({', '.join(diff)}) is already there; "
                         f"use another sweep --out or delete that folder")
