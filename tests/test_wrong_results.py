@@ -552,12 +552,16 @@ def test_sweep_refuses_a_negative_seed(caches, tmp_path):
 
 
 @pytest.mark.parametrize("option,value", [("--num-rois", "100000"), ("--threads", "-3"), ("--workers", "1000"),
-                                          ("--proposer-image-size", "10"), ("--image-size", "100000")])
+                                          ("--proposer-image-size", "10"), ("--image-size", "100000"),
+                                          ("--set", "roi_output_size=0"), ("--set", "roi_sampling_ratio=-1")])
 def test_extract_refuses_out_of_range_values(option, value, tmp_path):
     root = make_voc(tmp_path / "VOC2007", {"a": [("dog", 0)]})
     args = ["extract", "--dataset", "voc", "--root", root, "--split", "trainval", "--out", tmp_path / "o" / "c.h5",
             *CHEAP]
-    if option in args:
+    if option == "--set":
+        args += [option, value]
+        option, value = value.split("=")
+    elif option in args:
         args[args.index(option) + 1] = value
     else:
         args += [option, value]
@@ -597,8 +601,12 @@ def test_every_config_field_has_a_range():
     from iagcn.train.config import TRAIN_RANGES, TrainConfig
     from iagcn.validation import check_table_covers
 
-    for cls, table in ((TrainConfig, TRAIN_RANGES), (ExtractConfig, EXTRACT_RANGES), (EvalConfig, EVAL_RANGES)):
+    from iagcn.train.config import HeadConfig
+
+    for cls, table in ((TrainConfig, TRAIN_RANGES), (ExtractConfig, EXTRACT_RANGES), (EvalConfig, EVAL_RANGES),
+                       (HeadConfig, TRAIN_RANGES)):     # the model's config is a validated TrainConfig's subset
         assert check_table_covers(cls, table) == [], cls.__name__
+    for cls, table in ((TrainConfig, TRAIN_RANGES), (ExtractConfig, EXTRACT_RANGES), (EvalConfig, EVAL_RANGES)):
         assert set(table) <= {f.name for f in __import__("dataclasses").fields(cls)}, cls.__name__
 
 
