@@ -280,7 +280,12 @@ class FeatureCache:
 
     def label_embeddings(self) -> tuple[np.ndarray, str]:
         ds = self._h5["label_embeddings"]
-        return ds[...].astype(np.float32), json.loads(ds.attrs.get("source", '"unknown"'))
+        try:
+            source = json.loads(ds.attrs.get("source", '"unknown"'))
+        except (TypeError, json.JSONDecodeError) as e:
+            raise UserError(f"cache {self.path}: label_embeddings attribute 'source' is not JSON; the file was not "
+                            f"written by iagcn") from e
+        return ds[...].astype(np.float32), source
 
     def fingerprint(self) -> str:
         """sha256 (16 hex digits) of what identifies this cache's content without reading its features: the
@@ -356,6 +361,12 @@ def validate_contents(h5: h5py.File | h5py.Group, attrs: dict[str, Any], *, wher
     if not isinstance(emb, h5py.Dataset) or emb.ndim != 2 or emb.dtype != np.float32:
         raise _fail(where, f"label_embeddings has shape {getattr(emb, 'shape', None)} dtype "
                            f"{getattr(emb, 'dtype', None)}, expected (C, E) float32")
+    if "source" in emb.attrs:
+        try:
+            json.loads(emb.attrs["source"])
+        except (TypeError, json.JSONDecodeError):
+            raise _fail(where, "label_embeddings attribute 'source' is not JSON; the file was not written by iagcn",
+                        "re-extract it") from None
     C = dims["C"][0]
     if emb.shape[0] != C or emb.shape[1] < 1:
         raise _fail(where, f"label_embeddings has shape {emb.shape}, expected ({C}, E) with one row per class")

@@ -259,6 +259,9 @@ def _damage(kind: str, good: Path, tmp_path: Path) -> tuple[Path, list[str]]:
         if kind == "class names count":
             f.attrs["class_names"] = json.dumps(["class00", "class01"])
             return bad, ["class_names", "2 entries"]
+        if kind == "embeddings source not JSON":
+            f["label_embeddings"].attrs["source"] = "{oops"
+            return bad, ["label_embeddings", "source", "not JSON"]
         if kind == "num_rois attribute":
             f.attrs["num_rois"] = json.dumps(7)
             return bad, ["num_rois", "N=4"]
@@ -268,7 +271,7 @@ def _damage(kind: str, good: Path, tmp_path: Path) -> tuple[Path, list[str]]:
 CONTRACT = ["label 2", "label 5", "int16 labels (257)", "float labels (0.5)", "duplicate id", "float64 features",
             "regions N differs from boxes", "regions D differs from global", "boxes not 4 wide", "1-D labels",
             "rows differ", "embeddings NaN", "embeddings rows differ from classes", "class names repeated",
-            "class names count", "num_rois attribute"]
+            "class names count", "num_rois attribute", "embeddings source not JSON"]
 
 
 @pytest.mark.parametrize("role", ["train", "eval"])
