@@ -36,7 +36,7 @@ def _decoded(ds, image_size: int):
     """The pipeline's per-image preprocessing done once: originals (H, W, 3) and squash-resized inputs (3, S, S)."""
     from PIL import Image
 
-    from iagcn.extract.datasets import load_image_rgb
+    from iagcn.extract.images import load_image_rgb
 
     originals, inputs = [], []
     for p in ds.image_paths:
@@ -128,7 +128,7 @@ def decode_seconds(paths: list[Path], *, image_size: int, workers: int, batch_si
 
     Returns (seconds for everything, worker start-up included; steady-state seconds per image, timed from the
     first batch's arrival to the last)."""
-    from iagcn.extract.datasets import load_image_rgb
+    from iagcn.extract.images import load_image_rgb
     from iagcn.extract.loader import ImageRows, collate_items, worker_init
 
     rows = ImageRows(paths, image_size=image_size, image_loader=load_image_rgb, proposer=None)

@@ -184,7 +184,7 @@ def training_check(device: torch.device, *, n: int, dim: int, epochs: int, workd
 def decode_check(*, n: int, workers: list[int], workdir: Path) -> dict:
     from PIL import Image
 
-    from iagcn.extract.datasets import load_image_rgb
+    from iagcn.extract.images import load_image_rgb
     from iagcn.extract.loader import ImageRows, collate_items, worker_init
 
     folder = workdir / "jpegs"

@@ -56,6 +56,7 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
              no_plots, out, fmt, device, quiet) -> None:
     """Evaluate scores (any model) or trained runs: metrics.json, per_class_ap.csv, scores, Table 1/2 layouts, plots."""
     from iagcn.evaluate import evaluation as E
+    from iagcn.classes import parse_class_names
     from iagcn.evaluate import inputs as I
     from iagcn.evaluate.runscores import score_run_on_cache
 
@@ -79,7 +80,7 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
     top_k = config.top_k
     if runs or checkpoint:
         resolve_device(config.device)                # refuse a bad --device before reading anything
-    names_given = I.parse_class_names(class_names)
+    names_given = parse_class_names(class_names, option="--class-names")
 
     if scores is not None:
         st = I.read_matrix(scores, option="--scores")

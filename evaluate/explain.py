@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 
 from iagcn.errors import UserError
+from iagcn.extract.images import IMAGE_SUFFIXES
 from iagcn.fsutil import write_json_atomic
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
 def _safe(image_id: str) -> str:
@@ -117,7 +116,7 @@ def explain(run_dir: str | os.PathLike, cache_path: str | os.PathLike, image_id:
         notes.append(f"preset {run.config.preset} has no image-dependent LCM A_F: Fig. 1 not drawn")
     z = info.get("z")
     if z is not None:
-        from iagcn.extract.datasets import load_image_rgb
+        from iagcn.extract.images import load_image_rgb
 
         image_path = find_image(attrs, image_id, image_root=image_root)
         image = load_image_rgb(image_path)

@@ -120,19 +120,6 @@ def _read_matrix(path: Path, *, option: str, key: str) -> ScoreTable:
         return ScoreTable(np.asarray(loaded[name]), ids, names, path)
 
 
-def parse_class_names(text: str | None) -> list[str] | None:
-    """``--class-names``: a file of names (one a line) or a comma-separated list."""
-    if not text:
-        return None
-    p = Path(text)
-    names = read_user_text(p, what="--class-names").splitlines() if p.is_file() else text.split(",")
-    names = [n.strip() for n in names if n.strip()]
-    if not names:
-        raise UserError(f"--class-names {text}: no names found; give a comma-separated list or a file of names")
-    require_unique(names, what="class name", where=f"--class-names {text}")
-    return names
-
-
 def align_by_ids(scores: ScoreTable, targets: ScoreTable) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     """Rows of scores and targets for the same images: matched by image id when both carry ids, else by order."""
     s, t = scores.values, targets.values

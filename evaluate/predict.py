@@ -24,9 +24,8 @@ import numpy as np
 
 from iagcn.device import resolve_device
 from iagcn.errors import UserError
+from iagcn.extract.images import IMAGE_SUFFIXES
 from iagcn.fsutil import sha256_file
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,7 @@ def check_weights(rec: ExtractionRecord) -> None:
 
 def collect_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     """Image files named directly, plus the images inside named folders (sorted, not recursive)."""
-    from iagcn.extract.datasets import check_image
+    from iagcn.extract.images import check_image
 
     files: list[Path] = []
     for item in inputs:
@@ -156,7 +155,7 @@ def predict_images(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLik
     import dataclasses
 
     from iagcn.metrics import sigmoid
-    from iagcn.extract.datasets import DatasetSplit
+    from iagcn.extract.split import DatasetSplit
     from iagcn.extract.config import ExtractConfig
     from iagcn.extract.pipeline import extract_split
     from iagcn.configio import config_from_dict

@@ -16,13 +16,11 @@ from typing import Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
+from iagcn.classes import VOC_CLASSES
 from iagcn.metrics import MAIN_METRICS, THRESHOLD_METRICS, mean_average_precision
 
 Fmt = Literal["markdown", "text"]
 
-VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
-    "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
 VOC_SHORT_NAMES: dict[str, str] = {
     "aeroplane": "aero", "bicycle": "bike", "diningtable": "table", "motorbike": "motor", "pottedplant": "plant",
     "tvmonitor": "tv"}

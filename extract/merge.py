@@ -1,6 +1,7 @@
 """`iagcn merge`: combine the shard files of one extraction into one cache equal to an unsharded run."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Sequence
@@ -15,8 +16,8 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
 
     if not paths:
         raise UserError("iagcn merge: give the shard files to merge")
-    caches = [FeatureCache(p) for p in paths]
-    try:
+    with contextlib.ExitStack() as stack:
+        caches = [stack.enter_context(FeatureCache(p)) for p in paths]  # all closed, whichever fails to open
         infos = []
         for c in caches:
             sh = c.attrs.get("shard")
@@ -61,6 +62,3 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
                     w.write_rows(a, {f: c.read(f) for f in ROW_FIELDS})
                 w.set_label_embeddings(emb, source=source)
         return out
-    finally:
-        for c in caches:
-            c.close()

@@ -73,7 +73,7 @@ def extract_split(ds, cfg: ExtractConfig, out: str | os.PathLike, *, label_embed
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if image_loader is None:
-        from iagcn.extract.datasets import load_image_rgb as image_loader
+        from iagcn.extract.images import load_image_rgb as image_loader
     out = Path(out)
     device = str(resolve_device(cfg.device))          # "cpu" / "cuda:k": model, proposer and batches all go there
     previous_threads = torch.get_num_threads()

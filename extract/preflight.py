@@ -5,23 +5,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from iagcn.classes import parse_class_names
 from iagcn.errors import UserError
 from iagcn.extract.config import ExtractConfig
-
-
-def parse_classes(text: str | None) -> list[str] | None:
-    """``--classes``: a file of names (one a line) or a comma-separated list; None: from the dataset."""
-    if text is None:
-        return None
-    path = Path(text)
-    from iagcn.validation import read_user_text, require_unique
-
-    names = read_user_text(path, what="--classes").split("\n") if path.is_file() else text.split(",")
-    names = [n.strip() for n in names if n.strip()]
-    if not names:
-        raise UserError(f"--classes {text}: no class names found; give a comma-separated list or a file of names")
-    require_unique(names, what="class name", where=f"--classes {text}")
-    return names
 
 
 def load_checked_split(cfg: ExtractConfig, *, progress: bool = True):
@@ -30,14 +16,15 @@ def load_checked_split(cfg: ExtractConfig, *, progress: bool = True):
     Refuses (one UserError listing all problems) unless ``cfg.skip_bad``; with it, drops the bad images and
     returns their ids. Returns (DatasetSplit, skipped ids).
     """
-    from iagcn.extract.datasets import find_bad_images, load_dataset, raise_on_problems
+    from iagcn.extract.datasets import load_dataset, raise_on_problems
+    from iagcn.extract.images import find_bad_images
 
     options: dict[str, Any] = {"strict": False}  # collect annotation problems instead of stopping at the first file
     split = cfg.split
     if cfg.dataset == "csv":
         split = cfg.csv or cfg.split
         if cfg.classes is not None:
-            options["class_names"] = parse_classes(cfg.classes)
+            options["class_names"] = parse_class_names(cfg.classes, option="--classes")
     elif cfg.csv is not None or cfg.classes is not None:
         raise UserError(f"--csv/--classes apply to --dataset csv only, not {cfg.dataset}; drop them")
     if cfg.dataset == "coco":

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from iagcn.extract.datasets import DatasetSplit, load_image_rgb
+from iagcn.extract.images import load_image_rgb
+from iagcn.extract.split import DatasetSplit
 
 CLASSES = ["red", "blue", "green"]
 

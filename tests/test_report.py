@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from iagcn.metrics import multilabel_metrics
-from iagcn.evaluate.report import (VOC_CLASSES, ablation_table, fmt_delta_ci, group_by_preset, metrics_table,
+from iagcn.classes import VOC_CLASSES
+from iagcn.evaluate.report import (ablation_table, fmt_delta_ci, group_by_preset, metrics_table,
                              per_class_table)
 from iagcn.evaluate.stats import paired_bootstrap
 

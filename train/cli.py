@@ -96,11 +96,11 @@ def train_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
     cfg = dataclasses.replace(cfg, **explicit)
     cfg = apply_overrides(cfg, sets)
     resolve_device(cfg.device)                       # refuse a bad --device before opening anything
-    train_data = _open_data(train_cache, "--train-cache", cfg.memory_budget_gib, cfg)
-    eval_data = _open_data(val_cache, "--val-cache", cfg.memory_budget_gib, cfg)
     log = (lambda *_: None) if quiet else (lambda m: click.echo(m, err=True))
-    train_run(cfg, train_data=train_data, eval_data=eval_data, out_dir=out, resume=bool(resume_dir),
-              progress=not quiet, log=log)
+    with _open_data(train_cache, "--train-cache", cfg.memory_budget_gib, cfg) as train_data, \
+            _open_data(val_cache, "--val-cache", cfg.memory_budget_gib, cfg) as eval_data:
+        train_run(cfg, train_data=train_data, eval_data=eval_data, out_dir=out, resume=bool(resume_dir),
+                  progress=not quiet, log=log)
 
 
 @click.command("sweep")
@@ -133,11 +133,11 @@ def sweep_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
                for p in names for s in seed_list]
     cfg0 = configs[0]
     resolve_device(cfg0.device)                      # refuse a bad --device before opening anything
-    train_data = _open_data(train_cache, "--train-cache", cfg0.memory_budget_gib, cfg0)
-    eval_data = _open_data(val_cache, "--val-cache", cfg0.memory_budget_gib, cfg0)
     log = (lambda *_: None) if quiet else (lambda m: click.echo(m, err=True))
-    run_sweep(configs, train_data=train_data, eval_data=eval_data, out_dir=out, progress=not quiet, log=log,
-              on_results=write_sweep_table)
+    with _open_data(train_cache, "--train-cache", cfg0.memory_budget_gib, cfg0) as train_data, \
+            _open_data(val_cache, "--val-cache", cfg0.memory_budget_gib, cfg0) as eval_data:
+        run_sweep(configs, train_data=train_data, eval_data=eval_data, out_dir=out, progress=not quiet, log=log,
+                  on_results=write_sweep_table)
     if baseline != "none" and baseline in names and len(names) > 1:
         # ΔmAP vs the baseline from the runs' saved evaluation scores (no retraining): table.md, ablation.json/.md
         from iagcn.evaluate.ablation import ablate_sweep

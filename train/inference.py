@@ -81,22 +81,20 @@ def load_checkpoint_model(path: str | os.PathLike) -> LoadedRun:
                      epoch=int(ckpt["epoch"]) + 1, run_dir=path.parent, meta=ckpt["meta"])
 
 
-def _as_data(cache: CacheData | FeatureCache | str | os.PathLike, memory_budget_gib: float) -> CacheData:
-    return cache if isinstance(cache, CacheData) else CacheData(cache, memory_budget_gib=memory_budget_gib)
-
-
 def predict_cache(model: IAGCNHead, cache: CacheData | FeatureCache | str | os.PathLike, *, batch_size: int = 256,
                   device: str | torch.device = "cpu", memory_budget_gib: float = 4.0,
                   progress: bool = False) -> dict[str, Any]:
     """Logits of every image of ``cache``: {"scores": (n, C) float32, "image_ids": list, "labels": (n, C) int8}.
 
     ``device`` (auto | cpu | cuda[:k]) is resolved by :func:`iagcn.device.resolve_device`; the model is moved
-    there (in place) and so are the batches."""
+    there (in place) and so are the batches. A cache opened here (a path) is closed here."""
     dev = resolve_device(device)
-    data = _as_data(cache, memory_budget_gib)
     model.to(dev)
-    scores = predict(model, data, None, batch_size=batch_size, device=dev, progress=progress)
-    return {"scores": scores, "image_ids": list(data.image_ids), "labels": data.labels}
+    with contextlib.ExitStack() as stack:
+        data = cache if isinstance(cache, CacheData) else \
+            stack.enter_context(CacheData(cache, memory_budget_gib=memory_budget_gib))
+        scores = predict(model, data, None, batch_size=batch_size, device=dev, progress=progress)
+        return {"scores": scores, "image_ids": list(data.image_ids), "labels": data.labels}
 
 
 @torch.no_grad()

@@ -87,11 +87,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def make_optimizer(model: IAGCNHead, config: TrainConfig) -> torch.optim.SGD:
-    """SGD with momentum and weight decay (paper 4.3), the fused kernel: one pass over each parameter.
-
-    Measured here (2 threads, the IA-GCN head's 2048x1024 + 1024x300 + 20x2048 weights): the default per-tensor
-    loop 149 ms/step, foreach 41 ms, fused 29 ms.
-    """
+    """SGD with momentum and weight decay (paper 4.3), the fused kernel: one pass over each parameter (the fastest
+    of the three implementations: docs/performance.md, "Measurements behind design choices")."""
     vi = list(model.variational.parameters()) if model.variational is not None else []
     vi_ids = {id(p) for p in vi}
     rest = [p for p in model.parameters() if id(p) not in vi_ids]
@@ -125,7 +122,7 @@ def train_run(config: TrainConfig, *, train_data: CacheData, eval_data: CacheDat
     def hint() -> str:
         if kept["epochs"] == 0:
             return f"interrupted: no epoch finished in {out}; {how}"
-        return f"interrupted: epochs 1-{kept['epochs']} kept in {out / 'last.pt'}; {how}"
+        return f"interrupted: epochs 1-{kept['epochs']} kept in {runfolder.checkpoint_path(out, 'last')}; {how}"
 
     with exclusive_lock(out / "run", what="run directory"), interrupt_hint(hint):
         runfolder.remove_stale(out)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -69,7 +68,7 @@ def _refuse_other_config(run_dir: Path, cfg: TrainConfig) -> None:
     from iagcn.configio import config_from_dict
 
     saved = runfolder.read_record(run_dir, option="sweep run")["config"]
-    diff = config_from_dict(TrainConfig, saved, source=str(run_dir / "config.json")).identity_diff(cfg)
+    diff = config_from_dict(TrainConfig, saved, source=str(run_dir / runfolder.CONFIG)).identity_diff(cfg)
     if diff:
         raise UserError(f"{run_dir}: a complete run with a different config ({', '.join(diff)}) is already there; "
                         f"use another sweep --out or delete that folder")
