@@ -467,6 +467,15 @@ def test_complete_cache_is_not_reused_when_split_or_labels_changed(tmp_path):
     with FeatureCache(out) as c:
         assert c.image_ids() == ["a", "b", "c", "d"]
         assert c.attrs["inputs"]["rows"] == [0, 4]
+        before = c.read("global").copy()
+    from PIL import Image
+
+    Image.new("RGB", (90, 70), (10, 200, 30)).save(root / "JPEGImages" / "c.jpg")          # a picture replaced
+    code, err = _extract(root, out)
+    assert code == 0 and "image files" in err, err
+    with FeatureCache(out) as c:
+        after = c.read("global")
+        assert c.read("image_sizes")[2].tolist() == [70, 90] and not np.array_equal(after[2], before[2])
 
 
 # ---------------------------------------------------------------------------------------------- readers
