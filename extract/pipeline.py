@@ -35,7 +35,8 @@ import numpy as np
 from iagcn.configio import config_hash, config_to_dict
 from iagcn.errors import UserError
 from iagcn.fsutil import atomic_path, check_can_create, check_free_space, check_writable_dir, exclusive_lock, interrupt_hint, \
-    is_disk_full, remove_stale_temporaries, write_json_atomic
+    no_space_reason, remove_stale_temporaries, write_json_atomic
+from iagcn.processes import defer_interrupts, raise_if_interrupted, worker_setup
 
 
 @dataclass(frozen=True)
@@ -176,9 +177,11 @@ def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
 
 
-def _worker_init(_: int) -> None:
+def _worker_init(worker_id: int) -> None:
+    """Every DataLoader worker: dies with the parent, leaves Ctrl-C to it (iagcn.processes), one thread."""
     import torch
 
+    worker_setup(worker_id)
     torch.set_num_threads(1)
     with contextlib.suppress(ImportError):
         import cv2
@@ -408,6 +411,7 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
                 stats.write_s += time.perf_counter() - t2
                 stats.images += len(items)
                 bar.update(len(items))
+                raise_if_interrupted()
                 t_wait = time.perf_counter()
             bar.close()
 
@@ -423,10 +427,10 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
         }
         if shard is not None:
             attrs["shard"] = {"index": shard[0], "count": shard[1], "rows": [row_start, row_stop], "total_rows": n_total}
-        try:
-            with CacheWriter(out, num_images=row_stop - row_start, num_rois=cfg.num_rois,
-                             feature_dim=backbone.feature_dim, num_classes=len(ds.class_names),
-                             embedding_dim=int(emb.shape[1]), attrs=attrs) as writer:
+        try:  # h5py drops exceptions raised inside its callbacks: a Ctrl-C is acted on between blocks
+            with defer_interrupts(), CacheWriter(out, num_images=row_stop - row_start, num_rois=cfg.num_rois,
+                                                 feature_dim=backbone.feature_dim, num_classes=len(ds.class_names),
+                                                 embedding_dim=int(emb.shape[1]), attrs=attrs) as writer:
                 for start, stop in blocks:
                     part = _read_part(_part_path(partial, start, stop))
                     if part is None:
@@ -438,10 +442,12 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
                     rows["labels"] = np.asarray(ds.labels[start:stop], dtype=np.int8)
                     rows["image_ids"] = [str(i) for i in ds.image_ids[start:stop]]
                     writer.write_rows(start - row_start, rows)
+                    raise_if_interrupted()
                 writer.set_label_embeddings(emb, source=emb_source)
         except Exception as e:
-            if is_disk_full(e):
-                raise UserError(f"disk full while assembling {out} (its temporary was removed; every block stays in "
+            reason = no_space_reason(e)
+            if reason:
+                raise UserError(f"{reason} while assembling {out} (its temporary was removed; every block stays in "
                                 f"{partial}); free space and rerun the same command") from e
             raise
         shutil.rmtree(partial, ignore_errors=True)
@@ -544,6 +550,9 @@ def run_extract(cfg: ExtractConfig, out: str | os.PathLike, *, progress: bool = 
 
 
 # -- merging shards -----------------------------------------------------------------------------------------
+MERGE_CHUNK_ROWS = 1024   # rows copied per step of a merge (an interrupt takes effect between steps)
+
+
 def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
     """Combine shard files of one extraction into one cache equal to an unsharded run; verify completeness."""
     from iagcn.cache.format import ROW_FIELDS, CacheWriter, FeatureCache
@@ -589,11 +598,15 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
         check_writable_dir(out.parent, what=f"the merged cache {out.name}")
         hint = f"interrupted: nothing was written to {out} (the merge is atomic; the shards are untouched); " \
                f"rerun the same command"
-        with exclusive_lock(out, what="merged cache"), interrupt_hint(lambda: hint):
+        # h5py drops exceptions raised inside its callbacks: a Ctrl-C is recorded and acted on between chunks
+        with exclusive_lock(out, what="merged cache"), interrupt_hint(lambda: hint), defer_interrupts():
             with CacheWriter(out, num_images=total, num_rois=first.num_rois, feature_dim=first.feature_dim,
                              num_classes=first.num_classes, embedding_dim=emb.shape[1], attrs=attrs) as w:
                 for a, b, c, _ in infos:
-                    w.write_rows(a, {f: c.read(f) for f in ROW_FIELDS})
+                    for r0 in range(0, b - a, MERGE_CHUNK_ROWS):
+                        r1 = min(b - a, r0 + MERGE_CHUNK_ROWS)
+                        w.write_rows(a + r0, {f: c.read(f, r0, r1) for f in ROW_FIELDS})
+                        raise_if_interrupted()
                 w.set_label_embeddings(emb, source=source)
         return out
     finally:

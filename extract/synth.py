@@ -26,7 +26,8 @@ from PIL import Image, ImageDraw
 
 from iagcn.extract.datasets import VOC_CLASSES
 from iagcn.errors import UserError
-from iagcn.fsutil import TMP_MARK, check_writable_dir, exclusive_lock, interrupt_hint, is_disk_full, tmp_name_for
+from iagcn.fsutil import TMP_MARK, check_writable_dir, exclusive_lock, interrupt_hint, no_space_reason, tmp_name_for
+from iagcn.processes import raise_if_interrupted, worker_setup
 
 GENERATOR_VERSION = 1
 CLASS_INDEX = {c: i for i, c in enumerate(VOC_CLASSES)}
@@ -346,7 +347,7 @@ def _iter_images(seed: int, counts: list[int], workers: int, progress: bool):
         bar = tqdm(total=len(jobs), desc="synth", unit="img")
     if workers > 1:
         import multiprocessing as mp
-        pool = mp.get_context("fork").Pool(workers)
+        pool = mp.get_context("fork").Pool(workers, initializer=worker_setup)  # Ctrl-C: the parent's, one line
         results = pool.imap(_generate_star, jobs, chunksize=8)
     else:
         pool, results = None, map(_generate_star, jobs)
@@ -453,6 +454,7 @@ def write_synth(out: str | os.PathLike, *, fmt: str = "voc", n_train: int = 800,
             writer = _write_voc if fmt == "voc" else _write_coco
             writer(tmp, n_train=n_train, n_test=n_test, seed=seed, workers=workers, progress=progress)
             (tmp / "synth.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            raise_if_interrupted()
             if out.exists():
                 trash = tmp_name_for(out)
                 os.replace(out, trash)
@@ -462,8 +464,9 @@ def write_synth(out: str | os.PathLike, *, fmt: str = "voc", n_train: int = 800,
                 os.replace(tmp, out)
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(e, Exception) and is_disk_full(e):
-                raise UserError(f"disk full while writing the dataset {out} (the partial copy was removed); "
+            reason = no_space_reason(e) if isinstance(e, Exception) else None
+            if reason:
+                raise UserError(f"{reason} while writing the dataset {out} (the partial copy was removed); "
                                 f"free space and rerun") from e
             raise
     return dataset_root(out, fmt), True

@@ -17,7 +17,7 @@ from iagcn.errors import UserError
 from iagcn.fsutil import check_writable_dir, exclusive_lock, interrupt_hint, write_json_atomic, write_text_atomic
 from iagcn.train.config import PAPER_ROWS, TrainConfig
 from iagcn.train.data import CacheData
-from iagcn.train.run import train_run
+from iagcn.train.run import check_run_inputs, train_run
 
 #: the columns of the paper's Tables 3-6, in order
 TABLE_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
@@ -31,8 +31,10 @@ def run_sweep(configs: Iterable[TrainConfig], *, train_data: CacheData, eval_dat
               progress: bool = True, log=print) -> list[dict[str, Any]]:
     """Train every config (one per preset x seed) into out_dir/<preset>-s<seed>/; complete runs are skipped,
     interrupted ones resume. Writes results.csv and table.md after every run; returns the rows."""
-    out = check_writable_dir(out_dir, what="the sweep", option="--out")
     configs = list(configs)
+    for config in configs:  # every refusal before the sweep folder exists
+        check_run_inputs(config, train_data=train_data, eval_data=eval_data)
+    out = check_writable_dir(out_dir, what="the sweep", option="--out")
     with exclusive_lock(out / "sweep", what="sweep directory"), \
             interrupt_hint(lambda: f"interrupted: {sum((run_dir_for(out, c.preset, c.seed) / 'metrics.json').exists() for c in configs)}"
                                    f"/{len(configs)} runs complete in {out}; rerun the same `iagcn sweep` command to "
