@@ -32,32 +32,9 @@ import h5py
 import numpy as np
 
 from iagcn.errors import UserError
+from iagcn.cache.schema import COMPATIBILITY_ATTRS, FORMAT_VERSION, REQUIRED_ATTRS, ROW_FIELDS, validate_contents
 from iagcn.fsutil import fsync_dir, git_commit, no_space_reason, remove_stale_temporaries, tmp_name_for
 from iagcn.processes import raise_if_interrupted
-
-FORMAT_VERSION = 1
-
-#: per-image datasets: name -> (shape after n, dtype); ``N``/``D``/``C`` are filled in per file
-ROW_FIELDS: dict[str, tuple[tuple[str, ...], Any]] = {
-    "global": (("D",), np.float16),
-    "regions": (("N", "D"), np.float16),
-    "boxes": (("N", 4), np.float32),
-    "box_scores": (("N",), np.float32),
-    "box_valid": (("N",), np.bool_),
-    "labels": (("C",), np.int8),
-    "image_ids": ((), h5py.string_dtype("utf-8")),
-    "image_sizes": ((2,), np.int32),
-}
-
-#: root attributes every cache carries (the writer fills format_version, git_commit and created)
-REQUIRED_ATTRS = (
-    "format_version", "dataset", "split", "class_names", "extract_config", "extract_config_hash",
-    "backbone", "backbone_weights", "backbone_weights_sha256", "proposer", "proposer_weights_sha256",
-    "num_rois", "feature_dim", "image_size", "git_commit", "created",
-)
-
-#: attributes two caches must agree on before one trains and the other evaluates
-COMPATIBILITY_ATTRS = ("class_names", "feature_dim", "num_rois", "backbone", "backbone_weights_sha256", "image_size")
 
 
 class _FirstErrorFile:
@@ -69,12 +46,14 @@ class _FirstErrorFile:
     a file left with failed writes then crashes the interpreter at exit. Here HDF5 never sees a failure: the
     writer raises the recorded ``OSError`` (errno intact) at its next step (:meth:`CacheWriter.check`), and
     the temporary, whose later writes were dropped, is deleted. Unbuffered positional I/O (``os.pwrite``), so a
-    seek never flushes a failing buffer.
+    seek never flushes a failing buffer. The file's end as HDF5 sees it (``_eof``) counts dropped writes too, and
+    reads of dropped bytes return zeros, so HDF5's own consistency checks keep passing until the writer stops.
     """
 
     def __init__(self, path: Path) -> None:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
         self._pos = 0
+        self._eof = 0
         self.error: OSError | None = None
 
     def _record(self, e: OSError) -> None:
@@ -91,13 +70,16 @@ class _FirstErrorFile:
             except OSError as e:
                 self._record(e)
         self._pos += len(view)
+        self._eof = max(self._eof, self._pos)
         return len(view)
 
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")
         n = os.preadv(self._fd, [view], self._pos) if hasattr(os, "preadv") else self._read_copy(view)
-        self._pos += n
-        return n
+        upto = max(n, min(len(view), self._eof - self._pos))  # bytes whose writes were dropped read as zeros
+        view[n:upto] = bytes(upto - n)
+        self._pos += upto
+        return upto
 
     def _read_copy(self, view: memoryview) -> int:
         data = os.pread(self._fd, len(view), self._pos)
@@ -106,13 +88,12 @@ class _FirstErrorFile:
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
-            size = max(0, os.fstat(self._fd).st_size - self._pos)
-        data = os.pread(self._fd, size, self._pos)
-        self._pos += len(data)
-        return data
+            size = max(0, self._eof - self._pos)
+        buffer = bytearray(size)
+        return bytes(buffer[:self.readinto(buffer)])
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: os.fstat(self._fd).st_size}[whence]
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._eof}[whence]
         self._pos = base + offset
         return self._pos
 
@@ -121,6 +102,7 @@ class _FirstErrorFile:
 
     def truncate(self, size: int | None = None) -> int:
         size = self._pos if size is None else size
+        self._eof = size
         if self.error is None:
             try:
                 os.ftruncate(self._fd, size)
@@ -218,9 +200,6 @@ class CacheWriter:
         self.check()
         self._embeddings_set = True
 
-    def set_attr(self, key: str, value: Any) -> None:
-        self._h5.attrs[key] = json.dumps(value)
-
     def commit(self) -> Path:
         try:
             return self._commit()
@@ -242,6 +221,13 @@ class CacheWriter:
             raise RuntimeError(f"cache {self.path}: label embeddings were never set; nothing was committed")
         raise_if_interrupted()
         self._h5.flush()
+        self.check()
+        try:  # never commit a cache that the reader would refuse (duplicate ids, labels out of range, ...)
+            validate_contents(self._h5, {k: json.loads(v) for k, v in self._h5.attrs.items()},
+                              where=f"cache {self.path} (not written)")
+        except UserError:
+            self.abort()
+            raise
         self._h5.close()
         self._file.fsync()
         self._file.close()
@@ -309,9 +295,13 @@ class FeatureCache:
         return out
 
     def _validate(self) -> None:
+        """The cache contract (see the module docstring), checked on open: one UserError naming the file and
+        the first problem. Features are checked for NaN/Inf later, when they are read (train.data)."""
         version = self.attrs.get("format_version")
         if version is None:
             raise UserError(f"cache {self.path} has no format_version attribute; it was not written by iagcn")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise UserError(f"cache {self.path}: format_version {version!r} is not an integer; it was not written by iagcn")
         if version > FORMAT_VERSION:
             raise UserError(f"cache {self.path} has format version {version}, newer than this iagcn "
                             f"understands ({FORMAT_VERSION}); upgrade iagcn")
@@ -319,13 +309,7 @@ class FeatureCache:
         missing += [f for f in list(ROW_FIELDS) + ["label_embeddings"] if f not in self._h5]
         if missing:
             raise UserError(f"cache {self.path} lacks {', '.join(missing)}; re-extract it")
-        n = self._h5["global"].shape[0]
-        for f in ROW_FIELDS:
-            if self._h5[f].shape[0] != n:
-                raise UserError(f"cache {self.path}: dataset {f} has {self._h5[f].shape[0]} rows, expected {n}; re-extract it")
-        if len(self.class_names) != self._h5["labels"].shape[1]:
-            raise UserError(f"cache {self.path}: class_names has {len(self.class_names)} entries but labels has "
-                            f"{self._h5['labels'].shape[1]} columns; re-extract it")
+        self._labels, self._image_ids = validate_contents(self._h5, self.attrs, where=f"cache {self.path}")
 
     # -- shape facts --------------------------------------------------------------------------
     @property
@@ -368,11 +352,31 @@ class FeatureCache:
         self._h5[name].read_direct(out, source_sel=np.s_[start:stop])
 
     def image_ids(self) -> list[str]:
-        return list(self.read("image_ids"))
+        """The image ids (validated unique on open)."""
+        return list(self._image_ids)
+
+    def labels(self) -> np.ndarray:
+        """(n, C) int8 labels in {-1, 0, 1} (validated on open); a fresh copy."""
+        return self._labels.copy()
 
     def label_embeddings(self) -> tuple[np.ndarray, str]:
         ds = self._h5["label_embeddings"]
         return ds[...].astype(np.float32), json.loads(ds.attrs.get("source", '"unknown"'))
+
+    def fingerprint(self) -> str:
+        """sha256 (16 hex digits) of what identifies this cache's content without reading its features: the
+        extraction config hash, the backbone and proposer weight hashes, the class names, image ids, labels and
+        label embeddings. Two caches with the same fingerprint hold the same images, labels and extraction."""
+        import hashlib
+
+        h = hashlib.sha256()
+        ident = {k: self.attrs.get(k) for k in ("extract_config_hash", "backbone_weights_sha256",
+                                                 "proposer_weights_sha256", "class_names", "num_rois", "feature_dim")}
+        h.update(json.dumps(ident, sort_keys=True).encode())
+        h.update("\n".join(self._image_ids).encode())
+        h.update(np.ascontiguousarray(self._labels).tobytes())
+        h.update(np.ascontiguousarray(self._h5["label_embeddings"][...]).tobytes())
+        return h.hexdigest()[:16]
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -401,41 +405,6 @@ def check_compatible(train: FeatureCache, other: FeatureCache, *, role: str = "v
                 detail = f"{a!r} vs {b!r}"
             raise UserError(f"train cache {train.path} and {role} cache {other.path} disagree on {key} "
                             f"({detail}); extract both with the same config")
-
-
-def describe(path: str | os.PathLike, *, sample_rows: int = 256) -> str:
-    """Human-readable summary for `iagcn info`: attributes, dataset shapes and a short feature summary."""
-    with FeatureCache(path) as c:
-        lines = [f"cache: {c.path}  ({c.path.stat().st_size / 2**20:.1f} MiB)"]
-        for k in sorted(c.attrs):
-            v = c.attrs[k]
-            if k == "extract_config":
-                lines.append("extract_config:")
-                lines += [f"    {kk}: {json.dumps(vv)}" for kk, vv in sorted(v.items())]
-                continue
-            text = json.dumps(v)
-            if len(text) > 160:
-                text = text[:157] + "..."
-            lines.append(f"{k}: {text}")
-        lines.append("datasets:")
-        for name in list(ROW_FIELDS) + ["label_embeddings"]:
-            ds = c.dataset(name)
-            lines.append(f"    {name:<17} {str(ds.shape):<20} {ds.dtype}")
-        _, source = c.label_embeddings()
-        lines.append(f"label_embeddings source: {source}")
-        k = min(sample_rows, c.num_images)
-        if k:
-            g = c.read("global", 0, k).astype(np.float32)
-            valid = c.read("box_valid")
-            labels = c.read("labels")
-            lines.append(f"features (first {k} images): global mean {g.mean():.4f} std {g.std():.4f} "
-                         f"min {g.min():.4f} max {g.max():.4f}, finite {bool(np.isfinite(g).all())}")
-            lines.append(f"valid boxes per image: mean {valid.sum(1).mean():.1f} of {c.num_rois}")
-            pos = (labels == 1).sum(0)
-            lines.append(f"labels: {(labels == 1).sum(1).mean():.2f} positives per image; "
-                         f"{int((labels == -1).sum())} ignored entries; positives per class "
-                         + ", ".join(f"{n}={p}" for n, p in zip(c.class_names, pos)))
-        return "\n".join(lines)
 
 
 def iter_row_blocks(n: int, block: int) -> Iterator[tuple[int, int]]:

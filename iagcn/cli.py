@@ -48,12 +48,12 @@ class IagcnGroup(click.Group):
         owned = install_cli_signal_handlers()  # SIGTERM like Ctrl-C; interrupts recorded so a swallowed one still counts
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
-            if interrupt_received() is not None:
+            if interrupt_received() is not None and rv in (0, None):
                 # a library swallowed the interrupt and the command ran to its end; every commit re-checks for an
                 # interrupt (processes.raise_if_interrupted), so all of its outputs were committed before it came
                 click.echo("interrupted: the command had already finished (its outputs are complete)", err=True)
                 rv = exit_code_for(None)
-                forget_interrupts()
+            forget_interrupts()  # reported (or the command failed and said why): never a second line
         except (click.exceptions.Abort, KeyboardInterrupt) as e:  # an interrupt outside a subcommand's body
             if debug and isinstance(e, KeyboardInterrupt):
                 raise

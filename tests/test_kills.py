@@ -246,7 +246,7 @@ def shards(tmp_path_factory):
     n = 600
     for i in range(2):
         write_fake_cache(d / f"s{i}.h5", n=n, num_rois=8, dim=64, num_classes=5, embedding_dim=8, seed=i,
-                         prototypes_seed=0, extra_attrs={"shard": {"index": i, "count": 2, "rows": [i * n, (i + 1) * n],
+                         prototypes_seed=0, split=f"shard{i}", extra_attrs={"shard": {"index": i, "count": 2, "rows": [i * n, (i + 1) * n],
                                                                    "total_rows": 2 * n}})
     return [d / "s0.h5", d / "s1.h5"]
 
@@ -369,3 +369,51 @@ def test_refusals_create_no_output_folder(tmp_path):
         code, err = invoke([*args, "--out", tmp_path / name])
         assert code == 2 and err.startswith("error: "), (name, err)
         assert not (tmp_path / name).exists(), f"{name}: the refusal created {tmp_path / name}"
+
+
+# -- interrupts never land inside an import, and an interrupted command always ends ---------------------------
+def test_an_interrupt_during_an_import_is_raised_after_it(tmp_path):
+    """A Ctrl-C while a module is being imported is postponed until the import is over (raised inside importlib
+    it can leave the import lock taken: a deadlock, or a KeyError traceback from importlib)."""
+    (tmp_path / "slowmod.py").write_text("import time\nprint('importing', flush=True)\ntime.sleep(1.0)\ndone = True\n")
+    script = textwrap.dedent("""
+        import sys, time
+        from iagcn.processes import install_cli_signal_handlers
+        install_cli_signal_handlers()
+        try:
+            import slowmod
+            time.sleep(30)
+        except KeyboardInterrupt:
+            print("raised after the import:", getattr(sys.modules.get("slowmod"), "done", False), flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env(PYTHONPATH=str(tmp_path)), cwd=REPO_ROOT)
+    assert proc.stdout.readline().strip() == "importing"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert out.strip() == "raised after the import: True" and proc.returncode == 0, (out, err)
+
+
+def test_an_interrupted_command_that_cannot_unwind_still_ends(tmp_path):
+    """If the cleanup after Ctrl-C blocks (a lock that is never released), the process still ends after the
+    unwind deadline (IAGCN_UNWIND_DEADLINE_S) with one line and exit status 130."""
+    script = textwrap.dedent("""
+        import threading, time
+        from iagcn.processes import install_cli_signal_handlers
+        install_cli_signal_handlers()
+        lock = threading.Lock()
+        lock.acquire()
+        try:
+            print("ready", flush=True)
+            time.sleep(30)
+        except KeyboardInterrupt:
+            lock.acquire()          # a cleanup that never finishes
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env(IAGCN_UNWIND_DEADLINE_S="1"), cwd=REPO_ROOT)
+    assert proc.stdout.readline().strip() == "ready"
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and time.time() - t0 < 10, err
+    assert assert_one_line(err).startswith("interrupted: stopping took over 1 s, exiting now")
