@@ -11,7 +11,8 @@ that a Ctrl-C during start-up is already one line.
   before every commit (``iagcn.fsutil.atomic_path``, ``CacheWriter``) and after each step of a long loop, so an
   interrupt that a library swallowed still stops the command before anything appears under a final name.
   SIGXFSZ is ignored, so a write past ``ulimit -f`` fails with EFBIG (an error we report) instead of killing the
-  process with a core dump.
+  process with a core dump. An interrupt that lands inside an import is raised as soon as the import is over,
+  and an interrupted command that cannot unwind is ended after ``UNWIND_DEADLINE_S`` (one line, same status).
 * :func:`worker_setup` (every worker process: DataLoader ``worker_init_fn``, ``multiprocessing.Pool``
   initializer): Ctrl-C is left to the parent (which stops its workers), SIGTERM kills, and the worker dies with
   its parent: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` on Linux plus a thread that watches the parent's pid (every
