@@ -125,7 +125,9 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
 
     with exclusive_lock(out, what="cache"), interrupt_hint(hint):
         remove_stale_temporaries(out)  # a cache temporary of a killed assembly can be large: free it first
-        inputs = input_hashes(ds, emb, skipped_ids, rows=(row_start, row_stop))
+        inputs = input_hashes(ds, emb, skipped_ids, rows=(row_start, row_stop),
+                              weights={"backbone_weights_sha256": backbone.weights_sha256,
+                                       "proposer_weights_sha256": proposer.weights_sha256})
         reason = _complete_cache_differs(out, ident_hash, shard, inputs) if not partial.exists() else "in progress"
         if reason is None:
             log(f"{out} is already complete for this config (hash {ident_hash}) and these inputs (image ids, labels, "
@@ -250,12 +252,26 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def input_hashes(ds, emb: np.ndarray, skipped_ids: Sequence[str], *, rows: tuple[int, int]) -> dict[str, Any]:
+def _file_sizes(paths: Sequence[Path]) -> str:
+    sizes = []
+    for p in paths:
+        try:
+            sizes.append(str(os.stat(p).st_size))
+        except OSError:
+            sizes.append("-")
+    return "\n".join(sizes)
+
+
+def input_hashes(ds, emb: np.ndarray, skipped_ids: Sequence[str], *, rows: tuple[int, int],
+                 weights: dict[str, Any] | None = None) -> dict[str, Any]:
     """sha256 of every input a cache's rows are made of, besides the extraction config: the image ids (the split
-    file), the labels (the annotations), the class names, the label embeddings and the skipped images.
+    file), the labels (the annotations), the class names, the label embeddings, the skipped images, the image
+    files' sizes (a replaced picture; sizes, not contents, so that hashing never rereads a whole dataset) and the
+    backbone / proposer weight files' sha256 (``weights``; a weight file replaced under the same path).
     Stored as the cache attribute ``inputs``; a complete cache is reused only when all of them are equal."""
     a, b = rows
-    return {"rows": [a, b],
+    return {"rows": [a, b], **(weights or {}),
+            "image_file_sizes_sha256": _sha256(_file_sizes(ds.image_paths[a:b]).encode()),
             "image_ids_sha256": _sha256("\n".join(map(str, ds.image_ids[a:b])).encode()),
             "labels_sha256": _sha256(np.ascontiguousarray(ds.labels[a:b], dtype=np.int8).tobytes()),
             "class_names_sha256": _sha256(json.dumps(list(ds.class_names)).encode()),
@@ -291,6 +307,12 @@ def _complete_cache_differs(out: Path, ident_hash: str, shard: tuple[int, int] |
     names = {"image_ids_sha256": "the image ids (split file)", "labels_sha256": "the labels (annotations)",
              "class_names_sha256": "the class names", "label_embeddings_sha256": "the label embeddings",
              "skipped_ids_sha256": "the skipped images"}
+    recorded = c.attrs.get("inputs") or {}
+    names.update(image_file_sizes_sha256="the image files", backbone_weights_sha256="the backbone weights file",
+                 proposer_weights_sha256="the proposer weights file")
+    for key in ("image_file_sizes_sha256", "backbone_weights_sha256", "proposer_weights_sha256"):
+        if key in recorded and key in inputs:      # not recomputable from the cache: compared when recorded
+            mine[key] = recorded[key]
     changed = [names[k] for k in mine if mine[k] != inputs[k]]
     return f"{', '.join(changed)} changed since it was written" if changed else None
 
