@@ -89,6 +89,7 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
         s, t, names = I.align_columns(st, tt, s, t, names_given)  # by class name whenever names are known
         ev = E.evaluate_scores(s, t, class_names=names, config=config, name=Path(scores).stem, image_ids=ids)
         _check_pr_classes(config.pr_classes, names)
+        I.warn_rows_by_position(st, tt)  # once the inputs are accepted
         click.echo(E.format_tables([ev], top_k=top_k, fmt=fmt))
         if out:
             inputs = {"scores": str(Path(scores).resolve()), "targets": str(Path(targets).resolve())}
