@@ -40,8 +40,9 @@ from iagcn.extract.loader import batches_of_blocks, collate_items, ImageRows, wo
 from iagcn.extract.parts import PART_FIELDS, check_finite_part, empty_block, open_partial, part_path, read_part, \
     write_part
 from iagcn.extract.preflight import load_checked_split
-from iagcn.fsutil import check_can_create, check_free_space, exclusive_lock, interrupt_hint, is_disk_full, \
+from iagcn.fsutil import check_can_create, check_free_space, exclusive_lock, interrupt_hint, no_space_reason, \
     remove_stale_temporaries
+from iagcn.processes import defer_interrupts, raise_if_interrupted
 
 
 def estimated_bytes(rows: int, *, num_rois: int, feature_dim: int, num_classes: int) -> int:
@@ -204,6 +205,7 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
                 stats.write_s += time.perf_counter() - t2
                 stats.images += len(items)
                 bar.update(len(items))
+                raise_if_interrupted()
                 t_wait = time.perf_counter()
             bar.close()
 
@@ -219,10 +221,10 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
         }
         if shard is not None:
             attrs["shard"] = {"index": shard[0], "count": shard[1], "rows": [row_start, row_stop], "total_rows": n_total}
-        try:
-            with CacheWriter(out, num_images=row_stop - row_start, num_rois=cfg.num_rois,
-                             feature_dim=backbone.feature_dim, num_classes=len(ds.class_names),
-                             embedding_dim=int(emb.shape[1]), attrs=attrs) as writer:
+        try:  # h5py drops exceptions raised inside its callbacks: a Ctrl-C is acted on between blocks
+            with defer_interrupts(), CacheWriter(out, num_images=row_stop - row_start, num_rois=cfg.num_rois,
+                                                 feature_dim=backbone.feature_dim, num_classes=len(ds.class_names),
+                                                 embedding_dim=int(emb.shape[1]), attrs=attrs) as writer:
                 for start, stop in blocks:
                     part = read_part(part_path(partial, start, stop))
                     if part is None:
@@ -234,10 +236,12 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
                     rows["labels"] = np.asarray(ds.labels[start:stop], dtype=np.int8)
                     rows["image_ids"] = [str(i) for i in ds.image_ids[start:stop]]
                     writer.write_rows(start - row_start, rows)
+                    raise_if_interrupted()
                 writer.set_label_embeddings(emb, source=emb_source)
         except Exception as e:
-            if is_disk_full(e):
-                raise UserError(f"disk full while assembling {out} (its temporary was removed; every block stays in "
+            reason = no_space_reason(e)
+            if reason:
+                raise UserError(f"{reason} while assembling {out} (its temporary was removed; every block stays in "
                                 f"{partial}); free space and rerun the same command") from e
             raise
         shutil.rmtree(partial, ignore_errors=True)

@@ -138,6 +138,15 @@ def test_eval_scores_refuses_column_mismatches(kind, scored, tmp_path):
     assert_nothing_written(tmp_path / "out")
 
 
+def test_eval_scores_warns_when_rows_are_matched_by_position(scored, tmp_path):
+    """Ids in the scores, none in the targets: the rows can only be matched by position, and the user is told."""
+    np.save(tmp_path / "t.npy", scored["t"])
+    path = write_csv(tmp_path / "s.csv", scored["ids"], scored["names"], scored["s"])
+    code, err = invoke(["eval", "--scores", path, "--targets", tmp_path / "t.npy", "--scores-are", "logits",
+                        "--no-plots"])
+    assert code == 0 and "t.npy carries no image ids" in err and "by position" in err, err
+
+
 # ---------------------------------------------------------------------------------------------- duplicate ids
 @pytest.mark.parametrize("where", ["scores csv", "scores npz", "targets npz", "targets csv"])
 def test_duplicate_image_ids_are_refused_in_score_files(where, scored, tmp_path):
