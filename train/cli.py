@@ -78,7 +78,7 @@ def _eval_cache_option(eval_cache: str | None, val_cache: str | None) -> str | N
 
 
 def _alias_note(val_cache: str | None) -> None:
-    """The one-line note for --val-cache, once the inputs are accepted (a refusal stays one error line)."""
+    """The one-line note for --val-cache, after the command succeeded (a refusal stays one error line)."""
     if val_cache is not None:
         click.echo("note: --val-cache is now --eval-cache (the evaluation split; the hold-out is the validation "
                    "split); using it", err=True)
@@ -153,9 +153,9 @@ def train_cmd(config_file, train_cache, eval_cache, val_cache, sets, quiet, pres
     log = (lambda *_: None) if quiet else (lambda m: click.echo(m, err=True))
     with _open_data(train_cache, "--train-cache", cfg.memory_budget_gib, cfg) as train_data, \
             _open_data(eval_cache, "--eval-cache", cfg.memory_budget_gib, cfg) as eval_data:
-        _alias_note(val_cache)
         train_run(cfg, train_data=train_data, eval_data=eval_data, out_dir=out, resume=bool(resume_dir),
                   progress=not quiet, log=log)
+    _alias_note(val_cache)
 
 
 @click.command("sweep")
@@ -202,7 +202,6 @@ def sweep_cmd(config_file, train_cache, eval_cache, val_cache, sets, quiet, pres
     log = (lambda *_: None) if quiet else (lambda m: click.echo(m, err=True))
     with _open_data(train_cache, "--train-cache", cfg0.memory_budget_gib, cfg0) as train_data, \
             _open_data(eval_cache, "--eval-cache", cfg0.memory_budget_gib, cfg0) as eval_data:
-        _alias_note(val_cache)
         run_sweep(configs, train_data=train_data, eval_data=eval_data, out_dir=out, progress=not quiet, log=log,
                   on_results=write_sweep_table)
     if baseline != "none" and baseline in names and len(names) > 1:
@@ -219,6 +218,7 @@ def sweep_cmd(config_file, train_cache, eval_cache, val_cache, sets, quiet, pres
     written = [n for n in ("results.csv", "table.md", "ablation.json", "ablation.md") if (Path(out) / n).exists()]
     click.echo(f"wrote {out}/: {', '.join(written + [report.name])} (report.html: the table, every run, per-class AP, "
                f"training and PR curves overlaid, self-contained)")
+    _alias_note(val_cache)
 
 
 COMMANDS: list = [train_cmd, sweep_cmd]
