@@ -74,7 +74,9 @@ def run_scores_for_cache(run_dir: Path, cache_path: Path, *, config: EvalConfig,
         Path(str(recorded.get("path", ""))).resolve() == Path(cache_path).resolve()
     if saved is not None and same_cache and sorted(saved[1]) == sorted(cache_ids):
         class_names = list(record.get("class_names") or cache_classes)
-        _check_classes(run_dir.name, class_names, cache_classes, cache_path)
+        if class_names != list(cache_classes):
+            raise UserError(f"run {run_dir.name} was trained on {len(class_names)} classes that differ from cache "
+                            f"{cache_path} ({len(cache_classes)} classes); evaluate on a cache of the same dataset")
         return RunScores(name=run_dir.name, run_dir=run_dir, scores=saved[0], image_ids=saved[1],
                          class_names=class_names, seed=cfg.get("seed"), preset=cfg.get("preset"),
                          source=f"saved scores in {run_dir}")
