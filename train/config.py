@@ -24,6 +24,8 @@ class TrainConfig:
     region_adjacency: Literal["fused", "individual"] = "fused"  # region-branch adjacency: Â_F or the individual Â_I (Tables 5-6)
     region_reading: Literal["label-nodes", "region-nodes"] = "label-nodes"  # how Eq. 10's nodes are read (paper-decisions.md)
     region_relu_after_last: bool = True            # ReLU after the region GCN's 4th layer (paper: "all activations are ReLU")
+    region_init: Literal["default", "he"] = "he"   # init of the region GCN's bias-free layers: torch's default (U(+-1/sqrt(fan_in)), shrinks the signal) or He fan-in (docs/real-data.md)
+    region_self_loops: bool = False                # add I to A_I before normalising it (the individual adjacency of comsco / mlgcn-comsco)
     # ---- widths and activations ---------------------------------------------------------------
     gcn_widths: tuple[int, ...] = (512, 1024)      # label-GCN hidden widths; input E, output D (paper 4.3: E->512->1024->D)
     gcn_activation: Literal["relu", "leaky_relu"] = "relu"  # between label-GCN layers (ML-GCN: LeakyReLU 0.2)
@@ -37,19 +39,23 @@ class TrainConfig:
     adjacency_eps: float = 1e-8                    # floor on row sums in the adjacency normalisation
     difficult: Literal["ignore", "positive", "negative"] = "ignore"  # how target -1 (VOC difficult-only) enters L_ML
     label_embeddings: str = "cache"                # H0: "cache" (the train cache's label_embeddings) or a .npy file (C, E)
-    # ---- optimisation (paper 4.3 on cached features) ------------------------------------------
-    epochs: int = 120                              # training epochs
-    batch_size: int = 32                           # images per SGD step
-    lr: float = 0.01                               # initial learning rate of the heads
-    momentum: float = 0.9                          # SGD momentum
-    weight_decay: float = 1e-4                     # SGD weight decay
-    lr_step: int = 30                              # divide the LR by 1/lr_gamma every lr_step epochs
-    lr_gamma: float = 0.1                          # LR decay factor
+    # ---- optimisation: the fields below start from a recipe (RECIPES; docs/training.md) --------
+    recipe: str = "frozen"                         # name of the recipe the optimisation fields started from: "frozen" (default, cached features) or "paper" (4.3)
+    standardize: bool = True                       # standardise x and X per dimension with the train part's mean/std (buffers in every checkpoint)
+    optimizer: Literal["sgd", "adamw"] = "adamw"   # SGD with momentum (paper) or AdamW (decoupled weight decay)
+    schedule: Literal["step", "cosine"] = "cosine"  # LR schedule: /(1/lr_gamma) every lr_step epochs (paper), or cosine to 0 over `epochs`
+    epochs: int = 40                               # training epochs
+    batch_size: int = 32                           # images per optimiser step
+    lr: float = 1e-3                               # initial learning rate of the heads
+    momentum: float = 0.9                          # SGD momentum (sgd only)
+    weight_decay: float = 1e-2                     # weight decay (SGD: L2 added to the gradient; AdamW: decoupled)
+    lr_step: int = 30                              # step schedule: divide the LR by 1/lr_gamma every lr_step epochs
+    lr_gamma: float = 0.1                          # step schedule: LR decay factor
     grad_clip: float = 10.0                        # max gradient norm (ML-GCN code); 0 = off
     vi_lr_scale: float = 0.01                      # LR multiplier of w_mu, w_logvar (Eq. 8-9); 1 = the paper's single LR, which oscillates under L_KL on cached features (docs/training.md)
     seed: int = 0                                  # seeds parameters, shuffling, reparameterisation noise, holdout split
     # ---- model selection (issue 7) -------------------------------------------------------------
-    val_fraction: float = 0.1                      # held-out, label-stratified fraction of the TRAIN cache for choosing the epoch
+    val_fraction: float = 0.0                      # held-out, label-stratified fraction of the TRAIN cache for choosing the epoch; 0 = the last epoch
     select_on_eval: bool = False                   # choose the epoch on the evaluation cache (the published, optimistic protocol)
     early_stop_patience: int = 0                   # stop after this many epochs without a better selection mAP; 0 = never
     # ---- machine -------------------------------------------------------------------------------
@@ -68,6 +74,13 @@ class TrainConfig:
             (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
             (0.0 <= self.fusion_lambda <= 1.0, "fusion_lambda must be in [0, 1]"),
             (self.lr_step >= 1, "lr_step must be >= 1"),
+            (0.0 < self.lr_gamma <= 1.0, "lr_gamma must be in (0, 1]"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (0.0 <= self.momentum < 1.0, "momentum must be in [0, 1)"),
+            (self.recipe in RECIPES, f"recipe must be one of {', '.join(RECIPES)}"),
+            (self.optimizer in ("sgd", "adamw"), "optimizer must be sgd or adamw"),
+            (self.schedule in ("step", "cosine"), "schedule must be step or cosine"),
+            (self.region_init in ("default", "he"), "region_init must be default or he"),
             (self.vi_lr_scale > 0, "vi_lr_scale must be > 0"),
             (len(self.gcn_widths) >= 1, "gcn_widths needs at least one hidden width"),
             (len(self.region_widths) >= 1, "region_widths needs at least one hidden width"),
@@ -88,6 +101,14 @@ class TrainConfig:
         return (self.global_branch == "gcn") or (self.region_branch and self.region_adjacency == "fused")
 
 
+#: recipe name -> optimisation values; TrainConfig's own defaults are the "frozen" recipe (chosen on hold-outs of
+#: the training part of genuine VOC07 photos, docs/real-data.md); "paper" is section 4.3 (written for fine-tuning)
+RECIPES: dict[str, dict[str, Any]] = {
+    "frozen": {},
+    "paper": {"standardize": False, "optimizer": "sgd", "schedule": "step", "epochs": 120, "lr": 0.01,
+              "momentum": 0.9, "weight_decay": 1e-4, "lr_step": 30, "lr_gamma": 0.1, "val_fraction": 0.1},
+}
+
 _MLGCN = {"global_branch": "gcn", "global_adjacency": "static", "gcn_widths": (1024,), "gcn_activation": "leaky_relu"}
 
 #: preset name -> config values (Tables 3-6; see paper-decisions.md "Ablation presets")
@@ -107,18 +128,30 @@ PRESETS: dict[str, dict[str, Any]] = {
     "comsco": {"global_branch": "none", "variational": False, "region_branch": True, "region_adjacency": "individual"},
     # Base+Com_Sco (Tables 5-6): mlgcn on A_S fused with comsco on A_I
     "mlgcn-comsco": {**_MLGCN, "variational": False, "region_branch": True, "region_adjacency": "individual"},
+    # one-change controls (issue 13): mlgcn -> idlcm changes the adjacency AND the label GCN (depth, widths, ReLU);
+    # these split the step in two, each differing from its neighbours in one thing only
+    # Base+ID_LCM on ML-GCN's own label GCN: mlgcn with Â_F instead of Â_S (adjacency only)
+    "mlgcn-idlcm": {**_MLGCN, "global_adjacency": "fused", "variational": False, "region_branch": False},
+    # IA-GCN's label GCN (E->512->1024->D, ReLU) on the static Â_S: mlgcn's architecture step only (= idlcm on Â_S)
+    "idlcm-static": {"global_branch": "gcn", "global_adjacency": "static", "variational": False,
+                     "region_branch": False},
 }
 
 #: preset -> the paper's row name (Tables 3-6)
 PAPER_ROWS: dict[str, str] = {
     "resnet": "ResNet-101", "mlgcn": "Base", "idlcm": "Base+ID_LCM", "idlcm-vi": "Base+ID_LCM+Var_Inf",
     "iagcn": "Base+ID_LCM+Var_Inf+Com_Sco", "comsco": "Com_Sco", "mlgcn-comsco": "Base+Com_Sco",
+    "mlgcn-idlcm": "Base+ID_LCM on ML-GCN's GCN (control)", "idlcm-static": "IA-GCN's label GCN on A_S (control)",
+    "linear-probe": "LogisticRegression on x (reference)",
 }
 
 
-def config_for_preset(name: str, **overrides: Any) -> TrainConfig:
-    """TrainConfig of preset ``name`` with keyword overrides (field names) applied on top."""
+def config_for_preset(name: str, *, recipe: str = "frozen", **overrides: Any) -> TrainConfig:
+    """TrainConfig of preset ``name`` under optimisation recipe ``recipe``, keyword overrides (field names) on top."""
     if name not in PRESETS:
         raise UserError(f"--preset {name}: unknown preset; choose one of {', '.join(PRESETS)}")
-    values = {**dataclasses.asdict(TrainConfig()), **PRESETS[name], "preset": name, **overrides}
+    if recipe not in RECIPES:
+        raise UserError(f"--recipe {recipe}: unknown recipe; choose one of {', '.join(RECIPES)}")
+    values = {**dataclasses.asdict(TrainConfig()), **PRESETS[name], "preset": name, **RECIPES[recipe],
+              "recipe": recipe, **overrides}
     return config_from_dict(TrainConfig, values, source=f"preset {name}")

@@ -1,6 +1,7 @@
 """The IA-GCN head on cached features: branches wired per TrainConfig, fusion (Eq. 11) and losses (Eq. 12-14).
 
     x (B, D) global feature, X (B, N, D) region features, valid (B, N)
+      -> [frozen recipe] standardised with the train part's statistics (train/standardize.py)
       -> [Var_Inf] z (Eq. 7-9) -> A_I^w, a_I, A_I (Eq. 2-4) -> A_F = A_S ⊙ A_I (Eq. 1), normalised
       -> y_w = label GCN on Â (Eq. 5-6)   (or a linear classifier on x: the ResNet-101 row)
       -> y_r = region GCN + FC (Eq. 10)
@@ -20,6 +21,7 @@ from train.image_lcm import ImageDependentLCM, fused_lcm
 from train.label_gcn import LabelGCN
 from train.lcm import normalize_adjacency
 from train.region_branch import RegionBranch
+from train.standardize import FeatureStandardizer
 from train.variational import VariationalRegionWeighting, kl_loss
 
 
@@ -54,6 +56,7 @@ class IAGCNHead(nn.Module):
         self.register_buffer("label_embeddings", H0)
         self.register_buffer("A_S", A)
         self.register_buffer("A_S_hat", normalize_adjacency(A, eps=cfg.adjacency_eps))     # (C, C)
+        self.standardizer = FeatureStandardizer(feature_dim=D) if cfg.standardize else None
         self.variational = VariationalRegionWeighting(feature_dim=D) if cfg.variational else None
         self.image_lcm = ImageDependentLCM(feature_dim=D, num_classes=C) if cfg.uses_image_lcm else None
         self.linear = nn.Linear(D, C) if cfg.global_branch == "linear" else None
@@ -62,7 +65,7 @@ class IAGCNHead(nn.Module):
             if cfg.global_branch == "gcn" else None
         self.region = RegionBranch(num_rois=num_rois, num_classes=C, feature_dim=D, widths=tuple(cfg.region_widths),
                                    reading=cfg.region_reading, relu_after_last=cfg.region_relu_after_last,
-                                   adjacency_eps=cfg.adjacency_eps) if cfg.region_branch else None
+                                   init=cfg.region_init, adjacency_eps=cfg.adjacency_eps) if cfg.region_branch else None
 
     @property
     def uses_regions(self) -> bool:
@@ -73,6 +76,9 @@ class IAGCNHead(nn.Module):
         """x (B, D), X (B, N, D) (None allowed when not uses_regions), valid (B, N) bool -> HeadOutput."""
         B, D = x.shape
         cfg, out = self.config, HeadOutput(logits=x.new_zeros(0))
+        if self.standardizer is not None:
+            x, X = self.standardizer(x, X)                                             # (B, D), (B, N, D)
+        valid = regions_or_padding(valid)                                              # (B, N)
         if self.variational is not None:
             out.z, out.z_mu, out.z_logvar = self.variational(X)                       # (B, N) x3, Eq. 7-9
         A_hat_F = A_hat_I = None
@@ -81,7 +87,8 @@ class IAGCNHead(nn.Module):
             out.A_F = fused_lcm(self.A_S, out.A_I)                                     # (B, C, C) Eq. 1
             A_hat_F = normalize_adjacency(out.A_F, eps=cfg.adjacency_eps)             # (B, C, C) per image
             if cfg.region_branch and cfg.region_adjacency == "individual":
-                A_hat_I = normalize_adjacency(out.A_I, eps=cfg.adjacency_eps)         # (B, C, C)
+                A_I = out.A_I + torch.eye(out.A_I.shape[-1], device=x.device) if cfg.region_self_loops else out.A_I
+                A_hat_I = normalize_adjacency(A_I, eps=cfg.adjacency_eps)             # (B, C, C)
         if self.linear is not None:
             out.y_w = self.linear(x)                                                   # (B, C) ResNet-101 row
         elif self.label_gcn is not None:
@@ -96,6 +103,17 @@ class IAGCNHead(nn.Module):
         else:
             out.logits = out.y_w if out.y_w is not None else out.y_r                   # (B, C)
         return out
+
+
+def regions_or_padding(valid: torch.Tensor) -> torch.Tensor:
+    """valid (B, N) bool -> (B, N): an image with no valid proposal is read through its padding boxes.
+
+    Stage one pads every image to N boxes with whole-image boxes marked invalid. With no valid box at all, a_I
+    would be sigmoid(-inf) = 0, so A_F = 0 and y_w = 0 (idlcm, iagcn), and the region-nodes max would run over an
+    empty set (NaN logits). Reading such an image through its whole-image boxes keeps every equation defined.
+    """
+    none = ~valid.any(dim=1, keepdim=True)                                             # (B, 1) no valid region
+    return valid | none                                                                # (B, N)
 
 
 def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, *, difficult: str = "ignore") -> torch.Tensor:
@@ -118,6 +136,6 @@ def total_loss(out: HeadOutput, targets: torch.Tensor, valid: torch.Tensor, *, c
     l_ml = multilabel_loss(out.logits, targets, difficult=config.difficult)            # () Eq. 13
     if out.z_mu is None:
         return l_ml, {"loss": float(l_ml.detach()), "loss_ml": float(l_ml.detach()), "loss_kl": 0.0}
-    l_kl = kl_loss(out.z_mu, out.z_logvar, valid)                                      # () Eq. 14
+    l_kl = kl_loss(out.z_mu, out.z_logvar, regions_or_padding(valid))                  # () Eq. 14, the regions read
     loss = l_ml + config.beta * l_kl                                                   # () Eq. 12
     return loss, {"loss": float(loss.detach()), "loss_ml": float(l_ml.detach()), "loss_kl": float(l_kl.detach())}

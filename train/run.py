@@ -35,6 +35,7 @@ from train.data import CacheData
 from train.lcm import statistical_lcm
 from train.loop import evaluate, learning_rate, predict, train_one_epoch
 from train.model import IAGCNHead
+from train.standardize import feature_statistics
 
 LOG_FIELDS = ("epoch", "lr", "loss", "loss_ml", "loss_kl", "select_mAP", "seconds", "samples_per_s")
 
@@ -157,8 +158,8 @@ def build_model(config: TrainConfig, meta: dict[str, Any], *, label_embeddings: 
                      A_S=np.eye(C, dtype=np.float32) if A_S is None else A_S)
 
 
-def make_optimizer(model: IAGCNHead, config: TrainConfig) -> torch.optim.SGD:
-    """SGD with momentum and weight decay (paper 4.3), the fused kernel: one pass over each parameter.
+def make_optimizer(model: IAGCNHead, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum and weight decay (paper 4.3) or AdamW (the frozen recipe), fused kernels.
 
     Measured here (2 threads, the IA-GCN head's 2048x1024 + 1024x300 + 20x2048 weights): the default per-tensor
     loop 149 ms/step, foreach 41 ms, fused 29 ms.
@@ -171,8 +172,16 @@ def make_optimizer(model: IAGCNHead, config: TrainConfig) -> torch.optim.SGD:
         # w_mu, w_logvar (Eq. 8-9): under L_KL their curvature is ~ mean ||X_r||^2 (uncentred CNN features, ~10^3),
         # so the heads' lr would make them oscillate; config.vi_lr_scale keeps lr * curvature < 2 (docs/training.md).
         groups.append({"params": vi, "lr_scale": config.vi_lr_scale})
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
                            weight_decay=config.weight_decay, fused=True)
+
+
+def schedule_lr(epoch: int, config: TrainConfig) -> float:
+    """The LR of ``epoch`` under the config's schedule (train.loop.learning_rate)."""
+    return learning_rate(epoch, base_lr=config.lr, step=config.lr_step, gamma=config.lr_gamma,
+                         schedule=config.schedule, epochs=config.epochs)
 
 
 def cache_record(cache: FeatureCache) -> dict[str, Any]:
@@ -244,7 +253,11 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     random.seed(config.seed)
-    model = build_model(config, meta, label_embeddings=emb, A_S=A_S).to(device)
+    model = build_model(config, meta, label_embeddings=emb, A_S=A_S)
+    if model.standardizer is not None:                                                 # train part's statistics only
+        model.standardizer.set_statistics(feature_statistics(train_data, train_idx, batch_size=config.eval_batch_size,
+                                                             regions=model.uses_regions))
+    model = model.to(device)
     optimizer = make_optimizer(model, config)
     start_epoch, history = 0, []
     best = {"epoch": -1, "select_mAP": float("-inf")}
@@ -256,7 +269,7 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
         log(f"resuming {out} after epoch {start_epoch} (best so far: epoch {best['epoch'] + 1})")
 
     run_record = {
-        "config": config_to_dict(config), "protocol": protocol, "git_commit": git_commit(),
+        "config": config_to_dict(config), "recipe": config.recipe, "protocol": protocol, "git_commit": git_commit(),
         "train_cache": cache_record(train_data.cache), "eval_cache": cache_record(eval_data.cache),
         "class_names": train_data.class_names, "label_embeddings_source": emb_source,
         "num_train": int(len(train_idx)), "num_selection": int(len(hold_idx)) if hold_idx is not None else
@@ -277,7 +290,7 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
 
     stale = (start_epoch - 1 - best["epoch"]) if ckpt is not None else 0
     for epoch in range(start_epoch, config.epochs):
-        lr = learning_rate(epoch, base_lr=config.lr, step=config.lr_step, gamma=config.lr_gamma)
+        lr = schedule_lr(epoch, config)
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         stats = train_one_epoch(model, optimizer, train_data, train_idx, config=config, epoch=epoch, device=device,
@@ -289,8 +302,8 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
         if improved:
             best = {"epoch": epoch, "select_mAP": score if score == score else float("-inf")}
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": {"kind": "step", "base_lr": config.lr, "step": config.lr_step, "gamma": config.lr_gamma,
-                               "last_epoch": epoch, "lr": lr},
+                 "scheduler": {"kind": config.schedule, "base_lr": config.lr, "step": config.lr_step,
+                               "gamma": config.lr_gamma, "epochs": config.epochs, "last_epoch": epoch, "lr": lr},
                  "rng": rng_state(), "epoch": epoch, "config": config_to_dict(config), "meta": meta,
                  "best": best, "history": history, "protocol": protocol}
         if improved:
@@ -316,7 +329,8 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
     result = {"metrics": _jsonable(metrics), "protocol": protocol, "selected_epoch": int(selected["epoch"]) + 1,
               "selection_mAP": best["select_mAP"] if best["select_mAP"] != float("-inf") else None,
               "epochs_run": len(history), "train_seconds": float(sum(r["seconds"] for r in history)),
-              "eval_cache": cache_record(eval_data.cache), "preset": config.preset, "seed": config.seed}
+              "eval_cache": cache_record(eval_data.cache), "preset": config.preset, "recipe": config.recipe,
+              "seed": config.seed}
     write_json_atomic(out / "metrics.json", result, what="metrics")
     log(f"done: {config.preset} seed {config.seed} [{protocol}] epoch {result['selected_epoch']}: "
         + " ".join(f"{k} {metrics[k]:.1f}" for k in ("mAP", "CF1", "OF1") if k in metrics))

@@ -28,21 +28,27 @@ def run_dir_for(out: Path, preset: str, seed: int) -> Path:
 
 
 def run_sweep(configs: Iterable[TrainConfig], *, train_data: CacheData, eval_data: CacheData, out_dir: str | Path,
-              progress: bool = True, log=print) -> list[dict[str, Any]]:
+              progress: bool = True, log=print, probe: bool = True) -> list[dict[str, Any]]:
     """Train every config (one per preset x seed) into out_dir/<preset>-s<seed>/; complete runs are skipped,
-    interrupted ones resume. Writes results.csv and table.md after every run; returns the rows."""
+    interrupted ones resume. With ``probe`` the `linear-probe` reference (train.probe) is fitted first into
+    out_dir/linear-probe-s0/. Writes results.csv and table.md after every run; returns the rows."""
     out = check_writable_dir(out_dir, what="the sweep", option="--out")
     configs = list(configs)
     with exclusive_lock(out / "sweep", what="sweep directory"), \
             interrupt_hint(lambda: f"interrupted: {sum((run_dir_for(out, c.preset, c.seed) / 'metrics.json').exists() for c in configs)}"
                                    f"/{len(configs)} runs complete in {out}; rerun the same `iagcn sweep` command to "
                                    f"resume (the interrupted run continues from its last epoch)"):
-        return _run_sweep_locked(configs, train_data, eval_data, out, progress, log)
+        return _run_sweep_locked(configs, train_data, eval_data, out, progress, log, probe)
 
 
-def _run_sweep_locked(configs, train_data, eval_data, out: Path, progress, log) -> list[dict[str, Any]]:
+def _run_sweep_locked(configs, train_data, eval_data, out: Path, progress, log, probe=True) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
+    if probe:
+        from train.probe import PROBE_NAME, run_probe
+
+        result = run_probe(train_data, eval_data, out / f"{PROBE_NAME}-s0", log=log)
+        rows.append(probe_row(result))
     for i, cfg in enumerate(configs):
         run_dir = run_dir_for(out, cfg.preset, cfg.seed)
         done = run_dir / "metrics.json"
@@ -78,12 +84,23 @@ def _refuse_other_config(run_dir: Path, cfg: TrainConfig) -> None:
 
 def result_row(result: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     """One results.csv row: preset, seed, protocol, every metric, train seconds, selected epoch, run dir."""
-    row = {"preset": cfg.preset, "seed": cfg.seed, "protocol": result["protocol"]}
+    row = {"preset": cfg.preset, "seed": cfg.seed, "recipe": cfg.recipe, "protocol": result["protocol"]}
     for k, v in result["metrics"].items():
         if not isinstance(v, (list, dict)):
             row[k] = round(v, 4) if isinstance(v, float) else v
     row.update(train_seconds=round(float(result["train_seconds"]), 2), selected_epoch=result["selected_epoch"],
                epochs_run=result["epochs_run"], run_dir=run_dir.name)
+    return row
+
+
+def probe_row(result: dict[str, Any]) -> dict[str, Any]:
+    """The results.csv row of the linear probe (train.probe.run_probe's result)."""
+    row = {"preset": result["preset"], "seed": result["seed"], "protocol": result["protocol"]}
+    for k, v in result["metrics"].items():
+        if not isinstance(v, (list, dict)):
+            row[k] = round(v, 4) if isinstance(v, float) else v
+    row.update(train_seconds=round(float(result["train_seconds"]), 2), selected_epoch=0, epochs_run=0,
+               run_dir=f"{result['preset']}-s{result['seed']}")
     return row
 
 
@@ -135,10 +152,11 @@ def build_table(rows: list[dict[str, Any]], *, metrics: tuple[str, ...] = TABLE_
             for r in rows]
     table = ablation_table(runs, metrics=metrics, fmt="markdown", **report_options)
     presets = list(dict.fromkeys(r["preset"] for r in rows))
-    protocols = sorted({str(r.get("protocol")) for r in rows})
+    protocols = sorted({str(r.get("protocol")) for r in rows if r.get("preset") != "linear-probe"})
+    recipes = sorted({str(r.get("recipe")) for r in rows if r.get("recipe") not in (None, "", "probe")})
     legend = "; ".join(f"`{p}` = {PAPER_ROWS.get(p, p)}" for p in presets)
     return (table.rstrip("\n") + "\n\n" + f"Mean ± sample std over seeds. Rows: {legend}. "
-            f"Model selection: {', '.join(protocols)}.\n")
+            f"Recipe: {', '.join(recipes) or 'n/a'}. Model selection: {', '.join(protocols)}.\n")
 
 
 def _num(v: Any) -> float | None:
