@@ -21,11 +21,10 @@ def bench_dir() -> Path:
 
 
 def _generator_hash() -> str:
-    import cache.fake
-    import cache.format
+    from iagcn.cache import fake, format as cache_format
 
     h = hashlib.sha256()
-    for mod in (cache.fake, cache.format):
+    for mod in (fake, cache_format):
         h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()[:16]
 
@@ -33,7 +32,7 @@ def _generator_hash() -> str:
 def fake_cache(name: str, *, n: int, num_rois: int = 40, dim: int = 2048, num_classes: int = 20, seed: int = 0,
                split: str = "train", log=print) -> Path:
     """Path of a fake cache with these shapes (written now unless an identical one exists)."""
-    from cache.fake import write_fake_cache
+    from iagcn.cache.fake import write_fake_cache
 
     path = bench_dir() / f"{name}.h5"
     manifest = {"n": n, "num_rois": num_rois, "dim": dim, "num_classes": num_classes, "seed": seed, "split": split,

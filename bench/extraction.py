@@ -25,8 +25,8 @@ EXTRACT_CASES = {
 
 def synth_split(n: int):
     """A VOC-layout synthetic split of ``n`` images (``iagcn synth``), written once under the bench folder."""
-    from extract.datasets import read_voc
-    from extract.synth import write_synth
+    from iagcn.extract.datasets import read_voc
+    from iagcn.extract.synth import write_synth
 
     root, _ = write_synth(bench_dir() / f"synth-{n}", fmt="voc", n_train=n, n_test=1, seed=0, workers=1)
     return read_voc(root, "trainval")
@@ -36,7 +36,7 @@ def _decoded(ds, image_size: int):
     """The pipeline's per-image preprocessing done once: originals (H, W, 3) and squash-resized inputs (3, S, S)."""
     from PIL import Image
 
-    from extract.datasets import load_image_rgb
+    from iagcn.extract.datasets import load_image_rgb
 
     originals, inputs = [], []
     for p in ds.image_paths:
@@ -61,9 +61,9 @@ def bench_extraction(*, n_images: dict[str, int], batch_size: int = 8, workers: 
                      log=print) -> list[Row]:
     """Per-image time of ``extract.pipeline.extract_split`` (decode, resize, proposer, backbone, RoIAlign, pooling,
     part files, HDF5 assembly; model construction excluded) / per-image time of the bare forwards."""
-    from extract.backbones import build_backbone
-    from extract.pipeline import ExtractConfig, extract_split
-    from extract.proposers import build_proposer
+    from iagcn.extract.backbones import build_backbone
+    from iagcn.extract.pipeline import ExtractConfig, extract_split
+    from iagcn.extract.proposers import build_proposer
 
     rows = []
     for label, over in EXTRACT_CASES.items():
@@ -127,8 +127,8 @@ def decode_seconds(paths: list[Path], *, image_size: int, workers: int, batch_si
 
     Returns (seconds for everything, worker start-up included; steady-state seconds per image, timed from the
     first batch's arrival to the last)."""
-    from extract.datasets import load_image_rgb
-    from extract.pipeline import _collate, _ImageRows, _worker_init
+    from iagcn.extract.datasets import load_image_rgb
+    from iagcn.extract.pipeline import _collate, _ImageRows, _worker_init
 
     rows = _ImageRows(paths, image_size=image_size, image_loader=load_image_rgb, proposer=None)
     loader = torch.utils.data.DataLoader(rows, batch_size=batch_size, collate_fn=_collate, num_workers=workers,

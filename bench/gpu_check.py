@@ -72,9 +72,9 @@ class Mode:
 def extraction_check(device: torch.device, *, n: int, batch: int, image_size: int, warmup: int) -> dict:
     from PIL import Image
 
-    from extract.backbones import build_resnet101
-    from extract.pipeline import boxes_to_map, global_max_pool, region_features
-    from extract.proposers import TorchvisionRPNProposer
+    from iagcn.extract.backbones import build_resnet101
+    from iagcn.extract.pipeline import boxes_to_map, global_max_pool, region_features
+    from iagcn.extract.proposers import TorchvisionRPNProposer
 
     backbone = build_resnet101(weights="none").to(device)
     proposer = TorchvisionRPNProposer(num_rois=40, weights="none", min_size=image_size, device=str(device))
@@ -133,12 +133,12 @@ def extraction_check(device: torch.device, *, n: int, batch: int, image_size: in
 
 def training_check(device: torch.device, *, n: int, dim: int, epochs: int, workdir: Path) -> dict:
     from bench.floor import FloorStep, products_for_config, time_floor_step
-    from cache.fake import write_fake_cache
-    from train.config import config_for_preset
-    from train.data import CacheData
-    from train.lcm import statistical_lcm
-    from train.loop import train_one_epoch
-    from train.run import build_model, load_label_embeddings
+    from iagcn.cache.fake import write_fake_cache
+    from iagcn.train.config import config_for_preset
+    from iagcn.train.data import CacheData
+    from iagcn.train.lcm import statistical_lcm
+    from iagcn.train.loop import train_one_epoch
+    from iagcn.train.run import build_model, load_label_embeddings
 
     path = workdir / "voc-fake.h5"
     t0 = time.perf_counter()
@@ -180,8 +180,8 @@ def training_check(device: torch.device, *, n: int, dim: int, epochs: int, workd
 def decode_check(*, n: int, workers: list[int], workdir: Path) -> dict:
     from PIL import Image
 
-    from extract.datasets import load_image_rgb
-    from extract.pipeline import _collate, _ImageRows, _worker_init
+    from iagcn.extract.datasets import load_image_rgb
+    from iagcn.extract.pipeline import _collate, _ImageRows, _worker_init
 
     folder = workdir / "jpegs"
     folder.mkdir(parents=True, exist_ok=True)

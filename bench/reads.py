@@ -36,7 +36,7 @@ def numpy_gather_epoch(g32: np.ndarray, r32: np.ndarray, *, seed: int, batch_siz
 
 def bench_cache_reads(cache_path: Path, *, repeats: int = 3, log=print) -> list[Row]:
     """Samples/s of the in-RAM training data path / samples/s of a NumPy gather from a float32 in-RAM array."""
-    from train.data import CacheData
+    from iagcn.train.data import CacheData
 
     data = CacheData(cache_path, memory_budget_gib=64.0)
     assert data.in_memory
@@ -69,7 +69,7 @@ def bench_cache_reads(cache_path: Path, *, repeats: int = 3, log=print) -> list[
 _CHILD = r"""
 import json, resource, sys, time
 import numpy as np
-from train.data import CacheData
+from iagcn.train.data import CacheData
 path, budget, seed = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 t0 = time.perf_counter()
 data = CacheData(path, memory_budget_gib=budget, block_rows=256, shuffle_buffer_blocks=8)
@@ -90,7 +90,7 @@ print(json.dumps({"in_memory": data.in_memory, "open_s": t_open, "epoch_s": t, "
 def _child_epoch(path: Path, budget_gib: float, seed: int) -> dict:
     import os
 
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the installed iagcn.* package
     out = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(budget_gib), str(seed)], env=env,
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -100,7 +100,7 @@ def bench_past_ram(cache_path: Path, *, budget_gib: float = 1.0, repeats: int = 
     """Streaming (cache > budget, file evicted from the page cache first) vs in RAM, each in a fresh subprocess
     whose peak RSS is reported. Throughput = samples / epoch seconds (loading into RAM not counted)."""
     from bench.caches import drop_from_page_cache
-    from cache.format import FeatureCache
+    from iagcn.cache.format import FeatureCache
 
     with FeatureCache(cache_path) as c:
         feature_gib = c.nbytes(("global", "regions")) / 2**30

@@ -20,9 +20,9 @@ TARGET_TRAIN = "<= 2.0"
 
 def _setup(preset: str, data, *, seed: int = 0, **overrides):
     """Model + optimizer exactly as ``train.run`` builds them (statistical LCM from all rows here)."""
-    from train.config import config_for_preset
-    from train.lcm import statistical_lcm
-    from train.run import build_model, load_label_embeddings
+    from iagcn.train.config import config_for_preset
+    from iagcn.train.lcm import statistical_lcm
+    from iagcn.train.run import build_model, load_label_embeddings
 
     cfg = config_for_preset(preset, epochs=1, seed=seed, device="cpu", **overrides)
     emb, _ = load_label_embeddings(cfg, data.cache)                                   # (C, E)
@@ -49,8 +49,8 @@ def bench_head_training(cache_path: Path, *, label: str, presets=PRESETS, repeat
     Rounds interleave floor, epoch, floor, epoch, ..., floor; the ratio is median(epoch) / median(floor).
     Presets whose floor epoch exceeds ``long_epoch_s`` get one epoch (bracketed by two floor samples).
     """
-    from train.data import CacheData
-    from train.loop import train_one_epoch
+    from iagcn.train.data import CacheData
+    from iagcn.train.loop import train_one_epoch
 
     data = CacheData(cache_path, memory_budget_gib=64.0)
     idx = np.arange(data.n)
@@ -111,10 +111,10 @@ def bench_sweep(train_path: Path, eval_path: Path, *, epochs: int, seeds=(0, 1, 
                 label: str, log=print) -> list[Row]:
     """Wall time of ``train.sweep.run_sweep`` over presets x seeds (real code: selection hold-out, checkpoints,
     final scoring) / the sum of the floors of its runs, each floor timed right after its run."""
-    from train.config import config_for_preset
-    from train.data import CacheData
-    from train.run import split_train
-    from train.sweep import run_sweep
+    from iagcn.train.config import config_for_preset
+    from iagcn.train.data import CacheData
+    from iagcn.train.run import split_train
+    from iagcn.train.sweep import run_sweep
 
     train_data = CacheData(train_path, memory_budget_gib=64.0)
     eval_data = CacheData(eval_path, memory_budget_gib=64.0)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cache.format import describe
+from iagcn.cache.format import describe
 
 
 @click.command("info")

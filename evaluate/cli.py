@@ -52,7 +52,7 @@ def _pr_classes(text: str | None) -> tuple[str, ...]:
 def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, threshold, top_k, which, pr_classes,
              no_plots, out, fmt, device, quiet) -> None:
     """Evaluate scores (any model) or trained runs: metrics.json, per_class_ap.csv, scores, Table 1/2 layouts, plots."""
-    from evaluate import evaluation as E
+    from iagcn.evaluate import evaluation as E
 
     _warn_to_stderr()
     if scores is not None or targets is not None:
@@ -120,7 +120,7 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
 
 
 def _recorded_eval_cache(run_dir: Path) -> Path:
-    from evaluate.evaluation import read_run_record
+    from iagcn.evaluate.evaluation import read_run_record
 
     rec = read_run_record(run_dir)
     path = (rec.get("eval_cache") or {}).get("path")
@@ -155,14 +155,14 @@ def compare_cmd(run_a, run_b, more_a, more_b, cache, resamples, seed, ci, thresh
     RUN_A / RUN_B: run folders or SWEEP_DIR:PRESET (all seeds of a preset). Use --a/--b to list seeds one by one.
     With --sweep DIR --baseline PRESET: the ablation table of the sweep with a ΔmAP-vs-baseline [CI] column.
     """
-    from evaluate.compare import compare_runs, comparison_record, comparison_table
-    from evaluate.evaluation import EvalConfig
+    from iagcn.evaluate.compare import compare_runs, comparison_record, comparison_table
+    from iagcn.evaluate.evaluation import EvalConfig
     from iagcn.configio import config_to_dict
     from iagcn.fsutil import git_commit, write_json_atomic, write_text_atomic
 
     _warn_to_stderr()
     if sweep_dir is not None:
-        from evaluate.compare import sweep_ablation, sweep_ablation_table, sweep_runs
+        from iagcn.evaluate.compare import sweep_ablation, sweep_ablation_table, sweep_runs
 
         if run_a or run_b or more_a or more_b:
             raise UserError("--sweep compares the sweep's presets; drop RUN_A/RUN_B/--a/--b")
@@ -185,7 +185,7 @@ def compare_cmd(run_a, run_b, more_a, more_b, cache, resamples, seed, ci, thresh
         raise UserError("compare needs runs on both sides: iagcn compare RUN_A RUN_B, or --a RUN ... --b RUN ...")
     config = EvalConfig(threshold=threshold, top_k=top_k, n_resamples=resamples, seed=seed, ci=ci, plots=False)
     if cache is None:
-        from evaluate.compare import expand_run_spec
+        from iagcn.evaluate.compare import expand_run_spec
 
         cache_path = _recorded_eval_cache(expand_run_spec(side_a[0])[0])
     else:
@@ -214,7 +214,7 @@ def compare_cmd(run_a, run_b, more_a, more_b, cache, resamples, seed, ci, thresh
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder for the figures.")
 def explain_cmd(run_dir, cache, image_ids, image_root, which, out) -> None:
     """Fig. 1 (the image's A_F next to A_S) and Fig. 3 (its ROI boxes coloured by z) for cached images."""
-    from evaluate.explain import explain
+    from iagcn.evaluate.explain import explain
 
     _warn_to_stderr()
     cache_path = Path(cache) if cache else _recorded_eval_cache(Path(run_dir))
@@ -242,7 +242,7 @@ def explain_cmd(run_dir, cache, image_ids, image_root, which, out) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict_cmd(run_dir, images, threshold, top_k, fmt, which, device, workers, quiet) -> None:
     """Labels with probabilities for IMAGE_OR_DIR...: stage one with the run's recorded extraction config, then its head."""
-    from evaluate.predict import format_predictions, predict_images
+    from iagcn.evaluate.predict import format_predictions, predict_images
 
     _warn_to_stderr()
     preds = predict_images(run_dir, images, threshold=threshold, top_k=top_k, which=which, device=device,

@@ -20,8 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from evaluate.evaluation import EvalConfig, RunScores, cache_targets, rows_for_ids, run_scores_for_cache
-from evaluate.metrics import metric_names, validate_scores_targets
+from iagcn.evaluate.evaluation import EvalConfig, RunScores, cache_targets, rows_for_ids, run_scores_for_cache
+from iagcn.evaluate.metrics import metric_names, validate_scores_targets
 from iagcn.errors import UserError
 
 
@@ -63,7 +63,7 @@ def paired_bootstrap_runs(scores_a: Sequence[np.ndarray], scores_b: Sequence[np.
     Same resampling stream as :func:`evaluate.stats.paired_bootstrap` (seeded generator, chunks of ``chunk``), so
     with one run per side the result is identical to it.
     """
-    from evaluate.stats import _percentile_interval, bootstrap_weights, weighted_multilabel_metrics
+    from iagcn.evaluate.stats import _percentile_interval, bootstrap_weights, weighted_multilabel_metrics
 
     if not scores_a or not scores_b:
         raise UserError("compare: each side needs at least one run")
@@ -122,8 +122,8 @@ class Comparison:
 def compare_runs(specs_a: Sequence[str], specs_b: Sequence[str], *, cache_path: str | Path, config: EvalConfig,
                  progress: bool = False, log=None) -> Comparison:
     """Compare the runs of side A with those of side B on the images and targets of ``cache_path``."""
-    from evaluate.metrics import multilabel_metrics
-    from evaluate.stats import paired_seed_test
+    from iagcn.evaluate.metrics import multilabel_metrics
+    from iagcn.evaluate.stats import paired_seed_test
 
     cache_path = Path(cache_path)
     targets_table = cache_targets(cache_path)
@@ -199,7 +199,7 @@ def side_label(runs: Sequence[RunScores]) -> str:
 
 def comparison_table(cmp: Comparison, *, fmt: str = "text") -> str:
     """Metric | A | B | B - A | CI | (seed test) rows; ``*`` marks intervals that exclude zero."""
-    from evaluate.report import fmt_pct, render_table
+    from iagcn.evaluate.report import fmt_pct, render_table
 
     boot = cmp.bootstrap
     level = f"{round(100 * boot['ci'])}%"
@@ -274,7 +274,7 @@ def sweep_ablation(sweep_dir: str | Path, *, baseline: str, cache_path: str | Pa
 
 def sweep_ablation_table(result: dict[str, Any], *, fmt: str = "text") -> str:
     """The ablation table (report.ablation_table) of a :func:`sweep_ablation` result."""
-    from evaluate.report import ablation_table
+    from iagcn.evaluate.report import ablation_table
 
     return ablation_table(result["runs"], fmt=fmt, baseline=result["baseline"], deltas=result["deltas"],
                           seed_tests=result["seed_tests"] or None, ci=result["ci"])

@@ -28,7 +28,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from evaluate.metrics import (ScoresAre, average_precision_per_class, mean_average_precision, multilabel_metrics,
+from iagcn.evaluate.metrics import (ScoresAre, average_precision_per_class, mean_average_precision, multilabel_metrics,
                               validate_scores_targets)
 from iagcn.configio import config_to_dict
 from iagcn.errors import UserError
@@ -118,7 +118,7 @@ def read_matrix(path: str | os.PathLike, *, option: str, key: str = "scores") ->
         raise UserError(f"{option} {path}: file not found")
     suffix = path.suffix.lower()
     if suffix in (".h5", ".hdf5"):
-        from cache.format import FeatureCache
+        from iagcn.cache.format import FeatureCache
 
         with FeatureCache(path) as c:
             return ScoreTable(c.read("labels").astype(np.int8), c.image_ids(), c.class_names, path)
@@ -272,7 +272,7 @@ def write_evaluation(out: str | os.PathLike, ev: Evaluation, *, config: EvalConf
 
 def format_tables(evaluations: Sequence[Evaluation], *, top_k: int = 3, fmt: str = "text") -> str:
     """Table 1 style (all + top-k) and Table 2 style (per-class AP) for one or several evaluations."""
-    from evaluate.report import metrics_table, per_class_table
+    from iagcn.evaluate.report import metrics_table, per_class_table
 
     class_names = evaluations[0].class_names
     t1 = metrics_table([(e.name, e.metrics) for e in evaluations], fmt=fmt, top_k=top_k or None)
@@ -308,7 +308,7 @@ def read_run_record(run_dir: Path) -> dict[str, Any]:
 
 def load_model(*, run_dir: Path | None = None, checkpoint: Path | None = None, which: str = "best"):
     """(model in eval mode, class names, A_S (C, C), checkpoint path) from a run folder or one checkpoint file."""
-    from train.run import load_run
+    from iagcn.train.run import load_run
 
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
@@ -318,8 +318,8 @@ def load_model(*, run_dir: Path | None = None, checkpoint: Path | None = None, w
             run = load_run(checkpoint.parent, which=checkpoint.stem)
         else:
             from iagcn.configio import config_from_dict
-            from train.config import TrainConfig
-            from train.run import build_model, load_checkpoint, load_state_checked
+            from iagcn.train.config import TrainConfig
+            from iagcn.train.run import build_model, load_checkpoint, load_state_checked
 
             ckpt = load_checkpoint(checkpoint)
             if not isinstance(ckpt, dict) or not {"model", "config", "meta"} <= set(ckpt):
@@ -343,8 +343,8 @@ def _check_classes(name: str, run_classes: Sequence[str], cache_classes: Sequenc
 def score_run_on_cache(*, run_dir: Path | None, checkpoint: Path | None, cache_path: Path, config: EvalConfig,
                        progress: bool = False) -> RunScores:
     """Score every image of the cache with the run's (selected) checkpoint: logits (n, C) and image ids."""
-    from cache.format import FeatureCache
-    from train.run import predict_cache
+    from iagcn.cache.format import FeatureCache
+    from iagcn.train.run import predict_cache
 
     model, class_names, _, ckpt_path = load_model(run_dir=run_dir, checkpoint=checkpoint, which=config.which)
     with FeatureCache(cache_path) as c:
@@ -373,7 +373,7 @@ def saved_run_scores(run_dir: Path) -> tuple[np.ndarray, list[str]] | None:
 def run_scores_for_cache(run_dir: Path, cache_path: Path, *, config: EvalConfig, progress: bool = False) -> RunScores:
     """A run's logits on ``cache_path``: the scores it saved when they are for exactly these images (and the
     selected checkpoint), else computed from its checkpoint (never retraining)."""
-    from cache.format import FeatureCache
+    from iagcn.cache.format import FeatureCache
 
     run_dir = Path(run_dir)
     record = read_run_record(run_dir)
@@ -414,7 +414,7 @@ def run_plots(out: Path, evaluations: Sequence[Evaluation], *, config: EvalConfi
               logs: dict[str, Path] | None = None) -> list[Path]:
     """Per-class AP bars (all evaluations side by side), PR curves of ``config.pr_classes`` per evaluation, and the
     training curves of every run whose log.csv exists. Returns the PNG paths written."""
-    from evaluate.plots import plot_per_class_ap, plot_pr_curves, plot_training_curves
+    from iagcn.evaluate.plots import plot_per_class_ap, plot_pr_curves, plot_training_curves
 
     written = [plot_per_class_ap({e.name: e.per_class_ap for e in evaluations}, evaluations[0].class_names,
                                  out / "per_class_ap.png")]

@@ -60,7 +60,7 @@ def find_image(cache_attrs: dict[str, Any], image_id: str, *, image_root: str | 
     if not root or not Path(root).is_dir():
         raise UserError(f"the cache records dataset root {root!r}, which is not here; pass --image-root DIR")
     try:
-        from extract.datasets import load_dataset
+        from iagcn.extract.datasets import load_dataset
 
         split = cfg.get("split", cache_attrs.get("split"))
         options: dict[str, Any] = {"strict": False}
@@ -83,10 +83,10 @@ def find_image(cache_attrs: dict[str, Any], image_id: str, *, image_root: str | 
 def explain(run_dir: str | os.PathLike, cache_path: str | os.PathLike, image_id: str, out: str | os.PathLike, *,
             image_root: str | os.PathLike | None = None, which: str = "best") -> dict[str, Any]:
     """Write Fig. 1 / Fig. 3 (+ their .npz data) and explain.json for one image; return the explain.json record."""
-    from cache.format import FeatureCache
-    from evaluate.metrics import sigmoid
-    from evaluate.plots import plot_lcm_pair, plot_roi_weights
-    from train.run import explain_image, load_run
+    from iagcn.cache.format import FeatureCache
+    from iagcn.evaluate.metrics import sigmoid
+    from iagcn.evaluate.plots import plot_lcm_pair, plot_roi_weights
+    from iagcn.train.run import explain_image, load_run
 
     run = load_run(run_dir, which=which)
     cache_path = Path(cache_path)
@@ -117,7 +117,7 @@ def explain(run_dir: str | os.PathLike, cache_path: str | os.PathLike, image_id:
         notes.append(f"preset {run.config.preset} has no image-dependent LCM A_F: Fig. 1 not drawn")
     z = info.get("z")
     if z is not None:
-        from extract.datasets import load_image_rgb
+        from iagcn.extract.datasets import load_image_rgb
 
         image_path = find_image(attrs, image_id, image_root=image_root)
         image = load_image_rgb(image_path)

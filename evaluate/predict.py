@@ -51,7 +51,7 @@ def extraction_record(run_dir: str | os.PathLike) -> ExtractionRecord:
                                 tc.get("backbone_weights_sha256"), tc.get("proposer_weights_sha256"), str(path))
     cache_path = tc.get("path")
     if cache_path and Path(cache_path).exists():
-        from cache.format import FeatureCache
+        from iagcn.cache.format import FeatureCache
 
         with FeatureCache(cache_path) as c:
             a = c.attrs
@@ -68,7 +68,7 @@ def backbone_weights_file(backbone: str, weights: str) -> Path | None:
     if weights != "imagenet":
         return Path(weights)
     if backbone == "efficientnet-lite0":
-        from extract.backbones import bundled_lite0_weights
+        from iagcn.extract.backbones import bundled_lite0_weights
 
         return bundled_lite0_weights()
     if backbone == "resnet101":
@@ -109,7 +109,7 @@ def check_weights(rec: ExtractionRecord) -> None:
 
 def collect_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     """Image files named directly, plus the images inside named folders (sorted, not recursive)."""
-    from extract.datasets import check_image
+    from iagcn.extract.datasets import check_image
 
     files: list[Path] = []
     for item in inputs:
@@ -153,11 +153,11 @@ def predict_images(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLik
     """Run stage one (the run's recorded extraction config) and the trained head on image files / folders."""
     import dataclasses
 
-    from evaluate.metrics import sigmoid
-    from extract.datasets import DatasetSplit
-    from extract.pipeline import ExtractConfig, extract_split
+    from iagcn.evaluate.metrics import sigmoid
+    from iagcn.extract.datasets import DatasetSplit
+    from iagcn.extract.pipeline import ExtractConfig, extract_split
     from iagcn.configio import config_from_dict
-    from train.run import load_run, predict_cache
+    from iagcn.train.run import load_run, predict_cache
 
     if not (0.0 < threshold < 1.0):
         raise UserError(f"--threshold {threshold}: must be a probability strictly between 0 and 1")
@@ -181,7 +181,7 @@ def predict_images(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLik
         cache_path = Path(tmp) / "predict.h5"
         extract_split(ds, cfg, cache_path, label_embeddings=(np.zeros((C, 1), np.float32), "unused (predict)"),
                       progress=progress and len(files) > 1, log=log)
-        from cache.format import FeatureCache
+        from iagcn.cache.format import FeatureCache
 
         with FeatureCache(cache_path) as c:
             got = c.attrs.get("backbone_weights_sha256")

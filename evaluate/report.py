@@ -16,7 +16,7 @@ from typing import Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from evaluate.metrics import MAIN_METRICS, THRESHOLD_METRICS, mean_average_precision
+from iagcn.evaluate.metrics import MAIN_METRICS, THRESHOLD_METRICS, mean_average_precision
 
 Fmt = Literal["markdown", "text"]
 

@@ -21,7 +21,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from evaluate.metrics import (MetricInputError, ScoresAre, metric_names, predict_threshold, predict_top_k,
+from iagcn.evaluate.metrics import (MetricInputError, ScoresAre, metric_names, predict_threshold, predict_top_k,
                               prf_from_counts, validate_scores_targets)
 
 

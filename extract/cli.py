@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from extract.synth import synth_command
+from iagcn.extract.synth import synth_command
 
 COMMANDS: list = [synth_command]
 
@@ -45,7 +45,7 @@ def extract_command(dataset, root, split, out, backbone, weights, proposer, prop
                     detectron2_config, num_rois, image_size, label_embeddings, batch_size, block_rows, workers, device, threads,
                     shard, skip_bad, csv_file, classes, keep_empty, quiet):
     """Extract backbone + ROI features of one dataset split into an HDF5 cache (resumable; rerun to resume)."""
-    from extract.pipeline import ExtractConfig, parse_shard, run_extract
+    from iagcn.extract.pipeline import ExtractConfig, parse_shard, run_extract
 
     cfg = ExtractConfig(dataset=dataset, root=str(root), split=split, csv=csv_file, classes=classes,
                         keep_empty=keep_empty, backbone=backbone, weights=weights, proposer=proposer,
@@ -69,7 +69,7 @@ def extract_command(dataset, root, split, out, backbone, weights, proposer, prop
 @click.option("--out", type=click.Path(), required=True, help="Merged cache file.")
 def merge_command(shards, out):
     """Merge `iagcn extract --shard i/n` outputs into one cache (checks they are complete and consistent)."""
-    from extract.pipeline import merge_shards
+    from iagcn.extract.pipeline import merge_shards
 
     click.echo(f"wrote {merge_shards(list(shards), out)}")
 

@@ -286,7 +286,7 @@ def extract_split(ds, cfg: ExtractConfig, out: str | os.PathLike, *, label_embed
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if image_loader is None:
-        from extract.datasets import load_image_rgb as image_loader
+        from iagcn.extract.datasets import load_image_rgb as image_loader
     out = Path(out)
     device = resolve_device(cfg.device)
     previous_threads = torch.get_num_threads()
@@ -305,9 +305,9 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
     import torch
     from tqdm import tqdm
 
-    from cache.format import CacheWriter
-    from extract.backbones import build_backbone
-    from extract.proposers import build_proposer
+    from iagcn.cache.format import CacheWriter
+    from iagcn.extract.backbones import build_backbone
+    from iagcn.extract.proposers import build_proposer
 
     validate_options(cfg)
     n_total = len(ds.image_ids)
@@ -465,7 +465,7 @@ def _complete_cache_matches(out: Path, ident_hash: str, shard: tuple[int, int] |
     """True when ``out`` is a readable cache of the same config (and the same shard)."""
     if not out.exists():
         return False
-    from cache.format import FeatureCache
+    from iagcn.cache.format import FeatureCache
 
     try:
         with FeatureCache(out) as c:
@@ -503,7 +503,7 @@ def load_checked_split(cfg: ExtractConfig, *, progress: bool = True):
     Refuses (one UserError listing all problems) unless ``cfg.skip_bad``; with it, drops the bad images and
     returns their ids. Returns (DatasetSplit, skipped ids).
     """
-    from extract.datasets import find_bad_images, load_dataset, raise_on_problems
+    from iagcn.extract.datasets import find_bad_images, load_dataset, raise_on_problems
 
     options: dict[str, Any] = {"strict": False}  # collect annotation problems instead of stopping at the first file
     split = cfg.split
@@ -531,7 +531,7 @@ def load_checked_split(cfg: ExtractConfig, *, progress: bool = True):
 
 def run_extract(cfg: ExtractConfig, out: str | os.PathLike, *, progress: bool = True) -> ExtractStats:
     """Load the split, pre-flight it (refusing with every problem listed unless ``skip_bad``), extract."""
-    from extract.embeddings import load_label_embeddings
+    from iagcn.extract.embeddings import load_label_embeddings
 
     validate_options(cfg)
     out = Path(out)
@@ -546,7 +546,7 @@ def run_extract(cfg: ExtractConfig, out: str | os.PathLike, *, progress: bool = 
 # -- merging shards -----------------------------------------------------------------------------------------
 def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
     """Combine shard files of one extraction into one cache equal to an unsharded run; verify completeness."""
-    from cache.format import ROW_FIELDS, CacheWriter, FeatureCache
+    from iagcn.cache.format import ROW_FIELDS, CacheWriter, FeatureCache
 
     if not paths:
         raise UserError("iagcn merge: give the shard files to merge")

@@ -168,7 +168,7 @@ class TorchvisionRPNProposer:
         from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights, fasterrcnn_resnet50_fpn
 
         self.num_rois = num_rois
-        from extract.backbones import seeded_init
+        from iagcn.extract.backbones import seeded_init
 
         with seeded_init():  # weights "none": the same random RPN in every run
             model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=min_size, max_size=max_size)

@@ -24,7 +24,7 @@ import click
 import numpy as np
 from PIL import Image, ImageDraw
 
-from extract.datasets import VOC_CLASSES
+from iagcn.extract.datasets import VOC_CLASSES
 from iagcn.errors import UserError
 from iagcn.fsutil import TMP_MARK, check_writable_dir, exclusive_lock, interrupt_hint, is_disk_full, tmp_name_for
 

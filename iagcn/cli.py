@@ -79,12 +79,12 @@ def main(debug: bool) -> None:
 
 
 def _register() -> None:
-    import cache.cli
-    import evaluate.cli
-    import extract.cli
-    import train.cli
+    from iagcn.cache import cli as cache_cli
+    from iagcn.evaluate import cli as evaluate_cli
+    from iagcn.extract import cli as extract_cli
+    from iagcn.train import cli as train_cli
 
-    for module in (extract.cli, cache.cli, train.cli, evaluate.cli):
+    for module in (extract_cli, cache_cli, train_cli, evaluate_cli):
         for command in getattr(module, "COMMANDS", []):
             main.add_command(command)
 

@@ -13,14 +13,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("PYTHONPATH", None)  # the installed iagcn.* namespace (editable install), never bare stage folders
     env.setdefault("OMP_NUM_THREADS", "2")
     env.update(extra)
     return env
 
 
 def run_cli(args: list[str], *, timeout: float = 300, check: bool = False, **kwargs) -> subprocess.CompletedProcess:
-    """Run ``python -m iagcn ARGS`` in a subprocess (this checkout's code first on sys.path)."""
+    """Run ``python -m iagcn ARGS`` in a subprocess (this checkout, installed editable by `make setup`)."""
     proc = subprocess.run([sys.executable, "-m", "iagcn", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=kwargs.pop("env", None) or cli_env(), cwd=kwargs.pop("cwd", REPO_ROOT),
                           **kwargs)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.datasets import DatasetSplit, load_image_rgb
+from iagcn.extract.datasets import DatasetSplit, load_image_rgb
 
 CLASSES = ["red", "blue", "green"]
 
@@ -49,7 +49,7 @@ def onehot() -> tuple[np.ndarray, str]:
 
 
 if __name__ == "__main__":
-    from extract.pipeline import ExtractConfig, extract_split
+    from iagcn.extract.pipeline import ExtractConfig, extract_split
 
     root, out, cfg_json = sys.argv[1], sys.argv[2], sys.argv[3]
     ds = write_tiny_images(Path(root), n=int(json.loads(cfg_json).get("_n", 12)))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from extract.backbones import (LITE0_STAGE_DEPTHS, build_backbone, bundled_lite0_weights, lukemelas_to_timm_keys)
+from iagcn.extract.backbones import (LITE0_STAGE_DEPTHS, build_backbone, bundled_lite0_weights, lukemelas_to_timm_keys)
 
 
 def test_key_mapping_covers_every_bundled_key_and_every_timm_key():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cache.fake import write_fake_cache
+from iagcn.cache.fake import write_fake_cache
 from iagcn.cli import main
 from tests.conftest import run_cli
 from tests.test_datasets import _voc_xml, make_coco, make_voc
@@ -384,7 +384,7 @@ def test_load_run_refuses_weights_of_another_preset(finished_run, good, tmp_path
     import torch
 
     from iagcn.errors import UserError
-    from train.run import load_run
+    from iagcn.train.run import load_run
 
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
@@ -434,7 +434,7 @@ def test_subprocess_errors_are_one_line_without_traceback(good, tmp_path):
 def test_extract_refuses_non_finite_features_from_a_bad_weights_file(tmp_path):
     import torch
 
-    from extract.backbones import build_backbone
+    from iagcn.extract.backbones import build_backbone
 
     sd = build_backbone("efficientnet-lite0", weights="none").trunk.net.state_dict()  # the timm EfficientNet
     bad = {k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v) for k, v in sd.items()}

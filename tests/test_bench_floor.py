@@ -83,7 +83,7 @@ def test_iagcn_floor_dominated_by_region_last_layer():
 
 
 def test_products_for_real_presets_when_train_is_present():
-    config = pytest.importorskip("train.config")
+    config = pytest.importorskip("iagcn.train.config")
     for name in config.PRESETS:
         cfg = config.config_for_preset(name)
         products = products_for_config(cfg, **SHAPES)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cache.fake import write_fake_cache
-from cache.format import CacheWriter, FeatureCache, check_compatible
+from iagcn.cache.fake import write_fake_cache
+from iagcn.cache.format import CacheWriter, FeatureCache, check_compatible
 from iagcn.cli import main
 from iagcn.errors import UserError
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from extract.datasets import (VOC_CLASSES, DatasetSplit, find_bad_images, load_dataset, load_image_rgb, preflight,
+from iagcn.extract.datasets import (VOC_CLASSES, DatasetSplit, find_bad_images, load_dataset, load_image_rgb, preflight,
                               raise_on_problems, read_coco, read_csv_dataset, read_voc)
 from iagcn.errors import UserError
 

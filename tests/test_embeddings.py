@@ -6,8 +6,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from extract.datasets import VOC_CLASSES
-from extract.embeddings import class_name_words, load_label_embeddings
+from iagcn.extract.datasets import VOC_CLASSES
+from iagcn.extract.embeddings import class_name_words, load_label_embeddings
 from iagcn.errors import UserError
 
 

@@ -120,13 +120,13 @@ def test_eval_scores_refuses_bad_input(score_files):
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     """Two seeds of `iagcn` and one of `mlgcn` trained for 2 epochs on a tiny fake cache."""
-    pytest.importorskip("train.run", reason="stage two (train/) has not landed")
+    pytest.importorskip("iagcn.train.run", reason="stage two (train/) has not landed")
     import dataclasses
 
-    from cache.fake import write_fake_cache
-    from train.config import config_for_preset
-    from train.data import CacheData
-    from train.run import train_run
+    from iagcn.cache.fake import write_fake_cache
+    from iagcn.train.config import config_for_preset
+    from iagcn.train.data import CacheData
+    from iagcn.train.run import train_run
 
     d = tmp_path_factory.mktemp("runs")
     common = dict(num_rois=6, dim=16, num_classes=5, embedding_dim=8, prototypes_seed=7)
@@ -149,8 +149,8 @@ def direct_logits(run_dir, cache_path):
     """Logits of the best checkpoint by a plain forward pass over the cache arrays (no stage-two data loader)."""
     import torch
 
-    from cache.format import FeatureCache
-    from train.run import load_run
+    from iagcn.cache.format import FeatureCache
+    from iagcn.train.run import load_run
 
     run = load_run(run_dir)
     with FeatureCache(cache_path) as c:
@@ -174,7 +174,7 @@ def test_eval_run_metrics_scores_and_plots(tiny_runs):
     assert rec["metrics"]["mAP"] == pytest.approx(np.nanmean(reference_ap(logits, labels)), abs=1e-3)
     with np.load(out / "scores.npz") as z:
         np.testing.assert_allclose(z["scores"], logits, atol=1e-4)
-        from cache.format import FeatureCache
+        from iagcn.cache.format import FeatureCache
 
         with FeatureCache(tiny_runs["test"]) as c:
             assert list(z["image_ids"]) == c.image_ids()
@@ -208,7 +208,7 @@ def test_eval_checkpoint_file(tiny_runs):
 def test_explain_fig1_matrix_is_the_models(tiny_runs, tmp_path):
     run_dir = tiny_runs["runs"][("iagcn", 0)]
     _, _, run, out_all = direct_logits(run_dir, tiny_runs["test"])
-    from cache.format import FeatureCache
+    from iagcn.cache.format import FeatureCache
 
     with FeatureCache(tiny_runs["test"]) as c:
         ids = c.image_ids()
@@ -249,8 +249,8 @@ def test_compare_run_against_itself_is_exactly_zero(tiny_runs):
 
 def test_compare_seeds_sweep_spec_matches_stats(tiny_runs):
     """SWEEP:PRESET expands to the seeds; the bootstrap of one pair equals evaluate.stats.paired_bootstrap."""
-    from evaluate.compare import paired_bootstrap_runs
-    from evaluate.stats import paired_bootstrap
+    from iagcn.evaluate.compare import paired_bootstrap_runs
+    from iagcn.evaluate.stats import paired_bootstrap
 
     sweep = tiny_runs["dir"] / "sweep"
     r = invoke(["compare", f"{sweep}:iagcn", f"{sweep}:iagcn", "--cache", tiny_runs["test"], "--resamples", "50",
@@ -272,7 +272,7 @@ def test_compare_seeds_sweep_spec_matches_stats(tiny_runs):
 
 def fake_run(dir_, *, scores, image_ids, cache_path, seed, preset, class_names):
     """A run folder holding only what compare reads: config.json and the saved scores (no checkpoint at all)."""
-    from cache.format import FeatureCache
+    from iagcn.cache.format import FeatureCache
 
     dir_.mkdir(parents=True)
     with FeatureCache(cache_path) as c:
@@ -285,8 +285,8 @@ def fake_run(dir_, *, scores, image_ids, cache_path, seed, preset, class_names):
 
 def test_compare_better_by_construction_excludes_zero(tmp_path):
     """B's scores separate the classes much better than A's: the mAP interval lies above zero (saved scores only)."""
-    from cache.fake import write_fake_cache
-    from cache.format import FeatureCache
+    from iagcn.cache.fake import write_fake_cache
+    from iagcn.cache.format import FeatureCache
 
     cache = write_fake_cache(tmp_path / "c.h5", n=200, num_rois=2, dim=4, num_classes=4, embedding_dim=2, seed=5)
     from pathlib import Path

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from cache.format import REQUIRED_ATTRS, ROW_FIELDS, FeatureCache
-from extract.pipeline import ExtractConfig, extract_split, merge_shards, region_features, shard_rows
+from iagcn.cache.format import REQUIRED_ATTRS, ROW_FIELDS, FeatureCache
+from iagcn.extract.pipeline import ExtractConfig, extract_split, merge_shards, region_features, shard_rows
 from iagcn.errors import UserError
 from tests.conftest import REPO_ROOT, cli_env
 from tests.extract_helpers import onehot, pil_loader, write_tiny_images
@@ -56,7 +56,7 @@ def test_region_features_max_pool_the_roi_align_grid():
 
 
 def test_boxes_map_from_original_pixels_to_the_map_of_the_squashed_input():
-    from extract.pipeline import boxes_to_map
+    from iagcn.extract.pipeline import boxes_to_map
 
     boxes = torch.tensor([[[30.0, 15.0, 90.0, 45.0], [0.0, 0.0, 120.0, 60.0]]])  # (1, 2, 4) on a 60 x 120 image
     got = boxes_to_map(boxes, image_sizes=torch.tensor([[60, 120]]), map_size=(4, 8))
@@ -93,7 +93,7 @@ def test_offline_default_cache_contents(tiny, tmp_path):
     np.testing.assert_array_equal(boxes[i, j], [0, 0, sizes[i, 1], sizes[i, 0]])
     np.testing.assert_array_equal(regions[i, j], g[i])
     # and the global feature is the max of the last map of the squash-resized image, recomputed here
-    from extract.backbones import build_backbone
+    from iagcn.extract.backbones import build_backbone
 
     b = build_backbone("efficientnet-lite0", weights="imagenet")
     img = pil_loader(tiny.image_paths[0]).resize((64, 64), Image.BILINEAR)

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cache.fake import write_fake_cache
-from cache.format import ROW_FIELDS, FeatureCache
+from iagcn.cache.fake import write_fake_cache
+from iagcn.cache.format import ROW_FIELDS, FeatureCache
 from iagcn.cli import main
 from iagcn.fsutil import exclusive_lock
 from tests.conftest import REPO_ROOT, cli_env, run_cli
@@ -156,7 +156,7 @@ def shards(dataset, tmp_path_factory):
 
 
 def _fail_second_write(monkeypatch, exc: BaseException) -> None:
-    from cache.format import CacheWriter
+    from iagcn.cache.format import CacheWriter
 
     original, calls = CacheWriter.write_rows, []
 

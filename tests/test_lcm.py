@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from train.lcm import normalize_adjacency, statistical_lcm
+from iagcn.train.lcm import normalize_adjacency, statistical_lcm
 
 
 def test_statistical_lcm_hand_computed():

@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from train.config import PRESETS, config_for_preset
-from train.image_lcm import ImageDependentLCM, fused_lcm
-from train.label_gcn import LabelGCN
-from train.lcm import normalize_adjacency
-from train.model import IAGCNHead, multilabel_loss, total_loss
-from train.region_branch import RegionBranch
-from train.variational import VariationalRegionWeighting, kl_loss
+from iagcn.train.config import PRESETS, config_for_preset
+from iagcn.train.image_lcm import ImageDependentLCM, fused_lcm
+from iagcn.train.label_gcn import LabelGCN
+from iagcn.train.lcm import normalize_adjacency
+from iagcn.train.model import IAGCNHead, multilabel_loss, total_loss
+from iagcn.train.region_branch import RegionBranch
+from iagcn.train.variational import VariationalRegionWeighting, kl_loss
 
 B, N, D, C, E = 3, 5, 12, 4, 7
 

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from evaluate.plots import plot_lcm_pair, plot_per_class_ap, plot_pr_curves, plot_roi_weights, plot_training_curves
-from evaluate.report import VOC_CLASSES
+from iagcn.evaluate.plots import plot_lcm_pair, plot_per_class_ap, plot_pr_curves, plot_roi_weights, plot_training_curves
+from iagcn.evaluate.report import VOC_CLASSES
 from iagcn.errors import UserError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

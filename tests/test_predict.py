@@ -20,16 +20,16 @@ from iagcn.errors import UserError
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    pytest.importorskip("train.run", reason="stage two (train/) has not landed")
-    pytest.importorskip("extract.pipeline", reason="stage one extraction has not landed")
+    pytest.importorskip("iagcn.train.run", reason="stage two (train/) has not landed")
+    pytest.importorskip("iagcn.extract.pipeline", reason="stage one extraction has not landed")
     import dataclasses
 
-    from extract.backbones import bundled_lite0_weights
-    from extract.pipeline import ExtractConfig, run_extract
-    from extract.synth import write_synth
-    from train.config import config_for_preset
-    from train.data import CacheData
-    from train.run import train_run
+    from iagcn.extract.backbones import bundled_lite0_weights
+    from iagcn.extract.pipeline import ExtractConfig, run_extract
+    from iagcn.extract.synth import write_synth
+    from iagcn.train.config import config_for_preset
+    from iagcn.train.data import CacheData
+    from iagcn.train.run import train_run
 
     d = tmp_path_factory.mktemp("predict")
     root, _ = write_synth(d / "synth", n_train=16, n_test=4, seed=0)
@@ -51,10 +51,10 @@ def tiny(tmp_path_factory):
 
 
 def test_predict_reproduces_cached_features(tiny):
-    from cache.format import FeatureCache
-    from evaluate.metrics import sigmoid
-    from evaluate.predict import predict_images
-    from train.run import load_run, predict_cache
+    from iagcn.cache.format import FeatureCache
+    from iagcn.evaluate.metrics import sigmoid
+    from iagcn.evaluate.predict import predict_images
+    from iagcn.train.run import load_run, predict_cache
 
     with FeatureCache(tiny["test"]) as c:
         ids = c.image_ids()
@@ -90,7 +90,7 @@ def test_predict_cli_folder_json_and_csv(tiny):
 
 
 def test_predict_refuses_changed_or_missing_weights(tiny):
-    from evaluate.predict import predict_images
+    from iagcn.evaluate.predict import predict_images
 
     image = sorted((tiny["root"] / "JPEGImages").iterdir())[0]
     backup = tiny["dir"] / "lite0.backup"
@@ -111,7 +111,7 @@ def test_predict_refuses_changed_or_missing_weights(tiny):
 
 
 def test_predict_refuses_bad_images(tiny, tmp_path):
-    from evaluate.predict import predict_images
+    from iagcn.evaluate.predict import predict_images
 
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
@@ -123,8 +123,8 @@ def test_predict_refuses_bad_images(tiny, tmp_path):
 
 def test_run_records_extraction_config_and_predict_needs_no_train_cache(tiny, tmp_path):
     """config.json carries the train cache's extract_config + weight hashes, so predict works without that cache."""
-    from cache.format import FeatureCache
-    from evaluate.predict import extraction_record, predict_images
+    from iagcn.cache.format import FeatureCache
+    from iagcn.evaluate.predict import extraction_record, predict_images
 
     record = json.loads((tiny["run"] / "config.json").read_text())["train_cache"]
     with FeatureCache(tiny["trainval"]) as c:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from extract.proposers import build_proposer, top_n_with_padding
+from iagcn.extract.proposers import build_proposer, top_n_with_padding
 
 
 def _scene(h: int = 80, w: int = 96, seed: int = 0) -> np.ndarray:

@@ -7,10 +7,10 @@ import re
 import numpy as np
 import pytest
 
-from evaluate.metrics import multilabel_metrics
-from evaluate.report import (VOC_CLASSES, ablation_table, fmt_delta_ci, group_by_preset, metrics_table,
+from iagcn.evaluate.metrics import multilabel_metrics
+from iagcn.evaluate.report import (VOC_CLASSES, ablation_table, fmt_delta_ci, group_by_preset, metrics_table,
                              per_class_table)
-from evaluate.stats import paired_bootstrap
+from iagcn.evaluate.stats import paired_bootstrap
 
 PAPER_TABLE2_HEADER = ("Methods aero bike bird boat bottle bus car cat chair cow table dog horse motor person plant "
                        "sheep sofa train tv mAP").split()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from evaluate.metrics import MetricInputError, metric_names, multilabel_metrics
-from evaluate.stats import (bootstrap_weights, paired_bootstrap, paired_seed_test, stratified_holdout,
+from iagcn.evaluate.metrics import MetricInputError, metric_names, multilabel_metrics
+from iagcn.evaluate.stats import (bootstrap_weights, paired_bootstrap, paired_seed_test, stratified_holdout,
                             weighted_average_precision, weighted_multilabel_metrics)
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from extract.datasets import VOC_CLASSES, preflight, read_coco, read_voc
-from extract.synth import MAX_OBJECTS, SynthImage, sample_image, write_synth
+from iagcn.extract.datasets import VOC_CLASSES, preflight, read_coco, read_voc
+from iagcn.extract.synth import MAX_OBJECTS, SynthImage, sample_image, write_synth
 
 CI = {c: i for i, c in enumerate(VOC_CLASSES)}
 

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from cache.fake import write_fake_cache
+from iagcn.cache.fake import write_fake_cache
 from iagcn.errors import UserError
 from tests.conftest import REPO_ROOT, cli_env, run_cli
-from train.config import config_for_preset
-from train.data import CacheData
-from train.loop import learning_rate
-from train.run import explain_image, load_run, predict_cache, train_run
-from train.sweep import run_sweep
+from iagcn.train.config import config_for_preset
+from iagcn.train.data import CacheData
+from iagcn.train.loop import learning_rate
+from iagcn.train.run import explain_image, load_run, predict_cache, train_run
+from iagcn.train.sweep import run_sweep
 
 SMALL = {"gcn_widths": (16, 32), "region_widths": (16, 16, 32), "num_threads": 1}
 SMALL_SET = ["--set", "gcn_widths=16,32", "--set", "region_widths=16,16,32"]
@@ -145,14 +145,14 @@ def test_streaming_covers_a_subset_once_and_matches_memory(caches):
         assert sum(order, []) == seen                                            # same rows, same order, X skipped
     cfg = config_for_preset("iagcn", **SMALL)
     torch.manual_seed(0)
-    from train.run import build_model
+    from iagcn.train.run import build_model
     meta = {"num_classes": ram.C, "feature_dim": ram.D, "num_rois": ram.N, "embedding_dim": 10,
             "class_names": ram.class_names}
     model = build_model(cfg, meta, label_embeddings=np.ones((ram.C, 10), np.float32)).eval()
     a = predict_cache(model, ram)["scores"]
     b = predict_cache(model, streamed)["scores"]
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
-    from train.loop import predict
+    from iagcn.train.loop import predict
     rev = subset[::-1]                                                           # unsorted rows keep their order
     np.testing.assert_allclose(predict(model, streamed, rev), a[rev], rtol=1e-6, atol=1e-6)
 

@@ -49,7 +49,7 @@ def _explicit(**kw) -> dict:
 
 
 def _open_data(path: str | None, option: str, budget: float, cfg):
-    from train.data import CacheData
+    from iagcn.train.data import CacheData
 
     if not path:
         raise UserError(f"{option} is required (a cache written by `iagcn extract`)")
@@ -70,8 +70,8 @@ def train_cmd(train_cache, val_cache, recipe, epochs, batch_size, lr, device, la
     import dataclasses
 
     from iagcn.configio import apply_overrides, config_from_dict
-    from train.config import TrainConfig, config_for_preset
-    from train.run import train_run
+    from iagcn.train.config import TrainConfig, config_for_preset
+    from iagcn.train.run import train_run
 
     explicit = _explicit(epochs=epochs, batch_size=batch_size, lr=lr, device=device, label_embeddings=label_embeddings,
                          val_fraction=val_fraction, select_on_eval=select_on_eval,
@@ -123,8 +123,8 @@ def sweep_cmd(train_cache, val_cache, recipe, epochs, batch_size, lr, device, la
     import dataclasses
 
     from iagcn.configio import apply_overrides
-    from train.config import config_for_preset
-    from train.sweep import parse_list, run_sweep
+    from iagcn.train.config import config_for_preset
+    from iagcn.train.sweep import parse_list, run_sweep
 
     explicit = _explicit(epochs=epochs, batch_size=batch_size, lr=lr, device=device, label_embeddings=label_embeddings,
                          val_fraction=val_fraction, select_on_eval=select_on_eval,
@@ -140,7 +140,7 @@ def sweep_cmd(train_cache, val_cache, recipe, epochs, batch_size, lr, device, la
     run_sweep(configs, train_data=train_data, eval_data=eval_data, out_dir=out, progress=not quiet, log=log,
               probe=probe)
     if baseline != "none" and baseline in names and len(names) > 1:
-        from train.sweep import write_ablation
+        from iagcn.train.sweep import write_ablation
 
         write_ablation(out, baseline=baseline, cache_path=val_cache, n_resamples=n_resamples, log=log)
     click.echo((Path(out) / "table.md").read_text())

@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from cache.format import FeatureCache
+from iagcn.cache.format import FeatureCache
 from iagcn.errors import UserError
 
 FEATURES = ("global", "regions")

@@ -9,9 +9,9 @@ import torch
 from tqdm import tqdm
 
 from iagcn.errors import UserError
-from train.config import TrainConfig
-from train.data import CacheData
-from train.model import IAGCNHead, total_loss
+from iagcn.train.config import TrainConfig
+from iagcn.train.data import CacheData
+from iagcn.train.model import IAGCNHead, total_loss
 
 
 def learning_rate(epoch: int, *, base_lr: float, step: int, gamma: float, schedule: str = "step",
@@ -86,7 +86,7 @@ def predict(model: IAGCNHead, data: CacheData, indices: np.ndarray | None = None
 def evaluate(model: IAGCNHead, data: CacheData, indices: np.ndarray | None = None, *, batch_size: int = 256,
              device: torch.device | str = "cpu", progress: bool = False) -> tuple[dict[str, float], np.ndarray]:
     """Score ``indices`` of ``data`` and compute stage three's metrics. Returns (metrics, logits (n, C))."""
-    from evaluate.metrics import multilabel_metrics
+    from iagcn.evaluate.metrics import multilabel_metrics
 
     scores = predict(model, data, indices, batch_size=batch_size, device=device, progress=progress)  # (n, C)
     targets = data.labels if indices is None else data.labels[indices]       # (n, C)

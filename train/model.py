@@ -16,13 +16,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from train.config import TrainConfig
-from train.image_lcm import ImageDependentLCM, fused_lcm
-from train.label_gcn import LabelGCN
-from train.lcm import normalize_adjacency
-from train.region_branch import RegionBranch
-from train.standardize import FeatureStandardizer
-from train.variational import VariationalRegionWeighting, kl_loss
+from iagcn.train.config import TrainConfig
+from iagcn.train.image_lcm import ImageDependentLCM, fused_lcm
+from iagcn.train.label_gcn import LabelGCN
+from iagcn.train.lcm import normalize_adjacency
+from iagcn.train.region_branch import RegionBranch
+from iagcn.train.variational import VariationalRegionWeighting, kl_loss
+from iagcn.train.standardize import FeatureStandardizer
 
 
 @dataclass

@@ -71,8 +71,8 @@ def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *,
 
 def choose_C(x: np.ndarray, y: np.ndarray, config: ProbeConfig) -> tuple[float, dict[str, float]]:
     """C with the best mean fold mAP (k label-stratified folds of the training cache); ties -> the smaller C."""
-    from evaluate.metrics import multilabel_metrics
-    from evaluate.stats import stratified_holdout
+    from iagcn.evaluate.metrics import multilabel_metrics
+    from iagcn.evaluate.stats import stratified_holdout
 
     folds = np.zeros(len(y), np.int64)                          # (n,) fold of each image
     rest = np.arange(len(y))
@@ -103,9 +103,9 @@ def run_probe(train_data, eval_data, out_dir: str | os.PathLike, *, config: Prob
     """
     import json
 
-    from evaluate.metrics import multilabel_metrics
+    from iagcn.evaluate.metrics import multilabel_metrics
     from iagcn.fsutil import git_commit, write_json_atomic
-    from train.run import _jsonable, cache_record, save_scores
+    from iagcn.train.run import _jsonable, cache_record, save_scores
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from train.lcm import normalize_adjacency
+from iagcn.train.lcm import normalize_adjacency
 
 
 class RegionBranch(nn.Module):

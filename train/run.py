@@ -25,17 +25,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from cache.format import FeatureCache, check_compatible
+from iagcn.cache.format import FeatureCache, check_compatible
 from iagcn.configio import config_from_dict, config_to_dict
 from iagcn.errors import UserError
 from iagcn.fsutil import atomic_path, check_writable_dir, exclusive_lock, git_commit, interrupt_hint, \
     remove_stale_temporaries, write_json_atomic, write_text_atomic
-from train.config import TrainConfig
-from train.data import CacheData
-from train.lcm import statistical_lcm
-from train.loop import evaluate, learning_rate, predict, train_one_epoch
-from train.model import IAGCNHead
-from train.standardize import feature_statistics
+from iagcn.train.config import TrainConfig
+from iagcn.train.data import CacheData
+from iagcn.train.lcm import statistical_lcm
+from iagcn.train.loop import evaluate, learning_rate, predict, train_one_epoch
+from iagcn.train.model import IAGCNHead
+from iagcn.train.standardize import feature_statistics
 
 LOG_FIELDS = ("epoch", "lr", "loss", "loss_ml", "loss_kl", "select_mAP", "seconds", "samples_per_s")
 
@@ -64,7 +64,7 @@ def split_train(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np
     n = len(labels)
     if config.select_on_eval or config.val_fraction <= 0:
         return np.arange(n), None
-    from evaluate.stats import stratified_holdout
+    from iagcn.evaluate.stats import stratified_holdout
 
     train_idx, hold_idx = stratified_holdout(labels, fraction=config.val_fraction, seed=config.seed)
     return np.sort(np.asarray(train_idx, np.int64)), np.sort(np.asarray(hold_idx, np.int64))

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from train.data import CacheData
+from iagcn.train.data import CacheData
 
 
 class FeatureStandardizer(nn.Module):

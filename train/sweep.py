@@ -15,9 +15,9 @@ from typing import Any, Callable, Iterable
 
 from iagcn.errors import UserError
 from iagcn.fsutil import check_writable_dir, exclusive_lock, interrupt_hint, write_json_atomic, write_text_atomic
-from train.config import PAPER_ROWS, TrainConfig
-from train.data import CacheData
-from train.run import train_run
+from iagcn.train.config import PAPER_ROWS, TrainConfig
+from iagcn.train.data import CacheData
+from iagcn.train.run import train_run
 
 #: the columns of the paper's Tables 3-6, in order
 TABLE_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
@@ -45,7 +45,7 @@ def _run_sweep_locked(configs, train_data, eval_data, out: Path, progress, log, 
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     if probe:
-        from train.probe import PROBE_NAME, run_probe
+        from iagcn.train.probe import PROBE_NAME, run_probe
 
         result = run_probe(train_data, eval_data, out / f"{PROBE_NAME}-s0", log=log)
         rows.append(probe_row(result))
@@ -124,8 +124,8 @@ def write_ablation(out_dir: str | Path, *, baseline: str, cache_path: str | Path
     bootstrap over evaluation images (resampling the same images for both; seeds averaged per side), plus a
     paired test across seeds when there are >= 2 (evaluate.compare.sweep_ablation).
     """
-    from evaluate.compare import sweep_ablation
-    from evaluate.evaluation import EvalConfig
+    from iagcn.evaluate.compare import sweep_ablation
+    from iagcn.evaluate.evaluation import EvalConfig
 
     out = Path(out_dir)
     result = sweep_ablation(out, baseline=baseline, cache_path=cache_path,
@@ -145,7 +145,7 @@ def build_table(rows: list[dict[str, Any]], *, metrics: tuple[str, ...] = TABLE_
     ``evaluate.report.ablation_table`` (``baseline``, ``deltas``, ``seed_tests``: the ΔmAP-vs-baseline hook).
     A legend maps presets to the paper's row names and states the model-selection protocol(s).
     """
-    from evaluate.report import ablation_table
+    from iagcn.evaluate.report import ablation_table
 
     runs = [{"preset": r["preset"], "seed": r.get("seed"),
              "metrics": {m: (_num(r.get(m)) if _num(r.get(m)) is not None else math.nan) for m in metrics}}
