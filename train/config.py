@@ -22,18 +22,22 @@ class TrainConfig:
     variational: bool = True                       # Var_Inf: weight regions by z ~ N(z_mu, exp(z_logvar)) (Eq. 7-9) + L_KL
     region_branch: bool = True                     # Com_Sco: region-based branch y_r (Eq. 10), fused by Eq. 11
     region_adjacency: Literal["fused", "individual"] = "fused"  # region-branch adjacency: Â_F or the individual Â_I (Tables 5-6)
-    region_reading: Literal["label-nodes", "region-nodes"] = "label-nodes"  # how Eq. 10's nodes are read (paper-decisions.md)
-    region_relu_after_last: bool = True            # ReLU after the region GCN's 4th layer (paper: "all activations are ReLU")
+    region_reading: Literal["label-nodes", "region-nodes"] = "region-nodes"  # how Eq. 10's nodes are read: regions (the text: "we view each region as a node"; default, decided on real photos, docs/real-data.md) or labels
+    region_relu_after_last: bool = False           # ReLU after the region GCN's 4th layer (paper: "all activations are ReLU"); off: the FC re-associates (docs/real-data.md)
     region_init: Literal["default", "he"] = "he"   # init of the region GCN's bias-free layers: torch's default (U(+-1/sqrt(fan_in)), shrinks the signal) or He fan-in (docs/real-data.md)
-    region_self_loops: bool = False                # add I to A_I before normalising it (the individual adjacency of comsco / mlgcn-comsco)
+    region_pool: Literal["features", "scores"] = "scores"  # region-nodes only: max over regions of the GCN output then FC, or FC per region then max per label (as Eq. 3)
+    region_self_loops: bool = True                 # add I to A_I before normalising it (the individual adjacency of comsco / mlgcn-comsco): Â_I = norm(a_I a_I^T) alone has rank one
     # ---- widths and activations ---------------------------------------------------------------
     gcn_widths: tuple[int, ...] = (512, 1024)      # label-GCN hidden widths; input E, output D (paper 4.3: E->512->1024->D)
     gcn_activation: Literal["relu", "leaky_relu"] = "relu"  # between label-GCN layers (ML-GCN: LeakyReLU 0.2)
+    gcn_bias: bool = True                          # a learned per-class bias on y_w = M x + b (Eq. 6 has none; centred features lose the intercept the raw mean carried)
     leaky_slope: float = 0.2                       # negative slope when gcn_activation = leaky_relu
     region_widths: tuple[int, ...] = (256, 512, 1024)  # region-GCN hidden widths; output D, then FC D->C (paper 4.3)
     # ---- equations' constants ------------------------------------------------------------------
     fusion_lambda: float = 0.8                     # lambda of Eq. 11: y_f = lambda y_w + (1 - lambda) y_r
     beta: float = 1.0                              # weight of L_KL in Eq. 12
+    vi_positive: bool = False                      # beyond the paper (off): X^w = softplus(z) X, region weights never negative (Fig. 3 shows positive saliency)
+    a_I_loss_weight: float = 0.0                   # beyond the paper (off): weight of a BCE on a_I's logits (max region score), added to Eq. 12; 0 = a_I unsupervised as in Eq. 12-14
     tau: float = 0.4                               # statistical LCM threshold on P(j | i) (ML-GCN)
     p: float = 0.25                                # statistical LCM neighbour weight (ML-GCN)
     adjacency_eps: float = 1e-8                    # floor on row sums in the adjacency normalisation
@@ -41,7 +45,7 @@ class TrainConfig:
     label_embeddings: str = "cache"                # H0: "cache" (the train cache's label_embeddings) or a .npy file (C, E)
     # ---- optimisation: the fields below start from a recipe (RECIPES; docs/training.md) --------
     recipe: str = "frozen"                         # name of the recipe the optimisation fields started from: "frozen" (default, cached features) or "paper" (4.3)
-    standardize: bool = True                       # standardise x and X per dimension with the train part's mean/std (buffers in every checkpoint)
+    standardize: Literal["none", "scale", "center"] = "center"  # per-dimension feature map with the train part's statistics (buffers in every checkpoint): none, x / std, or (x - mean) / std
     optimizer: Literal["sgd", "adamw"] = "adamw"   # SGD with momentum (paper) or AdamW (decoupled weight decay)
     schedule: Literal["step", "cosine"] = "cosine"  # LR schedule: /(1/lr_gamma) every lr_step epochs (paper), or cosine to 0 over `epochs`
     epochs: int = 40                               # training epochs
@@ -76,11 +80,15 @@ class TrainConfig:
             (self.lr_step >= 1, "lr_step must be >= 1"),
             (0.0 < self.lr_gamma <= 1.0, "lr_gamma must be in (0, 1]"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.a_I_loss_weight >= 0, "a_I_loss_weight must be >= 0"),
+            (self.beta >= 0, "beta must be >= 0"),
             (0.0 <= self.momentum < 1.0, "momentum must be in [0, 1)"),
             (self.recipe in RECIPES, f"recipe must be one of {', '.join(RECIPES)}"),
             (self.optimizer in ("sgd", "adamw"), "optimizer must be sgd or adamw"),
             (self.schedule in ("step", "cosine"), "schedule must be step or cosine"),
             (self.region_init in ("default", "he"), "region_init must be default or he"),
+            (self.region_pool in ("features", "scores"), "region_pool must be features or scores"),
+            (self.standardize in ("none", "scale", "center"), "standardize must be none, scale or center"),
             (self.vi_lr_scale > 0, "vi_lr_scale must be > 0"),
             (len(self.gcn_widths) >= 1, "gcn_widths needs at least one hidden width"),
             (len(self.region_widths) >= 1, "region_widths needs at least one hidden width"),
@@ -105,7 +113,7 @@ class TrainConfig:
 #: the training part of genuine VOC07 photos, docs/real-data.md); "paper" is section 4.3 (written for fine-tuning)
 RECIPES: dict[str, dict[str, Any]] = {
     "frozen": {},
-    "paper": {"standardize": False, "optimizer": "sgd", "schedule": "step", "epochs": 120, "lr": 0.01,
+    "paper": {"standardize": "none", "gcn_bias": False, "optimizer": "sgd", "schedule": "step", "epochs": 120, "lr": 0.01,
               "momentum": 0.9, "weight_decay": 1e-4, "lr_step": 30, "lr_gamma": 0.1, "val_fraction": 0.1},
 }
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from iagcn.train.config import TrainConfig
-from iagcn.train.image_lcm import ImageDependentLCM, fused_lcm
+from iagcn.train.image_lcm import ImageDependentLCM, fused_lcm, region_max_logit
 from iagcn.train.label_gcn import LabelGCN
 from iagcn.train.lcm import normalize_adjacency
 from iagcn.train.region_branch import RegionBranch
@@ -35,6 +35,7 @@ class HeadOutput:
     z_logvar: torch.Tensor | None = None      # (B, N)
     scores: torch.Tensor | None = None        # (B, N, C) A_I^w logits
     a_I: torch.Tensor | None = None           # (B, C)
+    a_I_logits: torch.Tensor | None = None    # (B, C) max over valid regions of A_I^w (a_I = sigmoid of it)
     A_I: torch.Tensor | None = None           # (B, C, C)
     A_F: torch.Tensor | None = None           # (B, C, C) before normalisation
 
@@ -56,16 +57,19 @@ class IAGCNHead(nn.Module):
         self.register_buffer("label_embeddings", H0)
         self.register_buffer("A_S", A)
         self.register_buffer("A_S_hat", normalize_adjacency(A, eps=cfg.adjacency_eps))     # (C, C)
-        self.standardizer = FeatureStandardizer(feature_dim=D) if cfg.standardize else None
+        self.standardizer = FeatureStandardizer(feature_dim=D, center=cfg.standardize == "center") \
+            if cfg.standardize != "none" else None
         self.variational = VariationalRegionWeighting(feature_dim=D) if cfg.variational else None
         self.image_lcm = ImageDependentLCM(feature_dim=D, num_classes=C) if cfg.uses_image_lcm else None
         self.linear = nn.Linear(D, C) if cfg.global_branch == "linear" else None
         self.label_gcn = LabelGCN(embedding_dim=H0.shape[1], widths=tuple(cfg.gcn_widths), feature_dim=D,
                                   activation=cfg.gcn_activation, leaky_slope=cfg.leaky_slope) \
             if cfg.global_branch == "gcn" else None
+        self.gcn_bias = nn.Parameter(torch.zeros(C)) if (cfg.global_branch == "gcn" and cfg.gcn_bias) else None  # (C,)
         self.region = RegionBranch(num_rois=num_rois, num_classes=C, feature_dim=D, widths=tuple(cfg.region_widths),
                                    reading=cfg.region_reading, relu_after_last=cfg.region_relu_after_last,
-                                   init=cfg.region_init, adjacency_eps=cfg.adjacency_eps) if cfg.region_branch else None
+                                   init=cfg.region_init, pool=cfg.region_pool,
+                                   adjacency_eps=cfg.adjacency_eps) if cfg.region_branch else None
 
     @property
     def uses_regions(self) -> bool:
@@ -83,7 +87,9 @@ class IAGCNHead(nn.Module):
             out.z, out.z_mu, out.z_logvar = self.variational(X)                       # (B, N) x3, Eq. 7-9
         A_hat_F = A_hat_I = None
         if self.image_lcm is not None:
-            out.scores, out.a_I, out.A_I = self.image_lcm(X, valid, out.z)             # (B, N, C), (B, C), (B, C, C)
+            z = F.softplus(out.z) if (out.z is not None and cfg.vi_positive) else out.z  # (B, N) option: z >= 0
+            out.scores, out.a_I, out.A_I = self.image_lcm(X, valid, z)                 # (B, N, C), (B, C), (B, C, C)
+            out.a_I_logits = region_max_logit(out.scores, valid)                       # (B, C)
             out.A_F = fused_lcm(self.A_S, out.A_I)                                     # (B, C, C) Eq. 1
             A_hat_F = normalize_adjacency(out.A_F, eps=cfg.adjacency_eps)             # (B, C, C) per image
             if cfg.region_branch and cfg.region_adjacency == "individual":
@@ -95,6 +101,8 @@ class IAGCNHead(nn.Module):
             A_hat = self.A_S_hat if cfg.global_adjacency == "static" else A_hat_F      # (C, C) or (B, C, C)
             gcn = self.label_gcn.forward_naive if naive else self.label_gcn
             out.y_w = gcn(x, self.label_embeddings, A_hat)                             # (B, C) Eq. 5-6
+            if self.gcn_bias is not None:
+                out.y_w = out.y_w + self.gcn_bias                                      # (B, C) M x + b
         if self.region is not None:
             A_hat = A_hat_F if cfg.region_adjacency == "fused" else A_hat_I            # (B, C, C)
             out.y_r = self.region(out.scores, valid, A_hat)                            # (B, C) Eq. 10
@@ -132,10 +140,18 @@ def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, *, difficult: s
 
 def total_loss(out: HeadOutput, targets: torch.Tensor, valid: torch.Tensor, *, config: TrainConfig
                ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Eq. 12: L = L_ML + beta L_KL (L_KL only with Var_Inf). Returns the loss and its parts as floats."""
+    """Eq. 12: L = L_ML + beta L_KL (L_KL only with Var_Inf). Returns the loss and its parts as floats.
+
+    With ``config.a_I_loss_weight`` > 0 (an option beyond the paper) a BCE on a_I's logits is added.
+    """
     l_ml = multilabel_loss(out.logits, targets, difficult=config.difficult)            # () Eq. 13
-    if out.z_mu is None:
-        return l_ml, {"loss": float(l_ml.detach()), "loss_ml": float(l_ml.detach()), "loss_kl": 0.0}
-    l_kl = kl_loss(out.z_mu, out.z_logvar, regions_or_padding(valid))                  # () Eq. 14, the regions read
-    loss = l_ml + config.beta * l_kl                                                   # () Eq. 12
-    return loss, {"loss": float(loss.detach()), "loss_ml": float(l_ml.detach()), "loss_kl": float(l_kl.detach())}
+    loss = l_ml
+    parts = {"loss_ml": float(l_ml.detach()), "loss_kl": 0.0}
+    if out.z_mu is not None:
+        l_kl = kl_loss(out.z_mu, out.z_logvar, regions_or_padding(valid))              # () Eq. 14, the regions read
+        loss = loss + config.beta * l_kl                                               # () Eq. 12
+        parts["loss_kl"] = float(l_kl.detach())
+    if config.a_I_loss_weight > 0 and out.a_I_logits is not None:
+        l_a = multilabel_loss(out.a_I_logits, targets, difficult=config.difficult)     # () option: supervise a_I
+        loss = loss + config.a_I_loss_weight * l_a                                     # ()
+    return loss, {"loss": float(loss.detach()), **parts}

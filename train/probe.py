@@ -28,7 +28,7 @@ PROBE_NAME = "linear-probe"
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    Cs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)  # candidate inverse L2 strengths (standardised x)
+    Cs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)  # candidate inverse L2 strengths (standardised x)
     folds: int = 3                              # cross-validation folds on the training cache
     seed: int = 0                               # seeds the label-stratified fold assignment
     max_iter: int = 2000                        # lbfgs iterations per fit

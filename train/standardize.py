@@ -16,11 +16,16 @@ from iagcn.train.data import CacheData
 
 
 class FeatureStandardizer(nn.Module):
-    """x -> (x - mean_x) / std_x and X -> (X - mean_X) / std_X, per feature dimension (buffers, no parameters)."""
+    """x -> (x - mean_x) / std_x and X -> (X - mean_X) / std_X, per feature dimension (buffers, no parameters).
 
-    def __init__(self, *, feature_dim: int) -> None:
+    With ``center=False`` only the scale is divided out (x / std_x): features stay non-negative, so a head without
+    a bias (the label GCN's y_w = M x, Eq. 6) keeps the mean feature as an implicit bias direction.
+    """
+
+    def __init__(self, *, feature_dim: int, center: bool = True) -> None:
         super().__init__()
         D = feature_dim
+        self.center = center
         self.register_buffer("x_mean", torch.zeros(D))          # (D,) global features' mean over the train part
         self.register_buffer("x_std", torch.ones(D))            # (D,)
         self.register_buffer("X_mean", torch.zeros(D))          # (D,) valid regions' mean over the train part
@@ -32,9 +37,12 @@ class FeatureStandardizer(nn.Module):
 
     def forward(self, x: torch.Tensor, X: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, D), X (B, N, D) or None -> standardised (B, D), (B, N, D) or None."""
-        x = (x - self.x_mean) / self.x_std                      # (B, D)
+        if self.center:
+            x = x - self.x_mean                                 # (B, D)
+            X = None if X is None else X - self.X_mean          # (B, N, D) broadcast over regions
+        x = x / self.x_std                                      # (B, D)
         if X is not None:
-            X = (X - self.X_mean) / self.X_std                  # (B, N, D) broadcast over regions
+            X = X / self.X_std                                  # (B, N, D)
         return x, X
 
 
