@@ -32,7 +32,7 @@ PRESETS ?= resnet,mlgcn,idlcm,idlcm-vi,iagcn,comsco,mlgcn-comsco
 SEEDS ?= 0,1,2
 # optimisation recipe (docs/training.md): frozen (default, chosen on real photos) or paper (section 4.3)
 RECIPE ?= frozen
-# empty = the recipe's own value (frozen: 40 epochs, last epoch; paper: 120 epochs, 10% hold-out)
+# empty = the recipe's own value (frozen: 20 epochs, last epoch; paper: 120 epochs, 10% hold-out)
 EPOCHS ?=
 VAL_FRACTION ?=
 RECIPE_ARGS = --recipe $(RECIPE) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(VAL_FRACTION),--val-fraction $(VAL_FRACTION))

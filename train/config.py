@@ -46,11 +46,14 @@ class TrainConfig:
     # ---- optimisation: the fields below start from a recipe (RECIPES; docs/training.md) --------
     recipe: str = "frozen"                         # name of the recipe the optimisation fields started from: "frozen" (default, cached features) or "paper" (4.3)
     standardize: Literal["none", "scale", "center"] = "center"  # per-dimension feature map with the train part's statistics (buffers in every checkpoint): none, x / std, or (x - mean) / std
-    optimizer: Literal["sgd", "adamw"] = "adamw"   # SGD with momentum (paper) or AdamW (decoupled weight decay)
+    optimizer: Literal["sgd", "adamw"] = "sgd"     # SGD with momentum (paper; the frozen recipe too) or AdamW (decoupled weight decay)
+    region_optimizer: Literal["same", "adamw"] = "adamw"  # the region side (f_CNN, VI, region GCN): the same optimiser as the rest, or AdamW at region_lr (train/optim.py)
+    region_lr: float = 1e-3                        # initial LR of the region side when region_optimizer = adamw (follows the schedule)
+    region_weight_decay: float = 1e-2              # AdamW (decoupled) weight decay of the region side when region_optimizer = adamw
     schedule: Literal["step", "cosine"] = "cosine"  # LR schedule: /(1/lr_gamma) every lr_step epochs (paper), or cosine to 0 over `epochs`
-    epochs: int = 40                               # training epochs
+    epochs: int = 20                               # training epochs
     batch_size: int = 32                           # images per optimiser step
-    lr: float = 1e-3                               # initial learning rate of the heads
+    lr: float = 0.03                               # initial learning rate of the heads
     momentum: float = 0.9                          # SGD momentum (sgd only)
     weight_decay: float = 1e-2                     # weight decay (SGD: L2 added to the gradient; AdamW: decoupled)
     lr_step: int = 30                              # step schedule: divide the LR by 1/lr_gamma every lr_step epochs
@@ -81,6 +84,9 @@ class TrainConfig:
             (0.0 < self.lr_gamma <= 1.0, "lr_gamma must be in (0, 1]"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (self.a_I_loss_weight >= 0, "a_I_loss_weight must be >= 0"),
+            (self.region_optimizer in ("same", "adamw"), "region_optimizer must be same or adamw"),
+            (self.region_lr > 0, "region_lr must be > 0"),
+            (self.region_weight_decay >= 0, "region_weight_decay must be >= 0"),
             (self.beta >= 0, "beta must be >= 0"),
             (0.0 <= self.momentum < 1.0, "momentum must be in [0, 1)"),
             (self.recipe in RECIPES, f"recipe must be one of {', '.join(RECIPES)}"),
@@ -113,7 +119,7 @@ class TrainConfig:
 #: the training part of genuine VOC07 photos, docs/real-data.md); "paper" is section 4.3 (written for fine-tuning)
 RECIPES: dict[str, dict[str, Any]] = {
     "frozen": {},
-    "paper": {"standardize": "none", "gcn_bias": False, "optimizer": "sgd", "schedule": "step", "epochs": 120, "lr": 0.01,
+    "paper": {"standardize": "none", "gcn_bias": False, "optimizer": "sgd", "region_optimizer": "same", "schedule": "step", "epochs": 120, "lr": 0.01,
               "momentum": 0.9, "weight_decay": 1e-4, "lr_step": 30, "lr_gamma": 0.1, "val_fraction": 0.1},
 }
 
