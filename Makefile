@@ -103,7 +103,7 @@ demo: $(STAMP)
 	$(IAGCN) extract $(DEMO_EXTRACT) --split trainval --out $(DEMO_OUT)/cache/trainval.h5; \
 	echo "== [3/7] stage one: the test split"; \
 	$(IAGCN) extract $(DEMO_EXTRACT) --split test --out $(DEMO_OUT)/cache/test.h5; \
-	echo "== [4/7] stage two: sweep over all 7 presets ($(DEMO_EPOCHS) epochs, seeds $(DEMO_SEEDS), epoch chosen on a 10% hold-out of trainval; ΔmAP vs $(DEMO_BASELINE) by paired bootstrap over test images)"; \
+	echo "== [4/7] stage two: sweep over all 7 presets + the linear probe (frozen recipe, $(DEMO_EPOCHS) epochs, the last epoch; seeds $(DEMO_SEEDS); ΔmAP vs $(DEMO_BASELINE) by paired bootstrap over test images)"; \
 	$(IAGCN) sweep --train-cache $(DEMO_OUT)/cache/trainval.h5 --val-cache $(DEMO_OUT)/cache/test.h5 \
 	  --presets $(PRESETS) --seeds $(DEMO_SEEDS) --epochs $(DEMO_EPOCHS) --device cpu --out $(DEMO_OUT)/sweep \
 	  --baseline $(DEMO_BASELINE); \

@@ -36,7 +36,7 @@ def _decoded(ds, image_size: int):
     """The pipeline's per-image preprocessing done once: originals (H, W, 3) and squash-resized inputs (3, S, S)."""
     from PIL import Image
 
-    from iagcn.extract.datasets import load_image_rgb
+    from iagcn.extract.images import load_image_rgb
 
     originals, inputs = [], []
     for p in ds.image_paths:
@@ -62,7 +62,8 @@ def bench_extraction(*, n_images: dict[str, int], batch_size: int = 8, workers: 
     """Per-image time of ``extract.pipeline.extract_split`` (decode, resize, proposer, backbone, RoIAlign, pooling,
     part files, HDF5 assembly; model construction excluded) / per-image time of the bare forwards."""
     from iagcn.extract.backbones import build_backbone
-    from iagcn.extract.pipeline import ExtractConfig, extract_split
+    from iagcn.extract.config import ExtractConfig
+    from iagcn.extract.pipeline import extract_split
     from iagcn.extract.proposers import build_proposer
 
     rows = []
@@ -122,17 +123,17 @@ def decode_images(n: int, *, size: tuple[int, int] = (500, 375)) -> list[Path]:
 
 
 def decode_seconds(paths: list[Path], *, image_size: int, workers: int, batch_size: int) -> tuple[float, float]:
-    """One pass of extraction's own loader (``extract.pipeline._ImageRows``: decode, EXIF, squash-resize) with no
+    """One pass of extraction's own loader (``extract.loader.ImageRows``: decode, EXIF, squash-resize) with no
     proposer, through a DataLoader with ``workers`` worker processes.
 
     Returns (seconds for everything, worker start-up included; steady-state seconds per image, timed from the
     first batch's arrival to the last)."""
-    from iagcn.extract.datasets import load_image_rgb
-    from iagcn.extract.pipeline import _collate, _ImageRows, _worker_init
+    from iagcn.extract.images import load_image_rgb
+    from iagcn.extract.loader import ImageRows, collate_items, worker_init
 
-    rows = _ImageRows(paths, image_size=image_size, image_loader=load_image_rgb, proposer=None)
-    loader = torch.utils.data.DataLoader(rows, batch_size=batch_size, collate_fn=_collate, num_workers=workers,
-                                         worker_init_fn=_worker_init if workers else None,
+    rows = ImageRows(paths, image_size=image_size, image_loader=load_image_rgb, proposer=None)
+    loader = torch.utils.data.DataLoader(rows, batch_size=batch_size, collate_fn=collate_items, num_workers=workers,
+                                         worker_init_fn=worker_init if workers else None,
                                          prefetch_factor=4 if workers else None)
     t0 = time.perf_counter()
     t_first, after_first = None, 0

@@ -1,10 +1,13 @@
 """The GPU check behind bench/gpu_check.sh: extraction images/s (resnet101 448 + torchvision RPN, random weights)
 in fp32, TF32 and bf16 autocast with the feature differences against fp32, training samples/s of the ``iagcn``
-preset on a VOC-sized synthetic cache, the training floor on the device, and decode images/s with DataLoader
-workers for comparison.
+preset on a VOC-sized synthetic cache, the training floor on the device, decode images/s with DataLoader
+workers for comparison, and `iagcn train/eval/predict --device cuda` through the real CLI against the CPU
+(the head, the backbone and their batches on the GPU, outputs equal to the CPU's within tolerance).
 
-Needs only torch, torchvision, numpy, h5py, pillow, tqdm, click and this repository on PYTHONPATH: OpenCV and
-the EfficientNet-Lite0 weight package are blocked on purpose, to prove the path does not need them.
+Needs only torch, torchvision, numpy, h5py, pillow, tqdm, click and this source tree, *not installed*:
+bench/gpu_check.sh mirrors the installed namespace (``iagcn.extract``, ``iagcn.train``, ...) with symlinks in a
+temporary folder and puts that on PYTHONPATH. OpenCV and the EfficientNet-Lite0 weight package are blocked on
+purpose, to prove the path does not need them.
 ``GPU_CHECK_TINY=1`` shrinks every shape so the whole script runs on a CPU in a minute (a smoke test).
 """
 from __future__ import annotations
@@ -73,7 +76,7 @@ def extraction_check(device: torch.device, *, n: int, batch: int, image_size: in
     from PIL import Image
 
     from iagcn.extract.backbones import build_resnet101
-    from iagcn.extract.pipeline import boxes_to_map, global_max_pool, region_features
+    from iagcn.extract.features import boxes_to_map, global_max_pool, region_features
     from iagcn.extract.proposers import TorchvisionRPNProposer
 
     backbone = build_resnet101(weights="none").to(device)
@@ -138,7 +141,8 @@ def training_check(device: torch.device, *, n: int, dim: int, epochs: int, workd
     from iagcn.train.data import CacheData
     from iagcn.train.lcm import statistical_lcm
     from iagcn.train.loop import train_one_epoch
-    from iagcn.train.run import build_model, load_label_embeddings
+    from iagcn.train.inference import build_model
+    from iagcn.train.run import load_label_embeddings
 
     path = workdir / "voc-fake.h5"
     t0 = time.perf_counter()
@@ -180,8 +184,8 @@ def training_check(device: torch.device, *, n: int, dim: int, epochs: int, workd
 def decode_check(*, n: int, workers: list[int], workdir: Path) -> dict:
     from PIL import Image
 
-    from iagcn.extract.datasets import load_image_rgb
-    from iagcn.extract.pipeline import _collate, _ImageRows, _worker_init
+    from iagcn.extract.images import load_image_rgb
+    from iagcn.extract.loader import ImageRows, collate_items, worker_init
 
     folder = workdir / "jpegs"
     folder.mkdir(parents=True, exist_ok=True)
@@ -193,9 +197,9 @@ def decode_check(*, n: int, workers: list[int], workdir: Path) -> dict:
     paths = [paths[i % len(paths)] for i in range(n)]
     out = {}
     for w in workers:
-        loader = torch.utils.data.DataLoader(_ImageRows(paths, image_size=448, image_loader=load_image_rgb, proposer=None),
-                                             batch_size=16, collate_fn=_collate, num_workers=w,
-                                             worker_init_fn=_worker_init if w else None, prefetch_factor=4 if w else None)
+        loader = torch.utils.data.DataLoader(ImageRows(paths, image_size=448, image_loader=load_image_rgb, proposer=None),
+                                             batch_size=16, collate_fn=collate_items, num_workers=w,
+                                             worker_init_fn=worker_init if w else None, prefetch_factor=4 if w else None)
         t_first, count = None, 0
         for items in loader:
             if t_first is None:
@@ -208,6 +212,118 @@ def decode_check(*, n: int, workers: list[int], workdir: Path) -> dict:
     return out
 
 
+class DeviceRecorder:
+    """Wraps IAGCNHead.forward and Backbone.forward_features to record where parameters and inputs are."""
+
+    def __init__(self) -> None:
+        from iagcn.extract.backbones import Backbone
+        from iagcn.train.model import IAGCNHead
+
+        self.calls: list[tuple[str, str, str]] = []                  # (what, parameter device, input device)
+        self._patches = [(IAGCNHead, "forward", "head"), (Backbone, "forward_features", "backbone")]
+        self._saved = []
+
+    def __enter__(self):
+        for cls, name, what in self._patches:
+            original = getattr(cls, name)
+            self._saved.append((cls, name, original))
+
+            def wrapper(module, first, *args, _original=original, _what=what, **kwargs):
+                self.calls.append((_what, str(next(module.parameters()).device), str(first.device)))
+                return _original(module, first, *args, **kwargs)
+
+            setattr(cls, name, wrapper)
+        return self
+
+    def __exit__(self, *exc):
+        for cls, name, original in self._saved:
+            setattr(cls, name, original)
+
+    def devices(self, what: str) -> list[str]:
+        return sorted({d for w, p, i in self.calls if w == what for d in (p, i)})
+
+
+def eval_predict_check(device: torch.device, *, tiny: bool, workdir: Path) -> dict:
+    """`iagcn extract/train/eval/predict` through the CLI (click's CliRunner): extract two synthetic splits and train a
+    small iagcn head on ``device``; then eval and predict with ``--device cpu`` and ``--device <device>``. Checks
+    that the head, the backbone and their inputs were on the device (a head left on the CPU with batches on the GPU
+    used to crash or, worse, never ran on the GPU), and that the outputs agree with the CPU's."""
+    from click.testing import CliRunner
+
+    from iagcn.cli import main as cli
+    from iagcn.extract.synth import write_synth
+
+    def run(*args: str) -> str:
+        r = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+        if r.exit_code != 0:
+            raise RuntimeError(f"iagcn {' '.join(map(str, args))} exited {r.exit_code}: {r.output.strip()[-800:]}")
+        return r.stdout
+
+    size = 64 if tiny else 224
+    root, _ = write_synth(workdir / "synth", n_train=8 if tiny else 64, n_test=4 if tiny else 32, seed=0)
+    caches = {}
+    for split in ("trainval", "test"):
+        caches[split] = workdir / f"{split}.h5"
+        run("extract", "--dataset", "voc", "--root", root, "--split", split, "--out", caches[split],
+            "--backbone", "resnet101", "--weights", "none", "--proposer", "torchvision", "--proposer-weights", "none",
+            "--proposer-image-size", size, "--image-size", size, "--num-rois", 8, "--workers", 0,
+            "--batch-size", 8, "--device", device, "--quiet")
+    run_dir = workdir / "run"
+    run("train", "--train-cache", caches["trainval"], "--val-cache", caches["test"], "--preset", "iagcn",
+        "--epochs", 2, "--batch-size", 8, "--val-fraction", 0, "--device", device, "--quiet", "--out", run_dir,
+        "--set", "gcn_widths=64", "--set", "region_widths=64")
+    trained_on = json.loads((run_dir / "config.json").read_text())["device"]
+    out: dict = {"device": str(device), "train_device_recorded": trained_on}
+
+    metrics, scores, heads = {}, {}, {}
+    for dev in ("cpu", str(device)):
+        with DeviceRecorder() as rec:
+            run("eval", "--run", run_dir, "--cache", caches["test"], "--no-plots", "--quiet", "--device", dev,
+                "--out", workdir / f"eval-{dev}")
+        heads[dev] = rec.devices("head")
+        metrics[dev] = json.loads((workdir / f"eval-{dev}" / "metrics.json").read_text())["metrics"]
+        scores[dev] = np.load(workdir / f"eval-{dev}" / "scores.npz")["scores"]
+    diff = float(np.abs(scores["cpu"] - scores[str(device)]).max())
+    out["eval"] = {"head_devices": heads[str(device)], "head_devices_cpu": heads["cpu"],
+                   "mAP_cpu": metrics["cpu"]["mAP"], "mAP_device": metrics[str(device)]["mAP"],
+                   "max_abs_logit_diff": diff, "max_abs_logit": float(np.abs(scores["cpu"]).max())}
+    log(f"  eval --device {device}: head and batches on {heads[str(device)]}; mAP {metrics[str(device)]['mAP']:.2f} "
+        f"(cpu {metrics['cpu']['mAP']:.2f}); max |logit diff| {diff:.3g}")
+
+    images = sorted((root / "JPEGImages").iterdir())[:4 if tiny else 16]
+    probs, devs = {}, {}
+    for dev in ("cpu", str(device)):
+        with DeviceRecorder() as rec:
+            text = run("predict", "--run", run_dir, *images, "--format", "json", "--threshold", "0.01", "--quiet",
+                       "--device", dev)
+        devs[dev] = (rec.devices("head"), rec.devices("backbone"))
+        rows = json.loads(text)
+        probs[dev] = np.array([[o["probabilities"][k] for k in sorted(o["probabilities"])] for o in rows])
+    pdiff = float(np.abs(probs["cpu"] - probs[str(device)]).max())
+    out["predict"] = {"head_devices": devs[str(device)][0], "backbone_devices": devs[str(device)][1],
+                      "images": len(images), "max_abs_probability_diff": pdiff}
+    log(f"  predict --device {device}: head on {devs[str(device)][0]}, backbone on {devs[str(device)][1]}; "
+        f"max |probability diff| vs cpu {pdiff:.3g}")
+
+    # the verdicts: every forward of the head / backbone had parameters and inputs on the requested device
+    want = [str(device)]
+    problems = []
+    if heads["cpu"] != ["cpu"] or devs["cpu"] != (["cpu"], ["cpu"]):
+        problems.append(f"--device cpu ran on {heads['cpu']} / {devs['cpu']}")
+    if heads[str(device)] != want or devs[str(device)] != (want, want):
+        problems.append(f"--device {device} ran the head/backbone on {heads[str(device)]} / {devs[str(device)]}")
+    if trained_on != str(device):
+        problems.append(f"train --device {device} recorded device {trained_on}")
+    # tolerances: the head is float32 matmuls (cuBLAS vs CPU BLAS reorder sums); predict adds the backbone's
+    # convolutions (cuDNN, TF32 allowed by torch's default for convolutions) before the head
+    if diff > 1e-3 * max(1.0, out["eval"]["max_abs_logit"]):
+        problems.append(f"eval logits differ from the cpu's by {diff:.3g}")
+    if pdiff > 2e-2:
+        problems.append(f"predict probabilities differ from the cpu's by {pdiff:.3g}")
+    out["ok"], out["problems"] = not problems, problems
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT") or "bench/results/gpu")
@@ -215,22 +331,24 @@ def main() -> int:
     tiny = os.environ.get("GPU_CHECK_TINY", "") not in ("", "0")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from iagcn.device import resolve_device
+
+    device = resolve_device("auto")
+    import iagcn
+    import iagcn.train
+
     info = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tiny": tiny, "device": str(device),
             "torch": torch.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
             "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-            "torch_threads": torch.get_num_threads(), "image_size": 224 if tiny else 448}
+            "torch_threads": torch.get_num_threads(), "image_size": 224 if tiny else 448,
+            "iagcn_from": os.path.dirname(iagcn.__file__), "iagcn_train_from": os.path.dirname(iagcn.train.__file__)}
     try:
         info["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
                                              "--format=csv,noheader"], capture_output=True, text=True,
                                             timeout=20).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         info["nvidia_smi"] = None
-    try:
-        from iagcn.fsutil import git_commit
-        info["git_commit"] = git_commit()
-    except Exception:  # noqa: BLE001
-        info["git_commit"] = "unknown"
+    info["git_commit"] = os.environ.get("IAGCN_GIT_COMMIT") or "unknown"      # set by gpu_check.sh
     log(f"gpu_check: {info}")
     results: dict = {"info": info}
     workdir = Path(tempfile.mkdtemp(prefix="iagcn-gpu-check-"))
@@ -241,6 +359,7 @@ def main() -> int:
         "training": lambda: training_check(device, n=64 if tiny else 5011, dim=256 if tiny else 2048,
                                            epochs=1 if tiny else 3, workdir=workdir),
         "decode": lambda: decode_check(n=32 if tiny else 512, workers=[0, 2] if tiny else [0, 2, 8], workdir=workdir),
+        "eval_predict": lambda: eval_predict_check(device, tiny=tiny, workdir=workdir),
     }
     status = 0
     try:
@@ -249,6 +368,9 @@ def main() -> int:
             log(f"[gpu_check] {name} ...")
             try:
                 results[name] = fn()
+                if results[name].get("ok") is False:
+                    log(f"[gpu_check] {name} FAILED: {'; '.join(results[name]['problems'])}")
+                    status = 1
             except Exception as e:  # noqa: BLE001 -- keep the other figures
                 import traceback
 
@@ -285,7 +407,17 @@ def summary_markdown(r: dict) -> str:
     for k, v in (r.get("decode") or {}).items():
         if k != "error":
             lines.append(f"| decode + resize 500x375 JPEG | {k.replace('_', ' ')} | {v:.0f} img/s | |")
-    for name in ("extraction", "training", "decode"):
+    ep = r.get("eval_predict") or {}
+    if "eval" in ep:
+        e, p = ep["eval"], ep["predict"]
+        lines.append(f"| `iagcn eval --device {ep['device']}` vs cpu | head on {e['head_devices']} | mAP "
+                     f"{e['mAP_device']:.2f} vs {e['mAP_cpu']:.2f} | max abs logit diff {e['max_abs_logit_diff']:.2g} |")
+        lines.append(f"| `iagcn predict --device {ep['device']}` vs cpu | head on {p['head_devices']}, backbone on "
+                     f"{p['backbone_devices']} | {p['images']} images | max abs probability diff "
+                     f"{p['max_abs_probability_diff']:.2g} |")
+        if not ep.get("ok"):
+            lines.append(f"| eval / predict on {ep['device']} | FAILED | {'; '.join(ep.get('problems', []))} | |")
+    for name in ("extraction", "training", "decode", "eval_predict"):
         if isinstance(r.get(name), dict) and "error" in r[name]:
             lines.append(f"| {name} | FAILED | {r[name]['error']} | |")
     lines.append("")

@@ -32,7 +32,7 @@ def write_split(voc_root: Path, work: Path, *, source_split: str, test_fraction:
     """A VOC root under ``work`` (links to the real folders) with train.txt / test.txt; returns the split record."""
     import numpy as np
 
-    from iagcn.evaluate.stats import stratified_holdout
+    from iagcn.train.holdout import stratified_holdout
     from iagcn.extract.datasets import read_voc
 
     ds = read_voc(voc_root, source_split)
@@ -116,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     from iagcn.fsutil import write_json_atomic, write_text_atomic
     from iagcn.train.config import config_for_preset
     from iagcn.train.data import CacheData
-    from iagcn.train.sweep import parse_list, run_sweep, write_ablation
+    from iagcn.evaluate.ablation import ablate_sweep, write_sweep_table
+    from iagcn.evaluate.evaluation import EvalConfig
+    from iagcn.train.probe import PROBE_NAME
+    from iagcn.train.sweep import parse_list, run_sweep
 
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     voc_root, work = Path(args.voc_root).resolve(), Path(args.work).resolve()
@@ -136,16 +139,19 @@ def main(argv: list[str] | None = None) -> int:
                for p in presets for s in seeds]
     sweep_dir = Path(args.sweep_dir).resolve() if args.sweep_dir else work / "sweep"
     t0 = time.perf_counter()
-    rows = run_sweep(configs, train_data=CacheData(caches["train"]), eval_data=CacheData(caches["test"]),
-                     out_dir=sweep_dir, progress=False, log=log, probe=not args.train_only)
+    with CacheData(caches["train"]) as train_data, CacheData(caches["test"]) as eval_data:
+        rows = run_sweep(configs, train_data=train_data, eval_data=eval_data, out_dir=sweep_dir, progress=False,
+                         log=log, probe=not args.train_only, on_results=write_sweep_table)
     if args.train_only:
         log(f"[bench-real] {len(configs)} runs complete in {sweep_dir} ({time.perf_counter() - t0:.0f} s)")
         return 0
     times["sweep_seconds"] = time.perf_counter() - t0
     # the runs' own training time (a rerun that reuses complete runs still reports what they cost)
     times["runs_train_seconds"] = float(sum(float(r.get("train_seconds") or 0) for r in rows))
-    ablation = write_ablation(sweep_dir, baseline=args.baseline, cache_path=caches["test"],
-                              n_resamples=args.bootstrap, log=log) if args.baseline in presets else None
+    members = [(c.preset, c.seed) for c in configs] + [(PROBE_NAME, 0)]
+    ablation = ablate_sweep(sweep_dir, baseline=args.baseline, cache_path=caches["test"],
+                            config=EvalConfig(n_resamples=args.bootstrap, seed=0), log=log,
+                            members=members) if args.baseline in presets else None
     table = (sweep_dir / "table.md").read_text()
     times["total_seconds"] = time.perf_counter() - t_all
     command = "python -m bench.real " + " ".join(argv if argv is not None else sys.argv[1:])

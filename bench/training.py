@@ -22,7 +22,8 @@ def _setup(preset: str, data, *, seed: int = 0, **overrides):
     """Model + optimizer exactly as ``train.run`` builds them (statistical LCM from all rows here)."""
     from iagcn.train.config import config_for_preset
     from iagcn.train.lcm import statistical_lcm
-    from iagcn.train.run import build_model, load_label_embeddings
+    from iagcn.train.inference import build_model
+    from iagcn.train.run import load_label_embeddings
 
     cfg = config_for_preset(preset, epochs=1, seed=seed, device="cpu", **overrides)
     emb, _ = load_label_embeddings(cfg, data.cache)                                   # (C, E)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from iagcn.cache.format import describe
+from iagcn.cache.info import describe
 
 
 @click.command("info")

@@ -32,32 +32,8 @@ import h5py
 import numpy as np
 
 from iagcn.errors import UserError
+from iagcn.cache.schema import COMPATIBILITY_ATTRS, FORMAT_VERSION, REQUIRED_ATTRS, ROW_FIELDS, validate_contents
 from iagcn.fsutil import fsync_dir, git_commit, is_disk_full, remove_stale_temporaries, tmp_name_for
-
-FORMAT_VERSION = 1
-
-#: per-image datasets: name -> (shape after n, dtype); ``N``/``D``/``C`` are filled in per file
-ROW_FIELDS: dict[str, tuple[tuple[str, ...], Any]] = {
-    "global": (("D",), np.float16),
-    "regions": (("N", "D"), np.float16),
-    "boxes": (("N", 4), np.float32),
-    "box_scores": (("N",), np.float32),
-    "box_valid": (("N",), np.bool_),
-    "labels": (("C",), np.int8),
-    "image_ids": ((), h5py.string_dtype("utf-8")),
-    "image_sizes": ((2,), np.int32),
-}
-
-#: root attributes every cache carries (the writer fills format_version, git_commit and created)
-REQUIRED_ATTRS = (
-    "format_version", "dataset", "split", "class_names", "extract_config", "extract_config_hash",
-    "backbone", "backbone_weights", "backbone_weights_sha256", "proposer", "proposer_weights_sha256",
-    "num_rois", "feature_dim", "image_size", "git_commit", "created",
-)
-
-#: attributes two caches must agree on before one trains and the other evaluates
-COMPATIBILITY_ATTRS = ("class_names", "feature_dim", "num_rois", "backbone", "backbone_weights_sha256", "image_size")
-
 
 class CacheWriter:
     """Preallocate a cache under a temporary name, fill rows by index, then commit atomically.
@@ -124,9 +100,6 @@ class CacheWriter:
         self._h5["label_embeddings"].attrs["source"] = json.dumps(source)
         self._embeddings_set = True
 
-    def set_attr(self, key: str, value: Any) -> None:
-        self._h5.attrs[key] = json.dumps(value)
-
     def commit(self) -> Path:
         try:
             return self._commit()
@@ -146,6 +119,12 @@ class CacheWriter:
             self.abort()
             raise RuntimeError(f"cache {self.path}: label embeddings were never set; nothing was committed")
         self._h5.flush()
+        try:  # never commit a cache that the reader would refuse (duplicate ids, labels out of range, ...)
+            validate_contents(self._h5, {k: json.loads(v) for k, v in self._h5.attrs.items()},
+                              where=f"cache {self.path} (not written)")
+        except UserError:
+            self.abort()
+            raise
         self._h5.close()
         with open(self.tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -208,9 +187,13 @@ class FeatureCache:
         return out
 
     def _validate(self) -> None:
+        """The cache contract (see the module docstring), checked on open: one UserError naming the file and
+        the first problem. Features are checked for NaN/Inf later, when they are read (train.data)."""
         version = self.attrs.get("format_version")
         if version is None:
             raise UserError(f"cache {self.path} has no format_version attribute; it was not written by iagcn")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise UserError(f"cache {self.path}: format_version {version!r} is not an integer; it was not written by iagcn")
         if version > FORMAT_VERSION:
             raise UserError(f"cache {self.path} has format version {version}, newer than this iagcn "
                             f"understands ({FORMAT_VERSION}); upgrade iagcn")
@@ -218,13 +201,7 @@ class FeatureCache:
         missing += [f for f in list(ROW_FIELDS) + ["label_embeddings"] if f not in self._h5]
         if missing:
             raise UserError(f"cache {self.path} lacks {', '.join(missing)}; re-extract it")
-        n = self._h5["global"].shape[0]
-        for f in ROW_FIELDS:
-            if self._h5[f].shape[0] != n:
-                raise UserError(f"cache {self.path}: dataset {f} has {self._h5[f].shape[0]} rows, expected {n}; re-extract it")
-        if len(self.class_names) != self._h5["labels"].shape[1]:
-            raise UserError(f"cache {self.path}: class_names has {len(self.class_names)} entries but labels has "
-                            f"{self._h5['labels'].shape[1]} columns; re-extract it")
+        self._labels, self._image_ids = validate_contents(self._h5, self.attrs, where=f"cache {self.path}")
 
     # -- shape facts --------------------------------------------------------------------------
     @property
@@ -267,11 +244,31 @@ class FeatureCache:
         self._h5[name].read_direct(out, source_sel=np.s_[start:stop])
 
     def image_ids(self) -> list[str]:
-        return list(self.read("image_ids"))
+        """The image ids (validated unique on open)."""
+        return list(self._image_ids)
+
+    def labels(self) -> np.ndarray:
+        """(n, C) int8 labels in {-1, 0, 1} (validated on open); a fresh copy."""
+        return self._labels.copy()
 
     def label_embeddings(self) -> tuple[np.ndarray, str]:
         ds = self._h5["label_embeddings"]
         return ds[...].astype(np.float32), json.loads(ds.attrs.get("source", '"unknown"'))
+
+    def fingerprint(self) -> str:
+        """sha256 (16 hex digits) of what identifies this cache's content without reading its features: the
+        extraction config hash, the backbone and proposer weight hashes, the class names, image ids, labels and
+        label embeddings. Two caches with the same fingerprint hold the same images, labels and extraction."""
+        import hashlib
+
+        h = hashlib.sha256()
+        ident = {k: self.attrs.get(k) for k in ("extract_config_hash", "backbone_weights_sha256",
+                                                 "proposer_weights_sha256", "class_names", "num_rois", "feature_dim")}
+        h.update(json.dumps(ident, sort_keys=True).encode())
+        h.update("\n".join(self._image_ids).encode())
+        h.update(np.ascontiguousarray(self._labels).tobytes())
+        h.update(np.ascontiguousarray(self._h5["label_embeddings"][...]).tobytes())
+        return h.hexdigest()[:16]
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -300,41 +297,6 @@ def check_compatible(train: FeatureCache, other: FeatureCache, *, role: str = "v
                 detail = f"{a!r} vs {b!r}"
             raise UserError(f"train cache {train.path} and {role} cache {other.path} disagree on {key} "
                             f"({detail}); extract both with the same config")
-
-
-def describe(path: str | os.PathLike, *, sample_rows: int = 256) -> str:
-    """Human-readable summary for `iagcn info`: attributes, dataset shapes and a short feature summary."""
-    with FeatureCache(path) as c:
-        lines = [f"cache: {c.path}  ({c.path.stat().st_size / 2**20:.1f} MiB)"]
-        for k in sorted(c.attrs):
-            v = c.attrs[k]
-            if k == "extract_config":
-                lines.append("extract_config:")
-                lines += [f"    {kk}: {json.dumps(vv)}" for kk, vv in sorted(v.items())]
-                continue
-            text = json.dumps(v)
-            if len(text) > 160:
-                text = text[:157] + "..."
-            lines.append(f"{k}: {text}")
-        lines.append("datasets:")
-        for name in list(ROW_FIELDS) + ["label_embeddings"]:
-            ds = c.dataset(name)
-            lines.append(f"    {name:<17} {str(ds.shape):<20} {ds.dtype}")
-        _, source = c.label_embeddings()
-        lines.append(f"label_embeddings source: {source}")
-        k = min(sample_rows, c.num_images)
-        if k:
-            g = c.read("global", 0, k).astype(np.float32)
-            valid = c.read("box_valid")
-            labels = c.read("labels")
-            lines.append(f"features (first {k} images): global mean {g.mean():.4f} std {g.std():.4f} "
-                         f"min {g.min():.4f} max {g.max():.4f}, finite {bool(np.isfinite(g).all())}")
-            lines.append(f"valid boxes per image: mean {valid.sum(1).mean():.1f} of {c.num_rois}")
-            pos = (labels == 1).sum(0)
-            lines.append(f"labels: {(labels == 1).sum(1).mean():.2f} positives per image; "
-                         f"{int((labels == -1).sum())} ignored entries; positives per class "
-                         + ", ".join(f"{n}={p}" for n, p in zip(c.class_names, pos)))
-        return "\n".join(lines)
 
 
 def iter_row_blocks(n: int, block: int) -> Iterator[tuple[int, int]]:

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import click
 
+from iagcn.device import resolve_device
 from iagcn.errors import UserError
+from iagcn.evaluate.evaluation import EvalConfig
+from iagcn.options import config_option, device_option, given
+from iagcn.train import runfolder
 
 
 def _warn_to_stderr() -> None:
@@ -36,10 +40,9 @@ def _pr_classes(text: str | None) -> tuple[str, ...]:
 @click.option("--scores-are", type=click.Choice(["logits", "probabilities"]), default=None,
               help="What --scores holds (required with --scores; runs always give logits).")
 @click.option("--class-names", default=None, help="Comma-separated class names or a file (one a line).")
-@click.option("--threshold", type=float, default=0.5, show_default=True, help="Probability threshold for CP ... OF1.")
-@click.option("--top-k", type=int, default=3, show_default=True, help="Top-k block (0: none).")
-@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True,
-              help="Which checkpoint of a run.")
+@config_option(EvalConfig, "threshold", type=float, help="Probability threshold for CP ... OF1.")
+@config_option(EvalConfig, "top_k", type=int, help="Top-k block (0: none).")
+@config_option(EvalConfig, "which", type=click.Choice(["best", "last"]), help="Which checkpoint of a run.")
 @click.option("--pr-classes", default=None,
               help="Comma-separated classes for precision-recall curves [the 3 most frequent].")
 @click.option("--no-plots", is_flag=True, help="Do not write PNG plots.")
@@ -47,12 +50,15 @@ def _pr_classes(text: str | None) -> tuple[str, ...]:
               help="Output folder [one --run: RUN/eval; several: required; --scores: print only].")
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown"]), default="text", show_default=True,
               help="Table format printed.")
-@click.option("--device", default="cpu", show_default=True, help="Device for scoring a cache (cpu | cuda).")
+@device_option(EvalConfig, what="a run scoring a cache (model and batches)")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, threshold, top_k, which, pr_classes,
              no_plots, out, fmt, device, quiet) -> None:
     """Evaluate scores (any model) or trained runs: metrics.json, per_class_ap.csv, scores, Table 1/2 layouts, plots."""
     from iagcn.evaluate import evaluation as E
+    from iagcn.classes import parse_class_names
+    from iagcn.evaluate import inputs as I
+    from iagcn.evaluate.runscores import score_run_on_cache
 
     _warn_to_stderr()
     if scores is not None or targets is not None:
@@ -69,15 +75,18 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
         raise UserError("--run and --checkpoint are exclusive; pass one")
     elif scores_are == "probabilities":
         raise UserError("--scores-are probabilities: runs produce logits; drop --scores-are")
-    config = E.EvalConfig(scores_are=scores_are or "logits", threshold=threshold, top_k=top_k, which=which,
-                          pr_classes=_pr_classes(pr_classes), plots=not no_plots, device=device)
-    names_given = E.parse_class_names(class_names)
+    config = E.EvalConfig(scores_are=scores_are or "logits", pr_classes=_pr_classes(pr_classes), plots=not no_plots,
+                          **given(threshold=threshold, top_k=top_k, which=which, device=device))
+    top_k = config.top_k
+    if runs or checkpoint:
+        resolve_device(config.device)                # refuse a bad --device before reading anything
+    names_given = parse_class_names(class_names, option="--class-names")
 
     if scores is not None:
-        st = E.read_matrix(scores, option="--scores")
-        tt = E.read_matrix(targets, option="--targets", key="labels")
-        s, t, ids = E.align_by_ids(st, tt)
-        names = E.resolve_class_names(names_given, st.class_names, tt.class_names, n_classes=s.shape[1])
+        st = I.read_matrix(scores, option="--scores")
+        tt = I.read_matrix(targets, option="--targets", key="labels")
+        s, t, ids = I.align_by_ids(st, tt)
+        s, t, names = I.align_columns(st, tt, s, t, names_given)  # by class name whenever names are known
         ev = E.evaluate_scores(s, t, class_names=names, config=config, name=Path(scores).stem, image_ids=ids)
         click.echo(E.format_tables([ev], top_k=top_k, fmt=fmt))
         if out:
@@ -97,15 +106,15 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
     evaluations, logs = [], {}
     for k, src in enumerate(sources):
         cache_path = Path(cache) if cache else _recorded_eval_cache(src)
-        rs = E.score_run_on_cache(run_dir=src if runs else None, checkpoint=Path(checkpoint) if checkpoint else None,
-                                  cache_path=cache_path, config=config, progress=not quiet)
-        tt = E.cache_targets(cache_path)
-        t = E.rows_for_ids(tt, rs.image_ids, what="--cache")
+        rs = score_run_on_cache(run_dir=src if runs else None, checkpoint=Path(checkpoint) if checkpoint else None,
+                                cache_path=cache_path, config=config, progress=not quiet)
+        tt = I.cache_targets(cache_path)
+        t = I.rows_for_ids(tt, rs.image_ids, what="--cache")
         name = rs.name if sum(s.name == src.name for s in sources) == 1 else f"{rs.name}-{k}"
         ev = E.evaluate_scores(rs.scores, t, class_names=rs.class_names, config=config, name=name,
                                image_ids=rs.image_ids)
         evaluations.append(ev)
-        logs[name] = src / "log.csv"
+        logs[name] = runfolder.log_path(src)
         sub = out_dir / name if len(sources) > 1 else out_dir
         inputs = {"run": str(src.resolve()), "checkpoint": rs.source, "cache": str(cache_path.resolve())}
         E.write_evaluation(sub, ev, config=config, inputs=inputs)
@@ -120,10 +129,7 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
 
 
 def _recorded_eval_cache(run_dir: Path) -> Path:
-    from iagcn.evaluate.evaluation import read_run_record
-
-    rec = read_run_record(run_dir)
-    path = (rec.get("eval_cache") or {}).get("path")
+    path = runfolder.recorded_cache(run_dir, "eval")["path"]
     if not path or not Path(path).exists():
         raise UserError(f"--run {run_dir}: its evaluation cache {path!r} is not there; pass --cache FILE")
     return Path(path)
@@ -137,18 +143,18 @@ def _recorded_eval_cache(run_dir: Path) -> Path:
 @click.option("--b", "more_b", multiple=True, help="A run of side B (repeat for seeds); or SWEEP_DIR:PRESET.")
 @click.option("--cache", type=click.Path(dir_okay=False), default=None,
               help="Cache whose images and targets are compared on [default: the first run's evaluation cache].")
-@click.option("--resamples", type=int, default=1000, show_default=True, help="Bootstrap resamples.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
-@click.option("--ci", type=float, default=0.95, show_default=True, help="Interval level.")
-@click.option("--threshold", type=float, default=0.5, show_default=True)
-@click.option("--top-k", type=int, default=3, show_default=True)
+@config_option(EvalConfig, "n_resamples", "--resamples", type=int, help="Bootstrap resamples.")
+@config_option(EvalConfig, "seed", type=int, help="Bootstrap seed.")
+@config_option(EvalConfig, "ci", type=float, help="Interval level.")
+@config_option(EvalConfig, "threshold", type=float, help="Probability threshold for CP ... OF1.")
+@config_option(EvalConfig, "top_k", type=int, help="Top-k block (0: none).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder for compare.json and compare.md [print only].")
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown"]), default="text", show_default=True)
 @click.option("--sweep", "sweep_dir", type=click.Path(file_okay=False), default=None,
               help="Instead of A/B: every preset of this sweep folder against --baseline (ablation table).")
 @click.option("--baseline", default="mlgcn", show_default=True, help="With --sweep: the preset compared against.")
-def compare_cmd(run_a, run_b, more_a, more_b, cache, resamples, seed, ci, threshold, top_k, out, fmt, sweep_dir,
+def compare_cmd(run_a, run_b, more_a, more_b, cache, n_resamples, seed, ci, threshold, top_k, out, fmt, sweep_dir,
                 baseline) -> None:
     """B - A per metric with a paired bootstrap CI over images (from saved scores), + a seed test with >= 2 seeds.
 
@@ -156,34 +162,31 @@ def compare_cmd(run_a, run_b, more_a, more_b, cache, resamples, seed, ci, thresh
     With --sweep DIR --baseline PRESET: the ablation table of the sweep with a ΔmAP-vs-baseline [CI] column.
     """
     from iagcn.evaluate.compare import compare_runs, comparison_record, comparison_table
-    from iagcn.evaluate.evaluation import EvalConfig
     from iagcn.configio import config_to_dict
     from iagcn.fsutil import git_commit, write_json_atomic, write_text_atomic
 
     _warn_to_stderr()
     if sweep_dir is not None:
-        from iagcn.evaluate.compare import sweep_ablation, sweep_ablation_table, sweep_runs
+        from iagcn.evaluate.ablation import sweep_ablation, sweep_ablation_table, sweep_runs, write_ablation
 
         if run_a or run_b or more_a or more_b:
             raise UserError("--sweep compares the sweep's presets; drop RUN_A/RUN_B/--a/--b")
-        config = EvalConfig(threshold=threshold, top_k=top_k, n_resamples=resamples, seed=seed, ci=ci, plots=False)
+        config = EvalConfig(plots=False, **given(threshold=threshold, top_k=top_k, n_resamples=n_resamples, seed=seed,
+                                                 ci=ci))
         cache_path = Path(cache) if cache else _recorded_eval_cache(next(iter(sweep_runs(sweep_dir).values()))[0])
         result = sweep_ablation(sweep_dir, baseline=baseline, cache_path=cache_path, config=config,
                                 log=lambda m: click.echo(m, err=True))
         click.echo(sweep_ablation_table(result, fmt=fmt))
         if out:
-            rec = {k: result[k] for k in ("baseline", "sweep", "cache", "comparisons")}
-            rec.update(config=config_to_dict(config), git_commit=git_commit())
-            write_json_atomic(Path(out) / "ablation.json", rec, what="ablation comparison")
-            write_text_atomic(Path(out) / "ablation.md", sweep_ablation_table(result, fmt="markdown"),
-                              what="ablation table")
-            click.echo(f"wrote {Path(out) / 'ablation.json'} and {Path(out) / 'ablation.md'}")
+            paths = write_ablation(out, result, config=config)
+            click.echo(f"wrote {paths['json']} and {paths['md']}")
         return
     side_a = ([run_a] if run_a else []) + list(more_a)
     side_b = ([run_b] if run_b else []) + list(more_b)
     if not side_a or not side_b:
         raise UserError("compare needs runs on both sides: iagcn compare RUN_A RUN_B, or --a RUN ... --b RUN ...")
-    config = EvalConfig(threshold=threshold, top_k=top_k, n_resamples=resamples, seed=seed, ci=ci, plots=False)
+    config = EvalConfig(plots=False, **given(threshold=threshold, top_k=top_k, n_resamples=n_resamples, seed=seed,
+                                             ci=ci))
     if cache is None:
         from iagcn.evaluate.compare import expand_run_spec
 
@@ -210,16 +213,20 @@ def compare_cmd(run_a, run_b, more_a, more_b, cache, resamples, seed, ci, thresh
 @click.option("--image-id", "image_ids", multiple=True, required=True, help="Image id in the cache (repeatable).")
 @click.option("--image-root", type=click.Path(file_okay=False), default=None,
               help="Folder with the image files [default: the dataset root recorded in the cache].")
-@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@config_option(EvalConfig, "which", type=click.Choice(["best", "last"]), help="Which checkpoint of the run.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder for the figures.")
-def explain_cmd(run_dir, cache, image_ids, image_root, which, out) -> None:
+@device_option(EvalConfig, what="the run's head (model and the image's features)")
+def explain_cmd(run_dir, cache, image_ids, image_root, which, out, device) -> None:
     """Fig. 1 (the image's A_F next to A_S) and Fig. 3 (its ROI boxes coloured by z) for cached images."""
     from iagcn.evaluate.explain import explain
 
     _warn_to_stderr()
+    config = EvalConfig(**given(which=which, device=device))
+    resolve_device(config.device)                    # refuse a bad --device before reading anything
     cache_path = Path(cache) if cache else _recorded_eval_cache(Path(run_dir))
     for image_id in image_ids:
-        rec = explain(run_dir, cache_path, image_id, out, image_root=image_root, which=which)
+        rec = explain(run_dir, cache_path, image_id, out, image_root=image_root, which=config.which,
+                      device=config.device)
         top = ", ".join(f"{k} {v:.2f}" for k, v in list(rec["probabilities"].items())[:3])
         click.echo(f"{image_id}: labels {', '.join(rec['labels']) or '-'}; top predictions {top}")
         for note in rec["notes"]:
@@ -233,11 +240,11 @@ def explain_cmd(run_dir, cache, image_ids, image_root, which, out) -> None:
 @click.command("predict")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Run folder (iagcn train --out).")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--threshold", type=float, default=0.5, show_default=True, help="Probability for a label to be predicted.")
+@config_option(EvalConfig, "threshold", type=float, help="Probability for a label to be predicted.")
 @click.option("--top-k", type=int, default=None, help="At most this many labels per image.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True)
-@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@config_option(EvalConfig, "which", type=click.Choice(["best", "last"]), help="Which checkpoint of the run.")
+@device_option(EvalConfig, what="stage one (backbone, proposer) and the run's head")
 @click.option("--workers", type=int, default=None, help="Image-loading worker processes [0 for <= 4 images, else 2].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict_cmd(run_dir, images, threshold, top_k, fmt, which, device, workers, quiet) -> None:
@@ -245,7 +252,10 @@ def predict_cmd(run_dir, images, threshold, top_k, fmt, which, device, workers, 
     from iagcn.evaluate.predict import format_predictions, predict_images
 
     _warn_to_stderr()
-    preds = predict_images(run_dir, images, threshold=threshold, top_k=top_k, which=which, device=device,
+    config = EvalConfig(**given(threshold=threshold, which=which, device=device))
+    resolve_device(config.device)                    # refuse a bad --device before reading anything
+    preds = predict_images(run_dir, images, threshold=config.threshold, top_k=top_k, which=config.which,
+                           device=config.device,
                            workers=workers, progress=not quiet, log=lambda m: click.echo(m, err=True))
     click.echo(format_predictions(preds, fmt=fmt))
 

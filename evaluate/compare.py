@@ -5,7 +5,7 @@ From the runs' saved per-image scores (never retraining), on the targets of one 
 * per metric the difference B - A on all images, with a **paired bootstrap** interval over images: each resample
   draws n images with replacement, the same images for A and B. With several seeds per side the statistic is
   the difference of the seed-averaged metrics, mean_s M(B_s) - mean_s M(A_s), every run of a resample weighting
-  the same images (for one run per side this is exactly :func:`evaluate.stats.paired_bootstrap`);
+  the same images (:func:`evaluate.stats.paired_bootstrap_runs`; for one run per side this is :func:`evaluate.stats.paired_bootstrap`);
 * with >= 2 seeds on both sides, a **paired seed test** per metric (:func:`evaluate.stats.paired_seed_test`,
   runs paired by their seed).
 
@@ -20,25 +20,42 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from iagcn.evaluate.evaluation import EvalConfig, RunScores, cache_targets, rows_for_ids, run_scores_for_cache
-from iagcn.evaluate.metrics import metric_names, validate_scores_targets
 from iagcn.errors import UserError
+from iagcn.evaluate.evaluation import EvalConfig
+from iagcn.evaluate.inputs import cache_targets, rows_for_ids
+from iagcn.evaluate.runscores import RunScores, run_scores_for_cache
+from iagcn.evaluate.stats import paired_bootstrap_runs
+from iagcn.jsonutil import to_json
+from iagcn.metrics import metric_names
+from iagcn.train import runfolder
 
 
-def expand_run_spec(spec: str) -> list[Path]:
-    """``DIR`` (one run) or ``SWEEP_DIR:PRESET`` (all seeds of a preset in a sweep), each a folder with config.json."""
+def refuse_incomplete(path: Path, spec: str) -> None:
+    """Only complete runs (metrics.json written) are compared."""
+    if not runfolder.is_complete(path):
+        raise UserError(f"{spec}: run {path} is not complete (no metrics.json: interrupted?); finish it with "
+                        f"`iagcn train --resume {path}` (or the same `iagcn sweep` command) before comparing")
+
+
+def expand_run_spec(spec: str, *, log=None) -> list[Path]:
+    """``DIR`` (one complete run) or ``SWEEP_DIR:PRESET`` (the complete seeds of a preset in a sweep).
+
+    Only complete runs (with metrics.json) are compared: an interrupted run folder of a sweep is left out (with a
+    note through ``log``); an explicit incomplete run folder is refused.
+    """
     path = Path(spec)
-    if path.is_dir() and (path / "config.json").exists():
+    if path.is_dir() and (path / runfolder.CONFIG).exists():
+        refuse_incomplete(path, spec)
         return [path]
     if ":" in spec:
         folder, preset = spec.rsplit(":", 1)
-        runs = sorted(p for p in Path(folder).glob(f"{preset}-s*") if (p / "config.json").exists())
-        if not runs:
-            raise UserError(f"{spec}: no runs {preset}-s<seed> with a config.json in {folder}; "
-                            "pass SWEEP_DIR:PRESET of a finished sweep")
-        return runs
+        groups = sweep_runs(folder, log=log)
+        if preset not in groups:
+            raise UserError(f"{spec}: no complete runs of preset {preset} (a config.json and metrics.json) in "
+                            f"{folder}; pass SWEEP_DIR:PRESET of a finished sweep")
+        return groups[preset]
     if path.is_dir():
-        subs = sorted({p.parent.name.rsplit('-s', 1)[0] for p in path.glob("*/config.json")})
+        subs = sorted({p.parent.name.rsplit('-s', 1)[0] for p in path.glob(f"*/{runfolder.CONFIG}")})
         hint = f"; it looks like a sweep: pass {spec}:PRESET with PRESET one of {', '.join(subs)}" if subs else ""
         raise UserError(f"{spec}: no config.json (not a run folder){hint}")
     raise UserError(f"{spec}: not found; pass a run folder (iagcn train --out) or SWEEP_DIR:PRESET")
@@ -55,60 +72,6 @@ def pair_by_seed(a: Sequence[RunScores], b: Sequence[RunScores]) -> tuple[list[R
     return list(a), list(b), "by order (seed sets differ)"
 
 
-def paired_bootstrap_runs(scores_a: Sequence[np.ndarray], scores_b: Sequence[np.ndarray], targets: np.ndarray, *,
-                          scores_are: str = "logits", n_resamples: int = 1000, seed: int = 0, ci: float = 0.95,
-                          threshold: float = 0.5, top_k: int | None = 3, chunk: int = 250) -> dict[str, Any]:
-    """B - A of the seed-averaged metrics, with a paired percentile-bootstrap interval over images.
-
-    Same resampling stream as :func:`evaluate.stats.paired_bootstrap` (seeded generator, chunks of ``chunk``), so
-    with one run per side the result is identical to it.
-    """
-    from iagcn.evaluate.stats import _percentile_interval, bootstrap_weights, weighted_multilabel_metrics
-
-    if not scores_a or not scores_b:
-        raise UserError("compare: each side needs at least one run")
-    t = None
-    checked_a, checked_b = [], []
-    for s in scores_a:
-        s2, t = validate_scores_targets(s, targets, scores_are=scores_are)
-        checked_a.append(s2)
-    for s in scores_b:
-        s2, t = validate_scores_targets(s, targets, scores_are=scores_are)
-        checked_b.append(s2)
-    if not (0.0 < ci < 1.0):
-        raise UserError(f"--ci {ci}: must be strictly between 0 and 1 (e.g. 0.95)")
-    if n_resamples < 1:
-        raise UserError(f"--resamples {n_resamples}: must be >= 1")
-    n = t.shape[0]
-    names = list(metric_names(top_k))
-
-    def side_mean(side: list[np.ndarray], weights: np.ndarray) -> dict[str, np.ndarray]:
-        per_run = [weighted_multilabel_metrics(s, t, weights, scores_are=scores_are, threshold=threshold, top_k=top_k)
-                   for s in side]
-        return {k: np.mean([m[k] for m in per_run], axis=0) for k in names}  # (R,) each
-
-    ones = np.ones((1, n), dtype=np.int32)
-    full_a = {k: float(v[0]) for k, v in side_mean(checked_a, ones).items()}
-    full_b = {k: float(v[0]) for k, v in side_mean(checked_b, ones).items()}
-    rng = np.random.default_rng(seed)
-    diffs = {k: np.empty(n_resamples) for k in names}
-    for start in range(0, n_resamples, chunk):
-        stop = min(n_resamples, start + chunk)
-        _, weights = bootstrap_weights(n, n_resamples=stop - start, rng=rng)  # (r, n) multiplicities
-        ma, mb = side_mean(checked_a, weights), side_mean(checked_b, weights)
-        for k in names:
-            diffs[k][start:stop] = mb[k] - ma[k]  # (r,)
-    metrics = {}
-    for k in names:
-        low, high, n_valid = _percentile_interval(diffs[k], ci)
-        metrics[k] = {"a": full_a[k], "b": full_b[k], "diff": full_b[k] - full_a[k], "low": low, "high": high,
-                      "excludes_zero": bool(n_valid > 0 and (low > 0 or high < 0)), "n_valid": n_valid}
-    return {"metrics": metrics, "n_images": n, "n_resamples": n_resamples, "seed": seed, "ci": ci,
-            "runs_a": len(checked_a), "runs_b": len(checked_b),
-            "method": "paired percentile bootstrap over images (same resampled images for every run); "
-                      "statistic: mean over seeds of B minus mean over seeds of A"}
-
-
 @dataclass
 class Comparison:
     runs_a: list[RunScores]
@@ -122,13 +85,13 @@ class Comparison:
 def compare_runs(specs_a: Sequence[str], specs_b: Sequence[str], *, cache_path: str | Path, config: EvalConfig,
                  progress: bool = False, log=None) -> Comparison:
     """Compare the runs of side A with those of side B on the images and targets of ``cache_path``."""
-    from iagcn.evaluate.metrics import multilabel_metrics
+    from iagcn.metrics import multilabel_metrics
     from iagcn.evaluate.stats import paired_seed_test
 
     cache_path = Path(cache_path)
     targets_table = cache_targets(cache_path)
-    dirs_a = [p for s in specs_a for p in expand_run_spec(s)]
-    dirs_b = [p for s in specs_b for p in expand_run_spec(s)]
+    dirs_a = [p for s in specs_a for p in expand_run_spec(s, log=log)]
+    dirs_b = [p for s in specs_b for p in expand_run_spec(s, log=log)]
     runs_a = [run_scores_for_cache(d, cache_path, config=config, progress=progress) for d in dirs_a]
     runs_b = [run_scores_for_cache(d, cache_path, config=config, progress=progress) for d in dirs_b]
     for r in runs_a + runs_b:
@@ -147,6 +110,10 @@ def compare_runs(specs_a: Sequence[str], specs_b: Sequence[str], *, cache_path: 
         aligned[id(r)] = r.scores[np.array([pos[i] for i in ids], dtype=np.int64)]
     targets = rows_for_ids(targets_table, ids, what="--cache")
     top_k = config.top_k or None
+    if not (0.0 < config.ci < 1.0):
+        raise UserError(f"--ci {config.ci}: must be strictly between 0 and 1 (e.g. 0.95)")
+    if config.n_resamples < 1:
+        raise UserError(f"--resamples {config.n_resamples}: must be >= 1")
     boot = paired_bootstrap_runs([aligned[id(r)] for r in runs_a], [aligned[id(r)] for r in runs_b], targets,
                                  scores_are="logits", n_resamples=config.n_resamples, seed=config.seed, ci=config.ci,
                                  threshold=config.threshold, top_k=top_k)
@@ -159,7 +126,8 @@ def compare_runs(specs_a: Sequence[str], specs_b: Sequence[str], *, cache_path: 
             per_run[str(r.run_dir)] = multilabel_metrics(aligned[id(r)], targets, scores_are="logits",
                                                          threshold=config.threshold, top_k=top_k)
     seed_tests = None
-    if len(runs_a) >= 2 and len(runs_a) == len(runs_b):
+    # a test ACROSS seeds needs >= 2 runs on each side, paired by the same seeds (never by order)
+    if len(runs_a) >= 2 and len(runs_a) == len(runs_b) and pairing == "by seed":
         seed_tests = {}
         for k in metric_names(top_k):
             va = [per_run[str(r.run_dir)][k] for r in runs_a]
@@ -171,18 +139,7 @@ def compare_runs(specs_a: Sequence[str], specs_b: Sequence[str], *, cache_path: 
 
 
 def comparison_record(cmp: Comparison, *, cache_path: str | Path, config: EvalConfig) -> dict[str, Any]:
-    def clean(x):
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        if isinstance(x, (float, np.floating)):
-            return float(x) if math.isfinite(x) else None
-        if isinstance(x, np.integer):
-            return int(x)
-        return x
-
-    return clean({"a": [str(r.run_dir) for r in cmp.runs_a], "b": [str(r.run_dir) for r in cmp.runs_b],
+    return to_json({"a": [str(r.run_dir) for r in cmp.runs_a], "b": [str(r.run_dir) for r in cmp.runs_b],
                   "seeds_a": [r.seed for r in cmp.runs_a], "seeds_b": [r.seed for r in cmp.runs_b],
                   "pairing": cmp.pairing, "cache": str(cache_path), "bootstrap": cmp.bootstrap,
                   "seed_tests": cmp.seed_tests, "per_run": cmp.per_run,
@@ -222,20 +179,35 @@ def comparison_table(cmp: Comparison, *, fmt: str = "text") -> str:
     return render_table(header, rows, fmt=fmt) + ("\n" if fmt == "markdown" else "") + note + "\n"
 
 
-def sweep_runs(sweep_dir: str | Path) -> dict[str, list[Path]]:
-    """``{preset: [run dirs sorted by seed]}`` of a sweep folder, from each run's config.json (first-seen order)."""
-    import json
+def sweep_runs(sweep_dir: str | Path, *, log=None) -> dict[str, list[Path]]:
+    """``{preset: [complete run dirs sorted by seed]}`` of a sweep folder, from each run's config.json.
 
+    Only complete runs (metrics.json present) count: an interrupted run is left out, with a note through ``log``.
+    Two complete runs of the same preset and seed (a copied folder) are refused: which one belongs in a table
+    would be a guess. Presets come in the sweep's results.csv order, then first-seen order.
+    """
     out: dict[str, list[tuple[int, Path]]] = {}
-    for cfg_path in sorted(Path(sweep_dir).glob("*/config.json")):
-        try:
-            cfg = json.loads(cfg_path.read_text()).get("config", {})
-        except (OSError, ValueError):
+    skipped = []
+    for cfg_path in sorted(Path(sweep_dir).glob(f"*/{runfolder.CONFIG}")):
+        if not runfolder.is_complete(cfg_path.parent):
+            skipped.append(cfg_path.parent.name)
             continue
-        out.setdefault(str(cfg.get("preset", cfg_path.parent.name)), []).append((int(cfg.get("seed", 0)),
-                                                                                 cfg_path.parent))
+        cfg = runfolder.read_record(cfg_path.parent, option="--sweep")["config"]   # a damaged record: one line
+        try:
+            preset, seed = str(cfg["preset"]), int(cfg["seed"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{cfg_path}: its config lacks a valid preset/seed ({type(e).__name__}: {e}); fix or "
+                            f"remove that run folder") from e
+        for other_seed, other in out.get(preset, []):
+            if other_seed == seed:
+                raise UserError(f"--sweep {sweep_dir}: two complete runs of {preset} seed {seed} ({other.name} and "
+                                f"{cfg_path.parent.name}); remove one of them")
+        out.setdefault(preset, []).append((seed, cfg_path.parent))
+    if skipped and log:
+        log(f"note: left out {len(skipped)} incomplete run folder(s) without metrics.json: {', '.join(skipped)}")
     if not out:
-        raise UserError(f"--sweep {sweep_dir}: no run folders (*/config.json); pass the --out of `iagcn sweep`")
+        raise UserError(f"--sweep {sweep_dir}: no complete run folders (*/config.json with metrics.json); "
+                        "pass the --out of a finished `iagcn sweep`")
     order = list(out)
     results = Path(sweep_dir) / "results.csv"
     if results.exists():  # the sweep's own preset order (the paper's row order)
@@ -245,36 +217,3 @@ def sweep_runs(sweep_dir: str | Path) -> dict[str, list[Path]]:
             seen = [row.get("preset") for row in csv.DictReader(fh)]
         order = [p for p in dict.fromkeys(seen) if p in out] + [p for p in order if p not in seen]
     return {p: [d for _, d in sorted(out[p])] for p in order}
-
-
-def sweep_ablation(sweep_dir: str | Path, *, baseline: str, cache_path: str | Path, config: EvalConfig,
-                   log=None) -> dict[str, Any]:
-    """Every preset of a sweep against ``baseline``: the ablation table (mean ± std over seeds) with the
-    ``ΔmAP vs baseline [CI]`` column from the paired bootstrap and, with >= 2 seeds, the seed test's p-value."""
-    groups = sweep_runs(sweep_dir)
-    if baseline not in groups:
-        raise UserError(f"--baseline {baseline}: not among the sweep's presets ({', '.join(groups)})")
-    runs, deltas, seed_tests, records = [], {}, {}, {}
-    base_specs = [str(d) for d in groups[baseline]]
-    for preset, dirs in groups.items():
-        cmp = compare_runs(base_specs, [str(d) for d in dirs], cache_path=cache_path, config=config)
-        for r in cmp.runs_b:
-            runs.append({"preset": preset, "seed": r.seed, "metrics": cmp.per_run[str(r.run_dir)]})
-        if preset != baseline:
-            deltas[preset] = cmp.bootstrap
-            if cmp.seed_tests and "mAP" in cmp.seed_tests:
-                seed_tests[preset] = cmp.seed_tests["mAP"]
-            records[preset] = comparison_record(cmp, cache_path=cache_path, config=config)
-            if log:
-                m = cmp.bootstrap["metrics"]["mAP"]
-                log(f"{preset} vs {baseline}: ΔmAP {m['diff']:+.2f} [{m['low']:+.2f}, {m['high']:+.2f}]")
-    return {"baseline": baseline, "sweep": str(sweep_dir), "cache": str(cache_path), "runs": runs, "deltas": deltas,
-            "seed_tests": seed_tests, "comparisons": records, "ci": config.ci}
-
-
-def sweep_ablation_table(result: dict[str, Any], *, fmt: str = "text") -> str:
-    """The ablation table (report.ablation_table) of a :func:`sweep_ablation` result."""
-    from iagcn.evaluate.report import ablation_table
-
-    return ablation_table(result["runs"], fmt=fmt, baseline=result["baseline"], deltas=result["deltas"],
-                          seed_tests=result["seed_tests"] or None, ci=result["ci"])

@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 
 from iagcn.errors import UserError
+from iagcn.extract.images import IMAGE_SUFFIXES
 from iagcn.fsutil import write_json_atomic
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
 def _safe(image_id: str) -> str:
@@ -81,12 +80,12 @@ def find_image(cache_attrs: dict[str, Any], image_id: str, *, image_root: str | 
 
 
 def explain(run_dir: str | os.PathLike, cache_path: str | os.PathLike, image_id: str, out: str | os.PathLike, *,
-            image_root: str | os.PathLike | None = None, which: str = "best") -> dict[str, Any]:
+            image_root: str | os.PathLike | None = None, which: str = "best", device: str = "auto") -> dict[str, Any]:
     """Write Fig. 1 / Fig. 3 (+ their .npz data) and explain.json for one image; return the explain.json record."""
     from iagcn.cache.format import FeatureCache
-    from iagcn.evaluate.metrics import sigmoid
+    from iagcn.metrics import sigmoid
     from iagcn.evaluate.plots import plot_lcm_pair, plot_roi_weights
-    from iagcn.train.run import explain_image, load_run
+    from iagcn.train.inference import explain_image, load_run
 
     run = load_run(run_dir, which=which)
     cache_path = Path(cache_path)
@@ -99,7 +98,7 @@ def explain(run_dir: str | os.PathLike, cache_path: str | os.PathLike, image_id:
     if image_id not in ids:
         sample = ", ".join(ids[:5])
         raise UserError(f"--image-id {image_id}: not in cache {cache_path} ({len(ids)} images, e.g. {sample})")
-    info = explain_image(run.model, cache_path, image_id)
+    info = explain_image(run.model, cache_path, image_id, device=device)
     out = Path(out)
     stem = _safe(image_id)
     written: dict[str, str] = {}
@@ -117,7 +116,7 @@ def explain(run_dir: str | os.PathLike, cache_path: str | os.PathLike, image_id:
         notes.append(f"preset {run.config.preset} has no image-dependent LCM A_F: Fig. 1 not drawn")
     z = info.get("z")
     if z is not None:
-        from iagcn.extract.datasets import load_image_rgb
+        from iagcn.extract.images import load_image_rgb
 
         image_path = find_image(attrs, image_id, image_root=image_root)
         image = load_image_rgb(image_path)

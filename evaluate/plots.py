@@ -104,7 +104,7 @@ def plot_training_curves(log, out: PathLike, *, title: str | None = None) -> Pat
 def plot_per_class_ap(runs: Mapping[str, Sequence[float]], class_names: Sequence[str], out: PathLike, *,
                       title: str = "Per-class AP") -> Path:
     """Grouped bars: one group per class, one bar per run (AP in percent); mAP in the legend."""
-    from iagcn.evaluate.metrics import mean_average_precision
+    from iagcn.metrics import mean_average_precision
 
     if not runs:
         raise UserError("plot_per_class_ap: no runs given; pass at least one {name: per-class AP}")
@@ -152,7 +152,7 @@ def plot_pr_curves(scores, targets, class_names: Sequence[str], classes: Sequenc
     """Precision-recall curves (scikit-learn's, ignored entries removed) of the chosen classes, AP in the legend."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
-    from iagcn.evaluate.metrics import validate_scores_targets
+    from iagcn.metrics import validate_scores_targets
 
     s, t = validate_scores_targets(scores, targets)
     if s.shape[1] != len(class_names):

@@ -6,7 +6,8 @@
 2. The weights are checked *before* anything runs: the backbone's weight file must exist and its sha256 must equal
    the one recorded (likewise a proposer with weights), else a one-line error says which file and what to do.
 3. The images go through :func:`extract.pipeline.extract_split` with exactly that config (batched; a progress bar
-   for folders), into a temporary cache, then through the trained head (:func:`train.run.predict_cache`).
+   for folders), into a temporary cache, then through the trained head (:func:`train.inference.predict_cache`); both
+   on ``device`` (auto | cpu | cuda[:k], resolved once by :func:`iagcn.device.resolve_device`).
 4. Per image: the labels whose probability sigmoid(logit) >= threshold (at most ``top_k``), with probabilities.
 """
 from __future__ import annotations
@@ -21,10 +22,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from iagcn.device import resolve_device
 from iagcn.errors import UserError
+from iagcn.extract.images import IMAGE_SUFFIXES
 from iagcn.fsutil import sha256_file
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,12 @@ class ExtractionRecord:
 def extraction_record(run_dir: str | os.PathLike) -> ExtractionRecord:
     """The extraction config recorded for a run (config.json's train_cache entry, else its train cache's attrs)."""
     run_dir = Path(run_dir)
-    path = run_dir / "config.json"
-    if not path.exists():
-        raise UserError(f"--run {run_dir}: no config.json; pass a folder written by `iagcn train --out`")
-    record = json.loads(path.read_text())
-    tc = record.get("train_cache") or {}
-    if tc.get("extract_config"):
+    from iagcn.train import runfolder
+
+    path = run_dir / runfolder.CONFIG
+    tc = runfolder.read_record(run_dir)["train_cache"]
+    tc = tc if isinstance(tc, dict) else {}
+    if isinstance(tc.get("extract_config"), dict):
         return ExtractionRecord(tc["extract_config"], tc.get("extract_config_hash"),
                                 tc.get("backbone_weights_sha256"), tc.get("proposer_weights_sha256"), str(path))
     cache_path = tc.get("path")
@@ -109,7 +110,7 @@ def check_weights(rec: ExtractionRecord) -> None:
 
 def collect_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     """Image files named directly, plus the images inside named folders (sorted, not recursive)."""
-    from iagcn.extract.datasets import check_image
+    from iagcn.extract.images import check_image
 
     files: list[Path] = []
     for item in inputs:
@@ -148,22 +149,24 @@ def decide_labels(probs: np.ndarray, class_names: Sequence[str], *, threshold: f
 
 
 def predict_images(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], *, threshold: float = 0.5,
-                   top_k: int | None = None, which: str = "best", device: str = "cpu", workers: int | None = None,
+                   top_k: int | None = None, which: str = "best", device: str = "auto", workers: int | None = None,
                    progress: bool = True, log=None) -> list[Prediction]:
     """Run stage one (the run's recorded extraction config) and the trained head on image files / folders."""
     import dataclasses
 
-    from iagcn.evaluate.metrics import sigmoid
-    from iagcn.extract.datasets import DatasetSplit
-    from iagcn.extract.pipeline import ExtractConfig, extract_split
+    from iagcn.metrics import sigmoid
+    from iagcn.extract.split import DatasetSplit
+    from iagcn.extract.config import ExtractConfig
+    from iagcn.extract.pipeline import extract_split
     from iagcn.configio import config_from_dict
-    from iagcn.train.run import load_run, predict_cache
+    from iagcn.train.inference import load_run, predict_cache
 
     if not (0.0 < threshold < 1.0):
         raise UserError(f"--threshold {threshold}: must be a probability strictly between 0 and 1")
     if top_k is not None and top_k < 1:
         raise UserError(f"--top-k {top_k}: must be at least 1")
     log = log or (lambda m: print(m, file=sys.stderr))
+    dev = resolve_device(device)
     run = load_run(run_dir, which=which)
     rec = extraction_record(run_dir)
     check_weights(rec)
@@ -172,7 +175,7 @@ def predict_images(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLik
     recorded = {k: v for k, v in rec.extract_config.items() if k in fields}
     cfg = config_from_dict(ExtractConfig, recorded, source=f"{rec.source} extract_config")
     n_workers = (min(2, os.cpu_count() or 1) if len(files) > 4 else 0) if workers is None else workers
-    cfg = dataclasses.replace(cfg, workers=n_workers, device=device, shard=None, skip_bad=False)
+    cfg = dataclasses.replace(cfg, workers=n_workers, device=str(dev), shard=None, skip_bad=False)
     C = len(run.class_names)
     ds = DatasetSplit(name="predict", root=Path("."), split="predict", class_names=list(run.class_names),
                       image_ids=[str(f) for f in files], image_paths=list(files),
@@ -192,7 +195,7 @@ def predict_images(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLik
                 raise UserError(f"extracted features are (N={c.num_rois}, D={c.feature_dim}) but the run expects "
                                 f"(N={run.meta['num_rois']}, D={run.meta['feature_dim']}); the recorded extraction "
                                 "config does not match the run")
-        out = predict_cache(run.model, cache_path, batch_size=256, device=device)
+        out = predict_cache(run.model, cache_path, batch_size=256, device=dev)   # moves the model to dev
     probs = sigmoid(np.asarray(out["scores"], dtype=np.float64))  # (n, C)
     preds = []
     for image, p in zip(out["image_ids"], probs):

@@ -6,7 +6,7 @@
 * :func:`ablation_table` — per-run metric dicts grouped by preset: mean ± std over seeds, with an optional
   ``ΔmAP vs <baseline> [95% CI]`` column (``*`` marks intervals that exclude zero) and the seed-test p-value.
 
-All inputs are percentages as returned by :mod:`evaluate.metrics`; NaN prints as ``-`` (as the paper prints
+All inputs are percentages as returned by :mod:`iagcn.metrics`; NaN prints as ``-`` (as the paper prints
 missing entries). Pure string formatting, no I/O.
 """
 from __future__ import annotations
@@ -16,13 +16,11 @@ from typing import Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from iagcn.evaluate.metrics import MAIN_METRICS, THRESHOLD_METRICS, mean_average_precision
+from iagcn.classes import VOC_CLASSES
+from iagcn.metrics import MAIN_METRICS, THRESHOLD_METRICS, mean_average_precision
 
 Fmt = Literal["markdown", "text"]
 
-VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
-    "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
 VOC_SHORT_NAMES: dict[str, str] = {
     "aeroplane": "aero", "bicycle": "bike", "diningtable": "table", "motorbike": "motor", "pottedplant": "plant",
     "tvmonitor": "tv"}
@@ -83,7 +81,7 @@ def metrics_table(results: Mapping[str, Mapping[str, float]] | Iterable[tuple[st
                   fmt: Fmt = "markdown", top_k: int | None = 3, title: str | None = None) -> str:
     """``Methods | mAP CP CR CF1 OP OR OF1`` rows (one per method, in order), then the top-k block if present.
 
-    ``results`` maps a method name to a :func:`evaluate.metrics.multilabel_metrics` dict (percent).
+    ``results`` maps a method name to a :func:`iagcn.metrics.multilabel_metrics` dict (percent).
     """
     rows = _rows_of(results)
     main = render_table(["Methods", *MAIN_METRICS], [[name, *(fmt_pct(m.get(k)) for k in MAIN_METRICS)]
@@ -187,7 +185,8 @@ def ablation_table(runs: Iterable[Mapping], *, metrics: Sequence[str] = MAIN_MET
                 row.append(fmt_delta_ci(d) if d is not None else MISSING)
         if seed_tests is not None:
             st = seed_tests.get(preset)
-            row.append(MISSING if st is None or preset == baseline else f"{st['p_t']:.3f}")
+            # a p-value across seeds only for a row of >= 2 seeds (never on a "1 seed" row)
+            row.append(MISSING if st is None or preset == baseline or g["n"] < 2 else f"{st['p_t']:.3f}")
         rows.append(row)
     table = render_table(header, rows, fmt=fmt, title=title)
     if baseline is not None:

@@ -1,12 +1,9 @@
-"""Statistics for honest ablations: a label-stratified hold-out split, a paired bootstrap over images, a paired
-test across seeds.
+"""Statistics for honest ablations: a paired bootstrap over images, a paired test across seeds (the label-stratified
+hold-out split that chooses the epoch lives with training: :mod:`train.holdout`).
 
 Pure NumPy (+ SciPy for the seed test). See docs/statistics.md for the protocols.
 
-* :func:`stratified_holdout` — iterative stratification (Sechidis, Tsoumakas & Vlahavas, ECML-PKDD 2011) for a
-  two-part split, with an extra rule that every class with >= 2 positives gets at least one in each part
-  whenever its positives are still unassigned when the class's turn comes.
-* :func:`paired_bootstrap` — B - A for every metric of :func:`evaluate.metrics.multilabel_metrics`, percentile
+* :func:`paired_bootstrap` — B - A for every metric of :func:`iagcn.metrics.multilabel_metrics`, percentile
   interval over resamples of the *same* images for both runs. The default path is vectorised: a resample is a
   vector of image multiplicities w (R, n), and each metric is computed from w-weighted counts (AP with tied
   scores grouped, as scikit-learn does with ``sample_weight``), which equals the metric on the duplicated images.
@@ -21,82 +18,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from iagcn.evaluate.metrics import (MetricInputError, ScoresAre, metric_names, predict_threshold, predict_top_k,
-                              prf_from_counts, validate_scores_targets)
-
-
-# =============================================================================================== hold-out split
-def stratified_holdout(labels, *, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split images into (train_idx, holdout_idx), seeded, disjoint, covering, label-stratified.
-
-    Args:
-        labels: (n, C) with 1 for a positive (0 and -1 both count as "not positive" here).
-        fraction: share of images in the hold-out part, 0 < fraction < 1 (rounded to whole images, >= 1 each).
-        seed: the split depends only on (labels, fraction, seed).
-    Returns:
-        two sorted int64 index arrays that together cover range(n) exactly once.
-
-    Iterative stratification: the class with the fewest not-yet-assigned positives is handled first; each of its
-    images goes to the part that still *wants* the most positives of that class (ties: the part that wants the most
-    images overall, then a seeded coin), unless that part is already full. If a class with >= 2 positives has none in a part yet, its next image goes
-    to that part. Images without positives fill the parts up to their desired sizes at the end.
-    """
-    y = np.asarray(labels)
-    if y.ndim != 2:
-        raise MetricInputError(f"labels: expected a 2-D (n_images, n_classes) array, got shape {y.shape}")
-    fraction = float(fraction)
-    if not (0.0 < fraction < 1.0):
-        raise MetricInputError(f"--val-fraction: {fraction} must be strictly between 0 and 1 (e.g. 0.1)")
-    n, n_classes = y.shape
-    n_hold = int(round(fraction * n))
-    if n < 2 or not (1 <= n_hold <= n - 1):
-        raise MetricInputError(f"--val-fraction: {fraction} of {n} images leaves an empty part; "
-                               "use a larger training cache or another fraction")
-    positive = y == 1  # (n, C)
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(n)  # random visiting order (ties broken by it)
-    positive = positive[perm]  # (n, C) in visiting order
-
-    part = np.full(n, -1, dtype=np.int8)  # 0 = train, 1 = hold-out, -1 = unassigned (visiting order)
-    desired_size = np.array([n - n_hold, n_hold], dtype=np.float64)  # (2,)
-    class_total = positive.sum(0)  # (C,)
-    desired = np.stack([class_total * (1 - fraction), class_total * fraction])  # (2, C) positives each part wants
-    have = np.zeros((2, n_classes), dtype=np.int64)  # (2, C) positives already in each part
-
-    def assign(i: int, p: int) -> None:
-        part[i] = p
-        desired_size[p] -= 1
-        desired[p] -= positive[i]
-        have[p] += positive[i]
-
-    while True:
-        unassigned = part < 0  # (n,)
-        remaining = positive[unassigned].sum(0)  # (C,)
-        if not remaining.any():
-            break
-        c = int(np.argmin(np.where(remaining > 0, remaining, np.iinfo(np.int64).max)))  # rarest class left
-        for i in np.flatnonzero(unassigned & positive[:, c]):
-            missing = [p for p in (1, 0) if have[p, c] == 0]
-            if class_total[c] >= 2 and missing and desired_size[missing[0]] > 0:
-                p = missing[0]  # guarantee representation in both parts (hold-out first)
-            else:
-                want = desired[:, c]
-                if want[0] != want[1]:
-                    p = int(np.argmax(want))
-                elif desired_size[0] != desired_size[1]:
-                    p = int(np.argmax(desired_size))
-                else:
-                    p = int(rng.integers(2))
-                if desired_size[p] <= 0:
-                    p = 1 - p  # that part is full: keep the sizes exact
-            assign(int(i), p)
-    rest = np.flatnonzero(part < 0)  # images without positives, in random order
-    n_fill = int(max(0, min(len(rest), desired_size[1])))
-    part[rest[:n_fill]] = 1
-    part[rest[n_fill:]] = 0
-    train_idx = np.sort(perm[part == 0]).astype(np.int64)
-    hold_idx = np.sort(perm[part == 1]).astype(np.int64)
-    return train_idx, hold_idx
+from iagcn.metrics import (MetricInputError, ScoresAre, metric_names, predict_threshold, predict_top_k,
+                           prf_from_counts, validate_scores_targets)
 
 
 # =============================================================================================== bootstrap
@@ -138,7 +61,7 @@ def weighted_average_precision(scores_c: np.ndarray, positive_c: np.ndarray, wei
 def weighted_multilabel_metrics(scores: np.ndarray, targets: np.ndarray, weights: np.ndarray, *,
                                 scores_are: ScoresAre, threshold: float = 0.5,
                                 top_k: int | None = 3) -> dict[str, np.ndarray]:
-    """:func:`evaluate.metrics.multilabel_metrics` for R image weightings at once: (n, C), (n, C), (R, n) -> {name: (R,)}.
+    """:func:`iagcn.metrics.multilabel_metrics` for R image weightings at once: (n, C), (n, C), (R, n) -> {name: (R,)}.
 
     With integer multiplicities this equals the metrics of the resampled (duplicated) images; with all-ones weights
     it equals the plain metrics. Percent, NaN-aware mAP (classes without positives in a resample are left out).
@@ -178,6 +101,60 @@ def _percentile_interval(samples: np.ndarray, ci: float) -> tuple[float, float, 
     return float(low), float(high), int(valid.size)
 
 
+def paired_bootstrap_runs(scores_a: Sequence[np.ndarray], scores_b: Sequence[np.ndarray], targets, *,
+                          scores_are: ScoresAre, n_resamples: int = 1000, seed: int = 0, ci: float = 0.95,
+                          threshold: float = 0.5, top_k: int | None = 3, return_samples: bool = False,
+                          chunk: int = 250) -> dict:
+    """B - A of the seed-averaged metrics (runs of one side averaged per resample), with a paired percentile-bootstrap
+    interval over images: every run of a resample weights the *same* images. The one bootstrap loop of the project:
+    :func:`paired_bootstrap` is this with one run per side; ``iagcn compare`` / ``sweep --baseline`` call it directly.
+
+    Args:
+        scores_a, scores_b: lists of (n, C) scores (one per seed) on the same images, of kind ``scores_are``.
+        targets: (n, C) 1 / 0 / -1.
+        n_resamples, seed, ci: number of resamples, RNG seed (a seeded generator drawn in chunks of ``chunk``),
+            interval level. return_samples: also return the (R,) bootstrap differences per metric.
+    Returns:
+        ``{"metrics": {name: {"a", "b", "diff", "low", "high", "excludes_zero", "n_valid"}}, "n_images",
+        "n_resamples", "seed", "ci", "runs_a", "runs_b", "method", ["samples"]}`` in percent(age points).
+        Resamples where a metric is NaN (e.g. no positives at all) are left out of its interval (``n_valid``).
+    """
+    if not len(scores_a) or not len(scores_b):
+        raise MetricInputError("paired bootstrap: each side needs at least one run")
+    t = None
+    side_scores: list[list[np.ndarray]] = [[], []]
+    for side, given in zip(side_scores, (scores_a, scores_b)):
+        for sc in given:
+            checked, t = validate_scores_targets(sc, targets, scores_are=scores_are)
+            side.append(checked)
+    _check_interval(ci, n_resamples)
+    n = t.shape[0]
+    names = list(metric_names(top_k))
+
+    def side_mean(side: list[np.ndarray], weights: np.ndarray) -> dict[str, np.ndarray]:
+        per_run = [weighted_multilabel_metrics(sc, t, weights, scores_are=scores_are, threshold=threshold,
+                                               top_k=top_k) for sc in side]
+        return {k: np.mean([m[k] for m in per_run], axis=0) for k in names}  # (R,) each
+
+    ones = np.ones((1, n), dtype=np.int32)
+    full_a, full_b = ({k: float(v[0]) for k, v in side_mean(side, ones).items()} for side in side_scores)
+    rng = np.random.default_rng(seed)
+    diffs = {k: np.empty(n_resamples) for k in names}
+    for start in range(0, n_resamples, chunk):
+        stop = min(n_resamples, start + chunk)
+        _, weights = bootstrap_weights(n, n_resamples=stop - start, rng=rng)  # (r, n) multiplicities
+        ma, mb = side_mean(side_scores[0], weights), side_mean(side_scores[1], weights)
+        for k in names:
+            diffs[k][start:stop] = mb[k] - ma[k]  # (r,)
+    out = {"metrics": _interval_summary(full_a, full_b, diffs, ci), "n_images": n, "n_resamples": n_resamples,
+           "seed": seed, "ci": ci, "runs_a": len(side_scores[0]), "runs_b": len(side_scores[1]),
+           "method": "paired percentile bootstrap over images (same resampled images for every run); "
+                     "statistic: mean over seeds of B minus mean over seeds of A"}
+    if return_samples:
+        out["samples"] = diffs
+    return out
+
+
 def paired_bootstrap(scores_a, scores_b, targets, *, scores_are: ScoresAre | None = None,
                      metric_fn: Callable[[np.ndarray, np.ndarray], Mapping[str, float]] | None = None,
                      n_resamples: int = 1000, seed: int = 0, ci: float = 0.95, threshold: float = 0.5,
@@ -192,7 +169,8 @@ def paired_bootstrap(scores_a, scores_b, targets, *, scores_are: ScoresAre | Non
         targets: (n, C) 1 / 0 / -1.
         scores_are: "logits" | "probabilities" (required unless ``metric_fn`` is given).
         metric_fn: optional ``f(scores, targets) -> {name: value}``; called per resample (slow path). Default: the
-            vectorised :func:`weighted_multilabel_metrics` (all keys of ``multilabel_metrics``).
+            vectorised :func:`weighted_multilabel_metrics` (all keys of ``multilabel_metrics``) through
+            :func:`paired_bootstrap_runs` with one run per side.
         n_resamples, seed, ci: number of resamples, RNG seed, interval level.
         return_samples: also return the (R,) bootstrap differences per metric.
     Returns:
@@ -200,54 +178,54 @@ def paired_bootstrap(scores_a, scores_b, targets, *, scores_are: ScoresAre | Non
         "n_resamples", "seed", "ci", "method", ["samples": {name: (R,)}]}`` in percent(age points).
         Resamples where a metric is NaN (e.g. no positives at all) are left out of its interval (``n_valid``).
     """
-    if metric_fn is None and scores_are is None:
-        raise MetricInputError("scores_are: say whether the scores are 'logits' or 'probabilities'")
+    method = "paired percentile bootstrap over images (same resampled images for both runs)"
+    if metric_fn is None:
+        if scores_are is None:
+            raise MetricInputError("scores_are: say whether the scores are 'logits' or 'probabilities'")
+        out = paired_bootstrap_runs([scores_a], [scores_b], targets, scores_are=scores_are, n_resamples=n_resamples,
+                                    seed=seed, ci=ci, threshold=threshold, top_k=top_k,
+                                    return_samples=return_samples, chunk=chunk)
+        del out["runs_a"], out["runs_b"]
+        out["method"] = method
+        return out
     sa, t = validate_scores_targets(scores_a, targets, scores_are=scores_are)
     sb, _ = validate_scores_targets(scores_b, targets, scores_are=scores_are)
+    _check_interval(ci, n_resamples)
+    n = sa.shape[0]
+    rng = np.random.default_rng(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full_a, full_b = dict(metric_fn(sa, t)), dict(metric_fn(sb, t))
+        names = list(full_a)
+        diffs = {k: np.empty(n_resamples) for k in names}
+        for start in range(0, n_resamples, chunk):
+            idx, _ = bootstrap_weights(n, n_resamples=min(chunk, n_resamples - start), rng=rng)
+            for r, rows in enumerate(idx):
+                ma, mb = metric_fn(sa[rows], t[rows]), metric_fn(sb[rows], t[rows])
+                for k in names:
+                    diffs[k][start + r] = mb[k] - ma[k]
+    out = {"metrics": _interval_summary(full_a, full_b, diffs, ci), "n_images": n, "n_resamples": n_resamples,
+           "seed": seed, "ci": ci, "method": method}
+    if return_samples:
+        out["samples"] = diffs
+    return out
+
+
+def _check_interval(ci: float, n_resamples: int) -> None:
     if not (0.0 < ci < 1.0):
         raise MetricInputError(f"ci: {ci} must be strictly between 0 and 1 (e.g. 0.95)")
     if n_resamples < 1:
         raise MetricInputError(f"n_resamples: {n_resamples} must be >= 1")
-    n = sa.shape[0]
-    rng = np.random.default_rng(seed)
 
-    if metric_fn is None:
-        def compute(weights):  # noqa: E306
-            return (weighted_multilabel_metrics(sa, t, weights, scores_are=scores_are, threshold=threshold, top_k=top_k),
-                    weighted_multilabel_metrics(sb, t, weights, scores_are=scores_are, threshold=threshold, top_k=top_k))
-        ones = np.ones((1, n), dtype=np.int32)
-        full_a, full_b = (({k: float(v[0]) for k, v in d.items()}) for d in compute(ones))
-        names = list(metric_names(top_k))
-        diffs = {k: np.empty(n_resamples) for k in names}
-        for start in range(0, n_resamples, chunk):
-            stop = min(n_resamples, start + chunk)
-            _, weights = bootstrap_weights(n, n_resamples=stop - start, rng=rng)  # (r, n)
-            ma, mb = compute(weights)
-            for k in names:
-                diffs[k][start:stop] = mb[k] - ma[k]  # (r,)
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            full_a, full_b = dict(metric_fn(sa, t)), dict(metric_fn(sb, t))
-            names = list(full_a)
-            diffs = {k: np.empty(n_resamples) for k in names}
-            for start in range(0, n_resamples, chunk):
-                idx, _ = bootstrap_weights(n, n_resamples=min(chunk, n_resamples - start), rng=rng)
-                for r, rows in enumerate(idx):
-                    ma, mb = metric_fn(sa[rows], t[rows]), metric_fn(sb[rows], t[rows])
-                    for k in names:
-                        diffs[k][start + r] = mb[k] - ma[k]
 
+def _interval_summary(full_a: Mapping[str, float], full_b: Mapping[str, float], diffs: Mapping[str, np.ndarray],
+                      ci: float) -> dict[str, dict]:
     metrics = {}
-    for k in names:
+    for k in diffs:
         low, high, n_valid = _percentile_interval(diffs[k], ci)
         metrics[k] = {"a": full_a[k], "b": full_b[k], "diff": full_b[k] - full_a[k], "low": low, "high": high,
                       "excludes_zero": bool(n_valid > 0 and (low > 0 or high < 0)), "n_valid": n_valid}
-    out = {"metrics": metrics, "n_images": n, "n_resamples": n_resamples, "seed": seed, "ci": ci,
-           "method": "paired percentile bootstrap over images (same resampled images for both runs)"}
-    if return_samples:
-        out["samples"] = diffs
-    return out
+    return metrics
 
 
 # =============================================================================================== seeds

@@ -5,9 +5,14 @@ from pathlib import Path
 
 import click
 
+from iagcn.extract.config import ExtractConfig
 from iagcn.extract.synth import synth_command
+from iagcn.options import config_option, device_option, given
 
 COMMANDS: list = [synth_command]
+
+
+E = ExtractConfig
 
 
 @click.command("extract")
@@ -15,48 +20,49 @@ COMMANDS: list = [synth_command]
 @click.option("--root", type=click.Path(), required=True, help="Dataset root folder.")
 @click.option("--split", required=True, help="Split name (VOC: trainval/test; COCO: train2014/val2014; csv: a name).")
 @click.option("--out", type=click.Path(), default=None, help="Cache file [default: cache/<dataset>/<split>.h5].")
-@click.option("--backbone", type=click.Choice(["efficientnet-lite0", "resnet101"]), default="efficientnet-lite0",
-              show_default=True)
-@click.option("--weights", default="imagenet", show_default=True,
-              help="imagenet (efficientnet-lite0: bundled file; resnet101: torchvision download), none, or a state-dict path.")
-@click.option("--proposer", type=click.Choice(["selective-search", "torchvision", "detectron2"]),
-              default="selective-search", show_default=True)
-@click.option("--proposer-weights", default=None, help="torchvision: coco (default) | none | PATH; detectron2: zoo | PATH.")
-@click.option("--proposer-image-size", type=int, default=None,
-              help="Proposer resolution [selective search: longer side 256; RPN: shorter side 800].")
-@click.option("--detectron2-config", default="COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml",
-              show_default=True, help="Detectron2 model-zoo config name.")
-@click.option("--num-rois", type=int, default=40, show_default=True, help="Proposals per image (N).")
-@click.option("--image-size", type=int, default=None, help="Backbone input side [resnet101: 448; efficientnet-lite0: 320].")
-@click.option("--label-embeddings", default="onehot", show_default=True, help="glove:PATH | onehot | npy:PATH.")
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--block-rows", type=int, default=64, show_default=True,
-              help="Rows per committed part (resume granularity; shards are whole blocks).")
-@click.option("--workers", type=int, default=2, show_default=True, help="DataLoader worker processes.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--threads", type=int, default=0, help="torch threads in the main process (0: torch default).")
-@click.option("--shard", default=None, help="i/n: extract shard i of n (merge with `iagcn merge`).")
-@click.option("--skip-bad", is_flag=True, help="Skip images that fail pre-flight (recorded in the cache).")
-@click.option("--csv", "csv_file", type=click.Path(), default=None, help="csv dataset: the image,labels file.")
-@click.option("--classes", default=None, help="csv dataset: class list (comma-separated) or a file of names.")
-@click.option("--keep-empty", is_flag=True, help="coco: keep images without annotations.")
+@config_option(E, "backbone", type=click.Choice(["efficientnet-lite0", "resnet101"]), help="Backbone network.")
+@config_option(E, "weights",
+               help="imagenet (efficientnet-lite0: bundled file; resnet101: torchvision download), none, or a state-dict path.")
+@config_option(E, "proposer", type=click.Choice(["selective-search", "torchvision", "detectron2"]),
+               help="Region proposer.")
+@config_option(E, "proposer_weights", help="torchvision: coco | none | PATH; detectron2: zoo | PATH.",
+               none_means="the proposer's own: coco / zoo")
+@config_option(E, "proposer_image_size", type=int, help="Proposer resolution.",
+               none_means="selective search: longer side 256; RPN: shorter side 800")
+@config_option(E, "detectron2_config", help="Detectron2 model-zoo config name.")
+@config_option(E, "num_rois", type=int, help="Proposals per image (N).")
+@config_option(E, "image_size", type=int, help="Backbone input side.",
+               none_means="the backbone's own: resnet101 448, efficientnet-lite0 320")
+@config_option(E, "label_embeddings", help="glove:PATH | onehot | npy:PATH.")
+@config_option(E, "batch_size", type=int, help="Images per backbone batch.")
+@config_option(E, "block_rows", type=int, help="Rows per committed part (resume granularity; shards are whole blocks).")
+@config_option(E, "workers", type=int, help="DataLoader worker processes.")
+@device_option(E, what="the backbone and the proposer")
+@config_option(E, "threads", type=int, help="torch threads in the main process (0: torch's default).")
+@config_option(E, "shard", help="i/n: extract shard i of n (merge with `iagcn merge`).", none_means="the whole split")
+@config_option(E, "skip_bad", is_flag=True, help="Skip images that fail pre-flight (recorded in the cache).")
+@config_option(E, "csv", "--csv", type=click.Path(), help="csv dataset: the image,labels file.")
+@config_option(E, "classes", help="csv dataset: class list (comma-separated) or a file of names.",
+               none_means="the names in the CSV")
+@config_option(E, "keep_empty", is_flag=True, help="coco: keep images without annotations.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Set any ExtractConfig field, e.g. --set roi_output_size=5 --set roi_sampling_ratio=1 "
+                   "(applied after the options above).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def extract_command(dataset, root, split, out, backbone, weights, proposer, proposer_weights, proposer_image_size,
-                    detectron2_config, num_rois, image_size, label_embeddings, batch_size, block_rows, workers, device, threads,
-                    shard, skip_bad, csv_file, classes, keep_empty, quiet):
+def extract_command(dataset, root, split, out, sets, quiet, **options):
     """Extract backbone + ROI features of one dataset split into an HDF5 cache (resumable; rerun to resume)."""
-    from iagcn.extract.pipeline import ExtractConfig, parse_shard, run_extract
+    from iagcn.configio import apply_overrides
+    from iagcn.device import resolve_device
+    from iagcn.extract.config import parse_shard
+    from iagcn.extract.pipeline import run_extract
 
-    cfg = ExtractConfig(dataset=dataset, root=str(root), split=split, csv=csv_file, classes=classes,
-                        keep_empty=keep_empty, backbone=backbone, weights=weights, proposer=proposer,
-                        proposer_weights=proposer_weights, proposer_image_size=proposer_image_size,
-                        detectron2_config=detectron2_config, num_rois=num_rois, image_size=image_size,
-                        label_embeddings=label_embeddings, batch_size=batch_size, block_rows=block_rows, workers=workers, device=device,
-                        threads=threads, shard=shard, skip_bad=skip_bad)
-    sh = parse_shard(shard)
+    cfg = ExtractConfig(dataset=dataset, root=str(root), split=split, **given(**options))
+    cfg = apply_overrides(cfg, sets)
+    resolve_device(cfg.device)                       # refuse a bad --device before reading the dataset
+    sh = parse_shard(cfg.shard)
     if out is None:
         suffix = "" if sh is None else f".shard{sh[0]}of{sh[1]}"
-        out = Path("cache") / dataset / f"{split}{suffix}.h5"
+        out = Path("cache") / cfg.dataset / f"{cfg.split}{suffix}.h5"
     stats = run_extract(cfg, out, progress=not quiet)
     n = max(stats.images, 1)
     click.echo(f"wrote {out}: {stats.images} image(s) computed in {stats.wall_s:.1f} s "
@@ -69,7 +75,7 @@ def extract_command(dataset, root, split, out, backbone, weights, proposer, prop
 @click.option("--out", type=click.Path(), required=True, help="Merged cache file.")
 def merge_command(shards, out):
     """Merge `iagcn extract --shard i/n` outputs into one cache (checks they are complete and consistent)."""
-    from iagcn.extract.pipeline import merge_shards
+    from iagcn.extract.merge import merge_shards
 
     click.echo(f"wrote {merge_shards(list(shards), out)}")
 

@@ -40,105 +40,20 @@ category ids) raise one :class:`~iagcn.errors.UserError` listing every bad file,
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 import xml.etree.ElementTree as ET
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
+from iagcn.classes import VOC_CLASSES
 from iagcn.errors import UserError
-
-VOC_CLASSES: list[str] = [
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-]
-"""The 20 PASCAL VOC classes in the devkit's order."""
+from iagcn.extract.images import find_bad_images
+from iagcn.extract.split import DatasetSplit, format_problems, join_inside, raise_or_keep, require_dir
+from iagcn.validation import read_user_text, require_unique
 
 DATASET_KINDS = ("voc", "coco", "csv")
-
-MAX_LISTED = 20  # problems shown in one error message; the rest are counted
-
-
-@dataclass(frozen=True)
-class DatasetSplit:
-    """One split of a dataset: what stage one extracts into one cache file.
-
-    ``labels`` is (n, C) int8 in {1, 0, -1}; row i belongs to ``image_ids[i]`` / ``image_paths[i]``.
-    ``problems`` lists bad annotations found while reading with ``strict=False`` (those images are
-    not in the split); ``bad_ids`` names them.
-    """
-
-    name: str                 # dataset kind/name: "voc", "coco", "csv" (or "synth-voc" etc.)
-    root: Path                # dataset root as given (VOC2007 folder, COCO folder, CSV image folder)
-    split: str                # split name (VOC: trainval/test/..., COCO: train2014/val2014, CSV: file stem)
-    class_names: list[str]    # C class names, in label-column order
-    image_ids: list[str]      # n ids, dataset order
-    image_paths: list[Path]   # n image files
-    labels: np.ndarray        # (n, C) int8 in {1, 0, -1}
-    problems: list[str] = field(default_factory=list)  # "<file>: <what is wrong>" for dropped images
-    bad_ids: list[str] = field(default_factory=list)   # ids dropped for bad annotations (strict=False)
-
-    def __post_init__(self) -> None:
-        n, C = len(self.image_ids), len(self.class_names)
-        if len(self.image_paths) != n or self.labels.shape != (n, C) or self.labels.dtype != np.int8:
-            raise ValueError(f"inconsistent DatasetSplit: {n} ids, {len(self.image_paths)} paths, "
-                             f"labels {self.labels.shape} {self.labels.dtype}, {C} classes")
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    def without(self, ids: Iterable[str]) -> "DatasetSplit":
-        """This split minus the images ``ids`` (e.g. those pre-flight found bad); they join ``bad_ids``.
-
-        ``problems`` is unchanged: it keeps listing the annotation problems found while reading.
-        """
-        drop = set(ids)
-        keep = [i for i, image_id in enumerate(self.image_ids) if image_id not in drop]
-        dropped = [image_id for image_id in self.image_ids if image_id in drop]
-        return dataclasses.replace(
-            self, image_ids=[self.image_ids[i] for i in keep], image_paths=[self.image_paths[i] for i in keep],
-            labels=self.labels[keep], bad_ids=[*self.bad_ids, *dropped])
-
-
-# ---------------------------------------------------------------------------------------------------
-# shared helpers
-
-
-def _join_inside(folder: Path, relative: str, *, what: str) -> Path:
-    """``folder / relative``, refusing anything that escapes ``folder`` (``..``, absolute paths).
-
-    The check is lexical (``os.path.normpath``), so a symlinked image folder is still accepted.
-    """
-    if not relative or "\x00" in relative:
-        raise UserError(f"{what}: empty or invalid image id {relative!r}; fix the id")
-    joined = os.path.normpath(os.path.join(folder, relative))
-    base = os.path.normpath(folder)
-    if os.path.isabs(relative) or os.path.commonpath([base, joined]) != base or joined == base:
-        raise UserError(f"{what}: image id {relative!r} resolves outside the dataset folder {folder}; "
-                        "image ids must be paths inside the dataset root")
-    return Path(joined)
-
-
-def _format_problems(header: str, problems: list[str], hint: str) -> str:
-    shown = problems[:MAX_LISTED]
-    more = f"; ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
-    return f"{header} ({len(problems)}): " + "; ".join(shown) + more + f"; {hint}"
-
-
-def _raise_or_keep(problems: dict[str, str], *, strict: bool, source: str) -> None:
-    if problems and strict:
-        raise UserError(_format_problems(f"{source}: bad annotations", list(problems.values()),
-                                         "fix or remove these files (or rerun with --skip-bad to leave them out)"))
-
-
-def _require_dir(path: Path, *, what: str, hint: str) -> None:
-    if not path.is_dir():
-        raise UserError(f"{what} {path} not found; {hint}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -182,24 +97,23 @@ def _parse_voc_xml(path: Path, class_index: dict[str, int]) -> tuple[np.ndarray 
 def read_voc(root: str | os.PathLike, split: str, *, strict: bool = True, name: str = "voc") -> DatasetSplit:
     """Read a split of a VOC2007-layout dataset (``root`` = the ``VOCdevkit/VOC2007`` folder)."""
     root = Path(root)
-    _require_dir(root, what="VOC root", hint="pass the VOCdevkit/VOC2007 folder as --root")
+    require_dir(root, what="VOC root", hint="pass the VOCdevkit/VOC2007 folder as --root")
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
-        _require_dir(root / sub, what="VOC folder", hint=f"--root must be the VOC2007 folder (holding {sub}/)")
+        require_dir(root / sub, what="VOC folder", hint=f"--root must be the VOC2007 folder (holding {sub}/)")
     split_file = root / "ImageSets" / "Main" / f"{split}.txt"
     if not split_file.is_file():
         raise UserError(f"VOC split {split!r} not found ({split_file}); available splits: "
                         f"{', '.join(voc_available_splits(root)) or 'none'}")
-    ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise UserError(f"{split_file}: duplicate image ids {dup}; each id must appear once")
+    # UTF-8 with a leading byte-order mark stripped (it would otherwise become part of the first id)
+    ids = [line.split()[0] for line in read_user_text(split_file, what="VOC split file").splitlines() if line.strip()]
+    require_unique(ids, what="image id", where=str(split_file), fix="each id must appear once")
     class_index = {c: i for i, c in enumerate(VOC_CLASSES)}
     image_dir, ann_dir = root / "JPEGImages", root / "Annotations"
     rows, kept_ids, paths, problems = [], [], [], {}
     for image_id in ids:
         what = f"{split_file} id {image_id!r}"
-        image_path = _join_inside(image_dir, image_id + ".jpg", what=what)
-        xml_path = _join_inside(ann_dir, image_id + ".xml", what=what)
+        image_path = join_inside(image_dir, image_id + ".jpg", what=what)
+        xml_path = join_inside(ann_dir, image_id + ".xml", what=what)
         labels, problem = _parse_voc_xml(xml_path, class_index)
         if problem is not None:
             problems[image_id] = problem
@@ -207,7 +121,7 @@ def read_voc(root: str | os.PathLike, split: str, *, strict: bool = True, name: 
         rows.append(labels)
         kept_ids.append(image_id)
         paths.append(image_path)
-    _raise_or_keep(problems, strict=strict, source=f"VOC {root} split {split}")
+    raise_or_keep(problems, strict=strict, source=f"VOC {root} split {split}")
     labels = np.stack(rows).astype(np.int8) if rows else np.zeros((0, len(VOC_CLASSES)), np.int8)  # (n, C)
     return DatasetSplit(name=name, root=root, split=split, class_names=list(VOC_CLASSES), image_ids=kept_ids,
                         image_paths=paths, labels=labels, problems=list(problems.values()), bad_ids=list(problems))
@@ -225,7 +139,7 @@ def read_coco(root: str | os.PathLike, split: str, *, keep_empty: bool = False, 
     An annotation naming an unknown category id or image id is an error.
     """
     root = Path(root)
-    _require_dir(root, what="COCO root", hint="pass the folder holding annotations/ and the image folders as --root")
+    require_dir(root, what="COCO root", hint="pass the folder holding annotations/ and the image folders as --root")
     ann_file = root / "annotations" / f"instances_{split}.json"
     if not ann_file.is_file():
         available = sorted(p.stem[len("instances_"):] for p in (root / "annotations").glob("instances_*.json"))
@@ -243,14 +157,29 @@ def read_coco(root: str | os.PathLike, split: str, *, keep_empty: bool = False, 
         raise UserError(f"{ann_file}: missing or malformed field {e}; expected COCO 'images', "
                         "'annotations' and 'categories' lists") from e
     image_dir = root / split
-    _require_dir(image_dir, what="COCO image folder", hint=f"put the {split} images in {image_dir}")
-    class_names = [str(c["name"]) for c in categories]
-    cat_index = {int(c["id"]): i for i, c in enumerate(categories)}   # category id -> label column
+    require_dir(image_dir, what="COCO image folder", hint=f"put the {split} images in {image_dir}")
     try:
-        image_index = {int(im["id"]): k for k, im in enumerate(images)}  # image id -> row
+        class_names = [str(c["name"]).strip() for c in categories]
+        cat_ids = [int(c["id"]) for c in categories]
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{ann_file}: a category lacks 'id' or 'name' ({e})") from e
+    # a repeated category id or name would make two label columns of one class, or file annotations under the wrong
+    # column: refused, never guessed
+    require_unique([str(i) for i in cat_ids], what="category id", where=f"{ann_file} 'categories'",
+                   fix="each category must appear once")
+    require_unique(class_names, what="category name", where=f"{ann_file} 'categories'",
+                   fix="each category must appear once")
+    if any(not n for n in class_names):
+        raise UserError(f"{ann_file}: a category has an empty name; name every category")
+    cat_index = {cid: i for i, cid in enumerate(cat_ids)}   # category id -> label column
+    try:
+        raw_image_ids = [int(im["id"]) for im in images]
         file_names = [str(im["file_name"]) for im in images]
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{ann_file}: an image entry lacks 'id' or 'file_name' ({e})") from e
+    require_unique([str(i) for i in raw_image_ids], what="image id", where=f"{ann_file} 'images'",
+                   fix="each image must appear once")
+    image_index = {image_id: k for k, image_id in enumerate(raw_image_ids)}  # image id -> row
     labels = np.zeros((len(images), len(class_names)), dtype=np.int8)   # (n_all, C)
     has_annotation = np.zeros(len(images), dtype=bool)                    # (n_all,)
     unknown_cats: dict[int, int] = {}
@@ -281,10 +210,9 @@ def read_coco(root: str | os.PathLike, split: str, *, keep_empty: bool = False, 
     ids, paths = [], []
     for k in keep:
         fname = file_names[k]
-        paths.append(_join_inside(image_dir, fname, what=f"{ann_file} image {images[k]['id']}"))
+        paths.append(join_inside(image_dir, fname, what=f"{ann_file} image {images[k]['id']}"))
         ids.append(os.path.splitext(fname)[0])
-    if len(set(ids)) != len(ids):
-        raise UserError(f"{ann_file}: duplicate image file names; each image must appear once")
+    require_unique(ids, what="image file name", where=f"{ann_file} 'images'", fix="each image must appear once")
     del strict  # COCO annotation errors are file-level: nothing to skip image by image
     return DatasetSplit(name=name, root=root, split=split, class_names=class_names, image_ids=ids,
                         image_paths=paths, labels=labels[keep])
@@ -302,11 +230,11 @@ def read_csv_dataset(root: str | os.PathLike, csv_path: str | os.PathLike, *, cl
     list is the sorted set of labels found in the file.
     """
     root, csv_path = Path(root), Path(csv_path)
-    _require_dir(root, what="image folder", hint="pass the folder the CSV's image paths are relative to as --root")
+    require_dir(root, what="image folder", hint="pass the folder the CSV's image paths are relative to as --root")
     if not csv_path.is_file():
         raise UserError(f"CSV file {csv_path} not found; pass an existing image,labels file")
     try:
-        with open(csv_path, newline="", encoding="utf-8") as fh:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:  # a byte-order mark is stripped
             rows = list(csv.reader(fh))
     except (UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{csv_path}: cannot read as CSV ({e}); expected UTF-8 rows 'image,labels'") from e
@@ -328,14 +256,14 @@ def read_csv_dataset(root: str | os.PathLike, csv_path: str | os.PathLike, *, cl
             raise UserError(f"{csv_path}: no labels in the file; pass the class list with --classes")
     else:
         class_names = list(class_names)
-        if len(set(class_names)) != len(class_names):
-            raise UserError("class list has duplicate names; each class must appear once")
+        require_unique(class_names, what="class name", where=f"class list for {csv_path}",
+                       fix="each class must appear once")
     class_index = {c: i for i, c in enumerate(class_names)}
     label_rows, ids, paths, seen = [], [], [], {}
     problems: dict[str, str] = {}
     for line_no, image, labels in entries:
         what = f"{csv_path} row {line_no}"
-        path = _join_inside(root, image, what=what)
+        path = join_inside(root, image, what=what)
         if image in seen:
             raise UserError(f"{what}: image {image!r} already listed in row {seen[image]}; list each image once")
         seen[image] = line_no
@@ -348,7 +276,7 @@ def read_csv_dataset(root: str | os.PathLike, csv_path: str | os.PathLike, *, cl
         label_rows.append(vec)
         ids.append(image)
         paths.append(path)
-    _raise_or_keep(problems, strict=strict, source=f"CSV {csv_path}")
+    raise_or_keep(problems, strict=strict, source=f"CSV {csv_path}")
     labels_arr = np.stack(label_rows) if label_rows else np.zeros((0, len(class_names)), np.int8)  # (n, C)
     return DatasetSplit(name=name, root=root, split=csv_path.stem, class_names=class_names, image_ids=ids,
                         image_paths=paths, labels=labels_arr, problems=list(problems.values()), bad_ids=list(problems))
@@ -376,76 +304,6 @@ def load_dataset(kind: str, root: str | os.PathLike, split: str, **options) -> D
     raise UserError(f"--dataset {kind!r} is not known; choose one of {', '.join(DATASET_KINDS)}")
 
 
-# ---------------------------------------------------------------------------------------------------
-# images: loading and pre-flight
-
-
-def load_image_rgb(path: str | os.PathLike):
-    """Open an image as an 8-bit RGB ``PIL.Image`` with its EXIF orientation applied.
-
-    Accepts anything Pillow decodes, whatever the extension says (PNG saved as .jpg), in any mode
-    (grayscale, CMYK, palette, RGBA, 16-bit). Raises ``OSError``/``PIL.UnidentifiedImageError`` on
-    truncated or non-image files.
-    """
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as im:
-        im.load()  # full decode: truncated files raise here
-        im = ImageOps.exif_transpose(im)
-        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            arr = np.asarray(im, dtype=np.float64)                                    # (H, W)
-            hi = float(arr.max()) or 1.0
-            im = Image.fromarray(np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8), mode="L")
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            im = im.convert("RGBA")
-            background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(background, im)
-        return im.convert("RGB")
-
-
-def check_image(path: Path, *, decode: bool = True) -> str | None:
-    """None if ``path`` is a usable image, else what is wrong with it (one phrase)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return "missing file"
-    except OSError as e:
-        return f"cannot read ({e.strerror})"
-    if not path.is_file():
-        return "not a regular file"
-    if size == 0:
-        return "zero-byte file"
-    try:
-        if decode:
-            load_image_rgb(path)
-        else:
-            with Image.open(path) as im:
-                im.size  # header only
-    except UnidentifiedImageError:
-        return "not an image Pillow can read"
-    except (OSError, SyntaxError, ValueError) as e:
-        return f"undecodable or truncated image ({e})"
-    except Image.DecompressionBombError as e:
-        return f"image too large ({e})"
-    return None
-
-
-def find_bad_images(ds: DatasetSplit, *, check_decode: bool = True, workers: int | None = None,
-                    progress: bool = False) -> dict[str, str]:
-    """{image id: problem} for every image of ``ds`` that is missing, empty, truncated or not an image."""
-    workers = workers or min(8, os.cpu_count() or 1)
-    check = lambda p: check_image(p, decode=check_decode)  # noqa: E731
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow releases the GIL while decoding
-        results = pool.map(check, ds.image_paths, chunksize=16) if workers > 1 else map(check, ds.image_paths)
-        if progress:
-            from tqdm import tqdm
-            results = tqdm(results, total=len(ds), desc="pre-flight", unit="img", leave=False)
-        return {image_id: f"{path}: {problem}"
-                for image_id, path, problem in zip(ds.image_ids, ds.image_paths, results) if problem is not None}
-
-
 def preflight(ds: DatasetSplit, *, check_decode: bool = True, workers: int | None = None,
               progress: bool = False) -> list[str]:
     """Every problem with ``ds`` at once: bad annotations seen while reading, then bad images.
@@ -460,5 +318,5 @@ def preflight(ds: DatasetSplit, *, check_decode: bool = True, workers: int | Non
 def raise_on_problems(problems: list[str], *, what: str) -> None:
     """Raise one UserError listing ``problems`` (no-op when empty)."""
     if problems:
-        raise UserError(_format_problems(f"{what}: pre-flight found problems", problems,
+        raise UserError(format_problems(f"{what}: pre-flight found problems", problems,
                                          "fix them, or rerun with --skip-bad to leave these images out"))

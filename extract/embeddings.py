@@ -63,7 +63,7 @@ def read_glove_vectors(path: Path, words: set[str]) -> tuple[dict[str, np.ndarra
     exact: set[str] = set()
     dim = None
     try:
-        with open(path, encoding="utf-8", errors="strict") as fh:
+        with open(path, encoding="utf-8-sig", errors="strict") as fh:  # a byte-order mark is stripped
             for line_no, line in enumerate(fh, start=1):
                 line = line.rstrip("\n").rstrip(" \r")
                 if not line:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
 import typing
 from typing import Any, TypeVar
 
@@ -36,16 +37,26 @@ def config_from_dict(cls: type[T], data: dict[str, Any], *, source: str = "confi
         if isinstance(v, list) and "tuple" in str(hints.get(k, "")):
             v = tuple(v)
         kwargs[k] = v
-    return cls(**kwargs)
+    if source.startswith("preset "):
+        return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except UserError as e:  # a recorded config (config.json, a checkpoint) that is out of range: name the file
+        raise UserError(f"{source}: {e}") from e
 
 
 def _parse_value(text: str, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:        # Optional[X], Union[X, None], X | None
         non_none = [a for a in args if a is not type(None)]
-        if text.lower() in ("none", "null") and type(None) in args:
+        # "null" always means None; "none" too unless the field holds strings, where "none" is a value
+        # (e.g. ExtractConfig.proposer_weights=none: no weights, while None: the proposer's default)
+        nulls = ("null",) if str in non_none else ("none", "null")
+        if type(None) in args and text.lower() in nulls:
             return None
+        if len(non_none) != 1:
+            raise UserError(f"--set {key}={text}: a field of type {hint} cannot be set from the command line")
         return _parse_value(text, non_none[0], key)
     if origin is typing.Literal:
         if text not in [str(a) for a in args]:

@@ -212,13 +212,30 @@ def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def git_commit() -> str:
-    """The project's git commit (with ``+dirty`` when the tree has changes), or ``unknown`` outside a checkout."""
-    here = Path(__file__).resolve().parent.parent
+def git_commit(source_dir: str | os.PathLike | None = None) -> str:
+    """The git commit of the source tree this code runs from (with ``+dirty`` when its tracked files changed).
+
+    ``source_dir`` (default: the folder holding the ``iagcn`` package) must be the top level of a git checkout;
+    otherwise ``unknown``. So an installed copy in a venv's site-packages records ``unknown``, never the commit of
+    whatever repository the venv or the working folder sits in. ``GIT_DIR``-style variables are ignored.
+    """
+    here = Path(source_dir).resolve() if source_dir is not None else Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=5, env=env)
+
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        top = git("rev-parse", "--show-toplevel")
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != here:
+            return "unknown"
+        sha = git("rev-parse", "HEAD")
         if sha.returncode != 0:
             return "unknown"
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                capture_output=True, text=True, timeout=5)
         return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")

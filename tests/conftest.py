@@ -32,3 +32,48 @@ def run_cli(args: list[str], *, timeout: float = 300, check: bool = False, **kwa
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """torch reports one CUDA device (cuda:0); every move of a module or tensor to it is recorded, then done on the
+    CPU. Tests check *where the code sends* the model and its batches (the device logic) on a machine without a GPU;
+    bench/gpu_check.sh runs the same paths on a real one. Yields the list of events
+    ("module", class name, device) / ("tensor", shape, device), in call order."""
+    import torch
+
+    events: list[tuple] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+    def cuda_target(args, kwargs):
+        target = args[0] if args else kwargs.get("device")
+        if isinstance(target, (str, torch.device)):
+            try:
+                dev = torch.device(target)
+            except RuntimeError:
+                return None
+            return dev if dev.type == "cuda" else None
+        return None
+
+    module_to, tensor_to = torch.nn.Module.to, torch.Tensor.to
+
+    def fake_module_to(self, *args, **kwargs):
+        dev = cuda_target(args, kwargs)
+        if dev is None:
+            return module_to(self, *args, **kwargs)
+        events.append(("module", type(self).__name__, dev))
+        return module_to(self, "cpu")
+
+    def fake_tensor_to(self, *args, **kwargs):
+        dev = cuda_target(args, kwargs)
+        if dev is None:
+            return tensor_to(self, *args, **kwargs)
+        events.append(("tensor", tuple(self.shape), dev))
+        rest = {k: v for k, v in kwargs.items() if k not in ("device", "non_blocking")}
+        return tensor_to(self, "cpu", *args[1:], **rest)
+
+    monkeypatch.setattr(torch.nn.Module, "to", fake_module_to)
+    monkeypatch.setattr(torch.Tensor, "to", fake_tensor_to)
+    yield events

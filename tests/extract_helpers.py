@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from iagcn.extract.datasets import DatasetSplit, load_image_rgb
+from iagcn.extract.images import load_image_rgb
+from iagcn.extract.split import DatasetSplit
 
 CLASSES = ["red", "blue", "green"]
 
@@ -49,7 +50,8 @@ def onehot() -> tuple[np.ndarray, str]:
 
 
 if __name__ == "__main__":
-    from iagcn.extract.pipeline import ExtractConfig, extract_split
+    from iagcn.extract.config import ExtractConfig
+    from iagcn.extract.pipeline import extract_split
 
     root, out, cfg_json = sys.argv[1], sys.argv[2], sys.argv[3]
     ds = write_tiny_images(Path(root), n=int(json.loads(cfg_json).get("_n", 12)))

@@ -384,7 +384,7 @@ def test_load_run_refuses_weights_of_another_preset(finished_run, good, tmp_path
     import torch
 
     from iagcn.errors import UserError
-    from iagcn.train.run import load_run
+    from iagcn.train.inference import load_run
 
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)

@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iagcn.extract.datasets import (VOC_CLASSES, DatasetSplit, find_bad_images, load_dataset, load_image_rgb, preflight,
-                              raise_on_problems, read_coco, read_csv_dataset, read_voc)
+from iagcn.classes import VOC_CLASSES
 from iagcn.errors import UserError
+from iagcn.extract.datasets import (load_dataset, preflight, raise_on_problems, read_coco, read_csv_dataset,
+                                    read_voc)
+from iagcn.extract.images import find_bad_images, load_image_rgb
+from iagcn.extract.split import DatasetSplit
 
 
 def _jpeg(path: Path, colour=(200, 30, 30), size=(40, 30), mode="RGB", fmt="JPEG", **save) -> None:
@@ -47,7 +50,7 @@ def test_voc_labels_difficult_only_and_missing_difficult_tag(tmp_path):
         "000003": [],                                              # no objects: all 0
     })
     ds = read_voc(root, "trainval")
-    assert ds.class_names == VOC_CLASSES and len(VOC_CLASSES) == 20
+    assert ds.class_names == list(VOC_CLASSES) and len(VOC_CLASSES) == 20
     assert ds.image_ids == ["000001", "000002", "000003"]
     assert ds.image_paths[0] == root / "JPEGImages" / "000001.jpg"
     assert ds.labels.dtype == np.int8 and ds.labels.shape == (3, 20)

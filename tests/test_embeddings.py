@@ -6,7 +6,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from iagcn.extract.datasets import VOC_CLASSES
+from iagcn.classes import VOC_CLASSES
 from iagcn.extract.embeddings import class_name_words, load_label_embeddings
 from iagcn.errors import UserError
 

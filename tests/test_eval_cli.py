@@ -150,7 +150,7 @@ def direct_logits(run_dir, cache_path):
     import torch
 
     from iagcn.cache.format import FeatureCache
-    from iagcn.train.run import load_run
+    from iagcn.train.inference import load_run
 
     run = load_run(run_dir)
     with FeatureCache(cache_path) as c:
@@ -249,8 +249,7 @@ def test_compare_run_against_itself_is_exactly_zero(tiny_runs):
 
 def test_compare_seeds_sweep_spec_matches_stats(tiny_runs):
     """SWEEP:PRESET expands to the seeds; the bootstrap of one pair equals evaluate.stats.paired_bootstrap."""
-    from iagcn.evaluate.compare import paired_bootstrap_runs
-    from iagcn.evaluate.stats import paired_bootstrap
+    from iagcn.evaluate.stats import paired_bootstrap, paired_bootstrap_runs
 
     sweep = tiny_runs["dir"] / "sweep"
     r = invoke(["compare", f"{sweep}:iagcn", f"{sweep}:iagcn", "--cache", tiny_runs["test"], "--resamples", "50",
@@ -263,7 +262,7 @@ def test_compare_seeds_sweep_spec_matches_stats(tiny_runs):
     t = (rng.random((40, 4)) < 0.4).astype(np.int8)
     t[0] = 1
     a, b = rng.standard_normal((40, 4)), rng.standard_normal((40, 4)) + t
-    mine = paired_bootstrap_runs([a], [b], t, n_resamples=300, seed=4)
+    mine = paired_bootstrap_runs([a], [b], t, scores_are="logits", n_resamples=300, seed=4)
     ref = paired_bootstrap(a, b, t, scores_are="logits", n_resamples=300, seed=4)
     for k, m in ref["metrics"].items():
         for field in ("diff", "low", "high"):
@@ -271,16 +270,24 @@ def test_compare_seeds_sweep_spec_matches_stats(tiny_runs):
 
 
 def fake_run(dir_, *, scores, image_ids, cache_path, seed, preset, class_names):
-    """A run folder holding only what compare reads: config.json and the saved scores (no checkpoint at all)."""
+    """A run folder holding only what compare reads: config.json, the saved scores and the completion marker
+    metrics.json (no checkpoint at all)."""
     from iagcn.cache.format import FeatureCache
 
     dir_.mkdir(parents=True)
     with FeatureCache(cache_path) as c:
         h = c.attrs["extract_config_hash"]
-    (dir_ / "config.json").write_text(json.dumps({
-        "config": {"seed": seed, "preset": preset}, "class_names": class_names,
-        "eval_cache": {"path": str(cache_path.resolve()), "extract_config_hash": h}}))
-    np.savez(dir_ / "scores.npz", scores=scores.astype(np.float32), image_ids=np.array(image_ids))
+    from iagcn.train import runfolder
+
+    runfolder.write_record(dir_, {
+        "config": {"seed": seed, "preset": preset}, "class_names": class_names, "protocol": "last-epoch",
+        "git_commit": None, "train_cache": {"path": str(cache_path.resolve()), "extract_config_hash": h},
+        "eval_cache": {"path": str(cache_path.resolve()), "extract_config_hash": h}})
+    runfolder.save_scores(dir_, np.asarray(scores), [str(i) for i in image_ids])
+    # metrics.json marks a complete run: compare refuses interrupted ones (its content is not read here)
+    runfolder.write_metrics(dir_, {"metrics": {}, "protocol": "last-epoch", "selected_epoch": 1,
+                                   "selection_mAP": None, "epochs_run": 1, "train_seconds": 0.0,
+                                   "eval_cache": {}, "preset": preset, "seed": seed})
 
 
 def test_compare_better_by_construction_excludes_zero(tmp_path):
@@ -323,9 +330,79 @@ def test_compare_sweep_ablation_table(tiny_runs):
 
     assert "ΔmAP vs mlgcn" in md
     assert re.search(r"\| mlgcn\s*\|.*\|\s*baseline \|", md) and re.search(r"\| iagcn\s*\|\s*2 \|", md)
+    from iagcn.evaluate.ablation import ABLATION_KEYS
+
     rec = json.loads((out / "ablation.json").read_text())
+    assert set(rec) == set(ABLATION_KEYS)  # the one schema (also what `sweep --baseline` writes)
+    assert rec["deltas"]["iagcn"]["metrics"]["mAP"] == rec["comparisons"]["iagcn"]["bootstrap"]["metrics"]["mAP"]
     m = rec["comparisons"]["iagcn"]["bootstrap"]["metrics"]["mAP"]
     runs = tiny_runs["runs"]
     mean_b = np.mean([json.loads((runs[("iagcn", s)] / "metrics.json").read_text())["metrics"]["mAP"] for s in (0, 1)])
     base = json.loads((runs[("mlgcn", 0)] / "metrics.json").read_text())["metrics"]["mAP"]
     assert m["diff"] == pytest.approx(mean_b - base, abs=1e-3)
+
+
+def test_eval_on_cuda_sends_the_model_and_batches_to_the_gpu(tiny_runs, tmp_path, fake_gpu):
+    """`eval --run R --device cuda` (simulated GPU, conftest.fake_gpu): the run's head is moved to cuda:0 before
+    its batches, which go there too (the head used to stay on the CPU); the metrics equal --device cpu's."""
+    import torch
+
+    run = tiny_runs["runs"][("iagcn", 0)]
+
+    def metrics(device):
+        out = tmp_path / device
+        r = invoke(["eval", "--run", run, "--cache", tiny_runs["test"], "--no-plots", "--out", out, "--quiet",
+                    "--device", device])
+        assert r.exit_code == 0, r.output
+        return json.loads((out / "metrics.json").read_text())["metrics"]
+
+    on_cpu = metrics("cpu")
+    assert fake_gpu == []
+    on_gpu = metrics("cuda:0")
+    cuda0 = torch.device("cuda", 0)
+    assert fake_gpu[0] == ("module", "IAGCNHead", cuda0), fake_gpu[:3]   # the model first ...
+    batches = [e for e in fake_gpu[1:] if e[0] == "tensor"]
+    assert len(batches) >= 4 and all(dev == cuda0 for _, _, dev in batches)  # ... then x, X, valid, labels
+    assert sum(shape[0] for _, shape, _ in batches if len(shape) == 3) == 48   # X of all 48 images moved
+    assert on_gpu == on_cpu
+
+
+def test_explain_image_on_cuda_moves_model_and_batch(tiny_runs, fake_gpu):
+    import torch
+
+    from iagcn.train.inference import explain_image, load_run
+
+    run = tiny_runs["runs"][("iagcn", 0)]
+    ref = explain_image(load_run(run).model, tiny_runs["test"], 3, device="cpu")
+    assert fake_gpu == []
+    got = explain_image(load_run(run).model, tiny_runs["test"], 3, device="cuda")
+    cuda0 = torch.device("cuda", 0)
+    assert fake_gpu[0] == ("module", "IAGCNHead", cuda0)
+    assert [e[1] for e in fake_gpu[1:] if e[0] == "tensor"] and all(e[2] == cuda0 for e in fake_gpu)
+    for key in ("logits", "z", "A_F"):
+        np.testing.assert_array_equal(got[key], ref[key])
+
+
+def test_eval_never_overwrites_the_runs_own_files(tiny_runs):
+    """`iagcn eval --run R --out R` used to replace R/metrics.json (training's completion marker): a later sweep
+    then failed with KeyError 'protocol'. An evaluation refuses a run folder as its output, leaving it intact."""
+    from iagcn.train import runfolder
+
+    run_dir = tiny_runs["runs"][("mlgcn", 0)]
+    before = {name: (run_dir / name).read_bytes() for name in runfolder.RUN_FILES if (run_dir / name).exists()}
+    assert {"metrics.json", "config.json", "scores.npz"} <= set(before)
+    for args in (["eval", "--run", run_dir, "--cache", tiny_runs["test"], "--out", run_dir, "--quiet", "--no-plots"],
+                 ["eval", "--scores", run_dir / "scores.npz", "--targets", tiny_runs["test"], "--scores-are",
+                  "logits", "--out", run_dir]):
+        r = invoke(args)
+        assert r.exit_code == 2, r.output
+        assert "error: --out" in r.output and "training run folder" in r.output
+    after = {name: (run_dir / name).read_bytes() for name in runfolder.RUN_FILES if (run_dir / name).exists()}
+    assert after == before
+    assert not (run_dir / "eval_config.json").exists() and not (run_dir / "per_class_ap.csv").exists()
+    assert runfolder.read_metrics(run_dir)["protocol"].startswith("holdout")  # what a sweep reads
+    # the default output (R/eval) and any other folder still work
+    r = invoke(["eval", "--run", run_dir, "--cache", tiny_runs["test"], "--quiet", "--no-plots"])
+    assert r.exit_code == 0, r.output
+    assert (run_dir / "eval" / "metrics.json").exists()
+    assert {name: (run_dir / name).read_bytes() for name in before} == before

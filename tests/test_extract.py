@@ -15,7 +15,10 @@ import pytest
 import torch
 
 from iagcn.cache.format import REQUIRED_ATTRS, ROW_FIELDS, FeatureCache
-from iagcn.extract.pipeline import ExtractConfig, extract_split, merge_shards, region_features, shard_rows
+from iagcn.extract.config import ExtractConfig, shard_rows
+from iagcn.extract.features import region_features
+from iagcn.extract.merge import merge_shards
+from iagcn.extract.pipeline import extract_split
 from iagcn.errors import UserError
 from tests.conftest import REPO_ROOT, cli_env
 from tests.extract_helpers import onehot, pil_loader, write_tiny_images
@@ -56,7 +59,7 @@ def test_region_features_max_pool_the_roi_align_grid():
 
 
 def test_boxes_map_from_original_pixels_to_the_map_of_the_squashed_input():
-    from iagcn.extract.pipeline import boxes_to_map
+    from iagcn.extract.features import boxes_to_map
 
     boxes = torch.tensor([[[30.0, 15.0, 90.0, 45.0], [0.0, 0.0, 120.0, 60.0]]])  # (1, 2, 4) on a 60 x 120 image
     got = boxes_to_map(boxes, image_sizes=torch.tensor([[60, 120]]), map_size=(4, 8))
@@ -259,3 +262,34 @@ def test_cli_preflight_refuses_listing_every_problem_then_skip_bad_records_them(
         assert c.num_images == 12 and c.image_ids() == [p.name for p in tiny.image_paths]
         assert sorted(c.attrs["skipped_ids"]) == sorted(["missing.jpg", "broken.jpg", "img0x1.jpg"])
         np.testing.assert_array_equal(c.read("labels"), tiny.labels)
+
+
+def test_cli_set_overrides_any_extract_config_field(tiny, tmp_path):
+    """`iagcn extract --set key=value` (issue 10), typed like train's: the cache records the values."""
+    from click.testing import CliRunner
+
+    from iagcn.cli import main
+
+    root = tmp_path / "csvdata"
+    root.mkdir()
+    rows = ["image,labels"]
+    for p, lab in zip(tiny.image_paths[:4], tiny.labels[:4]):
+        (root / p.name).write_bytes(p.read_bytes())
+        rows.append(f"{p.name},{' '.join(c for c, v in zip(tiny.class_names, lab) if v == 1)}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    base = ["extract", "--dataset", "csv", "--root", str(root), "--split", "labels", "--csv", str(root / "labels.csv"),
+            *map(str, CHEAP)]
+    out = tmp_path / "set.h5"
+    r = CliRunner().invoke(main, [*base, "--out", str(out), "--set", "roi_output_size=3", "--set",
+                                  "roi_sampling_ratio=1", "--set", "proposer_image_size=48", "--set", "num_rois=3"])
+    assert r.exit_code == 0, r.output
+    with FeatureCache(out) as c:
+        cfg = c.attrs["extract_config"]
+        assert (cfg["roi_output_size"], cfg["roi_sampling_ratio"], cfg["proposer_image_size"]) == (3, 1, 48)
+        assert cfg["num_rois"] == 3 and c.num_rois == 3                 # --set applies after --num-rois 4
+        assert cfg["image_size"] == 64 and cfg["classes"] is None and cfg["device"] == "cpu"
+    for bad, words in ((["--set", "roi_output_size=three"], "expected a int"),
+                       (["--set", "bogus=1"], "unknown field"), (["--set", "device=gpu"], "unknown device")):
+        r = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "bad.h5"), *bad])
+        assert r.exit_code == 2 and words in r.output and len(r.output.strip().splitlines()) == 1, r.output
+        assert not (tmp_path / "bad.h5").exists()

@@ -15,7 +15,8 @@ from iagcn.errors import UserError
 from iagcn.train.config import RECIPES, TrainConfig, config_for_preset
 from iagcn.train.data import CacheData
 from iagcn.train.loop import learning_rate
-from iagcn.train.run import load_run, split_train, train_run
+from iagcn.train.inference import load_run
+from iagcn.train.run import split_train, train_run
 from iagcn.train.standardize import feature_statistics
 
 SMALL = {"gcn_widths": (16, 32), "region_widths": (16, 16, 32), "num_threads": 1}
@@ -103,12 +104,13 @@ def test_linear_probe_learns_and_chooses_C_on_the_training_cache_only(caches, tm
 
 
 def test_sweep_table_has_a_linear_probe_row_and_the_recipe(caches, tmp_path):
+    from iagcn.evaluate.ablation import write_sweep_table
     from iagcn.train.sweep import run_sweep
 
     train, test = caches
     cfgs = [config_for_preset(p, epochs=1, seed=0, **SMALL) for p in ("resnet", "mlgcn")]
     run_sweep(cfgs, train_data=CacheData(train), eval_data=CacheData(test), out_dir=tmp_path / "sw", progress=False,
-              log=lambda *_: None)
+              log=lambda *_: None, on_results=write_sweep_table)
     rows = list(csv.DictReader(open(tmp_path / "sw" / "results.csv")))
     assert [r["preset"] for r in rows] == ["linear-probe", "resnet", "mlgcn"]
     table = (tmp_path / "sw" / "table.md").read_text()

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from iagcn.evaluate.metrics import (MetricInputError, average_precision_per_class, metric_names, multilabel_metrics,
+from iagcn.metrics import (MetricInputError, average_precision_per_class, metric_names, multilabel_metrics,
                               predict_top_k, sigmoid)
 
 

@@ -119,7 +119,7 @@ def test_region_branch_reassociated_fc_equals_full_fc_diagonal():
 
 def test_head_fast_equals_naive_for_full_iagcn():
     torch.manual_seed(0)
-    head = IAGCNHead(config=config_for_preset("iagcn", gcn_widths=(6, 9), region_widths=(5, 6, 7)), num_classes=C,
+    head = IAGCNHead(config=config_for_preset("iagcn", gcn_widths=(6, 9), region_widths=(5, 6, 7)).head(), num_classes=C,
                      feature_dim=D, num_rois=N, label_embeddings=np.random.default_rng(0).standard_normal((C, E)),
                      A_S=_A_S()).eval()
     x, X, valid = _inputs()
@@ -142,13 +142,13 @@ def test_masked_bce_ignores_minus_one():
 def test_every_preset_outputs_finite_logits_and_trains_every_parameter(preset, reading):
     torch.manual_seed(1)
     cfg = config_for_preset(preset, region_reading=reading, gcn_widths=(6, 9), region_widths=(5, 6, 7))
-    head = IAGCNHead(config=cfg, num_classes=C, feature_dim=D, num_rois=N,
+    head = IAGCNHead(config=cfg.head(), num_classes=C, feature_dim=D, num_rois=N,
                      label_embeddings=np.random.default_rng(0).standard_normal((C, E)), A_S=_A_S()).train()
     x, X, valid = _inputs()
     out = head(x, X, valid)
     assert out.logits.shape == (B, C) and torch.isfinite(out.logits).all()
     targets = torch.tensor([[1, 0, -1, 0], [0, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.int8)
-    loss, parts = total_loss(out, targets, valid, config=cfg)
+    loss, parts = total_loss(out, targets, valid, beta=cfg.beta, difficult=cfg.difficult)
     loss.backward()
     params = dict(head.named_parameters())
     assert params, preset

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from iagcn.evaluate.plots import plot_lcm_pair, plot_per_class_ap, plot_pr_curves, plot_roi_weights, plot_training_curves
-from iagcn.evaluate.report import VOC_CLASSES
+from iagcn.classes import VOC_CLASSES
 from iagcn.errors import UserError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -25,7 +25,8 @@ def tiny(tmp_path_factory):
     import dataclasses
 
     from iagcn.extract.backbones import bundled_lite0_weights
-    from iagcn.extract.pipeline import ExtractConfig, run_extract
+    from iagcn.extract.config import ExtractConfig
+    from iagcn.extract.pipeline import run_extract
     from iagcn.extract.synth import write_synth
     from iagcn.train.config import config_for_preset
     from iagcn.train.data import CacheData
@@ -52,9 +53,9 @@ def tiny(tmp_path_factory):
 
 def test_predict_reproduces_cached_features(tiny):
     from iagcn.cache.format import FeatureCache
-    from iagcn.evaluate.metrics import sigmoid
+    from iagcn.metrics import sigmoid
     from iagcn.evaluate.predict import predict_images
-    from iagcn.train.run import load_run, predict_cache
+    from iagcn.train.inference import load_run, predict_cache
 
     with FeatureCache(tiny["test"]) as c:
         ids = c.image_ids()
@@ -139,3 +140,43 @@ def test_run_records_extraction_config_and_predict_needs_no_train_cache(tiny, tm
         assert predict_images(tiny["run"], [image], progress=False, log=lambda *_: None)
     finally:
         shutil.move(moved, tiny["trainval"])
+
+
+def _predict_json(tiny, images, device):
+    r = CliRunner().invoke(main, ["predict", "--run", str(tiny["run"]), *map(str, images), "--format", "json",
+                                  "--threshold", "0.01", "--quiet", "--device", device], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return {o["image"]: o["probabilities"] for o in json.loads(r.stdout)}
+
+
+def test_predict_device_auto_runs_on_the_cpu_without_cuda(tiny):
+    """`--device auto` used to reach torch.device("auto") and fail; here (no CUDA) it must mean the CPU."""
+    import torch
+
+    assert not torch.cuda.is_available()
+    images = sorted((tiny["root"] / "JPEGImages").iterdir())[:2]
+    assert _predict_json(tiny, images, "auto") == _predict_json(tiny, images, "cpu")
+    r = CliRunner().invoke(main, ["predict", "--run", str(tiny["run"]), str(images[0]), "--device", "cuda"])
+    assert r.exit_code == 2 and "--device cuda" in r.output and "not available" in r.output
+
+
+def test_predict_on_cuda_sends_the_head_backbone_and_batches_to_the_gpu(tiny, fake_gpu):
+    """With --device cuda (simulated: see conftest.fake_gpu) the head, the backbone and every batch go to cuda:0.
+    Before issue 10 the head stayed on the CPU while its batches went to the GPU."""
+    import torch
+
+    images = sorted((tiny["root"] / "JPEGImages").iterdir())[:2]
+    reference = _predict_json(tiny, images, "cpu")
+    assert fake_gpu == []                                              # --device cpu: nothing sent to CUDA
+    got = _predict_json(tiny, images, "cuda")
+    cuda0 = torch.device("cuda", 0)
+    modules = [(name, dev) for kind, name, dev in fake_gpu if kind == "module"]
+    assert ("IAGCNHead", cuda0) in modules, modules                   # the trained head
+    assert any(dev == cuda0 and name != "IAGCNHead" for name, dev in modules)   # stage one's backbone
+    head_at = next(i for i, e in enumerate(fake_gpu) if e[:2] == ("module", "IAGCNHead"))
+    tensors = [e for e in fake_gpu[head_at:] if e[0] == "tensor"]
+    # the head's batches (x (b, D), X (b, N, D), valid, labels) after the head moved, all to cuda:0
+    assert tensors and all(dev == cuda0 for _, _, dev in tensors)
+    assert {len(shape) for _, shape, _ in tensors} >= {2, 3}
+    assert all(e[2] == cuda0 for e in fake_gpu)
+    assert got == reference                                            # the same numbers (computed on the CPU here)

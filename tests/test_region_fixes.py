@@ -24,7 +24,7 @@ def _A_S():
 def _head(preset, **kw):
     torch.manual_seed(0)
     cfg = config_for_preset(preset, gcn_widths=(6, 9), region_widths=(5, 6, 7), **kw)
-    return IAGCNHead(config=cfg, num_classes=C, feature_dim=D, num_rois=N,
+    return IAGCNHead(config=cfg.head(), num_classes=C, feature_dim=D, num_rois=N,
                      label_embeddings=np.random.default_rng(0).standard_normal((C, E)), A_S=_A_S()).eval()
 
 
@@ -139,3 +139,29 @@ def test_region_nodes_score_pooling_reassociates_without_the_last_relu():
         want = per_region.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(1)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert torch.isfinite(got).all()
+
+
+def test_comsco_learns_a_planted_cache_under_the_new_reading_and_not_under_the_collapsing_one(tmp_path):
+    """Com_Sco alone (region branch on Â_I) on a planted cache, where each present class owns one region: the
+    default reading (region nodes, FC per region + max per label, He init, self-loops on A_I) learns; the former
+    one (label nodes on the rank-one Â_I, torch's default init, ReLU after the 4th layer) does not.
+    Measured (seeds 0 / 1): default 73.7 / 68.5 mAP, former 51.8 / 51.2 (chance ~25)."""
+    from iagcn.cache.fake import write_fake_cache
+    from iagcn.train.data import CacheData
+    from iagcn.train.run import train_run
+
+    kw = dict(num_rois=8, dim=32, num_classes=6, embedding_dim=10, prototypes_seed=3)
+    train = write_fake_cache(tmp_path / "train.h5", n=240, seed=0, split="train", **kw)
+    test = write_fake_cache(tmp_path / "test.h5", n=120, seed=1, split="test", **kw)
+    small = dict(gcn_widths=(16, 32), region_widths=(16, 16, 32), num_threads=1, epochs=30, region_lr=3e-3, seed=0)
+    collapsing = dict(region_reading="label-nodes", region_pool="features", region_self_loops=False,
+                      region_init="default", region_relu_after_last=True)
+    mAP = {}
+    with CacheData(train) as tr, CacheData(test) as te:
+        for name, extra in (("default", {}), ("collapsing", collapsing)):
+            cfg = config_for_preset("comsco", **small, **extra)
+            r = train_run(cfg, train_data=tr, eval_data=te, out_dir=tmp_path / name, progress=False,
+                          log=lambda *_: None)
+            mAP[name] = r["metrics"]["mAP"]
+    assert mAP["default"] > 65, mAP
+    assert mAP["collapsing"] < 60, mAP

@@ -7,8 +7,9 @@ import re
 import numpy as np
 import pytest
 
-from iagcn.evaluate.metrics import multilabel_metrics
-from iagcn.evaluate.report import (VOC_CLASSES, ablation_table, fmt_delta_ci, group_by_preset, metrics_table,
+from iagcn.metrics import multilabel_metrics
+from iagcn.classes import VOC_CLASSES
+from iagcn.evaluate.report import (ablation_table, fmt_delta_ci, group_by_preset, metrics_table,
                              per_class_table)
 from iagcn.evaluate.stats import paired_bootstrap
 
@@ -123,4 +124,8 @@ def test_ablation_table_accepts_bootstrap_results_and_seed_tests():
     rows = parse_text(ablation_table(runs, baseline="A", deltas={"B": boot}, fmt="text",
                                      seed_tests={"B": {"p_t": 0.0123}}))
     assert rows[2][-2].endswith("*") and rows[2][-2].startswith(f"{boot['metrics']['mAP']['diff']:+.1f}")
-    assert rows[2][-1] == "0.012" and rows[1][-1] == "-"
+    # one seed per row: a p-value ACROSS seeds would be meaningless, so none is printed (issue 11)
+    assert rows[2][-1] == "-" and rows[1][-1] == "-"
+    rows = parse_text(ablation_table(runs + runs, baseline="A", deltas={"B": boot}, fmt="text",
+                                     seed_tests={"B": {"p_t": 0.0123}}))
+    assert rows[2][1] == "2" and rows[2][-1] == "0.012" and rows[1][-1] == "-"

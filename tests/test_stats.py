@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from iagcn.evaluate.metrics import MetricInputError, metric_names, multilabel_metrics
-from iagcn.evaluate.stats import (bootstrap_weights, paired_bootstrap, paired_seed_test, stratified_holdout,
-                            weighted_average_precision, weighted_multilabel_metrics)
+from iagcn.evaluate.stats import (bootstrap_weights, paired_bootstrap, paired_seed_test, weighted_average_precision,
+                                  weighted_multilabel_metrics)
+from iagcn.metrics import MetricInputError, metric_names, multilabel_metrics
+from iagcn.train.holdout import stratified_holdout
 
 
 def synthetic(seed, *, n=400, n_classes=5, prevalence=0.25, signal_a=1.0, signal_b=1.0, p_ignore=0.03):

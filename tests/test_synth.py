@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iagcn.extract.datasets import VOC_CLASSES, preflight, read_coco, read_voc
-from iagcn.extract.synth import MAX_OBJECTS, SynthImage, sample_image, write_synth
+from iagcn.classes import VOC_CLASSES
+from iagcn.extract.datasets import preflight, read_coco, read_voc
+from iagcn.extract.synth import write_synth
+from iagcn.extract.synth_scenes import MAX_OBJECTS, SynthImage, sample_image
 
 CI = {c: i for i, c in enumerate(VOC_CLASSES)}
 
@@ -63,7 +65,7 @@ def test_coco_layout_matches_voc(voc_and_coco):
     voc_root, coco_root = voc_and_coco
     for voc_split, coco_split in (("trainval", "train2014"), ("test", "val2014")):
         v, c = read_voc(voc_root, voc_split), read_coco(coco_root, coco_split)
-        assert c.class_names == VOC_CLASSES and len(c) == len(v)
+        assert c.class_names == list(VOC_CLASSES) and len(c) == len(v)
         assert preflight(c, check_decode=False) == []
         # COCO has no "difficult": every object is a positive; VOC's -1 entries are COCO 1s
         np.testing.assert_array_equal(c.labels, (v.labels != 0).astype(np.int8))

@@ -1,7 +1,15 @@
-"""TrainConfig: the one frozen config of stage two, and the ablation presets of Tables 3-6.
+"""TrainConfig: the one frozen config of stage two, its parts, and the ablation presets of Tables 3-6.
 
 Every field can be set from the command line with ``--set key=value`` (``iagcn.configio.apply_overrides``);
 the resolved config is written to ``config.json`` next to every run and stored in every checkpoint.
+
+Identity and execution (as ``ExtractConfig``): fields declared with :func:`execution` (device, threads, memory
+budget, streaming sizes, eval batch size) change how a run executes, never what it computes.
+:meth:`TrainConfig.identity` neutralises them; ``--resume`` and a sweep's completed runs compare identities, so a
+run may continue with another ``--device`` or ``--threads`` while any other change is refused.
+
+The model receives only :class:`HeadConfig` (``TrainConfig.head()``): the fields that shape the head's modules
+and forward pass, kept apart from optimisation, data and machine settings.
 """
 from __future__ import annotations
 
@@ -11,6 +19,44 @@ from typing import Any, Literal
 
 from iagcn.configio import config_from_dict
 from iagcn.errors import UserError
+from iagcn.validation import ANY, Range, check_ranges, check_types
+
+
+def execution(default: Any) -> Any:
+    """Declare a TrainConfig field as execution-only: it may differ between a run and its resume."""
+    return dataclasses.field(default=default, metadata={"execution": True})
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadConfig:
+    """What :class:`iagcn.train.model.IAGCNHead` reads: which branches exist, their widths, Eq. 1-11's constants.
+
+    Built from a TrainConfig by :meth:`TrainConfig.head` (same field names and meanings; see TrainConfig)."""
+
+    global_branch: Literal["linear", "gcn", "none"]
+    global_adjacency: Literal["static", "fused"]
+    variational: bool
+    region_branch: bool
+    region_adjacency: Literal["fused", "individual"]
+    region_reading: Literal["label-nodes", "region-nodes"]
+    region_relu_after_last: bool
+    gcn_widths: tuple[int, ...]
+    gcn_activation: Literal["relu", "leaky_relu"]
+    leaky_slope: float
+    region_widths: tuple[int, ...]
+    fusion_lambda: float
+    adjacency_eps: float
+    region_init: Literal["default", "he"]
+    region_pool: Literal["features", "scores"]
+    region_self_loops: bool
+    gcn_bias: bool
+    standardize: Literal["none", "scale", "center"]
+    vi_positive: bool
+
+    @property
+    def uses_image_lcm(self) -> bool:
+        """Whether a_I / A_I (Eq. 2-4) are computed: needed by Â_F or by the region branch."""
+        return (self.global_branch == "gcn" and self.global_adjacency == "fused") or self.region_branch
 
 
 @dataclass(frozen=True)
@@ -65,54 +111,89 @@ class TrainConfig:
     val_fraction: float = 0.0                      # held-out, label-stratified fraction of the TRAIN cache for choosing the epoch; 0 = the last epoch
     select_on_eval: bool = False                   # choose the epoch on the evaluation cache (the published, optimistic protocol)
     early_stop_patience: int = 0                   # stop after this many epochs without a better selection mAP; 0 = never
-    # ---- machine -------------------------------------------------------------------------------
-    device: str = "auto"                           # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
-    num_threads: int = 0                           # torch CPU threads; 0 = torch's default
-    memory_budget_gib: float = 4.0                 # load a cache into RAM when its features fit; otherwise stream blocks
-    stream_block_rows: int = 256                   # rows per contiguous block when streaming
-    shuffle_buffer_blocks: int = 8                 # blocks mixed together in the streaming shuffle buffer
-    eval_batch_size: int = 256                     # images per forward pass when scoring
+    # ---- machine: execution only (identity() neutralises these; a resume may change them) --------
+    device: str = execution("auto")                # auto (cuda if available) | cpu | cuda[:k] (iagcn.device)
+    num_threads: int = execution(0)                # torch CPU threads; 0 = torch's default
+    memory_budget_gib: float = execution(4.0)      # load a cache into RAM when its features fit; otherwise stream
+    stream_block_rows: int = execution(256)        # rows per contiguous block when streaming
+    shuffle_buffer_blocks: int = execution(8)      # blocks mixed together in the streaming shuffle buffer
+    eval_batch_size: int = execution(256)          # images per forward pass when scoring
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.lr > 0, "lr must be > 0"),
-            (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
-            (0.0 <= self.fusion_lambda <= 1.0, "fusion_lambda must be in [0, 1]"),
-            (self.lr_step >= 1, "lr_step must be >= 1"),
-            (0.0 < self.lr_gamma <= 1.0, "lr_gamma must be in (0, 1]"),
-            (self.weight_decay >= 0, "weight_decay must be >= 0"),
-            (self.a_I_loss_weight >= 0, "a_I_loss_weight must be >= 0"),
-            (self.region_optimizer in ("same", "adamw"), "region_optimizer must be same or adamw"),
-            (self.region_lr > 0, "region_lr must be > 0"),
-            (self.region_weight_decay >= 0, "region_weight_decay must be >= 0"),
-            (self.beta >= 0, "beta must be >= 0"),
-            (0.0 <= self.momentum < 1.0, "momentum must be in [0, 1)"),
-            (self.recipe in RECIPES, f"recipe must be one of {', '.join(RECIPES)}"),
-            (self.optimizer in ("sgd", "adamw"), "optimizer must be sgd or adamw"),
-            (self.schedule in ("step", "cosine"), "schedule must be step or cosine"),
-            (self.region_init in ("default", "he"), "region_init must be default or he"),
-            (self.region_pool in ("features", "scores"), "region_pool must be features or scores"),
-            (self.standardize in ("none", "scale", "center"), "standardize must be none, scale or center"),
-            (self.vi_lr_scale > 0, "vi_lr_scale must be > 0"),
-            (len(self.gcn_widths) >= 1, "gcn_widths needs at least one hidden width"),
-            (len(self.region_widths) >= 1, "region_widths needs at least one hidden width"),
-            (self.global_branch != "none" or self.region_branch, "global_branch=none needs region_branch=true"),
-            (self.memory_budget_gib >= 0, "memory_budget_gib must be >= 0"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise UserError(f"train config: {msg} (preset {self.preset!r}); fix the option or --set value")
+        where = f"train config (preset {self.preset!r})"
+        check_types(self, where=where)
+        check_ranges(self, TRAIN_RANGES, where=where, option_names=TRAIN_OPTIONS)
+        if self.global_branch == "none" and not self.region_branch:
+            raise UserError(f"{where}: global_branch=none needs region_branch=true; fix the option or --set value")
+        if self.recipe not in RECIPES:
+            raise UserError(f"{where}: recipe must be one of {', '.join(RECIPES)} (got {self.recipe!r}); fix --recipe")
 
-    @property
-    def uses_image_lcm(self) -> bool:
-        """Whether a_I / A_I (Eq. 2-4) are computed: needed by Â_F or by the region branch."""
-        return (self.global_branch == "gcn" and self.global_adjacency == "fused") or self.region_branch
+    def identity(self) -> "TrainConfig":
+        """The config with every execution field at its default: equal identities train the same model."""
+        return dataclasses.replace(self, **{f.name: f.default for f in dataclasses.fields(self)
+                                            if f.metadata.get("execution")})
 
-    @property
-    def uses_statistical_lcm(self) -> bool:
-        return (self.global_branch == "gcn") or (self.region_branch and self.region_adjacency == "fused")
+    def identity_diff(self, other: "TrainConfig") -> list[str]:
+        """Names of the identity fields whose values differ between ``self`` and ``other``."""
+        return [f.name for f in dataclasses.fields(self)
+                if not f.metadata.get("execution") and getattr(self, f.name) != getattr(other, f.name)]
+
+    def head(self) -> HeadConfig:
+        """The fields the model reads (nothing about optimisation, data or the machine)."""
+        return HeadConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(HeadConfig)})
+
+
+def execution_fields() -> tuple[str, ...]:
+    """Names of TrainConfig's execution-only fields."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("execution"))
+
+
+#: the allowed values of every TrainConfig field, checked when a config is built (options, --set, a config.json,
+#: a checkpoint): nothing runs with a value that makes no sense. Choices (Literal fields) are checked by type.
+TRAIN_RANGES: dict[str, Range] = {
+    "preset": ANY, "global_branch": ANY, "global_adjacency": ANY, "variational": ANY, "region_branch": ANY,
+    "region_adjacency": ANY, "region_reading": ANY, "region_relu_after_last": ANY, "gcn_activation": ANY,
+    "difficult": ANY, "label_embeddings": ANY, "select_on_eval": ANY,
+    "region_init": ANY, "region_pool": ANY, "region_self_loops": ANY, "gcn_bias": ANY, "vi_positive": ANY,
+    "standardize": ANY, "optimizer": ANY, "region_optimizer": ANY, "schedule": ANY,
+    "recipe": ANY,                                                        # checked against RECIPES
+    "a_I_loss_weight": Range(0.0, 1e6, note="0 = a_I unsupervised (the paper)"),
+    "region_lr": Range(0.0, 100.0, low_open=True),
+    "region_weight_decay": Range(0.0, 1.0),
+    "device": ANY,                                                        # checked by the device resolver
+    "gcn_widths": Range(1, 65536, each=True, min_len=1, note="hidden widths, at least one"),
+    "region_widths": Range(1, 65536, each=True, min_len=1, note="hidden widths, at least one"),
+    "leaky_slope": Range(0.0, 1.0),
+    "fusion_lambda": Range(0.0, 1.0),
+    "beta": Range(0.0, 1e6),
+    "tau": Range(0.0, 1.0, note="a threshold on P(j | i)"),
+    "p": Range(0.0, 1.0),
+    "adjacency_eps": Range(0.0, 1.0, low_open=True, note="a positive floor on row sums"),
+    "epochs": Range(1, 100_000),
+    "batch_size": Range(1, 1_000_000),
+    "lr": Range(0.0, 100.0, low_open=True),
+    "momentum": Range(0.0, 1.0, high_open=True),
+    "weight_decay": Range(0.0, 1.0),
+    "lr_step": Range(1, 100_000),
+    "lr_gamma": Range(0.0, 1.0, low_open=True, note="the LR is multiplied by it every lr_step epochs"),
+    "grad_clip": Range(0.0, 1e9, note="0 = off"),
+    "vi_lr_scale": Range(0.0, 1e6, low_open=True),
+    "seed": Range(0, 2**32 - 1),
+    "val_fraction": Range(0.0, 1.0, high_open=True),
+    "early_stop_patience": Range(0, 100_000, note="0 = never"),
+    "num_threads": Range(0, 4096, note="0 = torch's default"),
+    "memory_budget_gib": Range(0.0, 1e6),
+    "stream_block_rows": Range(1, 10_000_000),
+    "shuffle_buffer_blocks": Range(1, 1_000_000),
+    "eval_batch_size": Range(1, 1_000_000),
+}
+
+#: the command-line option of a field, when it has one (messages name what the user typed)
+TRAIN_OPTIONS: dict[str, str] = {
+    "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed",
+    "val_fraction": "--val-fraction", "memory_budget_gib": "--memory-budget-gib", "num_threads": "--threads",
+    "label_embeddings": "--label-embeddings", "device": "--device",
+}
 
 
 #: recipe name -> optimisation values; TrainConfig's own defaults are the "frozen" recipe (chosen on hold-outs of

@@ -6,10 +6,9 @@
 * Labels, validity masks and image ids are small and always in RAM.
 * In RAM the features are kept as float32 when twice their float16 size still fits the budget (VOC: 1.7 GB),
   so a batch is one gather, as fast as a plain NumPy gather (measured by `make bench`, benchmark 3);
-  otherwise, and when streaming, float16 -> float32 per batch: ``torch.Tensor.copy_`` from the float16 rows into a preallocated float32
-  buffer. Measured here (64 x 41 x 2048 values, one thread): torch copy_ 1.07 ms, Tensor.to(float32)
-  1.20 ms, np.copyto into a preallocated float32 array 9.0 ms, ndarray.astype 9.2 ms, Tensor.float()
-  13.2 ms. On CUDA the float16 rows are moved first and converted on the device.
+  otherwise, and when streaming, float16 -> float32 per batch: ``torch.Tensor.copy_`` from the float16 rows into a
+  preallocated float32 buffer (the fastest conversion measured: docs/performance.md, "Measurements behind design
+  choices"). On CUDA the float16 rows are moved first and converted on the device.
 * Non-finite features (NaN/Inf) are detected when rows are loaded or read, before any batch uses them,
   and refused with an error naming the cache.
 """
@@ -51,12 +50,20 @@ class CacheData:
 
     def __init__(self, cache: FeatureCache | str | os.PathLike, *, memory_budget_gib: float = 4.0,
                  block_rows: int = 256, shuffle_buffer_blocks: int = 8) -> None:
-        self.cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+        self._owns_cache = not isinstance(cache, FeatureCache)   # close() closes only a file opened here
+        self.cache = FeatureCache(cache) if self._owns_cache else cache
+        try:
+            self._load(memory_budget_gib, block_rows, shuffle_buffer_blocks)
+        except BaseException:
+            self.close()  # a refusal (non-finite rows, ...) leaves no HDF5 handle open
+            raise
+
+    def _load(self, memory_budget_gib: float, block_rows: int, shuffle_buffer_blocks: int) -> None:
         c = self.cache
         self.path = c.path
         self.n, self.N, self.D, self.C = c.num_images, c.num_rois, c.feature_dim, c.num_classes
         self.class_names = c.class_names
-        self.labels = c.read("labels").astype(np.int8)             # (n, C)
+        self.labels = c.labels()                                   # (n, C) int8, validated on open
         self.valid = c.read("box_valid").astype(bool)              # (n, N)
         self.image_ids = c.image_ids()
         self.block_rows = max(1, int(block_rows))
@@ -180,12 +187,19 @@ class CacheData:
             filled = len(rest)
 
     def close(self) -> None:
-        self.cache.close()
+        if self._owns_cache:
+            self.cache.close()
+
+    def __enter__(self) -> "CacheData":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _all_finite(arr: np.ndarray) -> bool:
     """np.isfinite(arr).all(), fast for float16: NaN/Inf are exactly the values whose exponent bits are all ones
-    (np.isfinite on float16 is not vectorised: measured 0.9 s of a 5.6 s streamed pass)."""
+    (np.isfinite on float16 is not vectorised; docs/performance.md, "Measurements behind design choices")."""
     if arr.dtype == np.float16:
         return not ((arr.view(np.uint16) & 0x7C00) == 0x7C00).any()
     return bool(np.isfinite(arr).all())

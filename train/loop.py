@@ -39,13 +39,14 @@ def train_one_epoch(model: IAGCNHead, optimizer: torch.optim.Optimizer, data: Ca
     seen, t0 = 0, time.perf_counter()
     bar = tqdm(total=len(indices), unit="img", desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
                leave=False, dynamic_ncols=True)
-    for batch in data.batches(indices, batch_size=config.batch_size, shuffle=True, rng=rng, device=device,
-                              regions=model.uses_regions):
+    for step, batch in enumerate(data.batches(indices, batch_size=config.batch_size, shuffle=True, rng=rng,
+                                              device=device, regions=model.uses_regions)):
         out = model(batch.x, batch.X, batch.valid)
-        loss, parts = total_loss(out, batch.labels, batch.valid, config=config)
+        loss, parts = total_loss(out, batch.labels, batch.valid, beta=config.beta, difficult=config.difficult,
+                                 a_I_loss_weight=config.a_I_loss_weight)
         if not math.isfinite(parts["loss"]):
-            raise UserError(f"training diverged at epoch {epoch + 1} (loss {parts['loss']}); lower --lr or "
-                            f"--set grad_clip=... and rerun with another --out")
+            raise UserError(divergence_cause(model, batch, parts, config=config, epoch=epoch, step=step,
+                                             path=getattr(data, "path", None)))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
@@ -62,6 +63,45 @@ def train_one_epoch(model: IAGCNHead, optimizer: torch.optim.Optimizer, data: Ca
     stats = {k: v / max(seen, 1) for k, v in sums.items()}
     stats.update(seconds=seconds, samples_per_s=seen / max(seconds, 1e-9))
     return stats
+
+
+def _non_finite(t: torch.Tensor | None) -> bool:
+    return t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all())
+
+
+@torch.no_grad()
+def divergence_cause(model: IAGCNHead, batch, parts: dict[str, float], *, config: TrainConfig, epoch: int,
+                     step: int, path=None) -> str:
+    """The message for a NaN/Inf loss, naming the real cause: inputs are examined before the optimisation is blamed.
+
+    In order: a config constant, the label embeddings H0 or the statistical adjacency (inputs of the model), the
+    batch's features or labels, then the parameters (NaN after updates: the optimisation diverged, lower --lr).
+    """
+    where = f"epoch {epoch + 1}, step {step + 1}"
+    floats = [f"{k}={v}" for k, v in vars(config).items() if isinstance(v, float) and not math.isfinite(v)]
+    if floats:
+        return f"non-finite loss at {where}: config value(s) {', '.join(floats)}; set a finite value"
+    for name, what in (("label_embeddings", "the label embeddings H0 (the cache's label_embeddings or "
+                                            "--label-embeddings)"),
+                       ("A_S", "the statistical adjacency A_S (from the training labels)"),
+                       ("A_S_hat", "the normalised adjacency (adjacency_eps too small?)")):
+        if _non_finite(getattr(model, name, None)):
+            return f"non-finite loss at {where}: {what} hold NaN/Inf; fix that input (not the learning rate)"
+    source = f"cache {path}" if path is not None else "the training cache"
+    for name, t in (("global", batch.x), ("regions", batch.X)):
+        if _non_finite(t):
+            return f"non-finite loss at {where}: {source} has NaN/Inf {name} features; re-extract it"
+    bad_params = [n for n, p in model.named_parameters() if _non_finite(p)]
+    if bad_params:
+        return (f"training diverged at {where}: parameters became NaN/Inf ({', '.join(bad_params[:3])}) after "
+                f"updates with lr {config.lr:g} (loss parts {parts}); lower --lr or --set grad_clip=... and rerun "
+                f"with another --out")
+    if epoch == 0 and step == 0:
+        return (f"non-finite loss at the very first step, before any update, with finite inputs and parameters "
+                f"(loss parts {parts}): not a learning-rate problem; check beta and the inputs, or rerun with "
+                f"`iagcn --debug` and report it")
+    return (f"training diverged at {where}: non-finite loss (parts {parts}) with finite inputs and parameters; "
+            f"lower --lr or --set grad_clip=... and rerun with another --out")
 
 
 @torch.no_grad()
@@ -86,7 +126,7 @@ def predict(model: IAGCNHead, data: CacheData, indices: np.ndarray | None = None
 def evaluate(model: IAGCNHead, data: CacheData, indices: np.ndarray | None = None, *, batch_size: int = 256,
              device: torch.device | str = "cpu", progress: bool = False) -> tuple[dict[str, float], np.ndarray]:
     """Score ``indices`` of ``data`` and compute stage three's metrics. Returns (metrics, logits (n, C))."""
-    from iagcn.evaluate.metrics import multilabel_metrics
+    from iagcn.metrics import multilabel_metrics
 
     scores = predict(model, data, indices, batch_size=batch_size, device=device, progress=progress)  # (n, C)
     targets = data.labels if indices is None else data.labels[indices]       # (n, C)

@@ -1,4 +1,4 @@
-"""The IA-GCN head on cached features: branches wired per TrainConfig, fusion (Eq. 11) and losses (Eq. 12-14).
+"""The IA-GCN head on cached features: branches wired per HeadConfig (TrainConfig.head()), fusion (Eq. 11) and losses (Eq. 12-14).
 
     x (B, D) global feature, X (B, N, D) region features, valid (B, N)
       -> [frozen recipe] standardised with the train part's statistics (train/standardize.py)
@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from iagcn.train.config import TrainConfig
+from iagcn.train.config import HeadConfig
 from iagcn.train.image_lcm import ImageDependentLCM, fused_lcm, region_max_logit
 from iagcn.train.label_gcn import LabelGCN
 from iagcn.train.lcm import normalize_adjacency
@@ -41,15 +41,17 @@ class HeadOutput:
 
 
 class IAGCNHead(nn.Module):
-    """Every row of Tables 3-6 as one module; which parts run is decided by the TrainConfig (see PRESETS).
+    """Every row of Tables 3-6 as one module; which parts run is decided by the HeadConfig (see PRESETS).
 
     Buffers (saved in every checkpoint): ``A_S`` (C, C) statistical LCM, ``A_S_hat`` its normalisation,
     ``label_embeddings`` H0 (C, E).
     """
 
-    def __init__(self, *, config: TrainConfig, num_classes: int, feature_dim: int, num_rois: int,
+    def __init__(self, *, config: HeadConfig, num_classes: int, feature_dim: int, num_rois: int,
                  label_embeddings: np.ndarray | torch.Tensor, A_S: np.ndarray | torch.Tensor) -> None:
         super().__init__()
+        if not isinstance(config, HeadConfig):
+            raise TypeError(f"IAGCNHead(config=...) takes a HeadConfig (TrainConfig.head()), not {type(config).__name__}")
         cfg = self.config = config
         C, D = num_classes, feature_dim
         H0 = torch.as_tensor(np.asarray(label_embeddings), dtype=torch.float32)          # (C, E)
@@ -138,20 +140,20 @@ def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, *, difficult: s
     return F.binary_cross_entropy_with_logits(logits, t)                               # ()
 
 
-def total_loss(out: HeadOutput, targets: torch.Tensor, valid: torch.Tensor, *, config: TrainConfig
-               ) -> tuple[torch.Tensor, dict[str, float]]:
+def total_loss(out: HeadOutput, targets: torch.Tensor, valid: torch.Tensor, *, beta: float, difficult: str,
+               a_I_loss_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 12: L = L_ML + beta L_KL (L_KL only with Var_Inf). Returns the loss and its parts as floats.
 
-    With ``config.a_I_loss_weight`` > 0 (an option beyond the paper) a BCE on a_I's logits is added.
+    With ``a_I_loss_weight`` > 0 (an option beyond the paper) a BCE on a_I's logits is added.
     """
-    l_ml = multilabel_loss(out.logits, targets, difficult=config.difficult)            # () Eq. 13
+    l_ml = multilabel_loss(out.logits, targets, difficult=difficult)                   # () Eq. 13
     loss = l_ml
     parts = {"loss_ml": float(l_ml.detach()), "loss_kl": 0.0}
     if out.z_mu is not None:
         l_kl = kl_loss(out.z_mu, out.z_logvar, regions_or_padding(valid))              # () Eq. 14, the regions read
-        loss = loss + config.beta * l_kl                                               # () Eq. 12
+        loss = loss + beta * l_kl                                                      # () Eq. 12
         parts["loss_kl"] = float(l_kl.detach())
-    if config.a_I_loss_weight > 0 and out.a_I_logits is not None:
-        l_a = multilabel_loss(out.a_I_logits, targets, difficult=config.difficult)     # () option: supervise a_I
-        loss = loss + config.a_I_loss_weight * l_a                                     # ()
+    if a_I_loss_weight > 0 and out.a_I_logits is not None:
+        l_a = multilabel_loss(out.a_I_logits, targets, difficult=difficult)            # () option: supervise a_I
+        loss = loss + a_I_loss_weight * l_a                                            # ()
     return loss, {"loss": float(loss.detach()), **parts}

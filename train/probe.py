@@ -71,8 +71,8 @@ def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *,
 
 def choose_C(x: np.ndarray, y: np.ndarray, config: ProbeConfig) -> tuple[float, dict[str, float]]:
     """C with the best mean fold mAP (k label-stratified folds of the training cache); ties -> the smaller C."""
-    from iagcn.evaluate.metrics import multilabel_metrics
-    from iagcn.evaluate.stats import stratified_holdout
+    from iagcn.metrics import multilabel_metrics
+    from iagcn.train.holdout import stratified_holdout
 
     folds = np.zeros(len(y), np.int64)                          # (n,) fold of each image
     rest = np.arange(len(y))
@@ -103,26 +103,27 @@ def run_probe(train_data, eval_data, out_dir: str | os.PathLike, *, config: Prob
     """
     import json
 
-    from iagcn.evaluate.metrics import multilabel_metrics
-    from iagcn.fsutil import git_commit, write_json_atomic
-    from iagcn.train.run import _jsonable, cache_record, save_scores
+    from iagcn.fsutil import git_commit
+    from iagcn.jsonutil import to_json
+    from iagcn.metrics import multilabel_metrics
+    from iagcn.train import runfolder
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     record = {"config": {"preset": PROBE_NAME, "seed": config.seed, **asdict(config)}, "recipe": "probe",
               "protocol": f"C by {config.folds}-fold CV on the train cache", "git_commit": git_commit(),
-              "train_cache": cache_record(train_data.cache), "eval_cache": cache_record(eval_data.cache),
+              "train_cache": runfolder.cache_record(train_data.cache),
+              "eval_cache": runfolder.cache_record(eval_data.cache),
               "class_names": train_data.class_names}
-    done = out / "metrics.json"
-    if done.exists() and (out / "config.json").exists():
-        old = json.loads((out / "config.json").read_text())
+    if runfolder.is_complete(out) and (out / runfolder.CONFIG).exists():
+        old = runfolder.read_record(out, option="probe")
         same = old.get("config") == json.loads(json.dumps(record["config"])) and \
             old.get("train_cache", {}).get("extract_config_hash") == record["train_cache"]["extract_config_hash"] and \
             old.get("eval_cache", {}).get("path") == record["eval_cache"]["path"]
         if same:
             log(f"{PROBE_NAME}: complete, reused ({out})")
-            return json.loads(done.read_text())
-    write_json_atomic(out / "config.json", record, what="probe config")
+            return runfolder.read_metrics(out)
+    runfolder.write_record(out, record)
     t0 = time.perf_counter()
     x_tr = train_data.cache.read("global").astype(np.float64)  # (n, D)
     y_tr = train_data.labels                                    # (n, C)
@@ -131,11 +132,11 @@ def run_probe(train_data, eval_data, out_dir: str | os.PathLike, *, config: Prob
     xtr, xev = standardise(x_tr, x_ev)
     scores = fit_predict(xtr, y_tr, xev, C=C, max_iter=config.max_iter).astype(np.float32)  # (m, C)
     metrics = multilabel_metrics(scores, eval_data.labels, scores_are="logits")
-    save_scores(out, scores, eval_data.image_ids)
-    result = {"metrics": _jsonable(metrics), "protocol": record["protocol"], "preset": PROBE_NAME, "recipe": "probe",
-              "seed": config.seed, "C": C, "cv_mAP": cv, "selected_epoch": 0, "epochs_run": 0,
+    runfolder.save_scores(out, scores, eval_data.image_ids)
+    result = {"metrics": to_json(metrics), "protocol": record["protocol"], "preset": PROBE_NAME, "recipe": "probe",
+              "seed": config.seed, "C": C, "cv_mAP": cv, "selected_epoch": 0, "selection_mAP": None, "epochs_run": 0,
               "train_seconds": float(time.perf_counter() - t0), "eval_cache": record["eval_cache"]}
-    write_json_atomic(done, result, what="probe metrics")
+    runfolder.write_metrics(out, result)
     log(f"{PROBE_NAME}: C {C:g} (CV mAP {cv[f'{C:g}']:.2f}) -> eval mAP {metrics['mAP']:.2f} "
         f"({result['train_seconds']:.0f}s)")
     return result

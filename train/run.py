@@ -1,24 +1,12 @@
 """One training run: resolve inputs, train with model selection, checkpoint, resume, score the evaluation cache.
 
-Run directory (``--out DIR``):
-    config.json      resolved TrainConfig + protocol, caches (paths, config hashes), git commit, class names
-    log.csv          one row per epoch: lr, loss parts, selection mAP, seconds, samples/s
-    last.pt/best.pt  {model, optimizer, scheduler, rng, epoch, config, meta, best, history} (torch.load weights_only)
-    scores.npz       logits (n, C) on the evaluation cache + image_ids (also scores.npy + image_ids.txt)
-    metrics.json     stage three's metrics of the selected checkpoint on the evaluation cache; marks a complete run
-
-Stage three uses :func:`load_run`, :func:`predict_cache` and :func:`explain_image`.
+The run folder's files (config.json, log.csv, last.pt/best.pt, scores.npz, metrics.json) and their formats
+belong to :mod:`train.runfolder`; the trained head for stage three to :mod:`train.inference`.
 """
 from __future__ import annotations
 
-import csv
-import dataclasses
-import io
-import json
 import os
 import random
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,32 +14,22 @@ import numpy as np
 import torch
 
 from iagcn.cache.format import FeatureCache, check_compatible
-from iagcn.configio import config_from_dict, config_to_dict
+from iagcn.configio import config_from_dict, config_hash, config_to_dict
+from iagcn.device import resolve_device
 from iagcn.errors import UserError
-from iagcn.fsutil import atomic_path, check_writable_dir, exclusive_lock, git_commit, interrupt_hint, \
-    remove_stale_temporaries, write_json_atomic, write_text_atomic
+from iagcn.fsutil import check_writable_dir, exclusive_lock, git_commit, interrupt_hint
+from iagcn.jsonutil import to_json
+from iagcn.train import runfolder
 from iagcn.train.config import TrainConfig
 from iagcn.train.data import CacheData
+from iagcn.train.inference import build_model, load_state_checked
 from iagcn.train.lcm import statistical_lcm
-from iagcn.train.loop import evaluate, learning_rate, predict, train_one_epoch
+from iagcn.train.loop import evaluate, learning_rate, train_one_epoch
 from iagcn.train.model import IAGCNHead
 from iagcn.train.standardize import feature_statistics
 
-LOG_FIELDS = ("epoch", "lr", "loss", "loss_ml", "loss_kl", "select_mAP", "seconds", "samples_per_s")
-
 
 # -- small helpers ----------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise UserError(f"--device {name}: {e}; use auto, cpu or cuda[:k]") from e
-
-
 def protocol_name(config: TrainConfig) -> str:
     """Which split chose the epoch: 'holdout-F' (honest), 'select-on-eval' (published), or 'last-epoch'."""
     if config.select_on_eval:
@@ -64,7 +42,7 @@ def split_train(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np
     n = len(labels)
     if config.select_on_eval or config.val_fraction <= 0:
         return np.arange(n), None
-    from iagcn.evaluate.stats import stratified_holdout
+    from iagcn.train.holdout import stratified_holdout
 
     train_idx, hold_idx = stratified_holdout(labels, fraction=config.val_fraction, seed=config.seed)
     return np.sort(np.asarray(train_idx, np.int64)), np.sort(np.asarray(hold_idx, np.int64))
@@ -108,55 +86,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
-    with atomic_path(path, what="checkpoint") as tmp:
-        torch.save(obj, tmp)
-
-
-CHECKPOINT_KEYS = ("model", "epoch", "config", "meta")                 # what loading a model needs
-RESUME_KEYS = ("optimizer", "rng", "best", "history")                   # and what resuming needs on top
-
-
-def load_checkpoint(path: Path, *, keys: tuple[str, ...] = CHECKPOINT_KEYS) -> dict[str, Any]:
-    """A checkpoint written by :func:`save_checkpoint`: weights_only (no unpickling of arbitrary objects)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}: truncated, or not an iagcn "
-                        f"checkpoint); delete it or start another --out") from e
-    missing = [k for k in keys if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise UserError(f"checkpoint {path} lacks {', '.join(missing)}; it was not written by `iagcn train`")
-    return ckpt
-
-
-def load_state_checked(model: torch.nn.Module, state: dict[str, Any], *, path: Path, config: TrainConfig) -> None:
-    """``model.load_state_dict`` with a one-line error when the weights belong to another preset or class list."""
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, KeyError) as e:
-        first = " ".join(str(e).split())[:160]
-        raise UserError(f"checkpoint {path}: its weights do not fit preset {config.preset!r} with these shapes "
-                        f"(another preset or class list?): {first}") from e
-
-
-def write_log(path: Path, history: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=LOG_FIELDS, extrasaction="ignore")
-    w.writeheader()
-    for row in history:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    write_text_atomic(path, buf.getvalue(), what="training log")
-
-
-def build_model(config: TrainConfig, meta: dict[str, Any], *, label_embeddings: np.ndarray | None = None,
-                A_S: np.ndarray | None = None) -> IAGCNHead:
-    """The head for ``config`` and the cache shapes in ``meta`` (zeros for buffers a state_dict will fill)."""
-    C, E = meta["num_classes"], meta["embedding_dim"]
-    return IAGCNHead(config=config, num_classes=C, feature_dim=meta["feature_dim"], num_rois=meta["num_rois"],
-                     label_embeddings=np.zeros((C, E), np.float32) if label_embeddings is None else label_embeddings,
-                     A_S=np.eye(C, dtype=np.float32) if A_S is None else A_S)
-
 
 def make_optimizer(model: IAGCNHead, config: TrainConfig):
     """The optimiser of ``config`` (train.optim.make_optimizer)."""
@@ -170,14 +99,6 @@ def schedule_lr(epoch: int, config: TrainConfig) -> float:
     return learning_rate(epoch, base_lr=config.lr, step=config.lr_step, gamma=config.lr_gamma,
                          schedule=config.schedule, epochs=config.epochs)
 
-
-def cache_record(cache: FeatureCache) -> dict[str, Any]:
-    return {"path": str(Path(cache.path).resolve()), "extract_config_hash": cache.attrs.get("extract_config_hash"),
-            "dataset": cache.attrs.get("dataset"), "split": cache.attrs.get("split"), "num_images": cache.num_images,
-            # stage three (`iagcn predict`) re-runs stage one with exactly this config and checks these weight hashes
-            "extract_config": cache.attrs.get("extract_config"),
-            "backbone_weights_sha256": cache.attrs.get("backbone_weights_sha256"),
-            "proposer_weights_sha256": cache.attrs.get("proposer_weights_sha256")}
 
 
 # -- the run ----------------------------------------------------------------------------------------
@@ -200,12 +121,10 @@ def train_run(config: TrainConfig, *, train_data: CacheData, eval_data: CacheDat
     def hint() -> str:
         if kept["epochs"] == 0:
             return f"interrupted: no epoch finished in {out}; {how}"
-        return f"interrupted: epochs 1-{kept['epochs']} kept in {out / 'last.pt'}; {how}"
+        return f"interrupted: epochs 1-{kept['epochs']} kept in {runfolder.checkpoint_path(out, 'last')}; {how}"
 
     with exclusive_lock(out / "run", what="run directory"), interrupt_hint(hint):
-        for name in ("last.pt", "best.pt", "config.json", "log.csv", "metrics.json", "scores.npz", "scores.npy",
-                     "image_ids.txt"):
-            remove_stale_temporaries(out / name)
+        runfolder.remove_stale(out)
         return _train_run_locked(config, train_data, eval_data, out, resume, progress, log, kept)
 
 
@@ -213,21 +132,23 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
-    last_path, best_path = out / "last.pt", out / "best.pt"
+    last_path, best_path = runfolder.checkpoint_path(out, "last"), runfolder.checkpoint_path(out, "best")
     ckpt = None
     if last_path.exists():
         if not resume:
             raise UserError(f"--out {out} already holds a run (last.pt); pass --resume {out} to continue it "
                             f"or choose another --out")
-        ckpt = load_checkpoint(last_path, keys=CHECKPOINT_KEYS + RESUME_KEYS)
+        ckpt = runfolder.load_checkpoint(last_path, keys=runfolder.CHECKPOINT_KEYS + runfolder.RESUME_KEYS)
         saved = config_from_dict(TrainConfig, ckpt["config"], source=str(last_path))
-        if saved != config:
-            diff = [f.name for f in dataclasses.fields(TrainConfig) if getattr(saved, f.name) != getattr(config, f.name)]
+        diff = saved.identity_diff(config)          # execution fields (device, threads, ...) may change
+        if diff:
             raise UserError(f"--resume {out}: the run was started with a different config ({', '.join(diff)}); "
                             f"rerun with the same options or choose another --out")
         if list(ckpt["meta"].get("class_names", [])) != list(train_data.class_names):
             raise UserError(f"--resume {out}: last.pt was trained on another class list than the train cache "
                             f"{train_data.path}; resume with the run's own caches or choose another --out")
+        if (out / runfolder.CONFIG).exists():  # the caches are part of a run's identity, as its config is
+            runfolder.check_same_caches(out, train_data.cache, eval_data.cache, action=f"--resume {out}")
         kept["epochs"] = int(ckpt["epoch"]) + 1
 
     protocol = protocol_name(config)
@@ -256,15 +177,16 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
         log(f"resuming {out} after epoch {start_epoch} (best so far: epoch {best['epoch'] + 1})")
 
     run_record = {
-        "config": config_to_dict(config), "recipe": config.recipe, "protocol": protocol, "git_commit": git_commit(),
-        "train_cache": cache_record(train_data.cache), "eval_cache": cache_record(eval_data.cache),
+        "config": config_to_dict(config), "identity_hash": config_hash(config.identity()), "recipe": config.recipe,
+        "protocol": protocol, "git_commit": git_commit(),
+        "train_cache": runfolder.cache_record(train_data.cache), "eval_cache": runfolder.cache_record(eval_data.cache),
         "class_names": train_data.class_names, "label_embeddings_source": emb_source,
         "num_train": int(len(train_idx)), "num_selection": int(len(hold_idx)) if hold_idx is not None else
         (eval_data.n if config.select_on_eval else 0),
         "data_in_memory": {"train": train_data.in_memory, "eval": eval_data.in_memory}, "device": str(device),
         "torch_threads": torch.get_num_threads(), "model_parameters": sum(p.numel() for p in model.parameters()),
     }
-    write_json_atomic(out / "config.json", run_record, what="run config")
+    runfolder.write_record(out, run_record)
 
     def select_score() -> float:
         if hold_idx is not None:
@@ -294,10 +216,10 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
                  "rng": rng_state(), "epoch": epoch, "config": config_to_dict(config), "meta": meta,
                  "best": best, "history": history, "protocol": protocol}
         if improved:
-            save_checkpoint(best_path, state)
-        save_checkpoint(last_path, state)
+            runfolder.save_checkpoint(best_path, state)
+        runfolder.save_checkpoint(last_path, state)
         kept["epochs"] = epoch + 1                   # last.pt now holds this epoch: what a resume continues from
-        write_log(out / "log.csv", history)
+        runfolder.write_log(out, history)
         stale = 0 if improved else stale + 1
         log(f"epoch {epoch + 1}/{config.epochs} lr {lr:.2g} loss {stats['loss']:.4f} (ml {stats['loss_ml']:.4f} "
             f"kl {stats['loss_kl']:.4f}) select mAP {score:.2f} [{protocol}] best epoch {best['epoch'] + 1} "
@@ -308,119 +230,18 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
 
     # -- score the evaluation cache once, with the selected checkpoint ----------------------------
     selected_path = best_path if best_path.exists() else last_path
-    selected = load_checkpoint(selected_path)
+    selected = runfolder.load_checkpoint(selected_path)
     load_state_checked(model, selected["model"], path=selected_path, config=config)
     metrics, scores = evaluate(model, eval_data, None, batch_size=config.eval_batch_size, device=device,
                                progress=progress)
-    save_scores(out, scores, eval_data.image_ids)
-    result = {"metrics": _jsonable(metrics), "protocol": protocol, "selected_epoch": int(selected["epoch"]) + 1,
+    runfolder.save_scores(out, scores, eval_data.image_ids)
+    result = {"metrics": to_json(metrics), "protocol": protocol, "selected_epoch": int(selected["epoch"]) + 1,
               "selection_mAP": best["select_mAP"] if best["select_mAP"] != float("-inf") else None,
               "epochs_run": len(history), "train_seconds": float(sum(r["seconds"] for r in history)),
-              "eval_cache": cache_record(eval_data.cache), "preset": config.preset, "recipe": config.recipe,
+              "eval_cache": runfolder.cache_record(eval_data.cache), "preset": config.preset, "recipe": config.recipe,
               "seed": config.seed}
-    write_json_atomic(out / "metrics.json", result, what="metrics")
+    runfolder.write_metrics(out, result)
     log(f"done: {config.preset} seed {config.seed} [{protocol}] epoch {result['selected_epoch']}: "
         + " ".join(f"{k} {metrics[k]:.1f}" for k in ("mAP", "CF1", "OF1") if k in metrics))
     return result
 
-
-def save_scores(out: Path, scores: np.ndarray, image_ids: list[str]) -> None:
-    """scores.npz (scores, image_ids) and the same as scores.npy + image_ids.txt."""
-    with atomic_path(out / "scores.npz", what="scores") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, scores=scores.astype(np.float32), image_ids=np.asarray(image_ids, dtype=str))
-    with atomic_path(out / "scores.npy", what="scores") as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, scores.astype(np.float32))
-    write_text_atomic(out / "image_ids.txt", "\n".join(image_ids) + "\n", what="image ids")
-
-
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, (np.floating, float)):
-            out[k] = None if not np.isfinite(v) else float(v)
-        elif isinstance(v, (np.integer, int)):
-            out[k] = int(v)
-        elif isinstance(v, np.ndarray):
-            out[k] = [None if not np.isfinite(x) else float(x) for x in v.astype(float).ravel()]
-        else:
-            out[k] = v
-    return out
-
-
-# -- for stage three ------------------------------------------------------------------------------
-@dataclass
-class LoadedRun:
-    model: IAGCNHead                 # in eval mode, on CPU
-    config: TrainConfig
-    class_names: list[str]
-    A_S: np.ndarray                  # (C, C) statistical LCM of the training part
-    epoch: int                       # 1-based epoch of the loaded checkpoint
-    run_dir: Path
-    meta: dict[str, Any]
-
-
-def load_run(run_dir: str | os.PathLike, which: str = "best") -> LoadedRun:
-    """The trained head of a run directory (``which``: "best" or "last"), in eval mode on CPU."""
-    run_dir = Path(run_dir)
-    path = run_dir / f"{which}.pt"
-    if which not in ("best", "last"):
-        raise UserError(f"load_run: which={which!r}; use 'best' or 'last'")
-    if not path.exists():
-        raise UserError(f"run {run_dir}: {path.name} not found; is this a finished `iagcn train --out` folder?")
-    ckpt = load_checkpoint(path)
-    config = config_from_dict(TrainConfig, ckpt["config"], source=str(path))
-    try:
-        model = build_model(config, ckpt["meta"])
-    except KeyError as e:
-        raise UserError(f"checkpoint {path}: its meta lacks {e}; it was not written by `iagcn train`") from e
-    load_state_checked(model, ckpt["model"], path=path, config=config)
-    model.eval()
-    return LoadedRun(model=model, config=config, class_names=list(ckpt["meta"]["class_names"]),
-                     A_S=model.A_S.numpy().copy(), epoch=int(ckpt["epoch"]) + 1, run_dir=run_dir, meta=ckpt["meta"])
-
-
-def _as_data(cache: CacheData | FeatureCache | str | os.PathLike, memory_budget_gib: float) -> CacheData:
-    return cache if isinstance(cache, CacheData) else CacheData(cache, memory_budget_gib=memory_budget_gib)
-
-
-def predict_cache(model: IAGCNHead, cache: CacheData | FeatureCache | str | os.PathLike, *, batch_size: int = 256,
-                  device: str = "cpu", memory_budget_gib: float = 4.0, progress: bool = False) -> dict[str, Any]:
-    """Logits of every image of ``cache``: {"scores": (n, C) float32, "image_ids": list, "labels": (n, C) int8}."""
-    data = _as_data(cache, memory_budget_gib)
-    scores = predict(model, data, None, batch_size=batch_size, device=torch.device(device), progress=progress)
-    return {"scores": scores, "image_ids": list(data.image_ids), "labels": data.labels}
-
-
-@torch.no_grad()
-def explain_image(model: IAGCNHead, cache: CacheData | FeatureCache | str | os.PathLike, image: int | str, *,
-                  memory_budget_gib: float = 4.0) -> dict[str, Any]:
-    """Per-image internals for the explain plots (eval mode, z = z_mu), as NumPy arrays.
-
-    ``image``: a row number or an image id. Keys: image_id, index, boxes (N, 4), box_valid (N,), labels (C,),
-    logits (C,), y_w, y_r (C,) or None, z / z_mu / z_logvar (N,) or None (no Var_Inf), region_scores A_I^w (N, C),
-    a_I (C,), A_I (C, C), A_S (C, C), A_F (C, C) (before normalisation), each None where the preset lacks it.
-    """
-    data = _as_data(cache, memory_budget_gib)
-    if isinstance(image, str):
-        if image not in data.image_ids:
-            raise UserError(f"cache {data.path}: no image with id {image!r}")
-        index = data.image_ids.index(image)
-    else:
-        index = int(image)
-    was_training = model.training
-    model.eval()
-    batch = next(data.batches(np.array([index]), batch_size=1, device="cpu"))
-    out = model(batch.x, batch.X, batch.valid)
-    model.train(was_training)
-
-    def first(t):
-        return None if t is None else t[0].detach().cpu().numpy().copy()
-
-    return {"image_id": data.image_ids[index], "index": index,
-            "boxes": data.cache.read("boxes", index, index + 1)[0], "box_valid": data.valid[index].copy(),
-            "labels": data.labels[index].copy(), "logits": first(out.logits), "y_w": first(out.y_w),
-            "y_r": first(out.y_r), "z": first(out.z), "z_mu": first(out.z_mu), "z_logvar": first(out.z_logvar),
-            "region_scores": first(out.scores), "a_I": first(out.a_I), "A_I": first(out.A_I),
-            "A_S": model.A_S.cpu().numpy().copy(), "A_F": first(out.A_F)}

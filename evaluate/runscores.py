@@ -1,0 +1,90 @@
+"""A trained run's scores on a cache: the logits it saved (when they are for exactly these images) or the logits
+its checkpoint computes (stage two's :func:`train.inference.predict_cache`), never retraining."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from iagcn.errors import UserError
+from iagcn.evaluate.evaluation import EvalConfig
+from iagcn.train import runfolder
+
+
+@dataclass
+class RunScores:
+    """A trained run's logits on a cache, with what identifies it."""
+
+    name: str
+    run_dir: Path
+    scores: np.ndarray            # (n, C) logits, rows in the cache's image order
+    image_ids: list[str]
+    class_names: list[str]
+    seed: int | None
+    preset: str | None
+    source: str                   # "saved scores <file>" or "checkpoint <file>"
+
+
+def load_model(*, run_dir: Path | None = None, checkpoint: Path | None = None, which: str = "best"):
+    """(model in eval mode, class names, A_S (C, C), checkpoint path) from a run folder or one checkpoint file."""
+    from iagcn.train.inference import load_checkpoint_model, load_run
+
+    if checkpoint is not None:
+        if not Path(checkpoint).exists():
+            raise UserError(f"--checkpoint {checkpoint}: file not found")
+        run = load_checkpoint_model(checkpoint)
+        return run.model, run.class_names, run.A_S, Path(checkpoint)
+    run = load_run(run_dir, which=which)
+    return run.model, run.class_names, run.A_S, runfolder.checkpoint_path(run_dir, which)
+
+
+def _check_classes(name: str, run_classes: Sequence[str], cache_classes: Sequence[str], cache_path) -> None:
+    if list(run_classes) != list(cache_classes):
+        raise UserError(f"run {name} was trained on {len(run_classes)} classes that differ from cache {cache_path} "
+                        f"({len(cache_classes)} classes); evaluate on a cache of the same dataset")
+
+
+def score_run_on_cache(*, run_dir: Path | None, checkpoint: Path | None, cache_path: Path, config: EvalConfig,
+                       progress: bool = False) -> RunScores:
+    """Score every image of the cache with the run's (selected) checkpoint: logits (n, C) and image ids."""
+    from iagcn.cache.format import FeatureCache
+    from iagcn.train.inference import predict_cache
+
+    model, class_names, _, ckpt_path = load_model(run_dir=run_dir, checkpoint=checkpoint, which=config.which)
+    with FeatureCache(cache_path) as c:
+        _check_classes(str(run_dir or checkpoint), class_names, c.class_names, cache_path)
+    out = predict_cache(model, cache_path, batch_size=config.batch_size, device=config.device, progress=progress)
+    base = Path(run_dir) if run_dir is not None else Path(checkpoint).parent
+    record = runfolder.read_record(base) if (base / runfolder.CONFIG).exists() else {}
+    cfg = record.get("config", {})
+    return RunScores(name=base.name, run_dir=base, scores=np.asarray(out["scores"], dtype=np.float64),
+                     image_ids=[str(i) for i in out["image_ids"]], class_names=list(class_names),
+                     seed=cfg.get("seed"), preset=cfg.get("preset"), source=f"checkpoint {ckpt_path}")
+
+
+def run_scores_for_cache(run_dir: Path, cache_path: Path, *, config: EvalConfig, progress: bool = False) -> RunScores:
+    """A run's logits on ``cache_path``: the scores it saved when they are for exactly these images (and the
+    selected checkpoint), else computed from its checkpoint (never retraining)."""
+    from iagcn.cache.format import FeatureCache
+
+    run_dir = Path(run_dir)
+    record = runfolder.read_record(run_dir)
+    cfg = record.get("config", {})
+    saved = runfolder.load_scores(run_dir) if config.which == "best" else None
+    with FeatureCache(cache_path) as c:
+        cache_ids, cache_classes = c.image_ids(), c.class_names
+        cache_hash = c.attrs.get("extract_config_hash")
+    recorded = record["eval_cache"] or {}
+    same_cache = recorded.get("extract_config_hash") == cache_hash and \
+        Path(str(recorded.get("path", ""))).resolve() == Path(cache_path).resolve()
+    if saved is not None and same_cache and sorted(saved[1]) == sorted(cache_ids):
+        class_names = list(record.get("class_names") or cache_classes)
+        _check_classes(run_dir.name, class_names, cache_classes, cache_path)
+        return RunScores(name=run_dir.name, run_dir=run_dir, scores=saved[0], image_ids=saved[1],
+                         class_names=class_names, seed=cfg.get("seed"), preset=cfg.get("preset"),
+                         source=f"saved scores in {run_dir}")
+    return score_run_on_cache(run_dir=run_dir, checkpoint=None, cache_path=Path(cache_path), config=config,
+                              progress=progress)
+

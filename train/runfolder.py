@@ -1,0 +1,240 @@
+"""The run folder: the one module that owns a training run's file names and formats (as cache/format.py owns the
+cache). Every other module reads and writes run files through these functions.
+
+A run folder (``iagcn train --out DIR``) holds:
+
+    config.json      the run record: resolved TrainConfig, protocol, caches (paths, config hashes), git commit,
+                     class names (written before the first epoch)
+    log.csv          one row per epoch: LOG_FIELDS
+    last.pt/best.pt  checkpoints {model, optimizer, rng, epoch, config, meta, best, history, protocol}
+                     (torch.save; read with torch.load(weights_only=True))
+    scores.npz       logits (n, C) float32 of the evaluation cache + image_ids (also scores.npy + image_ids.txt)
+    metrics.json     the selected checkpoint's metrics on the evaluation cache; written last: marks a complete run
+
+Only training writes these files. An evaluation writes its own files elsewhere (``evaluate/evaluation.py``)
+and refuses a run folder as its output (:func:`refuse_run_folder`), so it never replaces what training wrote.
+Readers check the schema: a missing file, an unreadable one or one without the required keys is one line,
+``UserError``, naming the file and what to do.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from iagcn.errors import UserError
+from iagcn.fsutil import atomic_path, remove_stale_temporaries, write_json_atomic, write_text_atomic
+
+CONFIG = "config.json"
+LOG = "log.csv"
+LAST = "last.pt"
+BEST = "best.pt"
+SCORES = "scores.npz"
+SCORES_NPY = "scores.npy"
+IMAGE_IDS = "image_ids.txt"
+METRICS = "metrics.json"
+RUN_FILES = (LAST, BEST, CONFIG, LOG, METRICS, SCORES, SCORES_NPY, IMAGE_IDS)
+
+#: the schema: keys every config.json / metrics.json / checkpoint holds
+CONFIG_KEYS = ("config", "protocol", "git_commit", "train_cache", "eval_cache", "class_names")
+METRICS_KEYS = ("metrics", "protocol", "selected_epoch", "selection_mAP", "epochs_run", "train_seconds",
+                "eval_cache", "preset", "seed")
+LOG_FIELDS = ("epoch", "lr", "loss", "loss_ml", "loss_kl", "select_mAP", "seconds", "samples_per_s")
+CHECKPOINT_KEYS = ("model", "epoch", "config", "meta")                 # what loading a model needs
+RESUME_KEYS = ("optimizer", "rng", "best", "history")                   # and what resuming needs on top
+
+
+# -- what a folder is ---------------------------------------------------------------------------------------
+def is_run_folder(path: str | os.PathLike) -> bool:
+    """True when ``path`` holds a training run's files (its record or a checkpoint)."""
+    path = Path(path)
+    return any((path / name).exists() for name in (CONFIG, LAST, BEST))
+
+
+def is_complete(run_dir: str | os.PathLike) -> bool:
+    """True when training finished: metrics.json (written last) is there."""
+    return (Path(run_dir) / METRICS).exists()
+
+
+def refuse_run_folder(path: str | os.PathLike, *, option: str = "--out") -> None:
+    """Outputs of other commands never go into a run folder: its files are training's record."""
+    path = Path(path)
+    if is_run_folder(path):
+        raise UserError(f"{option} {path} is a training run folder (its {CONFIG} and {METRICS} are the run's "
+                        f"record); write elsewhere, e.g. {option} {path / 'eval'}")
+
+
+def remove_stale(run_dir: Path) -> None:
+    """Temporaries of every run file left by a killed process."""
+    for name in RUN_FILES:
+        remove_stale_temporaries(run_dir / name)
+
+
+# -- config.json: the run record ----------------------------------------------------------------------------
+def cache_record(cache) -> dict[str, Any]:
+    """config.json's entry for a cache (``cache.format.FeatureCache``): what stage three needs to find and check it."""
+    return {"path": str(Path(cache.path).resolve()), "extract_config_hash": cache.attrs.get("extract_config_hash"),
+            "fingerprint": cache.fingerprint(),   # content identity: resume and sweep refuse another cache
+            "dataset": cache.attrs.get("dataset"), "split": cache.attrs.get("split"), "num_images": cache.num_images,
+            # stage three (`iagcn predict`) re-runs stage one with exactly this config and checks these weight hashes
+            "extract_config": cache.attrs.get("extract_config"),
+            "backbone_weights_sha256": cache.attrs.get("backbone_weights_sha256"),
+            "proposer_weights_sha256": cache.attrs.get("proposer_weights_sha256")}
+
+
+def check_same_caches(run_dir: str | os.PathLike, train, evaluation, *, action: str) -> None:
+    """Refuse to continue (``action``, e.g. "--resume DIR") a run on other caches than the ones it started on.
+
+    The caches are part of a run's identity, as its config is. Compared: each cache's content fingerprint
+    (``FeatureCache.fingerprint``); for config.json files written before fingerprints, the extraction config hash
+    and the number of images. A cache that merely moved (same content, another path) is accepted."""
+    run_dir = Path(run_dir)
+    for role, cache, option in (("train", train, "--train-cache"), ("eval", evaluation, "--val-cache")):
+        saved = recorded_cache(run_dir, role, option=action.split()[0])
+        now = cache_record(cache)
+        fields = ("fingerprint",) if "fingerprint" in saved else ("extract_config_hash", "num_images")
+        if any(saved.get(f) != now.get(f) for f in fields):
+            what = "content fingerprint" if fields == ("fingerprint",) else "extraction config hash / image count"
+            raise UserError(f"{action}: run {run_dir} was trained on another {option} ({saved.get('path')}; its "
+                            f"{what} differs from {cache.path}); use the run's own caches or train into another "
+                            f"--out")
+
+
+def write_record(run_dir: Path, record: dict[str, Any]) -> None:
+    _check_keys(record, CONFIG_KEYS, Path(run_dir) / CONFIG)
+    write_json_atomic(Path(run_dir) / CONFIG, record, what="run config")
+
+
+def read_record(run_dir: str | os.PathLike, *, option: str = "--run") -> dict[str, Any]:
+    """The run's config.json, checked against the schema."""
+    path = Path(run_dir) / CONFIG
+    if not path.exists():
+        raise UserError(f"{option} {run_dir}: no {CONFIG}; pass a folder written by `iagcn train --out`")
+    record = _read_json(path, what="run config")
+    _check_keys(record, CONFIG_KEYS, path)
+    if not isinstance(record["config"], dict):
+        raise UserError(f"{path}: 'config' is not a mapping; rerun the training or fix the file")
+    return record
+
+
+def recorded_cache(run_dir: str | os.PathLike, role: str, *, option: str = "--run") -> dict[str, Any]:
+    """config.json's ``train_cache`` / ``eval_cache`` entry (``role``: "train" or "eval")."""
+    entry = read_record(run_dir, option=option)[f"{role}_cache"]
+    if not isinstance(entry, dict) or "path" not in entry:
+        raise UserError(f"{Path(run_dir) / CONFIG}: its {role}_cache entry lacks 'path'; rerun the training")
+    return entry
+
+
+# -- metrics.json: the completion marker --------------------------------------------------------------------
+def write_metrics(run_dir: Path, result: dict[str, Any]) -> None:
+    _check_keys(result, METRICS_KEYS, Path(run_dir) / METRICS)
+    write_json_atomic(Path(run_dir) / METRICS, result, what="metrics")
+
+
+def read_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The finished run's metrics.json, checked against the schema."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        raise UserError(f"{run_dir}: no {METRICS}; the run has not finished (resume it with `iagcn train --resume`)")
+    result = _read_json(path, what="run metrics")
+    _check_keys(result, METRICS_KEYS, path)
+    return result
+
+
+# -- log.csv ------------------------------------------------------------------------------------------------
+def log_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / LOG
+
+
+def write_log(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=LOG_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for row in history:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_text_atomic(Path(run_dir) / LOG, buf.getvalue(), what="training log")
+
+
+# -- checkpoints --------------------------------------------------------------------------------------------
+def checkpoint_path(run_dir: str | os.PathLike, which: str) -> Path:
+    """``which``: "best" (the selected epoch) or "last"."""
+    if which not in ("best", "last"):
+        raise UserError(f"which={which!r}: use 'best' or 'last'")
+    return Path(run_dir) / (BEST if which == "best" else LAST)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    import torch
+
+    _check_keys(state, CHECKPOINT_KEYS + RESUME_KEYS, path)
+    with atomic_path(path, what="checkpoint") as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, *, keys: tuple[str, ...] = CHECKPOINT_KEYS) -> dict[str, Any]:
+    """A checkpoint written by :func:`save_checkpoint`: weights_only (no unpickling of arbitrary objects)."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"checkpoint {path} cannot be read ({type(e).__name__}: truncated, or not an iagcn "
+                        f"checkpoint); delete it or start another --out") from e
+    missing = [k for k in keys if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise UserError(f"checkpoint {path} lacks {', '.join(missing)}; it was not written by `iagcn train`")
+    return ckpt
+
+
+# -- scores -------------------------------------------------------------------------------------------------
+def save_scores(run_dir: Path, scores: np.ndarray, image_ids: list[str]) -> None:
+    """scores.npz (scores, image_ids) and the same as scores.npy + image_ids.txt."""
+    run_dir = Path(run_dir)
+    with atomic_path(run_dir / SCORES, what="scores") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, scores=scores.astype(np.float32), image_ids=np.asarray(image_ids, dtype=str))
+    with atomic_path(run_dir / SCORES_NPY, what="scores") as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, scores.astype(np.float32))
+    write_text_atomic(run_dir / IMAGE_IDS, "\n".join(image_ids) + "\n", what="image ids")
+
+
+def load_scores(run_dir: str | os.PathLike) -> tuple[np.ndarray, list[str]] | None:
+    """The logits a run saved for its evaluation cache (scores.npz, else scores.npy + image_ids.txt), or None."""
+    run_dir = Path(run_dir)
+    npz, npy, ids = run_dir / SCORES, run_dir / SCORES_NPY, run_dir / IMAGE_IDS
+    try:
+        if npz.exists():
+            with np.load(npz, allow_pickle=False) as z:
+                if "scores" in z and "image_ids" in z:
+                    return np.asarray(z["scores"], dtype=np.float64), [str(i) for i in z["image_ids"]]
+        if npy.exists() and ids.exists():
+            return (np.load(npy, allow_pickle=False).astype(np.float64),
+                    [line for line in ids.read_text().splitlines() if line])
+    except (OSError, ValueError) as e:
+        raise UserError(f"{run_dir}: saved scores unreadable ({type(e).__name__}: {e}); delete {SCORES}, "
+                        f"{SCORES_NPY} and {IMAGE_IDS} to score from the checkpoint") from e
+    return None
+
+
+# -- helpers ------------------------------------------------------------------------------------------------
+def _read_json(path: Path, *, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: unreadable {what} ({type(e).__name__}); rerun the training or fix the file") from e
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: {what} is not a JSON object; rerun the training or fix the file")
+    return data
+
+
+def _check_keys(data: dict[str, Any], keys: tuple[str, ...], path: Path) -> None:
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise UserError(f"{path}: lacks {', '.join(repr(k) for k in missing)}; not written by this version of "
+                        f"`iagcn train` (rerun the training)")
