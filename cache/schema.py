@@ -3,6 +3,8 @@ every dataset against them (:func:`validate_contents`, run by ``FeatureCache`` o
 ``cache/format.py``'s docstring; reading and writing are there too."""
 from __future__ import annotations
 
+import json
+
 from typing import Any
 
 import h5py
@@ -80,6 +82,12 @@ def validate_contents(h5: h5py.File | h5py.Group, attrs: dict[str, Any], *, wher
     if not isinstance(emb, h5py.Dataset) or emb.ndim != 2 or emb.dtype != np.float32:
         raise _fail(where, f"label_embeddings has shape {getattr(emb, 'shape', None)} dtype "
                            f"{getattr(emb, 'dtype', None)}, expected (C, E) float32")
+    if "source" in emb.attrs:
+        try:
+            json.loads(emb.attrs["source"])
+        except (TypeError, json.JSONDecodeError):
+            raise _fail(where, "label_embeddings attribute 'source' is not JSON; the file was not written by iagcn",
+                        "re-extract it") from None
     C = dims["C"][0]
     if emb.shape[0] != C or emb.shape[1] < 1:
         raise _fail(where, f"label_embeddings has shape {emb.shape}, expected ({C}, E) with one row per class")

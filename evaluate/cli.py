@@ -88,6 +88,8 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
         s, t, ids = I.align_by_ids(st, tt)
         s, t, names = I.align_columns(st, tt, s, t, names_given)  # by class name whenever names are known
         ev = E.evaluate_scores(s, t, class_names=names, config=config, name=Path(scores).stem, image_ids=ids)
+        _check_pr_classes(config.pr_classes, names)
+        I.warn_rows_by_position(st, tt)  # once the inputs are accepted
         click.echo(E.format_tables([ev], top_k=top_k, fmt=fmt))
         if out:
             inputs = {"scores": str(Path(scores).resolve()), "targets": str(Path(targets).resolve())}
@@ -103,7 +105,7 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
     if len(sources) > 1 and not out:
         raise UserError("several --run: pass --out DIR for the combined outputs")
     out_dir = Path(out) if out else sources[0] / "eval"
-    evaluations, logs = [], {}
+    evaluations, logs, writes = [], {}, []
     for k, src in enumerate(sources):
         cache_path = Path(cache) if cache else _recorded_eval_cache(src)
         rs = score_run_on_cache(run_dir=src if runs else None, checkpoint=Path(checkpoint) if checkpoint else None,
@@ -117,6 +119,9 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
         logs[name] = runfolder.log_path(src)
         sub = out_dir / name if len(sources) > 1 else out_dir
         inputs = {"run": str(src.resolve()), "checkpoint": rs.source, "cache": str(cache_path.resolve())}
+        writes.append((sub, ev, inputs))
+    _check_pr_classes(config.pr_classes, evaluations[0].class_names)  # every check before the first file
+    for sub, ev, inputs in writes:
         E.write_evaluation(sub, ev, config=config, inputs=inputs)
     click.echo(E.format_tables(evaluations, top_k=top_k, fmt=fmt))
     written = []
@@ -126,6 +131,14 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
         written = E.run_plots(out_dir, evaluations, config=cfg, logs=logs)
     click.echo(f"wrote metrics.json, per_class_ap.csv, scores.npz, eval_config.json under {out_dir}"
                + (f" and {len(written)} plot(s): " + ", ".join(str(p) for p in written) if written else ""))
+
+
+def _check_pr_classes(pr_classes, class_names) -> None:
+    """--pr-classes must name classes of the evaluation, checked before any output is written."""
+    unknown = [c for c in (pr_classes or ()) if c not in class_names]
+    if unknown:
+        raise UserError(f"--pr-classes: unknown class {unknown[0]!r}; choose from {', '.join(list(class_names)[:10])}"
+                        + (" ..." if len(class_names) > 10 else ""))
 
 
 def _recorded_eval_cache(run_dir: Path) -> Path:

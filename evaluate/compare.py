@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from iagcn.errors import UserError
+from iagcn.validation import require_unique
 from iagcn.evaluate.evaluation import EvalConfig
 from iagcn.evaluate.inputs import cache_targets, rows_for_ids
 from iagcn.evaluate.runscores import RunScores, run_scores_for_cache
@@ -92,6 +93,9 @@ def compare_runs(specs_a: Sequence[str], specs_b: Sequence[str], *, cache_path: 
     targets_table = cache_targets(cache_path)
     dirs_a = [p for s in specs_a for p in expand_run_spec(s, log=log)]
     dirs_b = [p for s in specs_b for p in expand_run_spec(s, log=log)]
+    for side, dirs in (("A", dirs_a), ("B", dirs_b)):   # one run listed twice would count as two seeds
+        require_unique([str(d.resolve()) for d in dirs], what="run", where=f"compare side {side}",
+                       fix="list each run once")
     runs_a = [run_scores_for_cache(d, cache_path, config=config, progress=progress) for d in dirs_a]
     runs_b = [run_scores_for_cache(d, cache_path, config=config, progress=progress) for d in dirs_b]
     for r in runs_a + runs_b:

@@ -140,6 +140,15 @@ def align_by_ids(scores: ScoreTable, targets: ScoreTable) -> tuple[np.ndarray, n
     return s, t, scores.image_ids or targets.image_ids
 
 
+def warn_rows_by_position(scores: ScoreTable, targets: ScoreTable) -> None:
+    """Warn when only one of the files carries image ids: its rows were matched to the other's by position, an
+    assumption the files cannot confirm (called once the inputs are accepted)."""
+    if (scores.image_ids is None) != (targets.image_ids is None):
+        named, unnamed = (scores, targets) if scores.image_ids is not None else (targets, scores)
+        warnings.warn(f"{unnamed.path.name} carries no image ids: its rows are matched to {named.path.name}'s by "
+                      f"position (save image_ids with both files to match them by id)", stacklevel=2)
+
+
 def align_columns(scores: ScoreTable, targets: ScoreTable, s: np.ndarray, t: np.ndarray,
                   given: list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Score and target columns for the same classes, in one order, with their names.

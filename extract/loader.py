@@ -43,9 +43,13 @@ def collate_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
 
 
-def worker_init(_: int) -> None:
+def worker_init(worker_id: int) -> None:
+    """Every DataLoader worker: dies with the parent, leaves Ctrl-C to it (iagcn.processes), one thread."""
     import torch
 
+    from iagcn.processes import worker_setup
+
+    worker_setup(worker_id)
     torch.set_num_threads(1)
     with contextlib.suppress(ImportError):
         import cv2

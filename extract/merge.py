@@ -8,6 +8,9 @@ from typing import Sequence
 
 from iagcn.errors import UserError
 from iagcn.fsutil import check_writable_dir, exclusive_lock, interrupt_hint
+from iagcn.processes import defer_interrupts, raise_if_interrupted
+
+MERGE_CHUNK_ROWS = 1024   # rows copied per step of a merge (an interrupt takes effect between steps)
 
 
 def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
@@ -55,10 +58,14 @@ def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
         check_writable_dir(out.parent, what=f"the merged cache {out.name}")
         hint = f"interrupted: nothing was written to {out} (the merge is atomic; the shards are untouched); " \
                f"rerun the same command"
-        with exclusive_lock(out, what="merged cache"), interrupt_hint(lambda: hint):
+        # h5py drops exceptions raised inside its callbacks: a Ctrl-C is recorded and acted on between chunks
+        with exclusive_lock(out, what="merged cache"), interrupt_hint(lambda: hint), defer_interrupts():
             with CacheWriter(out, num_images=total, num_rois=first.num_rois, feature_dim=first.feature_dim,
                              num_classes=first.num_classes, embedding_dim=emb.shape[1], attrs=attrs) as w:
                 for a, b, c, _ in infos:
-                    w.write_rows(a, {f: c.read(f) for f in ROW_FIELDS})
+                    for r0 in range(0, b - a, MERGE_CHUNK_ROWS):
+                        r1 = min(b - a, r0 + MERGE_CHUNK_ROWS)
+                        w.write_rows(a + r0, {f: c.read(f, r0, r1) for f in ROW_FIELDS})
+                        raise_if_interrupted()
                 w.set_label_embeddings(emb, source=source)
         return out

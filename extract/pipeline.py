@@ -40,8 +40,9 @@ from iagcn.extract.loader import batches_of_blocks, collate_items, ImageRows, wo
 from iagcn.extract.parts import PART_FIELDS, check_finite_part, empty_block, open_partial, part_path, read_part, \
     write_part
 from iagcn.extract.preflight import load_checked_split
-from iagcn.fsutil import check_can_create, check_free_space, exclusive_lock, interrupt_hint, is_disk_full, \
+from iagcn.fsutil import check_can_create, check_free_space, exclusive_lock, interrupt_hint, no_space_reason, \
     remove_stale_temporaries
+from iagcn.processes import defer_interrupts, raise_if_interrupted
 
 
 def estimated_bytes(rows: int, *, num_rois: int, feature_dim: int, num_classes: int) -> int:
@@ -124,7 +125,9 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
 
     with exclusive_lock(out, what="cache"), interrupt_hint(hint):
         remove_stale_temporaries(out)  # a cache temporary of a killed assembly can be large: free it first
-        inputs = input_hashes(ds, emb, skipped_ids, rows=(row_start, row_stop))
+        inputs = input_hashes(ds, emb, skipped_ids, rows=(row_start, row_stop),
+                              weights={"backbone_weights_sha256": backbone.weights_sha256,
+                                       "proposer_weights_sha256": proposer.weights_sha256})
         reason = _complete_cache_differs(out, ident_hash, shard, inputs) if not partial.exists() else "in progress"
         if reason is None:
             log(f"{out} is already complete for this config (hash {ident_hash}) and these inputs (image ids, labels, "
@@ -200,6 +203,7 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
                 stats.write_s += time.perf_counter() - t2
                 stats.images += len(items)
                 bar.update(len(items))
+                raise_if_interrupted()
                 t_wait = time.perf_counter()
             bar.close()
 
@@ -215,10 +219,10 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
         }
         if shard is not None:
             attrs["shard"] = {"index": shard[0], "count": shard[1], "rows": [row_start, row_stop], "total_rows": n_total}
-        try:
-            with CacheWriter(out, num_images=row_stop - row_start, num_rois=cfg.num_rois,
-                             feature_dim=backbone.feature_dim, num_classes=len(ds.class_names),
-                             embedding_dim=int(emb.shape[1]), attrs=attrs) as writer:
+        try:  # h5py drops exceptions raised inside its callbacks: a Ctrl-C is acted on between blocks
+            with defer_interrupts(), CacheWriter(out, num_images=row_stop - row_start, num_rois=cfg.num_rois,
+                                                 feature_dim=backbone.feature_dim, num_classes=len(ds.class_names),
+                                                 embedding_dim=int(emb.shape[1]), attrs=attrs) as writer:
                 for start, stop in blocks:
                     part = read_part(part_path(partial, start, stop))
                     if part is None:
@@ -230,10 +234,12 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
                     rows["labels"] = np.asarray(ds.labels[start:stop], dtype=np.int8)
                     rows["image_ids"] = [str(i) for i in ds.image_ids[start:stop]]
                     writer.write_rows(start - row_start, rows)
+                    raise_if_interrupted()
                 writer.set_label_embeddings(emb, source=emb_source)
         except Exception as e:
-            if is_disk_full(e):
-                raise UserError(f"disk full while assembling {out} (its temporary was removed; every block stays in "
+            reason = no_space_reason(e)
+            if reason:
+                raise UserError(f"{reason} while assembling {out} (its temporary was removed; every block stays in "
                                 f"{partial}); free space and rerun the same command") from e
             raise
         shutil.rmtree(partial, ignore_errors=True)
@@ -246,12 +252,26 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def input_hashes(ds, emb: np.ndarray, skipped_ids: Sequence[str], *, rows: tuple[int, int]) -> dict[str, Any]:
+def _file_sizes(paths: Sequence[Path]) -> str:
+    sizes = []
+    for p in paths:
+        try:
+            sizes.append(str(os.stat(p).st_size))
+        except OSError:
+            sizes.append("-")
+    return "\n".join(sizes)
+
+
+def input_hashes(ds, emb: np.ndarray, skipped_ids: Sequence[str], *, rows: tuple[int, int],
+                 weights: dict[str, Any] | None = None) -> dict[str, Any]:
     """sha256 of every input a cache's rows are made of, besides the extraction config: the image ids (the split
-    file), the labels (the annotations), the class names, the label embeddings and the skipped images.
+    file), the labels (the annotations), the class names, the label embeddings, the skipped images, the image
+    files' sizes (a replaced picture; sizes, not contents, so that hashing never rereads a whole dataset) and the
+    backbone / proposer weight files' sha256 (``weights``; a weight file replaced under the same path).
     Stored as the cache attribute ``inputs``; a complete cache is reused only when all of them are equal."""
     a, b = rows
-    return {"rows": [a, b],
+    return {"rows": [a, b], **(weights or {}),
+            "image_file_sizes_sha256": _sha256(_file_sizes(ds.image_paths[a:b]).encode()),
             "image_ids_sha256": _sha256("\n".join(map(str, ds.image_ids[a:b])).encode()),
             "labels_sha256": _sha256(np.ascontiguousarray(ds.labels[a:b], dtype=np.int8).tobytes()),
             "class_names_sha256": _sha256(json.dumps(list(ds.class_names)).encode()),
@@ -287,6 +307,12 @@ def _complete_cache_differs(out: Path, ident_hash: str, shard: tuple[int, int] |
     names = {"image_ids_sha256": "the image ids (split file)", "labels_sha256": "the labels (annotations)",
              "class_names_sha256": "the class names", "label_embeddings_sha256": "the label embeddings",
              "skipped_ids_sha256": "the skipped images"}
+    recorded = c.attrs.get("inputs") or {}
+    names.update(image_file_sizes_sha256="the image files", backbone_weights_sha256="the backbone weights file",
+                 proposer_weights_sha256="the proposer weights file")
+    for key in ("image_file_sizes_sha256", "backbone_weights_sha256", "proposer_weights_sha256"):
+        if key in recorded and key in inputs:      # not recomputable from the cache: compared when recorded
+            mine[key] = recorded[key]
     changed = [names[k] for k in mine if mine[k] != inputs[k]]
     return f"{', '.join(changed)} changed since it was written" if changed else None
 

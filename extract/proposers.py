@@ -15,6 +15,7 @@ Every proposer returns, per image, :class:`Proposals` with
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -147,12 +148,24 @@ class SelectiveSearchProposer:
 
 
 # -- torchvision RPN --------------------------------------------------------------------------------------
+#: both RPNs were trained with shorter side 800, longer side at most 1333; --proposer-image-size keeps that ratio
+RPN_DEFAULT_MIN_SIZE, RPN_DEFAULT_MAX_SIZE = 800, 1333
+
+
+def rpn_max_size(min_size: int) -> int:
+    """The longer-side cap that goes with shorter side ``min_size`` (1333 for 800, as both RPNs were trained)."""
+    return max(min_size, round(min_size * RPN_DEFAULT_MAX_SIZE / RPN_DEFAULT_MIN_SIZE))
+
+
 class TorchvisionRPNProposer:
     """The region proposal network of torchvision's ``fasterrcnn_resnet50_fpn`` (no detection head).
 
-    Images go through the model's own transform (shorter side ``min_size``, default 800 as trained), the
-    FPN backbone and the RPN; boxes come back in the resized frame and are scaled to original pixels.
-    Scores are the RPN objectness logits.
+    Each image goes *alone* through the model's own transform (shorter side ``min_size``, default 800 as
+    trained), the FPN backbone and the RPN; boxes come back in the resized frame and are scaled to original
+    pixels. Scores are the RPN objectness logits. One image at a time because a batch pads every image to the
+    batch's largest one, and the padding changes the features near the border and so the boxes (measured: up
+    to 173 px between a batch of 6 and a batch of 1): an image's proposals, and the cache, would depend on
+    ``--batch-size`` and on its neighbours.
 
     Args:
         num_rois: N. weights: ``coco`` (torchvision weight API), a state-dict path (full Faster R-CNN),
@@ -162,14 +175,13 @@ class TorchvisionRPNProposer:
     name = "torchvision"
     runs_in_loader = False
 
-    def __init__(self, *, num_rois: int = 40, weights: str = "coco", min_size: int = 800, max_size: int = 1333,
-                 device: str = "cpu") -> None:
-        import torchvision
+    def __init__(self, *, num_rois: int = 40, weights: str = "coco", min_size: int = RPN_DEFAULT_MIN_SIZE,
+                 max_size: int = RPN_DEFAULT_MAX_SIZE, device: str = "cpu") -> None:
         from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights, fasterrcnn_resnet50_fpn
 
-        self.num_rois = num_rois
         from iagcn.extract.backbones import seeded_init
 
+        self.num_rois = num_rois
         with seeded_init():  # weights "none": the same random RPN in every run
             model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=min_size, max_size=max_size)
         if weights == "coco":
@@ -193,121 +205,223 @@ class TorchvisionRPNProposer:
                 raise UserError(f"--proposer-weights {path}: not a fasterrcnn_resnet50_fpn state dict "
                                 f"({type(e).__name__}); check the file") from e
             self.weights_sha256 = sha256_file(path)
-        del torchvision
         self.device = torch.device(device)
         self.transform = model.transform.eval().to(self.device)
         self.backbone = model.backbone.eval().to(self.device)
         self.rpn = model.rpn.eval().to(self.device)
 
-    @torch.inference_mode()
     def propose(self, images: Sequence[np.ndarray]) -> list[Proposals]:
+        return [self._propose_one(im) for im in images]  # one at a time: independent of the batch (class docstring)
+
+    @torch.inference_mode()
+    def _propose_one(self, image: np.ndarray) -> Proposals:
         from torchvision.models.detection.rpn import concat_box_prediction_layers
 
-        tensors = [torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).to(self.device).float().div_(255)
-                   for im in images]  # each (3, H, W) in [0, 1]
-        image_list, _ = self.transform(tensors)  # padded batch (B, 3, H', W') + per-image resized sizes
-        features = list(self.backbone(image_list.tensors).values())  # FPN levels, each (B, 256, h_l, w_l)
-        objectness, deltas = self.rpn.head(features)  # per level (B, A, h_l, w_l), (B, 4A, h_l, w_l)
-        anchors = self.rpn.anchor_generator(image_list, features)  # B x (sum A h w, 4)
+        h, w = image.shape[:2]
+        x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).to(self.device).float().div_(255)  # (3, H, W)
+        image_list, _ = self.transform([x])  # (1, 3, H', W') resized, padded to a multiple of 32
+        features = list(self.backbone(image_list.tensors).values())  # FPN levels, each (1, 256, h_l, w_l)
+        objectness, deltas = self.rpn.head(features)  # per level (1, A, h_l, w_l), (1, 4A, h_l, w_l)
+        anchors = self.rpn.anchor_generator(image_list, features)  # 1 x (K, 4)
         per_level = [o[0].numel() for o in objectness]
-        objectness, deltas = concat_box_prediction_layers(objectness, deltas)  # (B*K, 1), (B*K, 4)
-        boxes = self.rpn.box_coder.decode(deltas, anchors).view(len(tensors), -1, 4)  # (B, K, 4)
+        objectness, deltas = concat_box_prediction_layers(objectness, deltas)  # (K, 1), (K, 4)
+        boxes = self.rpn.box_coder.decode(deltas, anchors).view(1, -1, 4)  # (1, K, 4)
         boxes, scores = self.rpn.filter_proposals(boxes, objectness, image_list.image_sizes, per_level)
-        out = []
-        for im, (rh, rw), b, s in zip(images, image_list.image_sizes, boxes, scores):
-            h, w = im.shape[:2]
-            scale = torch.tensor([w / rw, h / rh, w / rw, h / rh], device=b.device)  # resized -> original
-            out.append(top_n_with_padding((b.float() * scale).cpu().numpy(), s.float().cpu().numpy(), num=self.num_rois,
-                                          height=h, width=w))
-        return out
+        rh, rw = image_list.image_sizes[0]
+        scale = torch.tensor([w / rw, h / rh, w / rw, h / rh], device=boxes[0].device)  # resized -> original
+        return top_n_with_padding((boxes[0].float() * scale).cpu().numpy(), scores[0].float().cpu().numpy(),
+                                  num=self.num_rois, height=h, width=w)
 
 
 # -- detectron2 RPN ---------------------------------------------------------------------------------------
-DETECTRON2_HINT = ("install Detectron2 from source: pip install 'git+https://github.com/facebookresearch/detectron2.git' "
-                   "(see docs/detectron2.md)")
+DETECTRON2_HINT = ("install Detectron2 from source: pip install --no-build-isolation "
+                   "'git+https://github.com/facebookresearch/detectron2.git' (see docs/detectron2.md)")
+DETECTRON2_DEFAULT_CONFIG = "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml"
+
+
+def detectron2_import_problem(e: BaseException) -> str:
+    """One line naming why ``import detectron2...`` failed: not installed, or the real cause and its fix."""
+    text = " ".join(str(e).split())
+    if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "detectron2" and \
+            (e.name == "detectron2" or "detectron2" not in sys.modules):
+        return f"--proposer detectron2: Detectron2 is not installed; {DETECTRON2_HINT}"
+    if isinstance(e, ModuleNotFoundError) and e.name == "pkg_resources":
+        fix = ("setuptools >= 81 no longer provides pkg_resources, which detectron2.model_zoo imports: "
+               "pip install 'setuptools<81' (see docs/detectron2.md)")
+    elif isinstance(e, AttributeError) and "LINEAR" in text:
+        fix = ("Pillow >= 10 removed Image.LINEAR, which this Detectron2 release uses: install a newer Detectron2 "
+               "or 'pillow<10' (see docs/detectron2.md)")
+    elif isinstance(e, (ImportError, OSError)) and ("_C" in text or "undefined symbol" in text or ".so" in text):
+        fix = ("its compiled extension does not load (built against another torch?): rebuild Detectron2 in this "
+               "environment (see docs/detectron2.md)")
+    else:
+        fix = "see docs/detectron2.md"
+    return f"--proposer detectron2: Detectron2 is installed but importing it failed ({type(e).__name__}: {text}); {fix}"
+
+
+def check_strict_load(incompatible, *, model_keys: Sequence[str], source: str) -> None:
+    """Refuse a checkpoint that does not fill every weight of the parts used (backbone + RPN).
+
+    ``incompatible``: Detectron2's (fvcore's) ``_IncompatibleKeys`` of the load (``missing_keys``,
+    ``unexpected_keys``, ``incorrect_shapes``); ``model_keys``: the model's state-dict keys. Unexpected keys are
+    fine (a full Faster R-CNN checkpoint carries ROI heads that the RPN does not use).
+    """
+    missing = list(getattr(incompatible, "missing_keys", []) or [])
+    shapes = list(getattr(incompatible, "incorrect_shapes", []) or [])
+    if not missing and not shapes:
+        return
+    loaded = len(model_keys) - len(set(missing) | {k for k, *_ in shapes})
+    what = (f"{len(missing)} of {len(model_keys)} weights of the backbone and RPN are missing (e.g. {missing[0]})"
+            if missing else f"{len(shapes)} weights have the wrong shape (e.g. {shapes[0][0]})")
+    raise UserError(f"--proposer-weights {source}: not a checkpoint of this Detectron2 model: {what}, "
+                    f"{max(loaded, 0)} matched; give a checkpoint of the config's architecture "
+                    f"(--detectron2-config), 'zoo' or 'none'")
 
 
 class Detectron2RPNProposer:
-    """The RPN of a Detectron2 model-zoo Faster R-CNN (``proposal_generator``), without the ROI heads.
+    """The RPN of a Detectron2 Faster R-CNN (``proposal_generator``), built without the ROI heads.
 
-    Written against Detectron2's documented API (``model_zoo.get_config_file``, ``build_model``,
-    ``DetectionCheckpointer``, ``ResizeShortestEdge``, ``model.preprocess_image``, ``model.backbone``,
-    ``model.proposal_generator``); not run in this project's CI (Detectron2 is not on the package registry).
+    Built as Detectron2's RPN-only ``ProposalNetwork`` (``MODEL.META_ARCHITECTURE``) from a model-zoo config
+    name or a local YAML file, so the weights loaded are exactly the parts used; the load is strict for them
+    (:func:`check_strict_load`). Each image alone (batch independence, see :class:`TorchvisionRPNProposer`):
+    the config's test-time ``ResizeShortestEdge`` (shorter side ``--proposer-image-size``, default the config's
+    ``INPUT.MIN_SIZE_TEST``), normalisation by ``pixel_mean``/``pixel_std``, ``ImageList.from_tensors`` (padding
+    to the backbone's size divisibility), ``model.backbone``, ``model.proposal_generator``;
+    boxes scaled back to original pixels. Written against Detectron2's documented API; see docs/detectron2.md
+    for what was and was not run.
 
     Args:
-        num_rois: N. config: model-zoo config name, e.g. ``COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml``.
-        weights: a checkpoint path, or ``zoo`` for the model zoo's URL (downloads). device: where it runs.
+        num_rois: N. config: model-zoo config name (``COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml``) or a YAML path.
+        weights: ``zoo`` (the zoo checkpoint of ``config``, or a local YAML's ``MODEL.WEIGHTS``), a checkpoint
+        path, or ``none`` (random, seeded: tests). min_size: shorter side (None: the config's). device: where it runs.
     """
 
     name = "detectron2"
     runs_in_loader = False
 
-    def __init__(self, *, num_rois: int = 40, config: str = "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml",
-                 weights: str = "zoo", device: str = "cpu") -> None:
+    def __init__(self, *, num_rois: int = 40, config: str = DETECTRON2_DEFAULT_CONFIG, weights: str = "zoo",
+                 min_size: int | None = None, device: str = "cpu") -> None:
         try:
             from detectron2 import model_zoo
             from detectron2.checkpoint import DetectionCheckpointer
             from detectron2.config import get_cfg
             from detectron2.data import transforms as T
             from detectron2.modeling import build_model
-        except ImportError as e:
-            raise UserError(f"--proposer detectron2: Detectron2 is not installed; {DETECTRON2_HINT}") from e
+            from detectron2.structures import ImageList
+        except Exception as e:  # noqa: BLE001 -- ImportError, and AttributeError (Pillow) raised by its modules
+            raise UserError(detectron2_import_problem(e)) from e
+        from iagcn.extract.backbones import seeded_init
+
         self.num_rois = num_rois
         cfg = get_cfg()
-        try:
-            cfg.merge_from_file(model_zoo.get_config_file(config))
-        except RuntimeError as e:
-            raise UserError(f"--detectron2-config {config}: not in Detectron2's model zoo; give a zoo config name") from e
+        local = Path(config)
+        if local.suffix in (".yaml", ".yml") and local.is_file():
+            try:
+                cfg.merge_from_file(str(local))
+            except Exception as e:  # noqa: BLE001
+                raise UserError(f"--detectron2-config {local}: not a readable Detectron2 config "
+                                f"({type(e).__name__}: {' '.join(str(e).split())[:160]}); check the file") from e
+        else:
+            if local.suffix in (".yaml", ".yml") and (local.is_absolute() or local.exists() or config.startswith(".")):
+                raise UserError(f"--detectron2-config {config}: no such file; give a YAML path or a model-zoo name "
+                                f"such as {DETECTRON2_DEFAULT_CONFIG}")
+            try:
+                cfg.merge_from_file(model_zoo.get_config_file(config))
+            except RuntimeError as e:
+                raise UserError(f"--detectron2-config {config}: not in Detectron2's model zoo and not a file; "
+                                f"give a zoo name such as {DETECTRON2_DEFAULT_CONFIG} or a YAML path") from e
+        cfg.MODEL.META_ARCHITECTURE = "ProposalNetwork"  # backbone + RPN only: the parts used, loaded strictly
         cfg.MODEL.DEVICE = device
         cfg.MODEL.RPN.POST_NMS_TOPK_TEST = max(cfg.MODEL.RPN.POST_NMS_TOPK_TEST, num_rois)
-        self.model = build_model(cfg).eval()
-        if weights == "zoo":
-            DetectionCheckpointer(self.model).load(model_zoo.get_checkpoint_url(config))
-            self.weights_sha256 = "zoo:" + config
+        if min_size is not None:
+            cfg.INPUT.MIN_SIZE_TEST = min_size
+            cfg.INPUT.MAX_SIZE_TEST = rpn_max_size(min_size)
+        with seeded_init():  # weights "none": the same random RPN in every run
+            self.model = build_model(cfg).eval()
+        if weights == "none":
+            self.weights_sha256 = "none"
         else:
-            path = Path(weights)
-            if not path.is_file():
-                raise UserError(f"--proposer-weights {path}: no such file; give a Detectron2 checkpoint or 'zoo'")
-            DetectionCheckpointer(self.model).load(str(path))
-            self.weights_sha256 = sha256_file(path)
+            if weights == "zoo":
+                source = cfg.MODEL.WEIGHTS if local.is_file() else model_zoo.get_checkpoint_url(config)
+                if not source:
+                    raise UserError(f"--proposer-weights zoo: the config {config} names no MODEL.WEIGHTS; "
+                                    f"pass --proposer-weights PATH or none")
+                self.weights_sha256 = f"zoo:{config}" if not local.is_file() else f"config:{source}"
+            else:
+                path = Path(weights)
+                if not path.is_file():
+                    raise UserError(f"--proposer-weights {path}: no such file; give a Detectron2 checkpoint, 'zoo' or 'none'")
+                source = str(path)
+                self.weights_sha256 = sha256_file(path)
+            self._load_strict(DetectionCheckpointer, source, option_value=weights if weights != "zoo" else source)
         self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
+        self.min_size, self.max_size = cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
         self.bgr = cfg.INPUT.FORMAT == "BGR"
+        self._image_list = ImageList
+
+    def _load_strict(self, checkpointer_cls, source: str, *, option_value: str) -> None:
+        """Load with Detectron2's checkpointer (zoo URLs, .pkl conversion) and keep the incompatible keys it reports."""
+
+        class _Recording(checkpointer_cls):  # the checkpointer reports incompatible keys through this hook
+            incompatible = None
+
+            def _log_incompatible_keys(self, incompatible) -> None:  # noqa: D401
+                type(self).incompatible = incompatible
+
+        remote = "://" in source
+        try:
+            _Recording(self.model).load(source)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- unreadable file, offline download: the user's to fix
+            text = " ".join(str(e).split())[:160]
+            if remote:
+                raise UserError(f"--proposer-weights zoo: could not download {source} ({type(e).__name__}: {text}); "
+                                f"go online once (Detectron2 caches it) or pass --proposer-weights PATH") from e
+            raise UserError(f"--proposer-weights {option_value}: not a readable Detectron2 checkpoint "
+                            f"({type(e).__name__}: {text}); check the file") from e
+        check_strict_load(_Recording.incompatible, model_keys=list(self.model.state_dict()), source=option_value)
+
+    def propose(self, images: Sequence[np.ndarray]) -> list[Proposals]:
+        return [self._propose_one(im) for im in images]  # one at a time: independent of the batch
 
     @torch.inference_mode()
-    def propose(self, images: Sequence[np.ndarray]) -> list[Proposals]:
-        inputs, sizes = [], []
-        for im in images:
-            arr = im[:, :, ::-1] if self.bgr else im  # (H, W, 3) in the model's channel order
-            resized = self.resize.get_transform(arr).apply_image(arr)  # (H', W', 3)
-            inputs.append({"image": torch.as_tensor(np.ascontiguousarray(resized).transpose(2, 0, 1))})
-            sizes.append((im.shape[0], im.shape[1], resized.shape[0], resized.shape[1]))
-        batch = self.model.preprocess_image(inputs)  # ImageList, padded (B, 3, H'', W'')
+    def _propose_one(self, image: np.ndarray) -> Proposals:
+        h, w = image.shape[:2]
+        arr = image[:, :, ::-1] if self.bgr else image  # (H, W, 3) in the model's channel order
+        resized = self.resize.get_transform(arr).apply_image(np.ascontiguousarray(arr))  # (H', W', 3)
+        rh, rw = resized.shape[:2]
+        x = torch.as_tensor(np.ascontiguousarray(resized).transpose(2, 0, 1)).to(self.model.device).float()  # (3, H', W')
+        x = (x - self.model.pixel_mean) / self.model.pixel_std  # normalised as ProposalNetwork.forward does
+        batch = self._image_list.from_tensors([x], self.model.backbone.size_divisibility)  # (1, 3, H'', W'') padded
         features = self.model.backbone(batch.tensor)  # dict of FPN levels
-        instances, _ = self.model.proposal_generator(batch, features, None)  # B x Instances(proposal_boxes, objectness_logits)
-        out = []
-        for (h, w, rh, rw), inst in zip(sizes, instances):
-            b = inst.proposal_boxes.tensor.float().cpu().numpy() * np.array([w / rw, h / rh, w / rw, h / rh], dtype=np.float32)
-            out.append(top_n_with_padding(b, inst.objectness_logits.float().cpu().numpy(), num=self.num_rois, height=h, width=w))
-        return out
+        (inst,), _ = self.model.proposal_generator(batch, features, None)  # Instances(proposal_boxes, objectness_logits)
+        scale = np.array([w / rw, h / rh, w / rw, h / rh], dtype=np.float32)  # resized -> original pixels
+        boxes = inst.proposal_boxes.tensor.float().cpu().numpy() * scale  # (M, 4)
+        return top_n_with_padding(boxes, inst.objectness_logits.float().cpu().numpy(), num=self.num_rois, height=h, width=w)
 
 
 PROPOSERS = ("selective-search", "torchvision", "detectron2")
 
 
 def build_proposer(name: str, *, num_rois: int, weights: str | None = None, image_size: int | None = None,
-                   detectron2_config: str = "COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml",
-                   device: str = "cpu") -> Proposer:
+                   detectron2_config: str = DETECTRON2_DEFAULT_CONFIG, device: str = "cpu") -> Proposer:
     """The proposer ``name``. ``weights``: None for its default (``coco``/``zoo``), a path, or ``none``;
-    ``image_size``: its processing resolution (selective search: longer side; RPNs: shorter side), None for default."""
+    ``image_size``: its processing resolution (selective search: longer side; RPNs: shorter side, the longer
+    side capped in the trained ratio 1333/800), None for default."""
     if num_rois < 1:
         raise UserError(f"--num-rois {num_rois}: must be at least 1")
+    if image_size is not None and image_size < 32:
+        raise UserError(f"--proposer-image-size {image_size}: must be at least 32")
     if name == "selective-search":
         if weights not in (None, "none"):
             raise UserError(f"--proposer-weights {weights}: selective search has no weights; drop the option")
         return SelectiveSearchProposer(num_rois=num_rois, max_side=image_size or 256)
     if name == "torchvision":
-        return TorchvisionRPNProposer(num_rois=num_rois, weights=weights or "coco", min_size=image_size or 800,
-                                      device=device)
+        size = image_size or RPN_DEFAULT_MIN_SIZE
+        return TorchvisionRPNProposer(num_rois=num_rois, weights=weights or "coco", min_size=size,
+                                      max_size=rpn_max_size(size), device=device)
     if name == "detectron2":
-        return Detectron2RPNProposer(num_rois=num_rois, config=detectron2_config, weights=weights or "zoo", device=device)
+        return Detectron2RPNProposer(num_rois=num_rois, config=detectron2_config, weights=weights or "zoo",
+                                     min_size=image_size, device=device)
     raise UserError(f"--proposer {name}: unknown; choose one of {', '.join(PROPOSERS)}")

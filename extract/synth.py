@@ -28,7 +28,8 @@ from iagcn.errors import UserError
 from iagcn.extract.synth_render import render_image
 from iagcn.extract.synth_scenes import C, SCENE_NAMES, SynthImage, image_labels, sample_image
 from iagcn.validation import Range, check_values
-from iagcn.fsutil import TMP_MARK, check_writable_dir, exclusive_lock, interrupt_hint, is_disk_full, tmp_name_for
+from iagcn.fsutil import TMP_MARK, check_writable_dir, exclusive_lock, interrupt_hint, no_space_reason, tmp_name_for
+from iagcn.processes import raise_if_interrupted, worker_setup
 
 GENERATOR_VERSION = 1
 
@@ -73,7 +74,7 @@ def _iter_images(seed: int, counts: list[int], workers: int, progress: bool):
         bar = tqdm(total=len(jobs), desc="synth", unit="img")
     if workers > 1:
         import multiprocessing as mp
-        pool = mp.get_context("fork").Pool(workers)
+        pool = mp.get_context("fork").Pool(workers, initializer=worker_setup)  # Ctrl-C: the parent's, one line
         results = pool.imap(_generate_star, jobs, chunksize=8)
     else:
         pool, results = None, map(_generate_star, jobs)
@@ -186,6 +187,7 @@ def write_synth(out: str | os.PathLike, *, fmt: str = "voc", n_train: int = 800,
             writer = _write_voc if fmt == "voc" else _write_coco
             writer(tmp, n_train=n_train, n_test=n_test, seed=seed, workers=workers, progress=progress)
             (tmp / "synth.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            raise_if_interrupted()
             if out.exists():
                 trash = tmp_name_for(out)
                 os.replace(out, trash)
@@ -195,8 +197,9 @@ def write_synth(out: str | os.PathLike, *, fmt: str = "voc", n_train: int = 800,
                 os.replace(tmp, out)
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(e, Exception) and is_disk_full(e):
-                raise UserError(f"disk full while writing the dataset {out} (the partial copy was removed); "
+            reason = no_space_reason(e) if isinstance(e, Exception) else None
+            if reason:
+                raise UserError(f"{reason} while writing the dataset {out} (the partial copy was removed); "
                                 f"free space and rerun") from e
             raise
     return dataset_root(out, fmt), True

@@ -1,4 +1,4 @@
-from iagcn.cli import main
+from iagcn.entry import main
 
 if __name__ == "__main__":
     main()

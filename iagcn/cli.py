@@ -11,6 +11,8 @@ import click
 
 from iagcn.errors import UserError
 from iagcn.fsutil import reset_interrupt_hint, take_interrupt_hint
+from iagcn.processes import exit_code_for, forget_interrupts, install_cli_signal_handlers, interrupt_received, \
+    restore_signal_handlers
 
 
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -29,12 +31,13 @@ class IagcnGroup(click.Group):
                 raise
             click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:   # Ctrl-C, and SIGTERM (processes.Terminated)
             if debug:
                 raise
-            hint = take_interrupt_hint() or "interrupted: completed work was kept; rerun the same command to resume"
-            click.echo(hint, err=True)
-            ctx.exit(130)
+            click.echo(_interrupt_line(), err=True)
+            code = exit_code_for(e)
+            forget_interrupts()  # reported: main() must not report it again
+            ctx.exit(code)
 
     def main(self, *args, **kwargs):  # type: ignore[override]
         """Run the group; every failure becomes ONE line on stderr and a non-zero exit (usage errors too)."""
@@ -42,11 +45,20 @@ class IagcnGroup(click.Group):
         argv = list(sys.argv[1:] if argv is None else argv)
         debug = "--debug" in argv[:1]
         standalone = kwargs.pop("standalone_mode", True)
+        owned = install_cli_signal_handlers()  # SIGTERM like Ctrl-C; interrupts recorded so a swallowed one still counts
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
-        except click.exceptions.Abort:
-            click.echo(take_interrupt_hint() or "interrupted", err=True)
-            code = 130
+            if interrupt_received() is not None and rv in (0, None):
+                # a library swallowed the interrupt and the command ran to its end; every commit re-checks for an
+                # interrupt (processes.raise_if_interrupted), so all of its outputs were committed before it came
+                click.echo("interrupted: the command had already finished (its outputs are complete)", err=True)
+                rv = exit_code_for(None)
+            forget_interrupts()  # reported (or the command failed and said why): never a second line
+        except (click.exceptions.Abort, KeyboardInterrupt) as e:  # an interrupt outside a subcommand's body
+            if debug and isinstance(e, KeyboardInterrupt):
+                raise
+            click.echo(_interrupt_line(), err=True)
+            code = exit_code_for(e if isinstance(e, KeyboardInterrupt) else e.__cause__ or e.__context__)
         except _NO_ARGS_IS_HELP as e:  # `iagcn` alone: the help text, as click prints it
             click.echo(e.format_message(), err=True)
             code = e.exit_code
@@ -66,9 +78,17 @@ class IagcnGroup(click.Group):
             if not standalone:
                 return rv
             code = rv if isinstance(rv, int) else 0
+        finally:
+            if owned:
+                restore_signal_handlers()
         if not standalone:
             return code
         sys.exit(code)
+
+
+def _interrupt_line() -> str:
+    """The innermost command's one line (what was kept, how to resume), or a generic one."""
+    return take_interrupt_hint() or "interrupted: completed work was kept; rerun the same command to resume"
 
 
 @click.group(cls=IagcnGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from iagcn.errors import UserError
+from iagcn.processes import raise_if_interrupted
 
 TMP_MARK = ".tmp-"
 
@@ -60,21 +60,35 @@ def reset_interrupt_hint() -> None:
 
 
 # -- disk full / unwritable ---------------------------------------------------------------------------
-def is_disk_full(e: BaseException) -> bool:
-    """True when ``e`` (or an exception it was raised from) reports ENOSPC / EDQUOT.
+_NO_SPACE = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk full (quota exceeded)",
+             errno.EFBIG: "file-size limit reached (EFBIG: raise `ulimit -f` or use a file system that allows larger "
+                                      "files)"}
+_NO_SPACE_TEXT = (("No space left on device", errno.ENOSPC), ("errno = 28", errno.ENOSPC),
+                  ("Disk quota exceeded", errno.EDQUOT), ("errno = 122", errno.EDQUOT),
+                  ("File too large", errno.EFBIG), ("errno = 27", errno.EFBIG))
+
+
+def no_space_reason(e: BaseException) -> str | None:
+    """``"disk full"`` (ENOSPC / EDQUOT) or the file-size limit (EFBIG) when ``e`` or its cause reports one, else None.
 
     torch.save and h5py wrap the OS error in RuntimeError / OSError text, so the message is checked too.
     """
     seen = 0
     while e is not None and seen < 8:
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
+        if isinstance(e, OSError) and e.errno in _NO_SPACE:
+            return _NO_SPACE[e.errno]
         text = str(e)
-        if "No space left on device" in text or "errno = 28" in text or "Disk quota exceeded" in text:
-            return True
+        for needle, code in _NO_SPACE_TEXT:
+            if needle in text:
+                return _NO_SPACE[code]
         e = e.__cause__ or e.__context__
         seen += 1
-    return False
+    return None
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """True when a write failed for lack of room: ENOSPC, EDQUOT, or EFBIG (a file-size limit is a full disk too)."""
+    return no_space_reason(e) is not None
 
 
 def check_writable_dir(folder: str | os.PathLike, *, what: str, option: str = "--out") -> Path:
@@ -116,11 +130,46 @@ def check_free_space(folder: str | os.PathLike, need_bytes: int, *, what: str) -
 
 
 def tmp_name_for(final: Path) -> Path:
-    """A unique temporary sibling of ``final`` (same directory, so rename is atomic)."""
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}{TMP_MARK}", dir=final.parent)
+    """A unique temporary sibling of ``final`` (same directory, so rename is atomic): ``.<name>.tmp-<pid>-<random>``.
+
+    The writer's pid in the name lets any later run remove the temporaries of writers that no longer exist
+    (:func:`remove_dead_temporaries`), even without holding a lock.
+    """
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}{TMP_MARK}{os.getpid()}-", dir=final.parent)
     os.close(fd)
     os.unlink(name)
     return Path(name)
+
+
+def _writer_pid(tmp: Path, final_name: str) -> int | None:
+    rest = tmp.name[len(f".{final_name}{TMP_MARK}"):]
+    pid = rest.split("-", 1)[0]
+    return int(pid) if pid.isdigit() and "-" in rest else None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:            # EPERM: alive, another user's
+        return True
+    return True
+
+
+def remove_dead_temporaries(final: Path) -> None:
+    """Delete temporaries next to ``final`` whose writer (the pid in their name) is dead on this machine.
+
+    Safe without a lock: a live writer's temporary is kept. Temporaries without a pid (older iagcn) are left to
+    :func:`remove_stale_temporaries`, which runs under the output's lock.
+    """
+    for p in final.parent.glob(f".{final.name}{TMP_MARK}*"):
+        pid = _writer_pid(p, final.name)
+        if pid is not None and not _pid_alive(pid):
+            with contextlib.suppress(OSError):
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
 def fsync_dir(path: Path) -> None:
@@ -146,6 +195,7 @@ def atomic_path(final: str | os.PathLike, *, what: str = "output", disk_full_hin
         raise UserError(f"cannot create the folder of {what} {final}: {e.strerror}; choose a writable location") from e
     if not os.access(final.parent, os.W_OK):
         raise UserError(f"{what} folder {final.parent} is not writable; choose another --out")
+    remove_dead_temporaries(final)   # left by a killed writer of this file
     try:
         tmp = tmp_name_for(final)
     except OSError as e:
@@ -155,13 +205,15 @@ def atomic_path(final: str | os.PathLike, *, what: str = "output", disk_full_hin
         if tmp.exists():
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
+            raise_if_interrupted()   # a Ctrl-C that a library swallowed still stops the rename
             os.replace(tmp, final)
             fsync_dir(final.parent)
     except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if isinstance(e, Exception) and is_disk_full(e):
-            raise UserError(f"disk full while writing {what} {final}; " + (disk_full_hint or
+        reason = no_space_reason(e) if isinstance(e, Exception) else None
+        if reason:
+            raise UserError(f"{reason} while writing {what} {final}; " + (disk_full_hint or
                             "free space and rerun (the previous file, if any, was not replaced)")) from e
         raise
 
@@ -176,32 +228,79 @@ def write_json_atomic(final: str | os.PathLike, obj: object, *, what: str = "out
 
 
 def remove_stale_temporaries(final: Path) -> None:
-    """Delete temporaries that a killed run left next to ``final``."""
+    """Delete every temporary next to ``final`` (call it holding ``final``'s lock: no live writer can own one)."""
     for p in final.parent.glob(f".{final.name}{TMP_MARK}*"):
         with contextlib.suppress(OSError):
-            p.unlink()
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+def remove_stale_temporaries_in(folder: Path) -> None:
+    """Delete every iagcn temporary directly inside ``folder`` (call it holding the folder's lock)."""
+    for p in folder.glob(f".*{TMP_MARK}*"):
+        with contextlib.suppress(OSError):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+# -- locks: one writer per output ---------------------------------------------------------------------
+_held_locks: dict[str, tuple[int, int]] = {}   # lock file -> (st_dev, st_ino), while this process holds it
 
 
 @contextlib.contextmanager
 def exclusive_lock(target: str | os.PathLike, *, what: str = "output") -> Iterator[None]:
-    """Refuse a second process writing ``target`` at the same time (an flock on ``target.lock``)."""
+    """Refuse a second process writing ``target`` at the same time (a ``filelock`` lock on ``.<target>.lock``).
+
+    The OS lock (flock on POSIX, LockFileEx on Windows) dies with the process, so a killed writer never blocks
+    the rerun. It is not inherited: a forked child (a DataLoader worker) closes its copy of the lock's file
+    descriptor at fork time (flock locks belong to the open file description, which a fork shares), so a
+    worker that outlives its parent cannot keep the lock.
+    """
+    from filelock import FileLock, Timeout
+
     target = Path(target)
     lock_path = target.parent / f".{target.name}.lock"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(lock_path, "a+")
+        lock = FileLock(str(lock_path), timeout=0)
+        lock.acquire()
+    except Timeout as e:
+        raise UserError(f"another process is writing {what} {target} (lock {lock_path} is held); "
+                        f"wait for it or choose another output") from e
     except OSError as e:
-        raise UserError(f"cannot write {what} {target}: {e.strerror} ({lock_path}); choose a writable location") from e
+        raise UserError(f"cannot write {what} {target}: {e.strerror or e} ({lock_path}); "
+                        f"choose a writable location") from e
+    key = str(lock_path.absolute())
     try:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            raise UserError(
-                f"another process is writing {what} {target} (lock {lock_path} is held); wait for it or choose another output"
-            ) from e
+        st = os.stat(lock_path)
+        _held_locks[key] = (st.st_dev, st.st_ino)
         yield
     finally:
-        fh.close()
+        _held_locks.pop(key, None)
+        lock.release()
+
+
+def _close_inherited_locks() -> None:
+    """In a forked child: close the descriptors of the parent's lock files, so the child never holds a lock."""
+    if not _held_locks:
+        return
+    held = set(_held_locks.values())
+    _held_locks.clear()
+    fd_dir = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
+    try:
+        fds = [int(name) for name in os.listdir(fd_dir)]
+    except OSError:
+        return
+    for fd in fds:
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in held:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import types
 import typing
@@ -71,9 +72,9 @@ class Range:
                 if bad:
                     return f"value {v!r} {bad}"
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if _is_bool(value) or not isinstance(value, numbers.Real):
             return f"must be a number {self.describe()}, not {value!r}"
-        if isinstance(value, float) and not math.isfinite(value):
+        if not math.isfinite(float(value)):
             if self.finite:
                 return f"must be a finite number {self.describe()}, not {value}"
             return None
@@ -140,13 +141,17 @@ def _type_problem(value: Any, hint: Any) -> str | None:
         return None
     if hint is bool:
         return None if isinstance(value, bool) else "must be true or false"
-    if hint is int:
-        return None if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
+    if hint is int:  # numbers.Integral: Python and NumPy integers, never bools
+        return None if isinstance(value, numbers.Integral) and not _is_bool(value) else "must be an integer"
     if hint is float:
-        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "must be a number"
+        return None if isinstance(value, numbers.Real) and not _is_bool(value) else "must be a number"
     if hint is str:
         return None if isinstance(value, str) else "must be a string"
     return None
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool) or type(value).__name__ == "bool_"
 
 
 def _name(hint: Any) -> str:

@@ -138,6 +138,15 @@ def test_eval_scores_refuses_column_mismatches(kind, scored, tmp_path):
     assert_nothing_written(tmp_path / "out")
 
 
+def test_eval_scores_warns_when_rows_are_matched_by_position(scored, tmp_path):
+    """Ids in the scores, none in the targets: the rows can only be matched by position, and the user is told."""
+    np.save(tmp_path / "t.npy", scored["t"])
+    path = write_csv(tmp_path / "s.csv", scored["ids"], scored["names"], scored["s"])
+    code, err = invoke(["eval", "--scores", path, "--targets", tmp_path / "t.npy", "--scores-are", "logits",
+                        "--no-plots"])
+    assert code == 0 and "t.npy carries no image ids" in err and "by position" in err, err
+
+
 # ---------------------------------------------------------------------------------------------- duplicate ids
 @pytest.mark.parametrize("where", ["scores csv", "scores npz", "targets npz", "targets csv"])
 def test_duplicate_image_ids_are_refused_in_score_files(where, scored, tmp_path):
@@ -259,6 +268,9 @@ def _damage(kind: str, good: Path, tmp_path: Path) -> tuple[Path, list[str]]:
         if kind == "class names count":
             f.attrs["class_names"] = json.dumps(["class00", "class01"])
             return bad, ["class_names", "2 entries"]
+        if kind == "embeddings source not JSON":
+            f["label_embeddings"].attrs["source"] = "{oops"
+            return bad, ["label_embeddings", "source", "not JSON"]
         if kind == "num_rois attribute":
             f.attrs["num_rois"] = json.dumps(7)
             return bad, ["num_rois", "N=4"]
@@ -268,7 +280,7 @@ def _damage(kind: str, good: Path, tmp_path: Path) -> tuple[Path, list[str]]:
 CONTRACT = ["label 2", "label 5", "int16 labels (257)", "float labels (0.5)", "duplicate id", "float64 features",
             "regions N differs from boxes", "regions D differs from global", "boxes not 4 wide", "1-D labels",
             "rows differ", "embeddings NaN", "embeddings rows differ from classes", "class names repeated",
-            "class names count", "num_rois attribute"]
+            "class names count", "num_rois attribute", "embeddings source not JSON"]
 
 
 @pytest.mark.parametrize("role", ["train", "eval"])
@@ -356,6 +368,13 @@ def test_bad_config_json_is_one_line_naming_the_file(command, damage, mlgcn_run,
         args = ["predict", "--run", run, img]
     code, err = invoke(args)
     assert_one_line_error(code, err, "config.json")
+
+
+def test_compare_refuses_a_run_listed_twice_on_one_side(mlgcn_run, caches):
+    """--a R --a R would count one run as two seeds (and get a test across seeds)."""
+    code, err = invoke(["compare", "--a", mlgcn_run, "--a", str(mlgcn_run) + "/", "--b", mlgcn_run, "--cache",
+                        caches[1]])
+    assert_one_line_error(code, err, "side A", "duplicate run")
 
 
 def test_sweep_refuses_repeated_seeds_and_presets(caches, tmp_path):
@@ -457,6 +476,15 @@ def test_complete_cache_is_not_reused_when_split_or_labels_changed(tmp_path):
     with FeatureCache(out) as c:
         assert c.image_ids() == ["a", "b", "c", "d"]
         assert c.attrs["inputs"]["rows"] == [0, 4]
+        before = c.read("global").copy()
+    from PIL import Image
+
+    Image.new("RGB", (90, 70), (10, 200, 30)).save(root / "JPEGImages" / "c.jpg")          # a picture replaced
+    code, err = _extract(root, out)
+    assert code == 0 and "image files" in err, err
+    with FeatureCache(out) as c:
+        after = c.read("global")
+        assert c.read("image_sizes")[2].tolist() == [70, 90] and not np.array_equal(after[2], before[2])
 
 
 # ---------------------------------------------------------------------------------------------- readers
@@ -545,12 +573,16 @@ def test_sweep_refuses_a_negative_seed(caches, tmp_path):
 
 
 @pytest.mark.parametrize("option,value", [("--num-rois", "100000"), ("--threads", "-3"), ("--workers", "1000"),
-                                          ("--proposer-image-size", "10"), ("--image-size", "100000")])
+                                          ("--proposer-image-size", "10"), ("--image-size", "100000"),
+                                          ("--set", "roi_output_size=0"), ("--set", "roi_sampling_ratio=-1")])
 def test_extract_refuses_out_of_range_values(option, value, tmp_path):
     root = make_voc(tmp_path / "VOC2007", {"a": [("dog", 0)]})
     args = ["extract", "--dataset", "voc", "--root", root, "--split", "trainval", "--out", tmp_path / "o" / "c.h5",
             *CHEAP]
-    if option in args:
+    if option == "--set":
+        args += [option, value]
+        option, value = value.split("=")
+    elif option in args:
         args[args.index(option) + 1] = value
     else:
         args += [option, value]
@@ -590,8 +622,12 @@ def test_every_config_field_has_a_range():
     from iagcn.train.config import TRAIN_RANGES, TrainConfig
     from iagcn.validation import check_table_covers
 
-    for cls, table in ((TrainConfig, TRAIN_RANGES), (ExtractConfig, EXTRACT_RANGES), (EvalConfig, EVAL_RANGES)):
+    from iagcn.train.config import HeadConfig
+
+    for cls, table in ((TrainConfig, TRAIN_RANGES), (ExtractConfig, EXTRACT_RANGES), (EvalConfig, EVAL_RANGES),
+                       (HeadConfig, TRAIN_RANGES)):     # the model's config is a validated TrainConfig's subset
         assert check_table_covers(cls, table) == [], cls.__name__
+    for cls, table in ((TrainConfig, TRAIN_RANGES), (ExtractConfig, EXTRACT_RANGES), (EvalConfig, EVAL_RANGES)):
         assert set(table) <= {f.name for f in __import__("dataclasses").fields(cls)}, cls.__name__
 
 
@@ -632,6 +668,10 @@ def test_divergence_message_names_inputs_before_blaming_the_learning_rate(caches
     assert "lower --lr" in msg and "epoch 4" in msg
     msg = divergence_cause(model(), batch, parts, config=cfg, epoch=0, step=0, path=data.path)
     assert "first step" in msg and "lower --lr" not in msg
+    batch.valid[2] = False                                            # an image without any valid region
+    msg = divergence_cause(model(), batch, parts, config=cfg, epoch=1, step=0, path=data.path,
+                           image_ids=data.image_ids)
+    assert "no valid region" in msg and repr(data.image_ids[int(batch.index[2])]) in msg and "lower --lr" not in msg
 
 
 def test_nan_label_embeddings_are_named_not_blamed_on_the_learning_rate(caches, tmp_path):

@@ -46,7 +46,8 @@ def train_one_epoch(model: IAGCNHead, optimizer: torch.optim.Optimizer, data: Ca
                                  a_I_loss_weight=config.a_I_loss_weight)
         if not math.isfinite(parts["loss"]):
             raise UserError(divergence_cause(model, batch, parts, config=config, epoch=epoch, step=step,
-                                             path=getattr(data, "path", None)))
+                                             path=getattr(data, "path", None),
+                                             image_ids=getattr(data, "image_ids", None)))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
@@ -71,7 +72,7 @@ def _non_finite(t: torch.Tensor | None) -> bool:
 
 @torch.no_grad()
 def divergence_cause(model: IAGCNHead, batch, parts: dict[str, float], *, config: TrainConfig, epoch: int,
-                     step: int, path=None) -> str:
+                     step: int, path=None, image_ids=None) -> str:
     """The message for a NaN/Inf loss, naming the real cause: inputs are examined before the optimisation is blamed.
 
     In order: a config constant, the label embeddings H0 or the statistical adjacency (inputs of the model), the
@@ -91,6 +92,12 @@ def divergence_cause(model: IAGCNHead, batch, parts: dict[str, float], *, config
     for name, t in (("global", batch.x), ("regions", batch.X)):
         if _non_finite(t):
             return f"non-finite loss at {where}: {source} has NaN/Inf {name} features; re-extract it"
+    if getattr(model, "uses_regions", False) and batch.valid is not None and not bool(batch.valid.any(1).all()):
+        row = int(batch.index[int(torch.nonzero(~batch.valid.any(1))[0, 0])])
+        name = f"image {image_ids[row]!r}" if image_ids is not None else f"row {row}"
+        return (f"non-finite loss at {where}: {name} of {source} has no valid region (box_valid all false), which "
+                f"the region-based heads cannot read; re-extract with another proposer or use a preset without "
+                f"regions")
     bad_params = [n for n, p in model.named_parameters() if _non_finite(p)]
     if bad_params:
         return (f"training diverged at {where}: parameters became NaN/Inf ({', '.join(bad_params[:3])}) after "

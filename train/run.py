@@ -102,6 +102,13 @@ def schedule_lr(epoch: int, config: TrainConfig) -> float:
 
 
 # -- the run ----------------------------------------------------------------------------------------
+def check_run_inputs(config: TrainConfig, *, train_data: CacheData, eval_data: CacheData) -> None:
+    """Everything a run refuses before it writes: cache compatibility, the device, the label embeddings."""
+    check_compatible(train_data.cache, eval_data.cache, role="evaluation")
+    resolve_device(config.device)
+    load_label_embeddings(config, train_data.cache)
+
+
 def train_run(config: TrainConfig, *, train_data: CacheData, eval_data: CacheData, out_dir: str | os.PathLike,
               resume: bool = False, progress: bool = True, log=print,
               resume_command: str | None = None) -> dict[str, Any]:
@@ -110,10 +117,7 @@ def train_run(config: TrainConfig, *, train_data: CacheData, eval_data: CacheDat
     With ``resume`` a run directory holding ``last.pt`` continues from it (same config required);
     without it such a directory is refused. Returns the content of metrics.json.
     """
-    # inputs first, so that a refusal leaves no run directory behind
-    check_compatible(train_data.cache, eval_data.cache, role="evaluation")
-    resolve_device(config.device)
-    load_label_embeddings(config, train_data.cache)
+    check_run_inputs(config, train_data=train_data, eval_data=eval_data)  # first: a refusal leaves no run directory
     out = check_writable_dir(out_dir, what="the run directory", option="--out")
     kept = {"epochs": 0}
     how = resume_command or f"resume with `iagcn train --resume {out}`"

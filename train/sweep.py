@@ -17,7 +17,7 @@ from iagcn.fsutil import check_writable_dir, exclusive_lock, interrupt_hint, wri
 from iagcn.train import runfolder
 from iagcn.train.config import TrainConfig
 from iagcn.train.data import CacheData
-from iagcn.train.run import train_run
+from iagcn.train.run import check_run_inputs, train_run
 
 
 def run_dir_for(out: Path, preset: str, seed: int) -> Path:
@@ -32,8 +32,10 @@ def run_sweep(configs: Iterable[TrainConfig], *, train_data: CacheData, eval_dat
     interrupted ones resume. With ``probe`` the `linear-probe` reference (train.probe) is fitted first into
     out_dir/linear-probe-s0/. Writes results.csv after every run, then calls ``on_results(out, rows)`` (the CLI
     passes the table.md writer); returns the rows."""
-    out = check_writable_dir(out_dir, what="the sweep", option="--out")
     configs = list(configs)
+    for config in configs:  # every refusal before the sweep folder exists
+        check_run_inputs(config, train_data=train_data, eval_data=eval_data)
+    out = check_writable_dir(out_dir, what="the sweep", option="--out")
     with exclusive_lock(out / "sweep", what="sweep directory"), \
             interrupt_hint(lambda: f"interrupted: {sum(runfolder.is_complete(run_dir_for(out, c.preset, c.seed)) for c in configs)}"
                                    f"/{len(configs)} runs complete in {out}; rerun the same `iagcn sweep` command to "

@@ -1,0 +1,30 @@
+"""The `iagcn` console script and `python -m iagcn`: signal handlers first, then the CLI.
+
+Ctrl-C or SIGTERM while the CLI's modules are still being imported prints one line, not an import traceback.
+Only the few lines before this module runs (the interpreter's own start-up) are out of reach.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from iagcn.processes import exit_code_for, exit_quietly_on_signals, install_cli_signal_handlers
+
+
+def main() -> None:
+    install_cli_signal_handlers()
+    try:
+        from iagcn.cli import main as cli_main
+    except KeyboardInterrupt as e:
+        if "--debug" in sys.argv[1:2]:
+            raise
+        print("interrupted while starting: nothing was done", file=sys.stderr, flush=True)
+        os._exit(exit_code_for(e))  # nothing to clean up; half-imported modules' exit hooks must not run
+    try:
+        cli_main()
+    finally:
+        exit_quietly_on_signals()  # interpreter shutdown (h5py, torch, atexit hooks): a signal exits, no traceback
+
+
+if __name__ == "__main__":
+    main()
