@@ -37,6 +37,20 @@ from iagcn.fsutil import fsync_dir, git_commit, no_space_reason, remove_stale_te
 from iagcn.processes import raise_if_interrupted
 
 
+def _pwrite(fd: int, data, offset: int) -> int:
+    if hasattr(os, "pwrite"):
+        return os.pwrite(fd, data, offset)
+    os.lseek(fd, offset, os.SEEK_SET)  # Windows: no pwrite
+    return os.write(fd, data)
+
+
+def _pread(fd: int, size: int, offset: int) -> bytes:
+    if hasattr(os, "pread"):
+        return os.pread(fd, size, offset)
+    os.lseek(fd, offset, os.SEEK_SET)  # Windows: no pread
+    return os.read(fd, size)
+
+
 class _FirstErrorFile:
     """The file a cache is written through (h5py's ``fileobj`` driver): the first failed write is recorded and
     every later write is dropped.
@@ -51,7 +65,7 @@ class _FirstErrorFile:
     """
 
     def __init__(self, path: Path) -> None:
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o666)
         self._pos = 0
         self._eof = 0
         self.error: OSError | None = None
@@ -66,7 +80,7 @@ class _FirstErrorFile:
             try:
                 done = 0
                 while done < len(view):
-                    done += os.pwrite(self._fd, view[done:], self._pos + done)
+                    done += _pwrite(self._fd, view[done:], self._pos + done)
             except OSError as e:
                 self._record(e)
         self._pos += len(view)
@@ -75,14 +89,14 @@ class _FirstErrorFile:
 
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")
-        n = os.preadv(self._fd, [view], self._pos) if hasattr(os, "preadv") else self._read_copy(view)
+        n = os.preadv(self._fd, [view], self._pos) if hasattr(os, "preadv") else self._read_copy(view)  # not on Windows
         upto = max(n, min(len(view), self._eof - self._pos))  # bytes whose writes were dropped read as zeros
         view[n:upto] = bytes(upto - n)
         self._pos += upto
         return upto
 
     def _read_copy(self, view: memoryview) -> int:
-        data = os.pread(self._fd, len(view), self._pos)
+        data = _pread(self._fd, len(view), self._pos)
         view[:len(data)] = data
         return len(data)
 

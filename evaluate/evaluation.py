@@ -31,7 +31,8 @@ from iagcn.configio import config_to_dict
 from iagcn.errors import UserError
 from iagcn.metrics import (ScoresAre, average_precision_per_class, mean_average_precision, multilabel_metrics,
                                     validate_scores_targets)
-from iagcn.fsutil import atomic_path, exclusive_lock, git_commit, write_json_atomic, write_text_atomic
+from iagcn.fsutil import atomic_path, exclusive_lock, git_commit, remove_stale_temporaries, write_json_atomic, \
+    write_text_atomic
 from iagcn.validation import ANY, Range, check_ranges, check_types
 from iagcn.jsonutil import finite_or_none
 from iagcn.train import runfolder
@@ -146,6 +147,8 @@ def write_evaluation(out: str | os.PathLike, ev: Evaluation, *, config: EvalConf
     paths = {"eval_config": out / "eval_config.json", "metrics": out / "metrics.json",
              "per_class_ap": out / "per_class_ap.csv"}
     with exclusive_lock(out / "eval", what="evaluation folder"):  # one evaluation's files, never two mixed
+        for path in (*paths.values(), out / "scores.npz"):  # what a killed evaluation left (we hold the lock)
+            remove_stale_temporaries(path)
         write_json_atomic(paths["eval_config"], {"config": config_to_dict(config), "inputs": inputs,
                                                  "git_commit": git_commit()}, what="eval config")
         write_json_atomic(paths["metrics"], metrics_record(ev, config=config, inputs=inputs), what="metrics")

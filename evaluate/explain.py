@@ -92,9 +92,7 @@ def explain(run_dir: str | os.PathLike, cache_path: str | os.PathLike, image_id:
     with FeatureCache(cache_path) as c:
         attrs = dict(c.attrs)
         ids = c.image_ids()
-        if list(c.class_names) != list(run.class_names):
-            raise UserError(f"cache {cache_path}: its classes differ from run {run_dir}'s; explain an image of a "
-                            "cache of the same dataset")
+        run.check_cache(c, what="explain an image of")
     if image_id not in ids:
         sample = ", ".join(ids[:5])
         raise UserError(f"--image-id {image_id}: not in cache {cache_path} ({len(ids)} images, e.g. {sample})")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -28,22 +27,15 @@ class RunScores:
 
 
 def load_model(*, run_dir: Path | None = None, checkpoint: Path | None = None, which: str = "best"):
-    """(model in eval mode, class names, A_S (C, C), checkpoint path) from a run folder or one checkpoint file."""
+    """(the loaded run (``train.inference.LoadedRun``, model in eval mode), checkpoint path) from a run folder or
+    one checkpoint file."""
     from iagcn.train.inference import load_checkpoint_model, load_run
 
     if checkpoint is not None:
         if not Path(checkpoint).exists():
             raise UserError(f"--checkpoint {checkpoint}: file not found")
-        run = load_checkpoint_model(checkpoint)
-        return run.model, run.class_names, run.A_S, Path(checkpoint)
-    run = load_run(run_dir, which=which)
-    return run.model, run.class_names, run.A_S, runfolder.checkpoint_path(run_dir, which)
-
-
-def _check_classes(name: str, run_classes: Sequence[str], cache_classes: Sequence[str], cache_path) -> None:
-    if list(run_classes) != list(cache_classes):
-        raise UserError(f"run {name} was trained on {len(run_classes)} classes that differ from cache {cache_path} "
-                        f"({len(cache_classes)} classes); evaluate on a cache of the same dataset")
+        return load_checkpoint_model(checkpoint), Path(checkpoint)
+    return load_run(run_dir, which=which), runfolder.checkpoint_path(run_dir, which)
 
 
 def score_run_on_cache(*, run_dir: Path | None, checkpoint: Path | None, cache_path: Path, config: EvalConfig,
@@ -52,9 +44,10 @@ def score_run_on_cache(*, run_dir: Path | None, checkpoint: Path | None, cache_p
     from iagcn.cache.format import FeatureCache
     from iagcn.train.inference import predict_cache
 
-    model, class_names, _, ckpt_path = load_model(run_dir=run_dir, checkpoint=checkpoint, which=config.which)
+    run, ckpt_path = load_model(run_dir=run_dir, checkpoint=checkpoint, which=config.which)
+    model, class_names = run.model, run.class_names
     with FeatureCache(cache_path) as c:
-        _check_classes(str(run_dir or checkpoint), class_names, c.class_names, cache_path)
+        run.check_cache(c)
     out = predict_cache(model, cache_path, batch_size=config.batch_size, device=config.device, progress=progress)
     base = Path(run_dir) if run_dir is not None else Path(checkpoint).parent
     record = runfolder.read_record(base) if (base / runfolder.CONFIG).exists() else {}
@@ -81,7 +74,9 @@ def run_scores_for_cache(run_dir: Path, cache_path: Path, *, config: EvalConfig,
         Path(str(recorded.get("path", ""))).resolve() == Path(cache_path).resolve()
     if saved is not None and same_cache and sorted(saved[1]) == sorted(cache_ids):
         class_names = list(record.get("class_names") or cache_classes)
-        _check_classes(run_dir.name, class_names, cache_classes, cache_path)
+        if class_names != list(cache_classes):
+            raise UserError(f"run {run_dir.name} was trained on {len(class_names)} classes that differ from cache "
+                            f"{cache_path} ({len(cache_classes)} classes); evaluate on a cache of the same dataset")
         return RunScores(name=run_dir.name, run_dir=run_dir, scores=saved[0], image_ids=saved[1],
                          class_names=class_names, seed=cfg.get("seed"), preset=cfg.get("preset"),
                          source=f"saved scores in {run_dir}")

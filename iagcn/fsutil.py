@@ -234,13 +234,6 @@ def remove_stale_temporaries(final: Path) -> None:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
-def remove_stale_temporaries_in(folder: Path) -> None:
-    """Delete every iagcn temporary directly inside ``folder`` (call it holding the folder's lock)."""
-    for p in folder.glob(f".*{TMP_MARK}*"):
-        with contextlib.suppress(OSError):
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-
-
 # -- locks: one writer per output ---------------------------------------------------------------------
 _held_locks: dict[str, tuple[int, int]] = {}   # lock file -> (st_dev, st_ino), while this process holds it
 

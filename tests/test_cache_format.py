@@ -86,3 +86,22 @@ def test_info_cli(tmp_path):
     assert "regions           (12, 40, 8)" in r.output and "format_version: 1" in r.output
     r = CliRunner().invoke(main, ["info", str(tmp_path / "nope.h5")])
     assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_cache_written_without_positional_io_reads_back_the_same(tmp_path, monkeypatch):
+    """Windows has no os.pwrite / os.pread / os.preadv: the writer's fallback (seek + write) gives the same cache."""
+    import os
+
+    import numpy as np
+
+    from iagcn.cache.fake import write_fake_cache
+    from iagcn.cache.format import FeatureCache
+
+    a = write_fake_cache(tmp_path / "a.h5", n=30, num_rois=4, dim=8, num_classes=3, embedding_dim=5, seed=3)
+    for name in ("pwrite", "pread", "preadv"):
+        monkeypatch.delattr(os, name, raising=False)
+    b = write_fake_cache(tmp_path / "b.h5", n=30, num_rois=4, dim=8, num_classes=3, embedding_dim=5, seed=3)
+    monkeypatch.undo()
+    with FeatureCache(a) as x, FeatureCache(b) as y:
+        for f in ("global", "regions", "boxes", "labels", "image_ids", "label_embeddings"):
+            np.testing.assert_array_equal(x.read(f), y.read(f), err_msg=f)

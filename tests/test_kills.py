@@ -175,9 +175,16 @@ def test_a_forked_child_that_outlives_its_parent_does_not_hold_the_lock(tmp_path
                 pass
         proc.kill()
         proc.wait(timeout=10)
-        assert alive(child)
-        with exclusive_lock(target, what="cache"):   # the orphan is alive, the lock is free
-            pass
+
+        def lock_is_free() -> bool:   # the child closes its copy when it first runs after the fork: promptly
+            try:
+                with exclusive_lock(target, what="cache"):
+                    return True
+            except Exception:  # noqa: BLE001
+                return False
+
+        assert wait_for(lock_is_free, timeout=2, poll=0.02)
+        assert alive(child)           # the orphan is alive, yet the lock is free
     finally:
         os.kill(child, signal.SIGKILL)
         proc.kill()
@@ -322,7 +329,8 @@ def test_file_size_limit_while_assembling_is_one_line_and_the_rerun_resumes(data
 
 # -- temporaries of killed writers ---------------------------------------------------------------------------
 def test_temporaries_of_a_killed_eval_are_removed_by_the_rerun(tmp_path):
-    """A SIGKILLed `eval` leaves `.metrics.json.tmp-<pid>-*`; the rerun removes it (its writer is dead)."""
+    """A SIGKILLed `eval` leaves `.metrics.json.tmp-<pid>-*`; the rerun removes it (its writer is dead), and under
+    the evaluation's lock every temporary of its files."""
     train = write_fake_cache(tmp_path / "tr.h5", n=24, num_rois=4, dim=16, num_classes=3, embedding_dim=8, seed=0,
                              prototypes_seed=0)
     test = write_fake_cache(tmp_path / "te.h5", n=12, num_rois=4, dim=16, num_classes=3, embedding_dim=8, seed=1,
@@ -335,14 +343,28 @@ def test_temporaries_of_a_killed_eval_are_removed_by_the_rerun(tmp_path):
     dead = subprocess.Popen(["true"])
     dead.wait()
     out.mkdir()
-    stale = [out / f".metrics.json.tmp-{dead.pid}-x1y2", out / f".scores.npz.tmp-{dead.pid}-z3"]
+    stale = [out / f".metrics.json.tmp-{dead.pid}-x1y2", out / f".scores.npz.tmp-{dead.pid}-z3",
+             out / ".per_class_ap.csv.tmp-k2j4h5"]   # an older iagcn's name (no pid): removed under the eval lock
     for p in stale:
         p.write_bytes(b"half written")
-    live = out / f".metrics.json.tmp-{os.getpid()}-live"   # a live writer's temporary is never touched
-    live.write_bytes(b"in progress")
     code, err = invoke(["eval", "--run", run, "--cache", test, "--no-plots", "--quiet", "--out", out])
     assert code == 0, err
-    assert not any(p.exists() for p in stale) and live.exists()
+    assert not any(p.exists() for p in stale)
+
+
+def test_atomic_writes_remove_dead_writers_temporaries_only(tmp_path):
+    """Without a lock, a write removes the temporaries of its file whose writer is dead, never a live one's."""
+    from iagcn.fsutil import write_text_atomic
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    final = tmp_path / "table.md"
+    stale, live = tmp_path / f".table.md.tmp-{dead.pid}-abc", tmp_path / f".table.md.tmp-{os.getppid()}-def"
+    other = tmp_path / f".other.md.tmp-{dead.pid}-ghi"   # another file's: not this write's business
+    for p in (stale, live, other):
+        p.write_text("partial")
+    write_text_atomic(final, "done\n")
+    assert final.read_text() == "done\n" and not stale.exists() and live.exists() and other.exists()
 
 
 # -- refusals create no output folder ------------------------------------------------------------------------

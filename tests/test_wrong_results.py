@@ -689,3 +689,18 @@ def test_nan_label_embeddings_are_named_not_blamed_on_the_learning_rate(caches, 
         assert_one_line_error(code, err, needle)
         assert "lower --lr" not in err and "diverged" not in err
         assert_nothing_written(run)
+
+
+@pytest.mark.parametrize("change", [{"dim": 12}, {"num_rois": 6}, {"num_classes": 4}])
+@pytest.mark.parametrize("command", ["eval", "explain"])
+def test_eval_and_explain_refuse_a_cache_the_run_cannot_read(command, change, mlgcn_run, tmp_path):
+    """A cache of another feature dim / ROI count / class list: one line naming the cache, never a raw matmul error."""
+    other = write_fake_cache(tmp_path / "other.h5", n=24, seed=1, split="test", **{**KW, **change})
+    out = tmp_path / "out"
+    if command == "eval":
+        args = ["eval", "--run", mlgcn_run, "--cache", other, "--out", out, "--no-plots", "--quiet"]
+    else:
+        args = ["explain", "--run", mlgcn_run, "--cache", other, "--image-id", "test_000000", "--out", out]
+    code, err = invoke(args)
+    assert_one_line_error(code, err, "other.h5")
+    assert not out.exists()

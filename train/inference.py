@@ -54,6 +54,17 @@ class LoadedRun:
     run_dir: Path
     meta: dict[str, Any]
 
+    def check_cache(self, cache: FeatureCache, *, what: str = "evaluate on") -> None:
+        """Refuse, in one line, a cache this head cannot read: other classes, ROI count or feature dim."""
+        if list(cache.class_names) != list(self.class_names):
+            raise UserError(f"cache {cache.path}: its {cache.num_classes} classes differ from the {len(self.class_names)} "
+                            f"classes run {self.run_dir} was trained on; {what} a cache of the same dataset")
+        for name, have in (("num_rois", cache.num_rois), ("feature_dim", cache.feature_dim)):
+            want = int(self.meta[name])
+            if int(have) != want:
+                raise UserError(f"cache {cache.path}: {name} {have}, but run {self.run_dir} was trained on {want}; "
+                                f"{what} a cache extracted with the run's extraction config")
+
 
 def load_run(run_dir: str | os.PathLike, which: str = "best") -> LoadedRun:
     """The trained head of a run directory (``which``: "best" or "last"), in eval mode on CPU."""
