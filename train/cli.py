@@ -8,7 +8,7 @@ import click
 from iagcn.device import resolve_device
 from iagcn.errors import UserError
 from iagcn.options import config_option, device_option, given
-from iagcn.train.config import PRESETS, TrainConfig
+from iagcn.train.config import PRESETS, RECIPES, TrainConfig
 
 
 def _common_options(f):
@@ -17,6 +17,11 @@ def _common_options(f):
         click.option("--train-cache", type=click.Path(dir_okay=False), help="Cache of the training split (stage one)."),
         click.option("--val-cache", type=click.Path(dir_okay=False),
                      help="Evaluation cache, scored once at the end (and every epoch with --select-on-eval)."),
+        click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
+                     help="Optimisation recipe the fields start from: frozen (standardised features; SGD lr 0.03 + L2 "
+                          "1e-2 for the global branch, AdamW 1e-3 for the region side; cosine; 20 epochs; last epoch; "
+                          "chosen on real photos) or paper (section 4.3: SGD lr 0.01 /10 every 30 epochs, 120 epochs, "
+                          "10% hold-out selection). The defaults shown below are the frozen recipe's. [default: frozen]"),
         config_option(T, "epochs", type=int, help="Training epochs."),
         config_option(T, "batch_size", type=int, help="Images per SGD step."),
         config_option(T, "lr", type=float, help="Initial learning rate, times lr_gamma every lr_step epochs."),
@@ -65,7 +70,7 @@ def _open_data(path: str | None, option: str, budget: float, cfg):
               help="Continue the killed run in this directory (its config.json gives the config and caches); "
                    "execution options (--device, --threads, --memory-budget-gib, --set eval_batch_size=...) may "
                    "differ, any other change is refused.")
-def train_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embeddings, val_fraction, select_on_eval,
+def train_cmd(train_cache, val_cache, recipe, epochs, batch_size, lr, device, label_embeddings, val_fraction, select_on_eval,
               memory_budget_gib, num_threads, sets, quiet, preset, seed, out, resume_dir) -> None:
     """Train one IA-GCN head (a preset of Tables 3-6) on cached features; write a run directory."""
     import dataclasses
@@ -82,6 +87,8 @@ def train_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
 
         record = runfolder.read_record(resume_dir, option="--resume")
         cfg = config_from_dict(TrainConfig, record["config"], source=str(Path(resume_dir) / runfolder.CONFIG))
+        if recipe and recipe != cfg.recipe:
+            raise UserError(f"--resume {resume_dir}: the run used recipe {cfg.recipe}, not {recipe}; drop --recipe")
         if preset and preset != cfg.preset:
             raise UserError(f"--resume {resume_dir}: the run is preset {cfg.preset}, not {preset}; drop --preset")
         train_cache = train_cache or runfolder.recorded_cache(resume_dir, "train", option="--resume")["path"]
@@ -92,7 +99,7 @@ def train_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
     else:
         if not out:
             raise UserError("--out DIR is required (the run directory to write)")
-        cfg = config_for_preset(preset or TrainConfig.preset)
+        cfg = config_for_preset(preset or TrainConfig.preset, recipe=recipe or "frozen")
     cfg = dataclasses.replace(cfg, **explicit)
     cfg = apply_overrides(cfg, sets)
     resolve_device(cfg.device)                       # refuse a bad --device before opening anything
@@ -112,10 +119,12 @@ def train_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
 @click.option("--baseline", default="mlgcn", show_default=True,
               help="Preset every other preset is compared with in table.md (ΔmAP, paired bootstrap 95% CI over "
                    "evaluation images); 'none' = no comparison column. Ignored when the preset is not swept.")
+@click.option("--probe/--no-probe", default=True, show_default=True,
+              help="Add the linear-probe reference row (LogisticRegression on x, C by 3-fold CV on the train cache).")
 @click.option("--bootstrap", "n_resamples", type=click.IntRange(min=100), default=1000, show_default=True,
               help="Bootstrap resamples for the ΔmAP interval.")
-def sweep_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embeddings, val_fraction, select_on_eval,
-              memory_budget_gib, num_threads, sets, quiet, presets, seeds, out, baseline, n_resamples) -> None:
+def sweep_cmd(train_cache, val_cache, recipe, epochs, batch_size, lr, device, label_embeddings, val_fraction, select_on_eval,
+              memory_budget_gib, num_threads, sets, quiet, presets, seeds, out, probe, baseline, n_resamples) -> None:
     """Train every preset x seed on caches loaded once; write results.csv and table.md (paper layout)."""
     import dataclasses
 
@@ -129,7 +138,8 @@ def sweep_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
                          memory_budget_gib=memory_budget_gib, num_threads=num_threads)
     names = parse_list(presets, what="presets")
     seed_list = parse_list(seeds, what="seeds", cast=int)
-    configs = [apply_overrides(dataclasses.replace(config_for_preset(p), seed=s, **explicit), sets)
+    configs = [apply_overrides(dataclasses.replace(config_for_preset(p, recipe=recipe or "frozen"), seed=s, **explicit),
+                               sets)
                for p in names for s in seed_list]
     cfg0 = configs[0]
     resolve_device(cfg0.device)                      # refuse a bad --device before opening anything
@@ -137,14 +147,15 @@ def sweep_cmd(train_cache, val_cache, epochs, batch_size, lr, device, label_embe
     with _open_data(train_cache, "--train-cache", cfg0.memory_budget_gib, cfg0) as train_data, \
             _open_data(val_cache, "--val-cache", cfg0.memory_budget_gib, cfg0) as eval_data:
         run_sweep(configs, train_data=train_data, eval_data=eval_data, out_dir=out, progress=not quiet, log=log,
-                  on_results=write_sweep_table)
+                  on_results=write_sweep_table, probe=probe)
     if baseline != "none" and baseline in names and len(names) > 1:
         # ΔmAP vs the baseline from the runs' saved evaluation scores (no retraining): table.md, ablation.json/.md
         from iagcn.evaluate.ablation import ablate_sweep
         from iagcn.evaluate.evaluation import EvalConfig
+        from iagcn.train.probe import PROBE_NAME
 
         ablate_sweep(out, baseline=baseline, cache_path=val_cache, config=EvalConfig(n_resamples=n_resamples, seed=0),
-                     log=log, members=[(c.preset, c.seed) for c in configs])
+                     log=log, members=[(c.preset, c.seed) for c in configs] + ([(PROBE_NAME, 0)] if probe else []))
     click.echo((Path(out) / "table.md").read_text())
 
 
