@@ -43,8 +43,12 @@ CONFIG ?=
 PRESET ?= iagcn
 PRESETS ?= resnet,mlgcn,idlcm,idlcm-vi,iagcn,comsco,mlgcn-comsco
 SEEDS ?= 0,1,2
-EPOCHS ?= 120
-VAL_FRACTION ?= 0.1
+# optimisation recipe (docs/training.md): frozen (default, chosen on real photos) or paper (section 4.3)
+RECIPE ?= frozen
+# empty = the recipe's own value (frozen: 20 epochs, last epoch; paper: 120 epochs, 10% hold-out)
+EPOCHS ?=
+VAL_FRACTION ?=
+RECIPE_ARGS = --recipe $(RECIPE) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(VAL_FRACTION),--val-fraction $(VAL_FRACTION))
 RUN ?= runs/$(DATASET)-$(PRESET)
 SWEEP_OUT ?= runs/$(DATASET)-sweep
 TRAIN_ARGS ?=
@@ -65,7 +69,7 @@ DEMO_ROOT := $(DEMO_OUT)/data/VOCdevkit/VOC2007
 DEMO_EXTRACT := --dataset voc --root $(DEMO_ROOT) --image-size $(DEMO_IMAGE_SIZE) \
   --proposer-image-size $(DEMO_PROPOSER_SIZE) --num-rois $(DEMO_NUM_ROIS) --workers 2 --device cpu
 
-.PHONY: setup test test-slow demo extract extract-paper train sweep eval bench clean-venv help
+.PHONY: setup test test-slow demo extract extract-paper train sweep eval bench bench-real clean-venv help
 
 help:
 	@echo "make demo                 the whole pipeline offline on synthetic data (docs/demo.md)"
@@ -109,13 +113,11 @@ opt = $(if $(and $(CONFIG),$(filter file,$(origin $(1)))),,$(2) $($(1)))
 
 train: $(STAMP)
 	$(IAGCN) train $(if $(CONFIG),--config '$(CONFIG)') --train-cache $(TRAIN_CACHE) --eval-cache $(EVAL_CACHE) \
-	  $(call opt,PRESET,--preset) $(call opt,EPOCHS,--epochs) $(call opt,VAL_FRACTION,--val-fraction) \
-	  $(call opt,DEVICE,--device) --out $(RUN) $(TRAIN_ARGS)
+	  $(call opt,PRESET,--preset) $(RECIPE_ARGS) $(call opt,DEVICE,--device) --out $(RUN) $(TRAIN_ARGS)
 
 sweep: $(STAMP)
 	$(IAGCN) sweep $(if $(CONFIG),--config '$(CONFIG)') --train-cache $(TRAIN_CACHE) --eval-cache $(EVAL_CACHE) \
-	  --presets $(PRESETS) --seeds $(SEEDS) $(call opt,EPOCHS,--epochs) $(call opt,VAL_FRACTION,--val-fraction) \
-	  $(call opt,DEVICE,--device) --out $(SWEEP_OUT) $(TRAIN_ARGS)
+	  --presets $(PRESETS) --seeds $(SEEDS) $(RECIPE_ARGS) $(call opt,DEVICE,--device) --out $(SWEEP_OUT) $(TRAIN_ARGS)
 
 eval: $(STAMP)
 	$(IAGCN) eval --run $(RUN) --cache $(EVAL_CACHE)
@@ -130,7 +132,7 @@ demo: $(STAMP)
 	$(IAGCN) extract $(DEMO_EXTRACT) --split trainval --out $(DEMO_OUT)/cache/trainval.h5; \
 	echo "== [3/7] stage one: the test split"; \
 	$(IAGCN) extract $(DEMO_EXTRACT) --split test --out $(DEMO_OUT)/cache/test.h5; \
-	echo "== [4/7] stage two: sweep over all 7 presets ($(DEMO_EPOCHS) epochs, seeds $(DEMO_SEEDS), epoch chosen on a 10% hold-out of trainval; ΔmAP vs $(DEMO_BASELINE) by paired bootstrap over test images)"; \
+	echo "== [4/7] stage two: sweep over all 7 presets + the linear probe (frozen recipe, $(DEMO_EPOCHS) epochs, the last epoch; seeds $(DEMO_SEEDS); ΔmAP vs $(DEMO_BASELINE) by paired bootstrap over test images)"; \
 	$(IAGCN) sweep --train-cache $(DEMO_OUT)/cache/trainval.h5 --eval-cache $(DEMO_OUT)/cache/test.h5 \
 	  --presets $(PRESETS) --seeds $(DEMO_SEEDS) --epochs $(DEMO_EPOCHS) --device cpu --out $(DEMO_OUT)/sweep \
 	  --baseline $(DEMO_BASELINE); \
@@ -158,6 +160,15 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run
+
+# the real-photo benchmark (docs/real-data.md): split VOC_ROOT's ids, extract, 7 presets x 5 seeds + the probe
+VOC_ROOT ?=
+REAL_SEEDS ?= 0,1,2,3,4
+REAL_WORK ?= /tmp/iagcn-bench/real
+REAL_ARGS ?=
+bench-real: $(STAMP)
+	@test -n "$(VOC_ROOT)" || { echo "make bench-real VOC_ROOT=path/to/VOCdevkit/VOC2007 (a VOC2007-layout folder)"; exit 2; }
+	$(PY) -m bench.real --voc-root $(VOC_ROOT) --seeds $(REAL_SEEDS) --work $(REAL_WORK) $(REAL_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -416,7 +416,8 @@ def test_sweep_table_holds_only_this_invocations_complete_runs(caches, tmp_path)
     assert code == 0, err
     m = {p: json.loads((out / f"{p}-s0" / "metrics.json").read_text())["metrics"]["mAP"] for p in ("mlgcn", "resnet")}
     ablation = json.loads((out / "ablation.json").read_text())
-    assert ablation["run_dirs"] == {"mlgcn": [str(out / "mlgcn-s0")], "resnet": [str(out / "resnet-s0")]}
+    assert ablation["run_dirs"] == {"linear-probe": [str(out / "linear-probe-s0")],    # the sweep's reference row
+                                    "mlgcn": [str(out / "mlgcn-s0")], "resnet": [str(out / "resnet-s0")]}
     delta = ablation["deltas"]["resnet"]["metrics"]["mAP"]["diff"]
     assert delta == pytest.approx(m["resnet"] - m["mlgcn"], abs=1e-3)
     table = (out / "table.md").read_text()

@@ -12,7 +12,7 @@ import click
 from iagcn.device import resolve_device
 from iagcn.errors import UserError
 from iagcn.options import config_option, device_option, given
-from iagcn.train.config import PRESETS, TrainConfig
+from iagcn.train.config import PRESETS, RECIPES, TrainConfig
 
 
 def _common_options(f):
@@ -26,6 +26,11 @@ def _common_options(f):
                      help="Evaluation (test) cache, scored once at the end (and every epoch with --select-on-eval)."),
         click.option("--val-cache", type=click.Path(dir_okay=False), hidden=True,
                      help="Old name of --eval-cache (the hold-out, not this cache, is the validation split)."),
+        click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
+                     help="Optimisation recipe the fields start from: frozen (standardised features; SGD lr 0.03 + L2 "
+                          "1e-2 for the global branch, AdamW 1e-3 for the region side; cosine; 20 epochs; last epoch; "
+                          "chosen on real photos) or paper (section 4.3: SGD lr 0.01 /10 every 30 epochs, 120 epochs, "
+                          "10% hold-out selection). The defaults shown below are the frozen recipe's. [default: frozen]"),
         config_option(T, "epochs", type=int, help="Training epochs."),
         config_option(T, "batch_size", type=int, help="Images per SGD step."),
         config_option(T, "lr", type=float, help="Initial learning rate, times lr_gamma every lr_step epochs."),
@@ -108,7 +113,8 @@ def _open_data(path: str | None, option: str, budget: float, cfg):
               help="Continue the killed run in this directory (its config.json gives the config and caches); "
                    "execution options (--device, --threads, --memory-budget-gib, --set eval_batch_size=...) may "
                    "differ, any other change is refused.")
-def train_cmd(config_file, train_cache, eval_cache, val_cache, sets, quiet, preset, out, resume_dir, **options) -> None:
+def train_cmd(config_file, train_cache, eval_cache, val_cache, recipe, sets, quiet, preset, out, resume_dir,
+              **options) -> None:
     """Train one IA-GCN head (a preset of Tables 3-6) on cached features; write a run directory."""
     import dataclasses
 
@@ -128,6 +134,8 @@ def train_cmd(config_file, train_cache, eval_cache, val_cache, sets, quiet, pres
         cfg = config_from_dict(TrainConfig, record["config"], source=str(Path(resume_dir) / runfolder.CONFIG))
         if preset and preset != cfg.preset:
             raise UserError(f"--resume {resume_dir}: the run is preset {cfg.preset}, not {preset}; drop --preset")
+        if recipe and recipe != cfg.recipe:
+            raise UserError(f"--resume {resume_dir}: the run used recipe {cfg.recipe}, not {recipe}; drop --recipe")
         train_cache = train_cache or runfolder.recorded_cache(resume_dir, "train", option="--resume")["path"]
         eval_cache = eval_cache or runfolder.recorded_cache(resume_dir, "eval", option="--resume")["path"]
         if out and Path(out).resolve() != Path(resume_dir).resolve():
@@ -138,7 +146,7 @@ def train_cmd(config_file, train_cache, eval_cache, val_cache, sets, quiet, pres
             raise UserError("--out DIR is required (the run directory to write)")
         file = _config_file(config_file)
         name = preset or (file.fields.get("preset") if file else None) or TrainConfig.preset
-        cfg = config_for_preset(name)
+        cfg = config_for_preset(name, recipe=recipe or (file.fields.get("recipe") if file else None) or "frozen")
         if file is not None:
             fields, dropped = fields_for_preset(file, name, PRESETS)
             if dropped:
@@ -169,8 +177,10 @@ def train_cmd(config_file, train_cache, eval_cache, val_cache, sets, quiet, pres
                    "evaluation images); 'none' = no comparison column. Ignored when the preset is not swept.")
 @click.option("--bootstrap", "n_resamples", type=click.IntRange(min=100), default=1000, show_default=True,
               help="Bootstrap resamples for the ΔmAP interval.")
-def sweep_cmd(config_file, train_cache, eval_cache, val_cache, sets, quiet, presets, seeds, out, baseline, n_resamples,
-              **options) -> None:
+@click.option("--probe/--no-probe", default=True, show_default=True,
+              help="Add the linear-probe reference row (LogisticRegression on x, C by 3-fold CV on the train cache).")
+def sweep_cmd(config_file, train_cache, eval_cache, val_cache, recipe, sets, quiet, presets, seeds, out, baseline,
+              n_resamples, probe, **options) -> None:
     """Train every preset x seed on caches loaded once; write results.csv, table.md (paper layout), report.html."""
     import dataclasses
 
@@ -184,18 +194,20 @@ def sweep_cmd(config_file, train_cache, eval_cache, val_cache, sets, quiet, pres
     explicit = _explicit(options)
     names = parse_list(presets, what="presets")
     seed_list = parse_list(seeds, what="seeds", cast=int)
-    recipe: dict = {}
+    fields: dict = {}
     file = _config_file(config_file)
     if file is not None:                             # the recipe; each preset keeps its structure, --seeds the seeds
         structural = preset_fields(PRESETS) | {"seed"}
-        recipe = {k: v for k, v in file.fields.items() if k not in structural}
+        fields = {k: v for k, v in file.fields.items() if k not in structural}
         skipped = sorted(k for k in file.fields if k in structural)
         if skipped:
             click.echo(f"note: --config {config_file}: {', '.join(skipped)} not taken (each preset sets its own "
                        f"structure; --seeds sets the seeds)", err=True)
         train_cache = train_cache or file.train_cache
         eval_cache = eval_cache or file.eval_cache
-    configs = [apply_overrides(dataclasses.replace(apply_file(config_for_preset(p), recipe), seed=s, **explicit), sets)
+    base_recipe = recipe or (file.fields.get("recipe") if file else None) or "frozen"
+    configs = [apply_overrides(dataclasses.replace(apply_file(config_for_preset(p, recipe=base_recipe), fields), seed=s,
+                                                   **explicit), sets)
                for p in names for s in seed_list]
     cfg0 = configs[0]
     resolve_device(cfg0.device)                      # refuse a bad --device before opening anything
@@ -203,14 +215,15 @@ def sweep_cmd(config_file, train_cache, eval_cache, val_cache, sets, quiet, pres
     with _open_data(train_cache, "--train-cache", cfg0.memory_budget_gib, cfg0) as train_data, \
             _open_data(eval_cache, "--eval-cache", cfg0.memory_budget_gib, cfg0) as eval_data:
         run_sweep(configs, train_data=train_data, eval_data=eval_data, out_dir=out, progress=not quiet, log=log,
-                  on_results=write_sweep_table)
+                  on_results=write_sweep_table, probe=probe)
     if baseline != "none" and baseline in names and len(names) > 1:
         # ΔmAP vs the baseline from the runs' saved evaluation scores (no retraining): table.md, ablation.json/.md
         from iagcn.evaluate.ablation import ablate_sweep
         from iagcn.evaluate.evaluation import EvalConfig
+        from iagcn.train.probe import PROBE_NAME
 
         ablate_sweep(out, baseline=baseline, cache_path=eval_cache, config=EvalConfig(n_resamples=n_resamples, seed=0),
-                     log=log, members=[(c.preset, c.seed) for c in configs])
+                     log=log, members=[(c.preset, c.seed) for c in configs] + ([(PROBE_NAME, 0)] if probe else []))
     from iagcn.evaluate.sweep_report import write_sweep_report
 
     report = write_sweep_report(out, cache_path=eval_cache)

@@ -46,6 +46,12 @@ class HeadConfig:
     region_widths: tuple[int, ...]
     fusion_lambda: float
     adjacency_eps: float
+    region_init: Literal["default", "he"]
+    region_pool: Literal["features", "scores"]
+    region_self_loops: bool
+    gcn_bias: bool
+    standardize: Literal["none", "scale", "center"]
+    vi_positive: bool
 
     @property
     def uses_image_lcm(self) -> bool:
@@ -62,34 +68,47 @@ class TrainConfig:
     variational: bool = True                       # Var_Inf: weight regions by z ~ N(z_mu, exp(z_logvar)) (Eq. 7-9) + L_KL
     region_branch: bool = True                     # Com_Sco: region-based branch y_r (Eq. 10), fused by Eq. 11
     region_adjacency: Literal["fused", "individual"] = "fused"  # region-branch adjacency: Â_F or the individual Â_I (Tables 5-6)
-    region_reading: Literal["label-nodes", "region-nodes"] = "label-nodes"  # how Eq. 10's nodes are read (paper-decisions.md)
-    region_relu_after_last: bool = True            # ReLU after the region GCN's 4th layer (paper: "all activations are ReLU")
+    region_reading: Literal["label-nodes", "region-nodes"] = "region-nodes"  # how Eq. 10's nodes are read: regions (the text: "we view each region as a node"; default, decided on real photos, docs/real-data.md) or labels
+    region_relu_after_last: bool = False           # ReLU after the region GCN's 4th layer (paper: "all activations are ReLU"); off: the FC re-associates (docs/real-data.md)
+    region_init: Literal["default", "he"] = "he"   # init of the region GCN's bias-free layers: torch's default (U(+-1/sqrt(fan_in)), shrinks the signal) or He fan-in (docs/real-data.md)
+    region_pool: Literal["features", "scores"] = "scores"  # region-nodes only: max over regions of the GCN output then FC, or FC per region then max per label (as Eq. 3)
+    region_self_loops: bool = True                 # add I to A_I before normalising it (the individual adjacency of comsco / mlgcn-comsco): Â_I = norm(a_I a_I^T) alone has rank one
     # ---- widths and activations ---------------------------------------------------------------
     gcn_widths: tuple[int, ...] = (512, 1024)      # label-GCN hidden widths; input E, output D (paper 4.3: E->512->1024->D)
     gcn_activation: Literal["relu", "leaky_relu"] = "relu"  # between label-GCN layers (ML-GCN: LeakyReLU 0.2)
+    gcn_bias: bool = True                          # a learned per-class bias on y_w = M x + b (Eq. 6 has none; centred features lose the intercept the raw mean carried)
     leaky_slope: float = 0.2                       # negative slope when gcn_activation = leaky_relu
     region_widths: tuple[int, ...] = (256, 512, 1024)  # region-GCN hidden widths; output D, then FC D->C (paper 4.3)
     # ---- equations' constants ------------------------------------------------------------------
     fusion_lambda: float = 0.8                     # lambda of Eq. 11: y_f = lambda y_w + (1 - lambda) y_r
     beta: float = 1.0                              # weight of L_KL in Eq. 12
+    vi_positive: bool = False                      # beyond the paper (off): X^w = softplus(z) X, region weights never negative (Fig. 3 shows positive saliency)
+    a_I_loss_weight: float = 0.0                   # beyond the paper (off): weight of a BCE on a_I's logits (max region score), added to Eq. 12; 0 = a_I unsupervised as in Eq. 12-14
     tau: float = 0.4                               # statistical LCM threshold on P(j | i) (ML-GCN)
     p: float = 0.25                                # statistical LCM neighbour weight (ML-GCN)
     adjacency_eps: float = 1e-8                    # floor on row sums in the adjacency normalisation
     difficult: Literal["ignore", "positive", "negative"] = "ignore"  # how target -1 (VOC difficult-only) enters L_ML
     label_embeddings: str = "cache"                # H0: "cache" (the train cache's label_embeddings) or a .npy file (C, E)
-    # ---- optimisation (paper 4.3 on cached features) ------------------------------------------
-    epochs: int = 120                              # training epochs
-    batch_size: int = 32                           # images per SGD step
-    lr: float = 0.01                               # initial learning rate of the heads
-    momentum: float = 0.9                          # SGD momentum
-    weight_decay: float = 1e-4                     # SGD weight decay
-    lr_step: int = 30                              # divide the LR by 1/lr_gamma every lr_step epochs
-    lr_gamma: float = 0.1                          # LR decay factor
+    # ---- optimisation: the fields below start from a recipe (RECIPES; docs/training.md) --------
+    recipe: str = "frozen"                         # name of the recipe the optimisation fields started from: "frozen" (default, cached features) or "paper" (4.3)
+    standardize: Literal["none", "scale", "center"] = "center"  # per-dimension feature map with the train part's statistics (buffers in every checkpoint): none, x / std, or (x - mean) / std
+    optimizer: Literal["sgd", "adamw"] = "sgd"     # SGD with momentum (paper; the frozen recipe too) or AdamW (decoupled weight decay)
+    region_optimizer: Literal["same", "adamw"] = "adamw"  # the region side (f_CNN, VI, region GCN): the same optimiser as the rest, or AdamW at region_lr (train/optim.py)
+    region_lr: float = 1e-3                        # initial LR of the region side when region_optimizer = adamw (follows the schedule)
+    region_weight_decay: float = 1e-2              # AdamW (decoupled) weight decay of the region side when region_optimizer = adamw
+    schedule: Literal["step", "cosine"] = "cosine"  # LR schedule: /(1/lr_gamma) every lr_step epochs (paper), or cosine to 0 over `epochs`
+    epochs: int = 20                               # training epochs
+    batch_size: int = 32                           # images per optimiser step
+    lr: float = 0.03                               # initial learning rate of the heads
+    momentum: float = 0.9                          # SGD momentum (sgd only)
+    weight_decay: float = 1e-2                     # weight decay (SGD: L2 added to the gradient; AdamW: decoupled)
+    lr_step: int = 30                              # step schedule: divide the LR by 1/lr_gamma every lr_step epochs
+    lr_gamma: float = 0.1                          # step schedule: LR decay factor
     grad_clip: float = 10.0                        # max gradient norm (ML-GCN code); 0 = off
     vi_lr_scale: float = 0.01                      # LR multiplier of w_mu, w_logvar (Eq. 8-9); 1 = the paper's single LR, which oscillates under L_KL on cached features (docs/training.md)
     seed: int = 0                                  # seeds parameters, shuffling, reparameterisation noise, holdout split
     # ---- model selection (issue 7) -------------------------------------------------------------
-    val_fraction: float = 0.1                      # held-out, label-stratified fraction of the TRAIN cache for choosing the epoch
+    val_fraction: float = 0.0                      # held-out, label-stratified fraction of the TRAIN cache for choosing the epoch; 0 = the last epoch
     select_on_eval: bool = False                   # choose the epoch on the evaluation cache (the published, optimistic protocol)
     early_stop_patience: int = 0                   # stop after this many epochs without a better selection mAP; 0 = never
     # ---- machine: execution only (identity() neutralises these; a resume may change them) --------
@@ -108,6 +127,8 @@ class TrainConfig:
         check_ranges(self, TRAIN_RANGES, where=where, option_names=TRAIN_OPTIONS)
         if self.global_branch == "none" and not self.region_branch:
             raise UserError(f"{where}: global_branch=none needs region_branch=true; fix the option or --set value")
+        if self.recipe not in RECIPES:
+            raise UserError(f"{where}: recipe must be one of {', '.join(RECIPES)} (got {self.recipe!r}); fix --recipe")
 
     def identity(self) -> "TrainConfig":
         """The config with every execution field at its default: equal identities train the same model."""
@@ -135,6 +156,12 @@ TRAIN_RANGES: dict[str, Range] = {
     "preset": ANY, "global_branch": ANY, "global_adjacency": ANY, "variational": ANY, "region_branch": ANY,
     "region_adjacency": ANY, "region_reading": ANY, "region_relu_after_last": ANY, "gcn_activation": ANY,
     "difficult": ANY, "label_embeddings": ANY, "select_on_eval": ANY, "tensorboard": ANY, "keep_checkpoints": ANY,
+    "region_init": ANY, "region_pool": ANY, "region_self_loops": ANY, "gcn_bias": ANY, "vi_positive": ANY,
+    "standardize": ANY, "optimizer": ANY, "region_optimizer": ANY, "schedule": ANY,
+    "recipe": ANY,                                                        # checked against RECIPES
+    "a_I_loss_weight": Range(0.0, 1e6, note="0 = a_I unsupervised (the paper)"),
+    "region_lr": Range(0.0, 100.0, low_open=True),
+    "region_weight_decay": Range(0.0, 1.0),
     "device": ANY,                                                        # checked by the device resolver
     "gcn_widths": Range(1, 65536, each=True, min_len=1, note="hidden widths, at least one"),
     "region_widths": Range(1, 65536, each=True, min_len=1, note="hidden widths, at least one"),
@@ -171,6 +198,14 @@ TRAIN_OPTIONS: dict[str, str] = {
 }
 
 
+#: recipe name -> optimisation values; TrainConfig's own defaults are the "frozen" recipe (chosen on hold-outs of
+#: the training part of genuine VOC07 photos, docs/real-data.md); "paper" is section 4.3 (written for fine-tuning)
+RECIPES: dict[str, dict[str, Any]] = {
+    "frozen": {},
+    "paper": {"standardize": "none", "gcn_bias": False, "optimizer": "sgd", "region_optimizer": "same", "schedule": "step", "epochs": 120, "lr": 0.01,
+              "momentum": 0.9, "weight_decay": 1e-4, "lr_step": 30, "lr_gamma": 0.1, "val_fraction": 0.1},
+}
+
 _MLGCN = {"global_branch": "gcn", "global_adjacency": "static", "gcn_widths": (1024,), "gcn_activation": "leaky_relu"}
 
 #: preset name -> config values (Tables 3-6; see paper-decisions.md "Ablation presets")
@@ -190,18 +225,30 @@ PRESETS: dict[str, dict[str, Any]] = {
     "comsco": {"global_branch": "none", "variational": False, "region_branch": True, "region_adjacency": "individual"},
     # Base+Com_Sco (Tables 5-6): mlgcn on A_S fused with comsco on A_I
     "mlgcn-comsco": {**_MLGCN, "variational": False, "region_branch": True, "region_adjacency": "individual"},
+    # one-change controls (issue 13): mlgcn -> idlcm changes the adjacency AND the label GCN (depth, widths, ReLU);
+    # these split the step in two, each differing from its neighbours in one thing only
+    # Base+ID_LCM on ML-GCN's own label GCN: mlgcn with Â_F instead of Â_S (adjacency only)
+    "mlgcn-idlcm": {**_MLGCN, "global_adjacency": "fused", "variational": False, "region_branch": False},
+    # IA-GCN's label GCN (E->512->1024->D, ReLU) on the static Â_S: mlgcn's architecture step only (= idlcm on Â_S)
+    "idlcm-static": {"global_branch": "gcn", "global_adjacency": "static", "variational": False,
+                     "region_branch": False},
 }
 
 #: preset -> the paper's row name (Tables 3-6)
 PAPER_ROWS: dict[str, str] = {
     "resnet": "ResNet-101", "mlgcn": "Base", "idlcm": "Base+ID_LCM", "idlcm-vi": "Base+ID_LCM+Var_Inf",
     "iagcn": "Base+ID_LCM+Var_Inf+Com_Sco", "comsco": "Com_Sco", "mlgcn-comsco": "Base+Com_Sco",
+    "mlgcn-idlcm": "Base+ID_LCM on ML-GCN's GCN (control)", "idlcm-static": "IA-GCN's label GCN on A_S (control)",
+    "linear-probe": "LogisticRegression on x (reference)",
 }
 
 
-def config_for_preset(name: str, **overrides: Any) -> TrainConfig:
-    """TrainConfig of preset ``name`` with keyword overrides (field names) applied on top."""
+def config_for_preset(name: str, *, recipe: str = "frozen", **overrides: Any) -> TrainConfig:
+    """TrainConfig of preset ``name`` under optimisation recipe ``recipe``, keyword overrides (field names) on top."""
     if name not in PRESETS:
         raise UserError(f"--preset {name}: unknown preset; choose one of {', '.join(PRESETS)}")
-    values = {**dataclasses.asdict(TrainConfig()), **PRESETS[name], "preset": name, **overrides}
+    if recipe not in RECIPES:
+        raise UserError(f"--recipe {recipe}: unknown recipe; choose one of {', '.join(RECIPES)}")
+    values = {**dataclasses.asdict(TrainConfig()), **PRESETS[name], "preset": name, **RECIPES[recipe],
+              "recipe": recipe, **overrides}
     return config_from_dict(TrainConfig, values, source=f"preset {name}")

@@ -27,10 +27,15 @@ class ImageDependentLCM(nn.Module):
         return scores, a_I, A_I
 
 
+def region_max_logit(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """max over VALID regions of A_I^w (logits): scores (B, N, C), valid (B, N) -> (B, C); a_I = sigmoid of it."""
+    masked = scores.masked_fill(~valid.unsqueeze(-1), float("-inf"))  # (B, N, C) padded regions never win
+    return masked.amax(dim=1)                                     # (B, C)
+
+
 def region_max_probability(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Eq. 3: a_I = max over VALID regions of sigmoid(A_I^w). scores (B, N, C), valid (B, N) -> (B, C)."""
-    masked = scores.masked_fill(~valid.unsqueeze(-1), float("-inf"))  # (B, N, C) padded regions never win
-    return torch.sigmoid(masked.amax(dim=1))                      # (B, C) sigmoid is monotone: max commutes
+    return torch.sigmoid(region_max_logit(scores, valid))        # (B, C) sigmoid is monotone: max commutes
 
 
 def individual_lcm(a_I: torch.Tensor) -> torch.Tensor:

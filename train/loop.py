@@ -14,8 +14,19 @@ from iagcn.train.data import CacheData
 from iagcn.train.model import IAGCNHead, total_loss
 
 
-def learning_rate(epoch: int, *, base_lr: float, step: int, gamma: float) -> float:
-    """Step schedule (paper 4.3): base_lr * gamma ** (epoch // step), epochs counted from 0."""
+def learning_rate(epoch: int, *, base_lr: float, step: int, gamma: float, schedule: str = "step",
+                  epochs: int | None = None) -> float:
+    """The LR of ``epoch`` (counted from 0).
+
+    "step" (paper 4.3): base_lr * gamma ** (epoch // step). "cosine": base_lr * (1 + cos(pi * epoch / epochs)) / 2,
+    from base_lr at epoch 0 towards 0 at ``epochs``.
+    """
+    if schedule == "cosine":
+        if not epochs:
+            raise ValueError("learning_rate: the cosine schedule needs epochs")
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    if schedule != "step":
+        raise ValueError(f"learning_rate: unknown schedule {schedule!r}")
     return base_lr * gamma ** (epoch // step)
 
 
@@ -31,7 +42,8 @@ def train_one_epoch(model: IAGCNHead, optimizer: torch.optim.Optimizer, data: Ca
     for step, batch in enumerate(data.batches(indices, batch_size=config.batch_size, shuffle=True, rng=rng,
                                               device=device, regions=model.uses_regions)):
         out = model(batch.x, batch.X, batch.valid)
-        loss, parts = total_loss(out, batch.labels, batch.valid, beta=config.beta, difficult=config.difficult)
+        loss, parts = total_loss(out, batch.labels, batch.valid, beta=config.beta, difficult=config.difficult,
+                                 a_I_loss_weight=config.a_I_loss_weight)
         if not math.isfinite(parts["loss"]):
             raise UserError(divergence_cause(model, batch, parts, config=config, epoch=epoch, step=step,
                                              path=getattr(data, "path", None),

@@ -1,6 +1,7 @@
 """The IA-GCN head on cached features: branches wired per HeadConfig (TrainConfig.head()), fusion (Eq. 11) and losses (Eq. 12-14).
 
     x (B, D) global feature, X (B, N, D) region features, valid (B, N)
+      -> [frozen recipe] standardised with the train part's statistics (train/standardize.py)
       -> [Var_Inf] z (Eq. 7-9) -> A_I^w, a_I, A_I (Eq. 2-4) -> A_F = A_S ⊙ A_I (Eq. 1), normalised
       -> y_w = label GCN on Â (Eq. 5-6)   (or a linear classifier on x: the ResNet-101 row)
       -> y_r = region GCN + FC (Eq. 10)
@@ -16,11 +17,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from iagcn.train.config import HeadConfig
-from iagcn.train.image_lcm import ImageDependentLCM, fused_lcm
+from iagcn.train.image_lcm import ImageDependentLCM, fused_lcm, region_max_logit
 from iagcn.train.label_gcn import LabelGCN
 from iagcn.train.lcm import normalize_adjacency
 from iagcn.train.region_branch import RegionBranch
 from iagcn.train.variational import VariationalRegionWeighting, kl_loss
+from iagcn.train.standardize import FeatureStandardizer
 
 
 @dataclass
@@ -33,6 +35,7 @@ class HeadOutput:
     z_logvar: torch.Tensor | None = None      # (B, N)
     scores: torch.Tensor | None = None        # (B, N, C) A_I^w logits
     a_I: torch.Tensor | None = None           # (B, C)
+    a_I_logits: torch.Tensor | None = None    # (B, C) max over valid regions of A_I^w (a_I = sigmoid of it)
     A_I: torch.Tensor | None = None           # (B, C, C)
     A_F: torch.Tensor | None = None           # (B, C, C) before normalisation
 
@@ -56,14 +59,18 @@ class IAGCNHead(nn.Module):
         self.register_buffer("label_embeddings", H0)
         self.register_buffer("A_S", A)
         self.register_buffer("A_S_hat", normalize_adjacency(A, eps=cfg.adjacency_eps))     # (C, C)
+        self.standardizer = FeatureStandardizer(feature_dim=D, center=cfg.standardize == "center") \
+            if cfg.standardize != "none" else None
         self.variational = VariationalRegionWeighting(feature_dim=D) if cfg.variational else None
         self.image_lcm = ImageDependentLCM(feature_dim=D, num_classes=C) if cfg.uses_image_lcm else None
         self.linear = nn.Linear(D, C) if cfg.global_branch == "linear" else None
         self.label_gcn = LabelGCN(embedding_dim=H0.shape[1], widths=tuple(cfg.gcn_widths), feature_dim=D,
                                   activation=cfg.gcn_activation, leaky_slope=cfg.leaky_slope) \
             if cfg.global_branch == "gcn" else None
+        self.gcn_bias = nn.Parameter(torch.zeros(C)) if (cfg.global_branch == "gcn" and cfg.gcn_bias) else None  # (C,)
         self.region = RegionBranch(num_rois=num_rois, num_classes=C, feature_dim=D, widths=tuple(cfg.region_widths),
                                    reading=cfg.region_reading, relu_after_last=cfg.region_relu_after_last,
+                                   init=cfg.region_init, pool=cfg.region_pool,
                                    adjacency_eps=cfg.adjacency_eps) if cfg.region_branch else None
 
     @property
@@ -75,21 +82,29 @@ class IAGCNHead(nn.Module):
         """x (B, D), X (B, N, D) (None allowed when not uses_regions), valid (B, N) bool -> HeadOutput."""
         B, D = x.shape
         cfg, out = self.config, HeadOutput(logits=x.new_zeros(0))
+        if self.standardizer is not None:
+            x, X = self.standardizer(x, X)                                             # (B, D), (B, N, D)
+        valid = regions_or_padding(valid)                                              # (B, N)
         if self.variational is not None:
             out.z, out.z_mu, out.z_logvar = self.variational(X)                       # (B, N) x3, Eq. 7-9
         A_hat_F = A_hat_I = None
         if self.image_lcm is not None:
-            out.scores, out.a_I, out.A_I = self.image_lcm(X, valid, out.z)             # (B, N, C), (B, C), (B, C, C)
+            z = F.softplus(out.z) if (out.z is not None and cfg.vi_positive) else out.z  # (B, N) option: z >= 0
+            out.scores, out.a_I, out.A_I = self.image_lcm(X, valid, z)                 # (B, N, C), (B, C), (B, C, C)
+            out.a_I_logits = region_max_logit(out.scores, valid)                       # (B, C)
             out.A_F = fused_lcm(self.A_S, out.A_I)                                     # (B, C, C) Eq. 1
             A_hat_F = normalize_adjacency(out.A_F, eps=cfg.adjacency_eps)             # (B, C, C) per image
             if cfg.region_branch and cfg.region_adjacency == "individual":
-                A_hat_I = normalize_adjacency(out.A_I, eps=cfg.adjacency_eps)         # (B, C, C)
+                A_I = out.A_I + torch.eye(out.A_I.shape[-1], device=x.device) if cfg.region_self_loops else out.A_I
+                A_hat_I = normalize_adjacency(A_I, eps=cfg.adjacency_eps)             # (B, C, C)
         if self.linear is not None:
             out.y_w = self.linear(x)                                                   # (B, C) ResNet-101 row
         elif self.label_gcn is not None:
             A_hat = self.A_S_hat if cfg.global_adjacency == "static" else A_hat_F      # (C, C) or (B, C, C)
             gcn = self.label_gcn.forward_naive if naive else self.label_gcn
             out.y_w = gcn(x, self.label_embeddings, A_hat)                             # (B, C) Eq. 5-6
+            if self.gcn_bias is not None:
+                out.y_w = out.y_w + self.gcn_bias                                      # (B, C) M x + b
         if self.region is not None:
             A_hat = A_hat_F if cfg.region_adjacency == "fused" else A_hat_I            # (B, C, C)
             out.y_r = self.region(out.scores, valid, A_hat)                            # (B, C) Eq. 10
@@ -98,6 +113,17 @@ class IAGCNHead(nn.Module):
         else:
             out.logits = out.y_w if out.y_w is not None else out.y_r                   # (B, C)
         return out
+
+
+def regions_or_padding(valid: torch.Tensor) -> torch.Tensor:
+    """valid (B, N) bool -> (B, N): an image with no valid proposal is read through its padding boxes.
+
+    Stage one pads every image to N boxes with whole-image boxes marked invalid. With no valid box at all, a_I
+    would be sigmoid(-inf) = 0, so A_F = 0 and y_w = 0 (idlcm, iagcn), and the region-nodes max would run over an
+    empty set (NaN logits). Reading such an image through its whole-image boxes keeps every equation defined.
+    """
+    none = ~valid.any(dim=1, keepdim=True)                                             # (B, 1) no valid region
+    return valid | none                                                                # (B, N)
 
 
 def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, *, difficult: str = "ignore") -> torch.Tensor:
@@ -114,12 +140,20 @@ def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, *, difficult: s
     return F.binary_cross_entropy_with_logits(logits, t)                               # ()
 
 
-def total_loss(out: HeadOutput, targets: torch.Tensor, valid: torch.Tensor, *, beta: float, difficult: str
-               ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Eq. 12: L = L_ML + beta L_KL (L_KL only with Var_Inf). Returns the loss and its parts as floats."""
+def total_loss(out: HeadOutput, targets: torch.Tensor, valid: torch.Tensor, *, beta: float, difficult: str,
+               a_I_loss_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eq. 12: L = L_ML + beta L_KL (L_KL only with Var_Inf). Returns the loss and its parts as floats.
+
+    With ``a_I_loss_weight`` > 0 (an option beyond the paper) a BCE on a_I's logits is added.
+    """
     l_ml = multilabel_loss(out.logits, targets, difficult=difficult)                   # () Eq. 13
-    if out.z_mu is None:
-        return l_ml, {"loss": float(l_ml.detach()), "loss_ml": float(l_ml.detach()), "loss_kl": 0.0}
-    l_kl = kl_loss(out.z_mu, out.z_logvar, valid)                                      # () Eq. 14
-    loss = l_ml + beta * l_kl                                                   # () Eq. 12
-    return loss, {"loss": float(loss.detach()), "loss_ml": float(l_ml.detach()), "loss_kl": float(l_kl.detach())}
+    loss = l_ml
+    parts = {"loss_ml": float(l_ml.detach()), "loss_kl": 0.0}
+    if out.z_mu is not None:
+        l_kl = kl_loss(out.z_mu, out.z_logvar, regions_or_padding(valid))              # () Eq. 14, the regions read
+        loss = loss + beta * l_kl                                                      # () Eq. 12
+        parts["loss_kl"] = float(l_kl.detach())
+    if a_I_loss_weight > 0 and out.a_I_logits is not None:
+        l_a = multilabel_loss(out.a_I_logits, targets, difficult=difficult)            # () option: supervise a_I
+        loss = loss + a_I_loss_weight * l_a                                            # ()
+    return loss, {"loss": float(loss.detach()), **parts}

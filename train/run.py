@@ -29,6 +29,7 @@ from iagcn.train.lcm import statistical_lcm
 from iagcn.train.loop import evaluate, learning_rate, train_one_epoch
 from iagcn.train.tensorboard_log import TensorBoardLog
 from iagcn.train.model import IAGCNHead
+from iagcn.train.standardize import feature_statistics
 
 
 # -- small helpers ----------------------------------------------------------------------------------
@@ -89,19 +90,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 
-def make_optimizer(model: IAGCNHead, config: TrainConfig) -> torch.optim.SGD:
-    """SGD with momentum and weight decay (paper 4.3), the fused kernel: one pass over each parameter (the fastest
-    of the three implementations: docs/performance.md, "Measurements behind design choices")."""
-    vi = list(model.variational.parameters()) if model.variational is not None else []
-    vi_ids = {id(p) for p in vi}
-    rest = [p for p in model.parameters() if id(p) not in vi_ids]
-    groups = [{"params": rest, "lr_scale": 1.0}]
-    if vi:
-        # w_mu, w_logvar (Eq. 8-9): under L_KL their curvature is ~ mean ||X_r||^2 (uncentred CNN features, ~10^3),
-        # so the heads' lr would make them oscillate; config.vi_lr_scale keeps lr * curvature < 2 (docs/training.md).
-        groups.append({"params": vi, "lr_scale": config.vi_lr_scale})
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay, fused=True)
+def make_optimizer(model: IAGCNHead, config: TrainConfig):
+    """The optimiser of ``config`` (train.optim.make_optimizer)."""
+    from iagcn.train.optim import make_optimizer as make
+
+    return make(model, config)
+
+
+def schedule_lr(epoch: int, config: TrainConfig) -> float:
+    """The LR of ``epoch`` under the config's schedule (train.loop.learning_rate)."""
+    return learning_rate(epoch, base_lr=config.lr, step=config.lr_step, gamma=config.lr_gamma,
+                         schedule=config.schedule, epochs=config.epochs)
 
 
 
@@ -219,7 +218,11 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     random.seed(config.seed)
-    model = build_model(config, meta, label_embeddings=emb, A_S=A_S).to(device)
+    model = build_model(config, meta, label_embeddings=emb, A_S=A_S)
+    if model.standardizer is not None:                                                 # train part's statistics only
+        model.standardizer.set_statistics(feature_statistics(train_data, train_idx, batch_size=config.eval_batch_size,
+                                                             regions=model.uses_regions))
+    model = model.to(device)
     optimizer = make_optimizer(model, config)
     start_epoch, history = 0, []
     best = {"epoch": -1, "select_mAP": float("-inf")}
@@ -231,8 +234,8 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
         log(f"resuming {out} after epoch {start_epoch} (best so far: epoch {best['epoch'] + 1})")
 
     run_record = {
-        "config": config_to_dict(config), "identity_hash": config_hash(config.identity()), "protocol": protocol,
-        "git_commit": git_commit(),
+        "config": config_to_dict(config), "identity_hash": config_hash(config.identity()), "recipe": config.recipe,
+        "protocol": protocol, "git_commit": git_commit(),
         "train_cache": runfolder.cache_record(train_data.cache), "eval_cache": runfolder.cache_record(eval_data.cache),
         "class_names": train_data.class_names, "label_embeddings_source": emb_source,
         "num_train": int(len(train_idx)), "num_selection": int(len(hold_idx)) if hold_idx is not None else
@@ -254,7 +257,7 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
     stale = (start_epoch - 1 - best["epoch"]) if ckpt is not None else 0
     with contextlib.closing(TensorBoardLog(out, enabled=config.tensorboard)) as tb:  # a no-op unless --tensorboard
         for epoch in range(start_epoch, config.epochs):
-            lr = learning_rate(epoch, base_lr=config.lr, step=config.lr_step, gamma=config.lr_gamma)
+            lr = schedule_lr(epoch, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             stats = train_one_epoch(model, optimizer, train_data, train_idx, config=config, epoch=epoch, device=device,
@@ -266,6 +269,8 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
             if improved:
                 best = {"epoch": epoch, "select_mAP": score if score == score else float("-inf")}
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": {"kind": config.schedule, "base_lr": config.lr, "step": config.lr_step,
+                                   "gamma": config.lr_gamma, "epochs": config.epochs, "last_epoch": epoch, "lr": lr},
                      "rng": rng_state(), "epoch": epoch, "config": config_to_dict(config), "meta": meta,
                      "best": best, "history": history, "protocol": protocol}
             if improved:
@@ -297,7 +302,8 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
         result = {"metrics": to_json(metrics), "protocol": protocol, "selected_epoch": int(selected["epoch"]) + 1,
                   "selection_mAP": best["select_mAP"] if best["select_mAP"] != float("-inf") else None,
                   "epochs_run": len(history), "train_seconds": float(sum(r["seconds"] for r in history)),
-                  "eval_cache": runfolder.cache_record(eval_data.cache), "preset": config.preset, "seed": config.seed}
+                  "eval_cache": runfolder.cache_record(eval_data.cache), "preset": config.preset, "recipe": config.recipe,
+                  "seed": config.seed}
         runfolder.write_metrics(out, result)
         tb.final(metrics, epoch=result["selected_epoch"])
         if config.keep_checkpoints == "best" and best_path.exists() and last_path.exists():

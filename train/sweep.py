@@ -26,9 +26,11 @@ def run_dir_for(out: Path, preset: str, seed: int) -> Path:
 
 def run_sweep(configs: Iterable[TrainConfig], *, train_data: CacheData, eval_data: CacheData, out_dir: str | Path,
               progress: bool = True, log=print,
-              on_results: Callable[[Path, list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+              on_results: Callable[[Path, list[dict[str, Any]]], None] | None = None,
+              probe: bool = True) -> list[dict[str, Any]]:
     """Train every config (one per preset x seed) into out_dir/<preset>-s<seed>/; complete runs are skipped,
-    interrupted ones resume. Writes results.csv after every run, then calls ``on_results(out, rows)`` (the CLI
+    interrupted ones resume. With ``probe`` the `linear-probe` reference (train.probe) is fitted first into
+    out_dir/linear-probe-s0/. Writes results.csv after every run, then calls ``on_results(out, rows)`` (the CLI
     passes the table.md writer); returns the rows."""
     configs = list(configs)
     for config in configs:  # every refusal before the sweep folder exists
@@ -38,14 +40,20 @@ def run_sweep(configs: Iterable[TrainConfig], *, train_data: CacheData, eval_dat
             interrupt_hint(lambda: f"interrupted: {sum(runfolder.is_complete(run_dir_for(out, c.preset, c.seed)) for c in configs)}"
                                    f"/{len(configs)} runs complete in {out}; rerun the same `iagcn sweep` command to "
                                    f"resume (the interrupted run continues from its last epoch)"):
-        return _run_sweep_locked(configs, train_data, eval_data, out, progress, log, on_results)
+        return _run_sweep_locked(configs, train_data, eval_data, out, progress, log, on_results, probe)
 
 
-def _run_sweep_locked(configs, train_data, eval_data, out: Path, progress, log, on_results) -> list[dict[str, Any]]:
+def _run_sweep_locked(configs, train_data, eval_data, out: Path, progress, log, on_results,
+                      probe=True) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     todo = [not runfolder.is_complete(run_dir_for(out, c.preset, c.seed)) for c in configs]
     trained_s: list[float] = []                       # wall seconds of each run trained in this call
+    if probe:
+        from iagcn.train.probe import PROBE_NAME, run_probe
+
+        result = run_probe(train_data, eval_data, out / f"{PROBE_NAME}-s0", log=log)
+        rows.append(probe_row(result))
     for i, cfg in enumerate(configs):
         run_dir = run_dir_for(out, cfg.preset, cfg.seed)
         if runfolder.is_complete(run_dir):
@@ -105,12 +113,23 @@ def _refuse_other_config(run_dir: Path, cfg: TrainConfig) -> None:
 
 def result_row(result: dict[str, Any], cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     """One results.csv row: preset, seed, protocol, every metric, train seconds, selected epoch, run dir."""
-    row = {"preset": cfg.preset, "seed": cfg.seed, "protocol": result["protocol"]}
+    row = {"preset": cfg.preset, "seed": cfg.seed, "recipe": cfg.recipe, "protocol": result["protocol"]}
     for k, v in result["metrics"].items():
         if not isinstance(v, (list, dict)):
             row[k] = round(v, 4) if isinstance(v, float) else v
     row.update(train_seconds=round(float(result["train_seconds"]), 2), selected_epoch=result["selected_epoch"],
                epochs_run=result["epochs_run"], run_dir=run_dir.name)
+    return row
+
+
+def probe_row(result: dict[str, Any]) -> dict[str, Any]:
+    """The results.csv row of the linear probe (train.probe.run_probe's result)."""
+    row = {"preset": result["preset"], "seed": result["seed"], "recipe": "probe", "protocol": result["protocol"]}
+    for k, v in result["metrics"].items():
+        if not isinstance(v, (list, dict)):
+            row[k] = round(v, 4) if isinstance(v, float) else v
+    row.update(train_seconds=round(float(result["train_seconds"]), 2), selected_epoch=0, epochs_run=0,
+               run_dir=f"{result['preset']}-s{result['seed']}")
     return row
 
 

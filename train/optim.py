@@ -1,0 +1,80 @@
+"""Optimisers of the heads: SGD (paper 4.3), AdamW, or the frozen recipe's split of the two.
+
+The frozen recipe (docs/real-data.md) trains the parts that read the global feature x -- the linear classifier
+and the label GCN, whose y_w is linear in x -- with SGD and an L2 penalty (like a regularised logistic
+regression on standardised features), and the region side -- f_CNN (Eq. 2), the variational weights (Eq. 8-9)
+and the region GCN (Eq. 10), four bias-free layers deep -- with AdamW: on real photos SGD at the global
+branch's learning rate left the region branch at chance (hold-out mAP 15.9) while AdamW trained it (74.5).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+
+class SplitOptimizer:
+    """Two optimisers stepped together, presented as one (param_groups, zero_grad, step, state_dict)."""
+
+    def __init__(self, parts: list[torch.optim.Optimizer]) -> None:
+        self.parts = parts
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [g for o in self.parts for g in o.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.parts:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self.parts:
+            o.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"parts": [o.state_dict() for o in self.parts]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for o, s in zip(self.parts, state["parts"]):
+            o.load_state_dict(s)
+
+
+def _groups(params: list[nn.Parameter], vi: list[nn.Parameter], scale: float, vi_scale: float) -> list[dict]:
+    groups = [{"params": params, "lr_scale": scale}] if params else []
+    if vi:
+        # w_mu, w_logvar (Eq. 8-9): under L_KL their curvature is ~ mean ||X_r||^2, so the heads' lr would make them
+        # oscillate; config.vi_lr_scale keeps lr * curvature < 2 (docs/training.md)
+        groups.append({"params": vi, "lr_scale": scale * vi_scale})
+    return groups
+
+
+def make_optimizer(model: nn.Module, config) -> torch.optim.Optimizer | SplitOptimizer:
+    """The optimiser of ``config`` for ``model`` (an IAGCNHead); every group carries ``lr_scale`` (x schedule lr).
+
+    Fused kernels: measured here (2 threads, the IA-GCN head's weights) the default per-tensor SGD loop took
+    149 ms/step, foreach 41 ms, fused 29 ms.
+    """
+    vi = list(model.variational.parameters()) if model.variational is not None else []
+    region_side = [m for m in (model.image_lcm, model.region) if m is not None]
+    region = [p for m in region_side for p in m.parameters()]
+    taken = {id(p) for p in vi + region}
+    rest = [p for p in model.parameters() if id(p) not in taken]
+
+    def sgd(groups):
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                               fused=True)
+
+    def adamw(groups, wd):
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=wd, fused=True)
+
+    if config.region_optimizer == "adamw" and (region or vi):
+        parts = []
+        if rest:
+            parts.append(sgd(_groups(rest, [], 1.0, 1.0)) if config.optimizer == "sgd" else
+                         adamw(_groups(rest, [], 1.0, 1.0), config.weight_decay))
+        parts.append(adamw(_groups(region, vi, config.region_lr / config.lr, config.vi_lr_scale),
+                           config.region_weight_decay))
+        return SplitOptimizer(parts)
+    groups = _groups(rest + region, vi, 1.0, config.vi_lr_scale)
+    return adamw(groups, config.weight_decay) if config.optimizer == "adamw" else sgd(groups)
