@@ -8,15 +8,25 @@ IAGCN := $(VENV)/bin/iagcn
 STAMP := $(VENV)/.installed
 
 # ---- stage one: extraction ------------------------------------------------------------------
+# `make extract` uses the CLI's own defaults: the OFFLINE EfficientNet-Lite0 (bundled ImageNet weights) +
+# OpenCV selective search. `make extract-paper` uses the paper's setting: ResNet-101 at 448 px + the
+# torchvision Faster R-CNN RPN (downloads torchvision's weights once).
 DATASET ?= voc
 # dataset root: VOCdevkit/VOC2007 for voc, the COCO folder for coco, an images folder for csv
 ROOT ?= data/$(DATASET)
 SPLIT ?= trainval
-BACKBONE ?= resnet101
+BACKBONE ?= efficientnet-lite0
 WEIGHTS ?= imagenet
-PROPOSER ?= torchvision
-IMAGE_SIZE ?= 448
+PROPOSER ?= selective-search
+# empty = the backbone's default input side (efficientnet-lite0 320, resnet101 448)
+IMAGE_SIZE ?=
 NUM_ROIS ?= 40
+# csv datasets: the image,labels file; the class list (comma-separated or a file) or the cache to copy it from
+# (CLASSES_FROM=cache/csv/train.h5 for the test split); the delimiter between labels (empty = whitespace)
+CSV ?=
+CLASSES ?=
+CLASSES_FROM ?=
+LABEL_SEP ?=
 LABEL_EMBEDDINGS ?= onehot
 DEVICE ?= auto
 BATCH_SIZE ?= 16
@@ -26,7 +36,10 @@ EXTRACT_ARGS ?=
 
 # ---- stage two: training ----------------------------------------------------------------------
 TRAIN_CACHE ?= cache/$(DATASET)/trainval.h5
-VAL_CACHE ?= cache/$(DATASET)/test.h5
+# the evaluation (test) split, scored once at the end (VAL_CACHE: its old name, still accepted)
+EVAL_CACHE ?= $(or $(VAL_CACHE),cache/$(DATASET)/test.h5)
+# a YAML/JSON config for train/sweep (e.g. a previous run's config.json); options on the command line win
+CONFIG ?=
 PRESET ?= iagcn
 PRESETS ?= resnet,mlgcn,idlcm,idlcm-vi,iagcn,comsco,mlgcn-comsco
 SEEDS ?= 0,1,2
@@ -56,10 +69,18 @@ DEMO_ROOT := $(DEMO_OUT)/data/VOCdevkit/VOC2007
 DEMO_EXTRACT := --dataset voc --root $(DEMO_ROOT) --image-size $(DEMO_IMAGE_SIZE) \
   --proposer-image-size $(DEMO_PROPOSER_SIZE) --num-rois $(DEMO_NUM_ROIS) --workers 2 --device cpu
 
-.PHONY: setup test test-slow demo extract train sweep eval bench bench-real clean-venv help
+.PHONY: setup test test-slow demo extract extract-paper train sweep eval bench bench-real clean-venv help
 
 help:
-	@echo "make demo | test | setup | extract DATASET=voc|coco|csv ROOT=... SPLIT=... | train | sweep | eval | bench"
+	@echo "make demo                 the whole pipeline offline on synthetic data (docs/demo.md)"
+	@echo "make test | test-slow     the test suite"
+	@echo "make extract DATASET=voc|coco|csv ROOT=... SPLIT=... [CACHE_OUT=...]"
+	@echo "     stage one with the CLI's OFFLINE defaults: BACKBONE=$(BACKBONE) PROPOSER=$(PROPOSER)"
+	@echo "     csv data: CSV=labels.csv [CLASSES=a,b,c | CLASSES_FROM=cache/csv/train.h5] [LABEL_SEP=';']"
+	@echo "make extract-paper ...    stage one in the PAPER's setting: resnet101 at 448 px + torchvision RPN (downloads weights)"
+	@echo "make train PRESET=iagcn TRAIN_CACHE=... EVAL_CACHE=... [CONFIG=run/config.json] [TRAIN_ARGS='--lr 0.02']"
+	@echo "make sweep PRESETS=a,b SEEDS=0,1,2 TRAIN_CACHE=... EVAL_CACHE=... [SWEEP_OUT=...]"
+	@echo "make eval RUN=runs/... EVAL_CACHE=...   |   make bench   |   make setup"
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -75,23 +96,31 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests/slow
 
+EXTRACT_CMD = $(IAGCN) extract --dataset $(DATASET) --root $(ROOT) --split $(SPLIT) --out $(CACHE_OUT) \
+	  --weights $(WEIGHTS) --num-rois $(NUM_ROIS) --label-embeddings $(LABEL_EMBEDDINGS) --batch-size $(BATCH_SIZE) \
+	  --workers $(WORKERS) --device $(DEVICE) $(if $(CSV),--csv '$(CSV)') $(if $(CLASSES),--classes '$(CLASSES)') \
+	  $(if $(CLASSES_FROM),--classes-from '$(CLASSES_FROM)') $(if $(LABEL_SEP),--label-sep '$(LABEL_SEP)')
+
 extract: $(STAMP)
-	$(IAGCN) extract --dataset $(DATASET) --root $(ROOT) --split $(SPLIT) --out $(CACHE_OUT) \
-	  --backbone $(BACKBONE) --weights $(WEIGHTS) --proposer $(PROPOSER) --image-size $(IMAGE_SIZE) \
-	  --num-rois $(NUM_ROIS) --label-embeddings $(LABEL_EMBEDDINGS) --batch-size $(BATCH_SIZE) \
-	  --workers $(WORKERS) --device $(DEVICE) $(EXTRACT_ARGS)
+	$(EXTRACT_CMD) --backbone $(BACKBONE) --proposer $(PROPOSER) $(if $(IMAGE_SIZE),--image-size $(IMAGE_SIZE)) \
+	  $(EXTRACT_ARGS)
+
+extract-paper: $(STAMP)
+	$(EXTRACT_CMD) --backbone resnet101 --proposer torchvision --image-size $(or $(IMAGE_SIZE),448) $(EXTRACT_ARGS)
+
+# with CONFIG=FILE, a variable left at its Makefile default is not passed, so the file's value holds
+opt = $(if $(and $(CONFIG),$(filter file,$(origin $(1)))),,$(2) $($(1)))
 
 train: $(STAMP)
-	$(IAGCN) train --train-cache $(TRAIN_CACHE) --val-cache $(VAL_CACHE) --preset $(PRESET) \
-	  $(RECIPE_ARGS) --device $(DEVICE) --out $(RUN) $(TRAIN_ARGS)
+	$(IAGCN) train $(if $(CONFIG),--config '$(CONFIG)') --train-cache $(TRAIN_CACHE) --eval-cache $(EVAL_CACHE) \
+	  $(call opt,PRESET,--preset) $(RECIPE_ARGS) $(call opt,DEVICE,--device) --out $(RUN) $(TRAIN_ARGS)
 
 sweep: $(STAMP)
-	$(IAGCN) sweep --train-cache $(TRAIN_CACHE) --val-cache $(VAL_CACHE) --presets $(PRESETS) \
-	  --seeds $(SEEDS) $(RECIPE_ARGS) --device $(DEVICE) \
-	  --out $(SWEEP_OUT) $(TRAIN_ARGS)
+	$(IAGCN) sweep $(if $(CONFIG),--config '$(CONFIG)') --train-cache $(TRAIN_CACHE) --eval-cache $(EVAL_CACHE) \
+	  --presets $(PRESETS) --seeds $(SEEDS) $(RECIPE_ARGS) $(call opt,DEVICE,--device) --out $(SWEEP_OUT) $(TRAIN_ARGS)
 
 eval: $(STAMP)
-	$(IAGCN) eval --run $(RUN) --cache $(VAL_CACHE)
+	$(IAGCN) eval --run $(RUN) --cache $(EVAL_CACHE)
 
 demo: $(STAMP)
 	@set -e; t0=$$(date +%s); export OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2}; \
@@ -104,7 +133,7 @@ demo: $(STAMP)
 	echo "== [3/7] stage one: the test split"; \
 	$(IAGCN) extract $(DEMO_EXTRACT) --split test --out $(DEMO_OUT)/cache/test.h5; \
 	echo "== [4/7] stage two: sweep over all 7 presets + the linear probe (frozen recipe, $(DEMO_EPOCHS) epochs, the last epoch; seeds $(DEMO_SEEDS); ΔmAP vs $(DEMO_BASELINE) by paired bootstrap over test images)"; \
-	$(IAGCN) sweep --train-cache $(DEMO_OUT)/cache/trainval.h5 --val-cache $(DEMO_OUT)/cache/test.h5 \
+	$(IAGCN) sweep --train-cache $(DEMO_OUT)/cache/trainval.h5 --eval-cache $(DEMO_OUT)/cache/test.h5 \
 	  --presets $(PRESETS) --seeds $(DEMO_SEEDS) --epochs $(DEMO_EPOCHS) --device cpu --out $(DEMO_OUT)/sweep \
 	  --baseline $(DEMO_BASELINE); \
 	echo "== [5/7] evaluation: IA-GCN and the ML-GCN base side by side (Table 1 and Table 2 layouts, plots)"; \
@@ -123,8 +152,10 @@ demo: $(STAMP)
 	done; \
 	echo "== done in $$(( $$(date +%s) - t0 )) s. Outputs in $(DEMO_OUT)/:"; \
 	echo "   sweep/table.md, sweep/results.csv, sweep/ablation.json   ablation table (with the ΔmAP-vs-$(DEMO_BASELINE) 95% interval), one row per run"; \
+	echo "   sweep/report.html               one self-contained page: the table, every run, per-class AP, training and PR curves"; \
 	echo "   sweep/<preset>-s<seed>/         runs (config, log, checkpoints, scores, metrics)"; \
-	echo "   eval/                           metrics.json, per_class_ap.csv, per_class_ap.png, pr_curves.png, training curves"; \
+	echo "   eval/                           tables.md (both runs), per_class_ap.png, pr_curves.png + training_curves.png overlaid;"; \
+	echo "                                   eval/<run>/: metrics.json, tables.md, per_class_ap.csv, scores.npz, plots"; \
 	echo "   explain/                        fig1_lcm_<id>.png, fig3_rois_<id>.png (+ .npz with the numbers drawn)"
 
 bench: $(STAMP)

@@ -417,6 +417,10 @@ def check_compatible(train: FeatureCache, other: FeatureCache, *, role: str = "v
                 detail = diff
             else:
                 detail = f"{a!r} vs {b!r}"
+            if key == "class_names":
+                raise UserError(f"train cache {train.path} and {role} cache {other.path} disagree on {key} "
+                                f"({detail}); extract both with the same --classes (a CSV dataset: extract the "
+                                f"{role} split with `--classes-from {train.path}`)")
             raise UserError(f"train cache {train.path} and {role} cache {other.path} disagree on {key} "
                             f"({detail}); extract both with the same config")
 

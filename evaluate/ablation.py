@@ -31,7 +31,28 @@ ABLATION_KEYS = ABLATION_RESULT_KEYS + ("config", "git_commit")
 
 
 # -- table.md ---------------------------------------------------------------------------------------
-def build_table(rows: list[dict[str, Any]], *, metrics: tuple[str, ...] = TABLE_METRICS, **report_options: Any) -> str:
+def row_name(preset: str, *, backbone: str | None) -> str:
+    """What a preset's table row is: the paper's row name, except ``resnet``, named by what ran (a linear
+    classifier on the cache's backbone; the paper's ResNet-101 row only when that backbone is resnet101)."""
+    if preset == "resnet":
+        return f"linear on {backbone or 'the cached global feature'}" + (" (the paper's ResNet-101 row)"
+                                                                         if backbone == "resnet101" else "")
+    return PAPER_ROWS.get(preset, preset)
+
+
+def recorded_backbone(sweep_dir: str | Path, rows: list[dict[str, Any]]) -> str | None:
+    """The backbone of the train cache recorded by the sweep's first readable run (None if unknown)."""
+    for r in rows:
+        try:
+            entry = runfolder.recorded_cache(Path(sweep_dir) / str(r["run_dir"]), "train")
+        except (UserError, KeyError):
+            continue
+        return (entry.get("extract_config") or {}).get("backbone")
+    return None
+
+
+def build_table(rows: list[dict[str, Any]], *, metrics: tuple[str, ...] = TABLE_METRICS, backbone: str | None = None,
+                **report_options: Any) -> str:
     """Markdown table, one row per preset: mean ± std over seeds in the layout of the paper's Tables 3-6.
 
     ``rows``: results.csv rows (preset, seed, metric columns). ``report_options`` go to
@@ -47,7 +68,7 @@ def build_table(rows: list[dict[str, Any]], *, metrics: tuple[str, ...] = TABLE_
     presets = list(dict.fromkeys(r["preset"] for r in rows))
     protocols = sorted({str(r.get("protocol")) for r in rows if r.get("preset") != "linear-probe"})
     recipes = sorted({str(r.get("recipe")) for r in rows if r.get("recipe") not in (None, "", "probe")})
-    legend = "; ".join(f"`{p}` = {PAPER_ROWS.get(p, p)}" for p in presets)
+    legend = "; ".join(f"`{p}` = {row_name(p, backbone=backbone)}" for p in presets)
     return (table.rstrip("\n") + "\n\n" + f"Mean ± sample std over seeds. Rows: {legend}. "
             f"Recipe: {', '.join(recipes) or 'n/a'}. Model selection: {', '.join(protocols)}.\n")
 
@@ -76,7 +97,8 @@ def write_sweep_table(sweep_dir: str | Path, rows: list[dict[str, Any]] | None =
     options = {} if ablation is None else dict(baseline=ablation["baseline"], deltas=ablation["deltas"],
                                               seed_tests=ablation["seed_tests"] or None, ci=ablation["ci"])
     path = Path(sweep_dir) / "table.md"
-    write_text_atomic(path, build_table(rows, **options), what="sweep table")
+    write_text_atomic(path, build_table(rows, backbone=recorded_backbone(sweep_dir, rows), **options),
+                      what="sweep table")
     return path
 
 

@@ -94,10 +94,11 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
         if out:
             inputs = {"scores": str(Path(scores).resolve()), "targets": str(Path(targets).resolve())}
             written = list(E.write_evaluation(out, ev, config=config, inputs=inputs, save_scores=False).values())
+            written.append(_write_tables_md(Path(out), [ev], top_k=top_k))
             if config.plots:
                 cfg = config if config.pr_classes else dataclasses.replace(config, pr_classes=E.default_pr_classes(ev))
                 written += E.run_plots(Path(out), [ev], config=cfg)
-            click.echo("wrote " + ", ".join(str(p) for p in written))
+            click.echo(_wrote_lines(written))
         return
 
     # -- runs / checkpoint --------------------------------------------------------------------------
@@ -105,7 +106,7 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
     if len(sources) > 1 and not out:
         raise UserError("several --run: pass --out DIR for the combined outputs")
     out_dir = Path(out) if out else sources[0] / "eval"
-    evaluations, logs, writes = [], {}, []
+    evaluations, logs, writes, written = [], {}, [], []
     for k, src in enumerate(sources):
         cache_path = Path(cache) if cache else _recorded_eval_cache(src)
         rs = score_run_on_cache(run_dir=src if runs else None, checkpoint=Path(checkpoint) if checkpoint else None,
@@ -122,15 +123,40 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
         writes.append((sub, ev, inputs))
     _check_pr_classes(config.pr_classes, evaluations[0].class_names)  # every check before the first file
     for sub, ev, inputs in writes:
-        E.write_evaluation(sub, ev, config=config, inputs=inputs)
+        written += list(E.write_evaluation(sub, ev, config=config, inputs=inputs).values())
+        written.append(_write_tables_md(sub, [ev], top_k=top_k))
     click.echo(E.format_tables(evaluations, top_k=top_k, fmt=fmt))
-    written = []
+    if len(evaluations) > 1:                       # the runs side by side, at the top of --out
+        written.append(_write_tables_md(out_dir, evaluations, top_k=top_k))
     if config.plots:
         cfg = config if config.pr_classes else dataclasses.replace(config,
                                                                     pr_classes=E.default_pr_classes(evaluations[0]))
-        written = E.run_plots(out_dir, evaluations, config=cfg, logs=logs)
-    click.echo(f"wrote metrics.json, per_class_ap.csv, scores.npz, eval_config.json under {out_dir}"
-               + (f" and {len(written)} plot(s): " + ", ".join(str(p) for p in written) if written else ""))
+        written += E.run_plots(out_dir, evaluations, config=cfg, logs=logs)
+    click.echo(_wrote_lines(written))
+
+
+def _write_tables_md(folder: Path, evaluations, *, top_k: int) -> Path:
+    """tables.md: the Table 1 (all + top-k) and Table 2 (per-class AP) layouts as Markdown, next to metrics.json."""
+    from iagcn.evaluate.evaluation import format_tables
+    from iagcn.fsutil import write_text_atomic
+
+    names = ", ".join(f"`{e.name}`" for e in evaluations)
+    text = (f"# Evaluation of {names}\n\n{len(evaluations[0].targets)} images, {len(evaluations[0].class_names)} "
+            f"classes; percent.\n\n" + format_tables(evaluations, top_k=top_k, fmt="markdown"))
+    path = Path(folder) / "tables.md"
+    write_text_atomic(path, text, what="evaluation tables")
+    return path
+
+
+def _wrote_lines(paths) -> str:
+    """'wrote DIR/: a, b, c' per folder, in the order the files were written (the real paths)."""
+    by_dir: dict[Path, list[str]] = {}
+    for p in paths:
+        p = Path(p)
+        by_dir.setdefault(p.parent, [])
+        if p.name not in by_dir[p.parent]:
+            by_dir[p.parent].append(p.name)
+    return "\n".join(f"wrote {d}/: {', '.join(names)}" for d, names in by_dir.items())
 
 
 def _check_pr_classes(pr_classes, class_names) -> None:

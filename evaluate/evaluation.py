@@ -176,21 +176,30 @@ def format_tables(evaluations: Sequence[Evaluation], *, top_k: int = 3, fmt: str
 def run_plots(out: Path, evaluations: Sequence[Evaluation], *, config: EvalConfig,
               logs: dict[str, Path] | None = None) -> list[Path]:
     """Per-class AP bars (all evaluations side by side), PR curves of ``config.pr_classes`` per evaluation, and the
-    training curves of every run whose log.csv exists. Returns the PNG paths written."""
-    from iagcn.evaluate.plots import plot_per_class_ap, plot_pr_curves, plot_training_curves
+    training curves of every run whose log.csv exists. With several evaluations, also ``pr_curves.png`` and
+    ``training_curves.png`` at the top of ``out`` with every run overlaid. Returns the PNG paths written."""
+    from iagcn.evaluate.plots import (plot_per_class_ap, plot_pr_curves, plot_pr_curves_overlay,
+                                      plot_training_curves, plot_training_curves_overlay)
 
     written = [plot_per_class_ap({e.name: e.per_class_ap for e in evaluations}, evaluations[0].class_names,
                                  out / "per_class_ap.png")]
     multi = len(evaluations) > 1
+    if multi and config.pr_classes:
+        written.append(plot_pr_curves_overlay({e.name: (e.scores, e.targets) for e in evaluations},
+                                              evaluations[0].class_names, list(config.pr_classes),
+                                              out / "pr_curves.png", title="Precision-recall, runs overlaid"))
+    existing = {name: log for name, log in (logs or {}).items() if log.exists()}
+    if multi and len(existing) > 1:
+        written.append(plot_training_curves_overlay(existing, out / "training_curves.png",
+                                                    title="Training curves, runs overlaid"))
     for e in evaluations:
         sub = out / e.name if multi else out
         if config.pr_classes:
             written.append(plot_pr_curves(e.scores, e.targets, e.class_names, list(config.pr_classes),
                                           sub / "pr_curves.png", title=f"Precision-recall: {e.name}"))
-    for name, log in (logs or {}).items():
-        if log.exists():
-            sub = out / name if multi else out
-            written.append(plot_training_curves(log, sub / "training_curves.png", title=f"training: {name}"))
+    for name, log in existing.items():
+        sub = out / name if multi else out
+        written.append(plot_training_curves(log, sub / "training_curves.png", title=f"training: {name}"))
     return written
 
 

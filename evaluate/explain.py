@@ -3,7 +3,10 @@
 * Fig. 1 (``fig1_lcm_<id>.png``): the image-dependent LCM A_F = A_S ⊙ A_I (Eq. 1, before normalisation) next to
   the statistical LCM A_S, as the run's head computes them for that image (``.npz`` holds the matrices drawn).
 * Fig. 3 (``fig3_rois_<id>.png``): the image with its valid ROI boxes (from the cache) coloured by their
-  variational weight z (Eq. 7-9; eval mode, z = z_mu) (``.npz`` holds boxes and weights).
+  variational weight z (Eq. 7-9; eval mode, z = z_mu), its labels and top-3 predictions written under it
+  (``.npz`` holds boxes and weights).
+
+``<id>`` is the image id without its image suffix, folders joined by ``_`` (:func:`file_stem`).
 
 Presets without an image-dependent LCM (resnet, mlgcn, comsco, ...) have no Fig. 1, presets without Var_Inf no
 Fig. 3; the command says so instead of drawing something else. ``explain.json`` records the image's labels,
@@ -23,8 +26,14 @@ from iagcn.extract.images import IMAGE_SUFFIXES
 from iagcn.fsutil import write_json_atomic
 
 
-def _safe(image_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", image_id)[:80]
+def file_stem(image_id: str) -> str:
+    """The part of a figure's file name that names the image: the id without an image suffix, folders joined by
+    ``_``, other characters outside ``[A-Za-z0-9_.-]`` replaced (``img/000208.jpg`` -> ``img_000208``)."""
+    stem = image_id.replace("\\", "/").lstrip("./")
+    base, dot, suffix = stem.rpartition(".")
+    if dot and f".{suffix.lower()}" in IMAGE_SUFFIXES + (".jpe",):
+        stem = base
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("_")[:80] or "image"
 
 
 def find_image_in_root(root: Path, image_id: str) -> Path | None:
@@ -98,7 +107,7 @@ def explain(run_dir: str | os.PathLike, cache_path: str | os.PathLike, image_id:
         raise UserError(f"--image-id {image_id}: not in cache {cache_path} ({len(ids)} images, e.g. {sample})")
     info = explain_image(run.model, cache_path, image_id, device=device)
     out = Path(out)
-    stem = _safe(image_id)
+    stem = file_stem(image_id)
     written: dict[str, str] = {}
     notes: list[str] = []
     names = run.class_names
@@ -107,6 +116,11 @@ def explain(run_dir: str | os.PathLike, cache_path: str | os.PathLike, image_id:
     labels = np.asarray(info["labels"])
     present = [names[c] for c in np.flatnonzero(labels == 1)]
     title = f"{image_id} ({', '.join(present) or 'no labels'})"
+    order = np.argsort(-probs, kind="stable")
+    predicted = [(names[c], float(probs[c])) for c in order[:3]]
+    caption = (f"labels: {', '.join(present) or 'none'}"
+               + (f" (ignored: {', '.join(names[c] for c in np.flatnonzero(labels == -1))})" if (labels == -1).any() else "")
+               + "\npredicted: " + ", ".join(f"{n} {p:.2f}" for n, p in predicted))
     if info.get("A_F") is not None:
         written["fig1"] = str(plot_lcm_pair(info["A_F"], info["A_S"], names, out / f"fig1_lcm_{stem}.png",
                                             title=f"Fig. 1: {title}"))
@@ -120,14 +134,13 @@ def explain(run_dir: str | os.PathLike, cache_path: str | os.PathLike, image_id:
         image = load_image_rgb(image_path)
         written["fig3"] = str(plot_roi_weights(image, info["boxes"], z, info["box_valid"],
                                                out / f"fig3_rois_{stem}.png",
-                                               title=f"Fig. 3: {image_id}, ROIs coloured by z"))
+                                               title=f"Fig. 3: {image_id}, ROIs coloured by z", caption=caption))
         written["image"] = str(image_path)
     else:
         notes.append(f"preset {run.config.preset} has no variational ROI weights z: Fig. 3 not drawn")
     if not written:
         raise UserError(f"run {run_dir} (preset {run.config.preset}) has neither A_F nor z; explain needs an "
                         "IA-GCN preset with ID_LCM or Var_Inf (idlcm, idlcm-vi, iagcn)")
-    order = np.argsort(-probs, kind="stable")
     record = {"run": str(Path(run_dir).resolve()), "checkpoint": which, "epoch": run.epoch,
               "preset": run.config.preset, "cache": str(cache_path.resolve()), "image_id": image_id,
               "labels": present, "ignored": [names[c] for c in np.flatnonzero(labels == -1)],

@@ -55,48 +55,114 @@ def _short_names(class_names: Sequence[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- training curves
-def plot_training_curves(log, out: PathLike, *, title: str | None = None) -> Path:
-    """Curves from a run's ``log.csv`` (path or DataFrame): losses, metrics, and the learning rate if logged.
+#: panel title -> how a log column is recognised (first match wins, in this order)
+_PANELS = (
+    ("learning rate", lambda c: c in ("lr", "learning_rate") or c.startswith("lr_")),
+    ("loss", lambda c: "loss" in c),
+    ("hold-out mAP (%)", lambda c: "map" in c),
+    ("seconds per epoch", lambda c: "seconds" in c or "time" in c),
+    ("throughput (images/s)", lambda c: "per_s" in c or "throughput" in c),
+)
 
-    The x axis is the ``epoch`` column (else ``step``, else the row number). Columns whose name contains
-    ``loss`` go to the first panel, ``lr`` to its own panel, every other numeric column to the metrics panel.
-    """
+
+def _read_log(log):
     import pandas as pd
 
     if isinstance(log, pd.DataFrame):
-        df, source = log, "log"
-    else:
-        source = str(log)
-        try:
-            df = pd.read_csv(log)
-        except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError) as e:
-            raise UserError(f"{source}: cannot read the training log ({e}); pass the run's log.csv") from e
+        return log, "log"
+    source = str(log)
+    try:
+        return pd.read_csv(log), source
+    except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError) as e:
+        raise UserError(f"{source}: cannot read the training log ({e}); pass the run's log.csv") from e
+
+
+def training_curve_panels(df) -> tuple[str | None, list[tuple[str, list[str]]]]:
+    """(x column, [(panel title, columns)]): which log.csv columns are drawn on which axes.
+
+    Quantities with different units never share an axis: losses, the hold-out (selection) mAP, the learning
+    rate, seconds per epoch and throughput each get their own panel; anything else numeric goes to "other".
+    A column that is zero (or empty) in every row is left out (e.g. ``loss_kl`` of a preset without Var_Inf).
+    """
     numeric = df.select_dtypes("number")
-    if numeric.empty or len(df) == 0:
-        raise UserError(f"{source}: no numeric rows to plot; train for at least one epoch first")
     x_name = next((c for c in ("epoch", "step") if c in numeric.columns), None)
+    panels: dict[str, list[str]] = {}
+    for c in numeric.columns:
+        if c == x_name:
+            continue
+        y = numeric[c].to_numpy(dtype=float)
+        if not np.isfinite(y).any() or np.all(y[np.isfinite(y)] == 0):
+            continue
+        title = next((t for t, match in _PANELS if match(c.lower())), "other")
+        panels.setdefault(title, []).append(c)
+    order = [t for t, _ in _PANELS if t != "learning rate"] + ["learning rate", "other"]
+    return x_name, [(t, panels[t]) for t in order if t in panels]
+
+
+def _grid(fig, n: int, ncols: int = 3):
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    return [fig.add_subplot(nrows, ncols, i + 1) for i in range(n)]
+
+
+def plot_training_curves(log, out: PathLike, *, title: str | None = None) -> Path:
+    """Curves from a run's ``log.csv`` (path or DataFrame), one panel per quantity (:func:`training_curve_panels`).
+
+    The x axis is the ``epoch`` column (else ``step``, else the row number); the learning rate is on a log scale.
+    """
+    df, source = _read_log(log)
+    x_name, panels = training_curve_panels(df)
+    if not panels or len(df) == 0:
+        raise UserError(f"{source}: no numeric rows to plot; train for at least one epoch first")
+    numeric = df.select_dtypes("number")
     x = numeric[x_name].to_numpy() if x_name else np.arange(len(numeric))
-    cols = [c for c in numeric.columns if c != x_name]
-    loss_cols = [c for c in cols if "loss" in c.lower()]
-    lr_cols = [c for c in cols if c.lower() in ("lr", "learning_rate") or c.lower().startswith("lr_")]
-    other_cols = [c for c in cols if c not in loss_cols and c not in lr_cols and "time" not in c.lower()]
-    panels = [(name, cs) for name, cs in (("loss", loss_cols), ("metric", other_cols), ("learning rate", lr_cols))
-              if cs]
-    fig = _figure(figsize=(5.0 * len(panels), 3.6))
-    for i, (ylabel, cs) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
+    ncols = min(3, len(panels))
+    fig = _figure(figsize=(4.6 * ncols, 3.4 * -(-len(panels) // ncols)))
+    for ax, (ylabel, cs) in zip(_grid(fig, len(panels)), panels):
         for c in cs:
             y = numeric[c].to_numpy(dtype=float)
             ok = np.isfinite(y)
             ax.plot(x[ok], y[ok], marker="o" if ok.sum() < 30 else None, markersize=3, label=c)
         ax.set_xlabel(x_name or "row")
-        ax.set_ylabel(ylabel)
+        ax.set_title(ylabel, fontsize=10)
         if ylabel == "learning rate":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if len(cs) > 1:
+            ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return _save_png(fig, out)
+
+
+def plot_training_curves_overlay(logs: Mapping[str, object], out: PathLike, *,
+                                 title: str = "Training curves") -> Path:
+    """Several runs' log.csv overlaid, one line per run: total loss, hold-out mAP, seconds per epoch."""
+    if not logs:
+        raise UserError("plot_training_curves_overlay: no logs given")
+    frames = {name: _read_log(log)[0] for name, log in logs.items()}
+    wanted = (("loss", "loss"), ("select_mAP", "hold-out mAP (%)"), ("seconds", "seconds per epoch"))
+    shown = [(c, t) for c, t in wanted if any(c in df.columns and df[c].notna().any() for df in frames.values())]
+    if not shown:
+        raise UserError("plot_training_curves_overlay: the logs have none of loss, select_mAP, seconds")
+    fig = _figure(figsize=(4.8 * len(shown), 3.8))
+    for ax, (col, label) in zip(_grid(fig, len(shown), ncols=len(shown)), shown):
+        for name, df in frames.items():
+            if col not in df.columns:
+                continue
+            x = df["epoch"].to_numpy() if "epoch" in df.columns else np.arange(len(df))
+            y = df[col].to_numpy(dtype=float)
+            ok = np.isfinite(y)
+            ax.plot(x[ok], y[ok], label=name, linewidth=1.2)
+        ax.set_xlabel("epoch")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=min(4, len(labels)), frameon=False,
+               bbox_to_anchor=(0.5, -0.02 - 0.04 * (len(labels) // 4)))
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.08 + 0.04 * (len(labels) // 4), 1, 1))
     return _save_png(fig, out)
 
 
@@ -178,13 +244,63 @@ def plot_pr_curves(scores, targets, class_names: Sequence[str], classes: Sequenc
     return _save_png(fig, out)
 
 
+def plot_pr_curves_overlay(runs: Mapping[str, tuple[object, object]], class_names: Sequence[str],
+                           classes: Sequence[str | int], out: PathLike, *, title: str = "Precision-recall") -> Path:
+    """Several runs' precision-recall curves overlaid: one panel per chosen class, one line per run (AP in the
+    legend). ``runs`` maps a name to (scores (n, C), targets (n, C)); ignored entries (-1) are left out."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    from iagcn.metrics import validate_scores_targets
+
+    if not runs:
+        raise UserError("plot_pr_curves_overlay: no runs given")
+    checked = {}
+    for name, (scores, targets) in runs.items():
+        s, t = validate_scores_targets(scores, targets)
+        if s.shape[1] != len(class_names):
+            raise UserError(f"plot_pr_curves_overlay: run {name} has {s.shape[1]} score columns for "
+                            f"{len(class_names)} class names")
+        checked[name] = (s, t)
+    idx = _class_indices(classes, class_names)
+    if not idx:
+        raise UserError("plot_pr_curves_overlay: no classes chosen")
+    ncols = min(3, len(idx))
+    fig = _figure(figsize=(4.4 * ncols, 4.0 * -(-len(idx) // ncols)))
+    for ax, c in zip(_grid(fig, len(idx)), idx):
+        for name, (s, t) in checked.items():
+            keep = t[:, c] != -1
+            y = t[keep, c] == 1
+            if not y.any():
+                ax.plot([], [], label=f"{name} (no positives)")
+                continue
+            precision, recall, _ = precision_recall_curve(y, s[keep, c])
+            ap = 100 * average_precision_score(y, s[keep, c])
+            ax.step(recall, precision, where="post", label=f"{name} (AP {ap:.1f})", linewidth=1.2)
+        ax.set_title(class_names[c], fontsize=10)
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save_png(fig, out)
+
+
 # ----------------------------------------------------------------------------------------------- Fig. 1
 def plot_lcm_pair(A_F, A_S, class_names: Sequence[str], out: PathLike, *, title: str | None = None,
                   save_data: bool = True) -> Path:
-    """Fig. 1: the image-dependent LCM A_F (C, C) next to the statistical LCM A_S (C, C), each with its colour bar.
+    """Fig. 1: the image-dependent LCM A_F (C, C) next to the statistical LCM A_S (C, C) on ONE colour scale.
 
-    With ``save_data`` the two matrices drawn are also written to ``<out>.npz`` (keys A_F, A_S, class_names).
+    The diagonal (a label's correlation with itself) is masked (drawn grey) so that it does not set the scale;
+    both panels share the range of the off-diagonal entries of both matrices and one colour bar, so equal colours
+    mean equal values. With ``save_data`` the matrices drawn and that range go to ``<out>.npz`` (keys A_F, A_S,
+    class_names, colour_range).
     """
+    import matplotlib
+    from matplotlib import colors
+
     a_f = np.asarray(A_F, dtype=np.float64)
     a_s = np.asarray(A_S, dtype=np.float64)
     n_classes = len(class_names)
@@ -193,32 +309,39 @@ def plot_lcm_pair(A_F, A_S, class_names: Sequence[str], out: PathLike, *, title:
             raise UserError(f"plot_lcm_pair: {name} has shape {m.shape}, expected ({n_classes}, {n_classes})")
         if not np.all(np.isfinite(m)):
             raise UserError(f"plot_lcm_pair: {name} has non-finite entries")
+    off = ~np.eye(n_classes, dtype=bool)                                     # (C, C) off-diagonal entries
+    both = np.concatenate([a_f[off], a_s[off]]) if n_classes > 1 else np.zeros(1)
+    lo, hi = float(both.min()), float(both.max())
+    norm = colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1e-6)
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.75")          # masked diagonal: grey
     names = _short_names(class_names)
-    fig = _figure(figsize=(11.0, 5.0))
-    for i, (label, m) in enumerate((("image-dependent LCM $A_F$", a_f), ("statistical LCM $A_S$", a_s))):
-        ax = fig.add_subplot(1, 2, i + 1)
-        im = ax.imshow(m, cmap="viridis", interpolation="nearest")  # rows i, columns j
+    fig = _figure(figsize=(11.5, 5.0))
+    axes = [fig.add_subplot(1, 2, i + 1) for i in range(2)]
+    for ax, (label, m) in zip(axes, (("image-dependent LCM $A_F$", a_f), ("statistical LCM $A_S$", a_s))):
+        im = ax.imshow(np.ma.masked_array(m, mask=~off), cmap=cmap, norm=norm, interpolation="nearest")  # rows i, cols j
         ax.set_title(label)
         if n_classes <= 40:
             ax.set_xticks(range(n_classes))
             ax.set_yticks(range(n_classes))
             ax.set_xticklabels(names, rotation=90, fontsize=7)
             ax.set_yticklabels(names, fontsize=7)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.colorbar(im, ax=axes, fraction=0.03, pad=0.03, label="off-diagonal entries (diagonal masked, grey)")
     if title:
         fig.suptitle(title)
     path = _save_png(fig, out)
     if save_data:
-        _save_npz(out, A_F=a_f, A_S=a_s, class_names=np.array(list(class_names)))
+        _save_npz(out, A_F=a_f, A_S=a_s, class_names=np.array(list(class_names)), colour_range=np.array([lo, hi]))
     return path
 
 
 # ----------------------------------------------------------------------------------------------- Fig. 3
 def plot_roi_weights(image, boxes, weights, valid, out: PathLike, *, title: str | None = None,
-                     save_data: bool = True) -> Path:
+                     caption: str | None = None, save_data: bool = True) -> Path:
     """Fig. 3: the image with its valid ROI boxes (x1 y1 x2 y2, image pixels) coloured by the weight z, colour bar.
 
     Boxes are drawn in increasing z so that the strongest lie on top; padding boxes (valid False) are skipped.
+    ``caption`` (e.g. the image's labels and the model's predictions) is written under the image and saved in
+    the ``.npz``.
     """
     import matplotlib
     from matplotlib import cm, colors
@@ -252,7 +375,9 @@ def plot_roi_weights(image, boxes, weights, valid, out: PathLike, *, title: str 
     ax.axis("off")
     fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.046, pad=0.04, label="ROI weight z")
     ax.set_title(title or f"{shown.size} ROIs coloured by variational weight z")
+    if caption:
+        ax.text(0.0, -0.02, caption, transform=ax.transAxes, ha="left", va="top", fontsize=9)
     path = _save_png(fig, out)
     if save_data:
-        _save_npz(out, boxes=b, weights=z, valid=v)
+        _save_npz(out, boxes=b, weights=z, valid=v, caption=np.asarray(caption or ""))
     return path

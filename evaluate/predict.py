@@ -206,7 +206,8 @@ def predict_images(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLik
 
 
 def format_predictions(preds: Sequence[Prediction], *, fmt: str) -> str:
-    """text: ``image: label 0.93, label 0.71``; json: a list of objects; csv: image,label,probability rows."""
+    """text: ``image: label 0.93, label 0.71``; json: a list of objects; csv: image,label,probability rows, one per
+    predicted label, and ``image,,`` (empty label and probability) for an image with no label above the threshold."""
     if fmt == "json":
         return json.dumps([{"image": p.image, "labels": [{"label": n, "probability": round(v, 6)} for n, v in p.labels],
                             "probabilities": {k: round(v, 6) for k, v in p.probabilities.items()}}
@@ -221,6 +222,8 @@ def format_predictions(preds: Sequence[Prediction], *, fmt: str) -> str:
         for p in preds:
             for n, v in p.labels:
                 w.writerow([p.image, n, f"{v:.6f}"])
+            if not p.labels:                     # no label above the threshold: the image still gets its row
+                w.writerow([p.image, "", ""])
         return buf.getvalue().rstrip("\n")
     return "\n".join(f"{p.image}: " + (", ".join(f"{n} {v:.3f}" for n, v in p.labels) or "(no label above threshold)")
                      for p in preds)

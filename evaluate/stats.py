@@ -1,7 +1,9 @@
 """Statistics for honest ablations: a paired bootstrap over images, a paired test across seeds (the label-stratified
 hold-out split that chooses the epoch lives with training: :mod:`train.holdout`).
 
-Pure NumPy (+ SciPy for the seed test). See docs/statistics.md for the protocols.
+NumPy, and scipy.stats for the seed tests (``ttest_rel``, ``wilcoxon``, ``binomtest``). See docs/statistics.md.
+The bootstrap stays our own: its vectorised, weighted AP over 1,000 resamples at once is what makes a sweep's
+ΔmAP intervals cheap (``scipy.stats.bootstrap`` would recompute every metric per resample).
 
 * :func:`paired_bootstrap` — B - A for every metric of :func:`iagcn.metrics.multilabel_metrics`, percentile
   interval over resamples of the *same* images for both runs. The default path is vectorised: a resample is a
@@ -249,14 +251,14 @@ def paired_seed_test(values_a: Sequence[float], values_b: Sequence[float], *, ci
     d = b - a  # (n,)
     n = d.size
     mean, sd = float(d.mean()), float(d.std(ddof=1))
-    if sd == 0.0:
+    if sd == 0.0:  # SciPy returns NaN here (0 / 0); a constant difference is decided without a test
         t_stat, p_t = (0.0, 1.0) if mean == 0.0 else (math.copysign(math.inf, mean), 0.0)
-        half = 0.0
+        low = high = mean
     else:
-        se = sd / math.sqrt(n)
-        t_stat = mean / se
-        p_t = float(2.0 * sps.t.sf(abs(t_stat), df=n - 1))
-        half = float(sps.t.ppf(0.5 + ci / 2.0, df=n - 1) * se)
+        res = sps.ttest_rel(b, a, alternative="two-sided")
+        t_stat, p_t = float(res.statistic), float(res.pvalue)
+        interval = res.confidence_interval(confidence_level=ci)      # t-interval of the mean difference
+        low, high = float(interval.low), float(interval.high)
     nonzero = d[d != 0]
     if nonzero.size == 0:
         p_w = 1.0
@@ -265,5 +267,5 @@ def paired_seed_test(values_a: Sequence[float], values_b: Sequence[float], *, ci
     n_better, n_worse = int((d > 0).sum()), int((d < 0).sum())
     p_sign = float(sps.binomtest(n_better, n_better + n_worse, 0.5).pvalue) if n_better + n_worse else 1.0
     return {"n_seeds": n, "mean_diff": mean, "std_diff": sd, "t": float(t_stat), "df": n - 1, "p_t": p_t,
-            "low": mean - half, "high": mean + half, "ci": ci, "p_wilcoxon": p_w, "n_better": n_better,
+            "low": low, "high": high, "ci": ci, "p_wilcoxon": p_w, "n_better": n_better,
             "n_worse": n_worse, "p_sign": p_sign, "reported": "paired t-test (two-sided)"}

@@ -43,19 +43,34 @@ E = ExtractConfig
 @config_option(E, "skip_bad", is_flag=True, help="Skip images that fail pre-flight (recorded in the cache).")
 @config_option(E, "csv", "--csv", type=click.Path(), help="csv dataset: the image,labels file.")
 @config_option(E, "classes", help="csv dataset: class list (comma-separated) or a file of names.",
-               none_means="the names in the CSV")
+               none_means="the sorted labels found in the CSV")
+@click.option("--classes-from", "classes_from", type=click.Path(dir_okay=False), default=None,
+              help="csv dataset: use the class list of this cache (e.g. the train split's), so that both caches agree.")
+@config_option(E, "label_sep", "--label-sep",
+               help="csv dataset: delimiter between the labels of a row (' ' = any whitespace; e.g. ';' or '|').")
 @config_option(E, "keep_empty", is_flag=True, help="coco: keep images without annotations.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Set any ExtractConfig field, e.g. --set roi_output_size=5 --set roi_sampling_ratio=1 "
                    "(applied after the options above).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def extract_command(dataset, root, split, out, sets, quiet, **options):
+def extract_command(dataset, root, split, out, sets, quiet, classes_from, **options):
     """Extract backbone + ROI features of one dataset split into an HDF5 cache (resumable; rerun to resume)."""
     from iagcn.configio import apply_overrides
     from iagcn.device import resolve_device
     from iagcn.extract.config import parse_shard
     from iagcn.extract.pipeline import run_extract
 
+    from iagcn.errors import UserError
+    from iagcn.extract.preflight import classes_from_cache
+
+    if classes_from is not None:
+        if options.get("classes") is not None:
+            raise UserError("--classes and --classes-from both name a class list; pass one")
+        if dataset != "csv":
+            raise UserError(f"--classes-from applies to --dataset csv only, not {dataset}; drop it")
+        options["classes"] = classes_from_cache(classes_from)
+    if options.get("label_sep") == "":
+        raise UserError("--label-sep is empty; pass the delimiter between labels, e.g. ';' (' ' = whitespace)")
     cfg = ExtractConfig(dataset=dataset, root=str(root), split=split, **given(**options))
     cfg = apply_overrides(cfg, sets)
     resolve_device(cfg.device)                       # refuse a bad --device before reading the dataset
@@ -63,7 +78,10 @@ def extract_command(dataset, root, split, out, sets, quiet, **options):
     if out is None:
         suffix = "" if sh is None else f".shard{sh[0]}of{sh[1]}"
         out = Path("cache") / cfg.dataset / f"{cfg.split}{suffix}.h5"
-    stats = run_extract(cfg, out, progress=not quiet)
+    stats = run_extract(cfg, out, progress=not quiet, log=lambda m: click.echo(m, err=True))
+    if stats.already_complete:
+        click.echo(f"kept {out}: already complete for this config, nothing computed")
+        return
     n = max(stats.images, 1)
     click.echo(f"wrote {out}: {stats.images} image(s) computed in {stats.wall_s:.1f} s "
                f"({stats.wall_s / n:.3f} s/image; backbone {stats.backbone_s / n:.3f}, proposer {stats.proposer_s / n:.3f} "

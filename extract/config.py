@@ -18,6 +18,7 @@ class ExtractConfig:
     split: str = "trainval"                   # split name (VOC ImageSets/Main/<split>.txt, COCO instances_<split>.json)
     csv: str | None = None                    # csv reader: the image,labels file
     classes: str | None = None                # csv reader: comma-separated class list or a file of names (None: from the CSV)
+    label_sep: str = " "                      # csv reader: delimiter between the labels of one row (" ": any whitespace)
     keep_empty: bool = False                  # coco reader: keep images without annotations (published protocol drops them)
     backbone: str = "efficientnet-lite0"      # efficientnet-lite0 (offline default) | resnet101 (the paper)
     weights: str = "imagenet"                 # imagenet (bundled / torchvision API) | none (random, tests) | state-dict path
@@ -55,7 +56,7 @@ class ExtractConfig:
 #: the allowed values of every ExtractConfig field, checked when the config is built (before any file is read)
 EXTRACT_RANGES: dict[str, Range] = {
     # names, paths and choices: checked by the reader / backbone / proposer / embedding loaders that use them
-    "dataset": ANY, "root": ANY, "split": ANY, "csv": ANY, "classes": ANY, "keep_empty": ANY, "backbone": ANY,
+    "dataset": ANY, "root": ANY, "split": ANY, "csv": ANY, "classes": ANY, "label_sep": ANY, "keep_empty": ANY, "backbone": ANY,
     "weights": ANY, "proposer": ANY, "proposer_weights": ANY, "detectron2_config": ANY, "label_embeddings": ANY,
     "device": ANY, "shard": ANY, "skip_bad": ANY,
     # 1000: an RPN keeps at most 1000 proposals per image at test time; each ROI costs D * 2 bytes per image

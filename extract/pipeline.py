@@ -61,6 +61,7 @@ class ExtractStats:
     proposer_s: float = 0.0       # summed per-image proposer time (in workers for selective search)
     loader_wait_s: float = 0.0    # main process waiting for the DataLoader (decode, resize, CPU proposer)
     write_s: float = 0.0          # part files + final assembly
+    already_complete: bool = False  # the cache was already complete for this config: nothing was computed
 
 
 def extract_split(ds, cfg: ExtractConfig, out: str | os.PathLike, *, label_embeddings: tuple[np.ndarray, str],
@@ -133,6 +134,7 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
             log(f"{out} is already complete for this config (hash {ident_hash}) and these inputs (image ids, labels, "
                 f"class names, label embeddings); nothing to do (delete it to redo)")
             stats.wall_s = time.perf_counter() - t_start
+            stats.already_complete = True
             return stats
         if reason is not None and reason.endswith("changed since it was written"):  # same config, other inputs
             log(f"note: {out} exists but {reason}; extracting it again")
@@ -317,9 +319,13 @@ def _complete_cache_differs(out: Path, ident_hash: str, shard: tuple[int, int] |
     return f"{', '.join(changed)} changed since it was written" if changed else None
 
 
-def run_extract(cfg: ExtractConfig, out: str | os.PathLike, *, progress: bool = True) -> ExtractStats:
+def run_extract(cfg: ExtractConfig, out: str | os.PathLike, *, progress: bool = True,
+                log: Callable[[str], None] | None = None) -> ExtractStats:
     """Load the split, pre-flight it (refusing with every problem listed unless ``skip_bad``), extract."""
     from iagcn.extract.embeddings import load_label_embeddings
+    from iagcn.extract.preflight import describe_classes
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
 
     validate_options(cfg)
     out = Path(out)
@@ -328,4 +334,7 @@ def run_extract(cfg: ExtractConfig, out: str | os.PathLike, *, progress: bool = 
     check_can_create(out.parent, what=f"the cache {out.name}")
     ds, skipped = load_checked_split(cfg, progress=progress)
     emb = load_label_embeddings(cfg.label_embeddings, list(ds.class_names))
-    return extract_split(ds, cfg, out, label_embeddings=emb, skipped_ids=skipped, progress=progress)
+    stats = extract_split(ds, cfg, out, label_embeddings=emb, skipped_ids=skipped, progress=progress, log=log)
+    if cfg.dataset == "csv":   # after success (an error stays one line); VOC / COCO: the fixed lists of their devkits
+        log(describe_classes(cfg, list(ds.class_names), out))
+    return stats

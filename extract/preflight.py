@@ -1,6 +1,7 @@
 """Stage one's pre-flight: read a split and find every bad annotation and image before any work is done."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -8,6 +9,26 @@ from typing import Any
 from iagcn.classes import parse_class_names
 from iagcn.errors import UserError
 from iagcn.extract.config import ExtractConfig
+
+
+def classes_from_cache(path: str | os.PathLike) -> str:
+    """``--classes-from CACHE``: that cache's class list, in its order, as a ``--classes`` value."""
+    from iagcn.cache.format import FeatureCache
+
+    if not Path(path).is_file():
+        raise UserError(f"--classes-from {path}: no such cache file; pass the cache of the split extracted first")
+    with FeatureCache(path) as c:
+        names = c.class_names
+    return "\n".join(names) if any("," in n for n in names) else ",".join(names)
+
+
+def describe_classes(cfg: ExtractConfig, class_names: list[str], out: Path) -> str:
+    """The line extract prints about a csv dataset's class list: where it came from and how to reuse it."""
+    shown = ", ".join(class_names[:40]) + (f", ... ({len(class_names) - 40} more)" if len(class_names) > 40 else "")
+    if cfg.classes is None:
+        return (f"classes: {len(class_names)} inferred from {cfg.csv or cfg.split} (sorted labels): {shown}; "
+                f"extract the other splits with --classes-from {out} so that their caches use the same list")
+    return f"classes: {len(class_names)} as given: {shown}"
 
 
 def load_checked_split(cfg: ExtractConfig, *, progress: bool = True):
@@ -25,8 +46,11 @@ def load_checked_split(cfg: ExtractConfig, *, progress: bool = True):
         split = cfg.csv or cfg.split
         if cfg.classes is not None:
             options["class_names"] = parse_class_names(cfg.classes, option="--classes")
+        options["delimiter"] = cfg.label_sep
     elif cfg.csv is not None or cfg.classes is not None:
-        raise UserError(f"--csv/--classes apply to --dataset csv only, not {cfg.dataset}; drop them")
+        raise UserError(f"--csv/--classes/--classes-from apply to --dataset csv only, not {cfg.dataset}; drop them")
+    elif cfg.label_sep != " ":
+        raise UserError(f"--label-sep applies to --dataset csv only, not {cfg.dataset}; drop it")
     if cfg.dataset == "coco":
         options["keep_empty"] = cfg.keep_empty
     elif cfg.keep_empty:

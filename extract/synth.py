@@ -31,7 +31,7 @@ from iagcn.validation import Range, check_values
 from iagcn.fsutil import TMP_MARK, check_writable_dir, exclusive_lock, interrupt_hint, no_space_reason, tmp_name_for
 from iagcn.processes import raise_if_interrupted, worker_setup
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2          # 2: every image keeps a non-difficult object (issue 12)
 
 def generate_one(seed: int, split_code: int, index: int) -> tuple[bytes, SynthImage]:
     """JPEG bytes and layout of image ``index`` of a split, from its own generator (seed, split, index)."""

@@ -143,7 +143,28 @@ def sample_image(rng: np.random.Generator) -> SynthImage:
             cx = x0 - 0.8 * cw if (rng.random() < 0.5 and x0 > 0.5 * cw) or x0 + w + cw > W else x0 + w - 0.2 * cw
             objects.append(make("chair", cx, y0 + h - ch, cw, ch))
     objects = [o for o in objects if o.box[2] - o.box[0] >= 4 and o.box[3] - o.box[1] >= 4]
+    if objects and all(o.difficult for o in objects):
+        objects = _promote_largest(objects, W=W, H=H)
     return SynthImage(width=W, height=H, scene=scene, objects=tuple(objects))
+
+
+def _promote_largest(objects: list[SynthObject], *, W: int, H: int) -> list[SynthObject]:
+    """Every image keeps a non-difficult object, as in the VOC devkit (0 of 5,011 trainval images lack a positive
+    label): the largest object grows about its centre to the difficulty threshold. No random draw, so the images
+    that already have one are unchanged."""
+    short = min(W, H)
+    k = max(range(len(objects)),
+            key=lambda i: (objects[i].box[2] - objects[i].box[0]) * (objects[i].box[3] - objects[i].box[1]))
+    o = objects[k]
+    w, h = o.box[2] - o.box[0], o.box[3] - o.box[1]
+    scale = (DIFFICULT_BELOW * short + 1.0) / (min(w, h) ** 0.5 * max(w, h) ** 0.5)     # geometric-mean size
+    nw, nh = min(W, int(np.ceil(w * scale))), min(H, int(np.ceil(h * scale)))
+    cx, cy = (o.box[0] + o.box[2]) / 2, (o.box[1] + o.box[3]) / 2
+    x0 = int(min(max(0, round(cx - nw / 2)), W - nw))
+    y0 = int(min(max(0, round(cy - nh / 2)), H - nh))
+    objects = list(objects)
+    objects[k] = SynthObject(cls=o.cls, box=(x0, y0, x0 + nw, y0 + nh), angle=o.angle, difficult=False)
+    return objects
 
 
 def image_labels(image: SynthImage, *, difficult_as: int = -1) -> np.ndarray:

@@ -20,7 +20,10 @@ def parse_class_names(text: str | None, *, option: str) -> list[str] | None:
     if text is None:
         return None
     path = Path(text)
-    names = read_user_text(path, what=option).splitlines() if path.is_file() else text.split(",")
+    if path.is_file():
+        names = read_user_text(path, what=option).splitlines()
+    else:  # a list: comma-separated, or one a line (what `extract --classes-from` passes when a name holds a comma)
+        names = text.splitlines() if "\n" in text else text.split(",")
     names = [n.strip() for n in names if n.strip()]
     if not names:
         raise UserError(f"{option} {text}: no class names found; give a comma-separated list or a file of names "

@@ -256,7 +256,7 @@ CACHE_CASES = ["truncated", "zero-byte", "not HDF5", "newer format version", "mi
 def test_train_refuses_bad_caches(kind, budget, good, tmp_path):
     bad, needles = _broken_cache(kind, good[0], tmp_path)
     run = tmp_path / "run"
-    code, err = invoke(["train", "--train-cache", bad, "--val-cache", good[1], "--preset", "iagcn", "--epochs", "1",
+    code, err = invoke(["train", "--train-cache", bad, "--eval-cache", good[1], "--preset", "iagcn", "--epochs", "1",
                         "--quiet", "--memory-budget-gib", budget, "--out", run, *SMALL_SET])
     assert_one_line_error(code, err, *needles)
     # nothing trained: no checkpoint, no metrics (streamed NaN is found while reading the first block)
@@ -283,7 +283,7 @@ def test_train_refuses_caches_that_disagree(what, good, tmp_path):
         kw["num_rois"] = 6
     other = write_fake_cache(tmp_path / "other.h5", n=20, seed=3, **kw)
     run = tmp_path / "run"
-    code, err = invoke(["train", "--train-cache", good[0], "--val-cache", other, "--preset", "iagcn", "--epochs", "1",
+    code, err = invoke(["train", "--train-cache", good[0], "--eval-cache", other, "--preset", "iagcn", "--epochs", "1",
                         "--quiet", "--out", run, *SMALL_SET])
     assert_one_line_error(code, err, what, "disagree", "other.h5")
     assert_nothing_written(run)
@@ -303,7 +303,7 @@ def test_train_refuses_caches_that_disagree(what, good, tmp_path):
 ])
 def test_train_refuses_out_of_range_options(args, needles, good, tmp_path):
     run = tmp_path / "run"
-    code, err = invoke(["train", "--train-cache", good[0], "--val-cache", good[1], "--epochs", "1", "--quiet",
+    code, err = invoke(["train", "--train-cache", good[0], "--eval-cache", good[1], "--epochs", "1", "--quiet",
                         "--out", run, *SMALL_SET, *args])
     assert_one_line_error(code, err, *needles)
     assert_nothing_written(run)
@@ -313,7 +313,7 @@ def test_train_refuses_a_pickled_label_embedding_file(good, tmp_path):
     path = tmp_path / "emb.npy"
     np.save(path, np.array([{"not": "an array"}], dtype=object), allow_pickle=True)
     run = tmp_path / "run"
-    code, err = invoke(["train", "--train-cache", good[0], "--val-cache", good[1], "--epochs", "1", "--quiet",
+    code, err = invoke(["train", "--train-cache", good[0], "--eval-cache", good[1], "--epochs", "1", "--quiet",
                         "--out", run, "--label-embeddings", path, *SMALL_SET])
     assert_one_line_error(code, err, "emb.npy")
     assert_nothing_written(run)
@@ -324,7 +324,7 @@ def test_train_refuses_a_pickled_label_embedding_file(good, tmp_path):
 ])
 def test_sweep_refuses_bad_lists(args, needles, good, tmp_path):
     out = tmp_path / "sweep"
-    code, err = invoke(["sweep", "--train-cache", good[0], "--val-cache", good[1], "--epochs", "1", "--quiet",
+    code, err = invoke(["sweep", "--train-cache", good[0], "--eval-cache", good[1], "--epochs", "1", "--quiet",
                         "--out", out, *args])
     assert_one_line_error(code, err, *needles)
     assert_nothing_written(out)
@@ -334,7 +334,7 @@ def test_sweep_refuses_bad_lists(args, needles, good, tmp_path):
 @pytest.fixture(scope="module")
 def finished_run(good, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "mlgcn"
-    code, err = invoke(["train", "--train-cache", good[0], "--val-cache", good[1], "--preset", "mlgcn", "--epochs",
+    code, err = invoke(["train", "--train-cache", good[0], "--eval-cache", good[1], "--preset", "mlgcn", "--epochs",
                         "1", "--quiet", "--out", run, *SMALL_SET])
     assert code == 0, err
     return run
@@ -355,7 +355,7 @@ def test_resume_refuses_another_class_list(finished_run, good, tmp_path):
     tr = write_fake_cache(tmp_path / "tr.h5", n=48, seed=0, **kw)
     te = write_fake_cache(tmp_path / "te.h5", n=24, seed=1, **kw)
     before = (run / "last.pt").read_bytes()
-    code, err = invoke(["train", "--resume", run, "--train-cache", tr, "--val-cache", te, "--quiet"])
+    code, err = invoke(["train", "--resume", run, "--train-cache", tr, "--eval-cache", te, "--quiet"])
     assert_one_line_error(code, err, "class list", "--resume")
     assert (run / "last.pt").read_bytes() == before
 
@@ -417,7 +417,7 @@ def test_subprocess_errors_are_one_line_without_traceback(good, tmp_path):
     cases = [
         (["extract", "--dataset", "voc", "--root", tmp_path / "nope", "--split", "trainval", "--out",
           tmp_path / "o" / "c.h5", *CHEAP], "nope"),
-        (["train", "--train-cache", bad, "--val-cache", good[1], "--epochs", "1", "--out", tmp_path / "r"], "truncated"),
+        (["train", "--train-cache", bad, "--eval-cache", good[1], "--epochs", "1", "--out", tmp_path / "r"], "truncated"),
         (["extract", "--dataset", "voc", "--root", tmp_path, "--split", "trainval", "--num-rois", "0"], "--num-rois"),
     ]
     for args, needle in cases:

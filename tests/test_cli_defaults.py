@@ -65,8 +65,8 @@ def test_help_shows_the_dataclass_default(monkeypatch):
 
 @pytest.mark.parametrize("args", [
     ["extract", "--dataset", "csv", "--root", "nowhere", "--split", "s"],
-    ["train", "--train-cache", "a.h5", "--val-cache", "b.h5", "--out", "r"],
-    ["sweep", "--train-cache", "a.h5", "--val-cache", "b.h5", "--out", "r"],
+    ["train", "--train-cache", "a.h5", "--eval-cache", "b.h5", "--out", "r"],
+    ["sweep", "--train-cache", "a.h5", "--eval-cache", "b.h5", "--out", "r"],
     ["eval", "--run", "nowhere"],
     ["explain", "--run", "nowhere", "--image-id", "x", "--out", "o"],
     ["predict", "--run", "nowhere", "x.jpg"],

@@ -51,7 +51,9 @@ def test_extract_config_optional_ints_parse_as_ints():
 # ---------------------------------------------------------------------------------------- identity / execution
 def test_execution_fields_are_exactly_the_machine_settings():
     assert set(execution_fields()) == {"device", "num_threads", "memory_budget_gib", "stream_block_rows",
-                                       "shuffle_buffer_blocks", "eval_batch_size"}
+                                       "shuffle_buffer_blocks", "eval_batch_size",
+                                       # what the run writes besides its results (issue 12), never what it computes
+                                       "tensorboard", "keep_checkpoints"}
 
 
 def test_identity_neutralises_execution_fields_only():

@@ -58,6 +58,6 @@ def test_every_command_refuses_an_unknown_device_through_the_cli(tmp_path):
     """One vocabulary everywhere: the same one-line refusal from each command that runs a model."""
     from tests.conftest import run_cli
 
-    proc = run_cli(["train", "--train-cache", tmp_path / "a.h5", "--val-cache", tmp_path / "b.h5", "--out",
+    proc = run_cli(["train", "--train-cache", tmp_path / "a.h5", "--eval-cache", tmp_path / "b.h5", "--out",
                     tmp_path / "r", "--device", "gpu", "--quiet"])
     assert proc.returncode == 2 and "--device gpu: unknown device" in proc.stderr, proc.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,6 +182,24 @@ def test_eval_run_metrics_scores_and_plots(tiny_runs):
     for name in ("per_class_ap.png", "pr_curves.png", "training_curves.png"):
         assert_png(out / name)
     assert (out / "per_class_ap.csv").read_text().count("\n") == 6
+    # tables.md next to metrics.json: the printed tables, as Markdown, with the numbers of metrics.json
+    md = (out / "tables.md").read_text()
+    assert "| Methods" in md and "Top-3" in md and "Per-class AP (Table 2 layout)" in md
+    assert f" {rec['metrics']['mAP']:.1f} |" in md
+    _assert_wrote_lines_name_real_files(r.output, expect={out: ["metrics.json", "tables.md", "pr_curves.png"]})
+
+
+def _assert_wrote_lines_name_real_files(output: str, *, expect: dict) -> None:
+    lines = [line for line in output.splitlines() if line.startswith("wrote ")]
+    assert lines
+    listed = {}
+    for line in lines:
+        folder, names = line[len("wrote "):].split("/: ")
+        listed[folder] = names.split(", ")
+        for name in listed[folder]:
+            assert (Path(folder) / name).is_file(), (folder, name)
+    for folder, names in expect.items():
+        assert set(names) <= set(listed[str(folder)])
 
 
 def test_eval_several_runs_side_by_side(tiny_runs):
@@ -194,6 +213,15 @@ def test_eval_several_runs_side_by_side(tiny_runs):
     for name in ("iagcn-s0", "mlgcn-s0"):
         assert (out / name / "metrics.json").exists()
         assert_png(out / name / "training_curves.png")
+        own = (out / name / "tables.md").read_text()
+        assert f"| {name}" in own and ("mlgcn-s0" if name == "iagcn-s0" else "iagcn-s0") not in own
+    combined = (out / "tables.md").read_text()                # both runs side by side at the top of --out
+    assert "| iagcn-s0" in combined and "| mlgcn-s0" in combined
+    assert_png(out / "pr_curves.png")                          # runs overlaid
+    assert_png(out / "training_curves.png")
+    _assert_wrote_lines_name_real_files(r.output, expect={out: ["tables.md", "per_class_ap.png", "pr_curves.png"],
+                                                           out / "iagcn-s0": ["metrics.json", "tables.md"],
+                                                           out / "mlgcn-s0": ["metrics.json", "scores.npz"]})
 
 
 def test_eval_checkpoint_file(tiny_runs):
@@ -229,6 +257,11 @@ def test_explain_fig1_matrix_is_the_models(tiny_runs, tmp_path):
         np.testing.assert_allclose(z["weights"], out_all.z[k].numpy(), rtol=1e-5, atol=1e-6)
     rec = json.loads((out / f"explain_{image_id}.json").read_text())
     assert set(rec["figures"]) >= {"fig1", "fig3"}
+    with np.load(str(fig3) + ".npz") as z:       # Fig. 3 names the image's labels and the top predictions
+        caption = str(z["caption"])
+    assert caption.startswith(f"labels: {', '.join(rec['labels']) or 'none'}")
+    top = sorted(rec["probabilities"].items(), key=lambda kv: -kv[1])[:3]
+    assert "predicted: " + ", ".join(f"{n} {p:.2f}" for n, p in top) in caption
     r = invoke(["explain", "--run", run_dir, "--cache", tiny_runs["test"], "--image-id", "nope", "--out", out])
     assert r.exit_code == 2 and "nope" in r.output
 
@@ -340,6 +373,16 @@ def test_compare_sweep_ablation_table(tiny_runs):
     mean_b = np.mean([json.loads((runs[("iagcn", s)] / "metrics.json").read_text())["metrics"]["mAP"] for s in (0, 1)])
     base = json.loads((runs[("mlgcn", 0)] / "metrics.json").read_text())["metrics"]["mAP"]
     assert m["diff"] == pytest.approx(mean_b - base, abs=1e-3)
+
+
+def test_explain_file_stem_drops_the_image_suffix():
+    from iagcn.evaluate.explain import file_stem
+
+    assert file_stem("000208") == "000208"
+    assert file_stem("img_000208.jpg") == "img_000208"
+    assert file_stem("street/001.JPEG") == "street_001"
+    assert file_stem("a b/c.png") == "a_b_c"
+    assert file_stem("v1.2") == "v1.2"            # not an image suffix: kept
 
 
 def test_eval_on_cuda_sends_the_model_and_batches_to_the_gpu(tiny_runs, tmp_path, fake_gpu):

@@ -264,6 +264,60 @@ def test_cli_preflight_refuses_listing_every_problem_then_skip_bad_records_them(
         np.testing.assert_array_equal(c.read("labels"), tiny.labels)
 
 
+def test_cli_custom_csv_class_lists_label_sep_and_skipped_rerun(tiny, tmp_path, cli):
+    """A CSV dataset's train/test splits: extract prints the class list it inferred; a test split missing a class
+    gets another list, which training refuses naming --classes-from; --classes-from TRAIN_CACHE fixes it.
+    Labels separated by ';' need --label-sep. A rerun of a complete extraction says so and computes nothing."""
+    import shutil
+
+    root = tmp_path / "custom"
+    root.mkdir()
+    for p in tiny.image_paths:
+        shutil.copy(p, root / p.name)
+    names = ["red", "blue", "green"]
+    train_rows = [f"{p.name},{';'.join(c for c, v in zip(names, lab) if v == 1)}"
+                  for p, lab in zip(tiny.image_paths[:8], tiny.labels[:8])]
+    test_rows = [f"{p.name},red" for p in tiny.image_paths[8:]]            # the test split only shows 'red'
+    (root / "train.csv").write_text("image,labels\n" + "\n".join(train_rows) + "\n")
+    (root / "test.csv").write_text("image,labels\n" + "\n".join(test_rows) + "\n")
+    base = ["extract", "--dataset", "csv", "--root", root, *CHEAP]
+    train, test = tmp_path / "train.h5", tmp_path / "test.h5"
+
+    # ';' between labels: without --label-sep a row 'red;blue' is one unknown label 'red;blue'
+    got = cli([*base, "--split", "train", "--out", train, "--label-sep", ";"], check=True)
+    assert "classes: 3 inferred from train (sorted labels): blue, green, red" in got.stderr
+    assert f"--classes-from {train}" in got.stderr and f"wrote {train}: 8 image(s)" in got.stdout
+    with FeatureCache(train) as c:
+        assert c.class_names == ["blue", "green", "red"]
+        want = np.array([[lab[1], lab[2], lab[0]] for lab in tiny.labels[:8]])       # reordered to the sorted list
+        np.testing.assert_array_equal(c.read("labels"), want)
+        assert c.attrs["extract_config"]["label_sep"] == ";"
+
+    cli([*base, "--split", "test", "--out", test], check=True)
+    with FeatureCache(test) as c:
+        assert c.class_names == ["red"]
+    refused = cli(["train", "--train-cache", train, "--eval-cache", test, "--out", tmp_path / "run", "--epochs", "1"])
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "class_names" in refused.stderr and f"--classes-from {train}" in refused.stderr
+    assert not (tmp_path / "run").exists()
+
+    test.unlink()
+    got = cli([*base, "--split", "test", "--out", test, "--classes-from", train], check=True)
+    assert "classes: 3 as given: blue, green, red" in got.stderr
+    with FeatureCache(test) as c:
+        assert c.class_names == ["blue", "green", "red"]
+        np.testing.assert_array_equal(c.read("labels"), np.tile([0, 0, 1], (4, 1)))
+
+    again = cli([*base, "--split", "test", "--out", test, "--classes-from", train], check=True)
+    assert "wrote" not in again.stdout and "0 image(s)" not in again.stdout
+    assert f"kept {test}: already complete" in again.stdout
+
+    both = cli([*base, "--split", "test", "--out", test, "--classes-from", train, "--classes", "a,b"])
+    assert both.returncode == 2 and "--classes-from" in both.stderr
+    voc = cli(["extract", "--dataset", "voc", "--root", root, "--split", "x", "--label-sep", ";", *CHEAP])
+    assert voc.returncode == 2 and "--label-sep" in voc.stderr
+
+
 def test_cli_set_overrides_any_extract_config_field(tiny, tmp_path):
     """`iagcn extract --set key=value` (issue 10), typed like train's: the cache records the values."""
     from click.testing import CliRunner

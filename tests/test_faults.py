@@ -275,7 +275,7 @@ def caches(tmp_path_factory):
 
 
 def train_args(caches, out, *extra) -> list:
-    return ["train", "--train-cache", caches[0], "--val-cache", caches[1], "--preset", "iagcn", "--epochs",
+    return ["train", "--train-cache", caches[0], "--eval-cache", caches[1], "--preset", "iagcn", "--epochs",
             str(EPOCHS), "--batch-size", "16", "--lr", "0.05", "--quiet", "--out", out, *SMALL_SET, *extra]
 
 
@@ -363,14 +363,14 @@ def test_second_writer_of_a_run_or_sweep_is_refused(caches, tmp_path):
     assert proc.returncode == 2 and "another process is writing run directory" in proc.stderr, proc.stderr
     assert not (run / "last.pt").exists()
     with exclusive_lock(sweep / "sweep", what="sweep directory"):
-        code, err = invoke(["sweep", "--train-cache", caches[0], "--val-cache", caches[1], "--presets", "mlgcn",
+        code, err = invoke(["sweep", "--train-cache", caches[0], "--eval-cache", caches[1], "--presets", "mlgcn",
                             "--seeds", "0", "--epochs", "1", "--quiet", "--out", sweep, *SMALL_SET])
     assert code == 2 and "another process is writing sweep directory" in err and len(err.strip().splitlines()) == 1
     assert not (sweep / "mlgcn-s0").exists()
 
 
 def test_sweep_sigkill_then_rerun_equals_uninterrupted(caches, tmp_path):
-    base = ["sweep", "--train-cache", caches[0], "--val-cache", caches[1], "--presets", "mlgcn,iagcn", "--seeds", "0",
+    base = ["sweep", "--train-cache", caches[0], "--eval-cache", caches[1], "--presets", "mlgcn,iagcn", "--seeds", "0",
             "--epochs", "3", "--batch-size", "16", "--lr", "0.05", "--quiet", *SMALL_SET]
     full, killed = tmp_path / "full", tmp_path / "killed"
     code, err = invoke([*base, "--out", full])
@@ -391,7 +391,7 @@ def test_sweep_sigkill_then_rerun_equals_uninterrupted(caches, tmp_path):
 
 
 def test_sweep_refuses_a_complete_run_of_another_config(caches, tmp_path):
-    base = ["sweep", "--train-cache", caches[0], "--val-cache", caches[1], "--presets", "mlgcn", "--seeds", "0",
+    base = ["sweep", "--train-cache", caches[0], "--eval-cache", caches[1], "--presets", "mlgcn", "--seeds", "0",
             "--batch-size", "16", "--quiet", "--out", tmp_path / "s", *SMALL_SET]
     code, err = invoke([*base, "--epochs", "1"])
     assert code == 0, err

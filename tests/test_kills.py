@@ -336,7 +336,7 @@ def test_temporaries_of_a_killed_eval_are_removed_by_the_rerun(tmp_path):
     test = write_fake_cache(tmp_path / "te.h5", n=12, num_rois=4, dim=16, num_classes=3, embedding_dim=8, seed=1,
                             prototypes_seed=0, split="test")
     run = tmp_path / "run"
-    code, err = invoke(["train", "--train-cache", train, "--val-cache", test, "--preset", "resnet", "--epochs", "1",
+    code, err = invoke(["train", "--train-cache", train, "--eval-cache", test, "--preset", "resnet", "--epochs", "1",
                         "--quiet", "--threads", "1", "--out", run])
     assert code == 0, err
     out = tmp_path / "ev"
@@ -376,15 +376,15 @@ def test_refusals_create_no_output_folder(tmp_path):
     test = write_fake_cache(tmp_path / "te.h5", n=12, num_rois=4, dim=16, num_classes=3, embedding_dim=8, seed=1,
                             prototypes_seed=0, split="test")
     small = ["--epochs", "1", "--quiet", "--threads", "1"]
-    code, err = invoke(["train", "--train-cache", train, "--val-cache", test, "--preset", "resnet", *small,
+    code, err = invoke(["train", "--train-cache", train, "--eval-cache", test, "--preset", "resnet", *small,
                         "--out", tmp_path / "run"])
     assert code == 0, err
     cases = {
-        "sweep-incompatible": ["sweep", "--train-cache", train, "--val-cache", other, "--presets", "resnet", "--seeds",
+        "sweep-incompatible": ["sweep", "--train-cache", train, "--eval-cache", other, "--presets", "resnet", "--seeds",
                                "0", *small],
-        "sweep-embeddings": ["sweep", "--train-cache", train, "--val-cache", test, "--presets", "resnet", "--seeds", "0",
+        "sweep-embeddings": ["sweep", "--train-cache", train, "--eval-cache", test, "--presets", "resnet", "--seeds", "0",
                              "--label-embeddings", tmp_path / "missing.npy", *small],
-        "train-incompatible": ["train", "--train-cache", train, "--val-cache", other, *small],
+        "train-incompatible": ["train", "--train-cache", train, "--eval-cache", other, *small],
         "eval-pr-classes": ["eval", "--run", tmp_path / "run", "--cache", test, "--pr-classes", "nope", "--quiet"],
     }
     for name, args in cases.items():

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from iagcn.evaluate.plots import plot_lcm_pair, plot_per_class_ap, plot_pr_curves, plot_roi_weights, plot_training_curves
+from iagcn.evaluate.plots import (plot_lcm_pair, plot_per_class_ap, plot_pr_curves, plot_pr_curves_overlay, plot_roi_weights,
+                                  plot_training_curves, plot_training_curves_overlay, training_curve_panels)
 from iagcn.classes import VOC_CLASSES
 from iagcn.errors import UserError
 
@@ -33,6 +34,35 @@ def test_training_curves_from_csv_and_dataframe(tmp_path):
     csv.write_text("epoch,train_loss\n")
     with pytest.raises(UserError, match="log.csv"):
         plot_training_curves(csv, tmp_path / "empty.png")
+
+
+def test_training_curve_panels_separate_units_and_drop_flat_zero_columns(tmp_path):
+    from iagcn.train.runfolder import LOG_FIELDS
+
+    n = 6
+    log = pd.DataFrame({"epoch": np.arange(1, n + 1), "lr": [0.01] * n, "loss": np.linspace(1, 0.5, n),
+                        "loss_ml": np.linspace(1, 0.5, n), "loss_kl": np.zeros(n), "select_mAP": np.linspace(30, 60, n),
+                        "seconds": np.full(n, 2.5), "samples_per_s": np.full(n, 400.0)})
+    assert list(log.columns) == list(LOG_FIELDS)        # the columns train writes
+    x, panels = training_curve_panels(log)
+    assert x == "epoch"
+    assert panels == [("loss", ["loss", "loss_ml"]), ("hold-out mAP (%)", ["select_mAP"]),
+                      ("seconds per epoch", ["seconds"]), ("throughput (images/s)", ["samples_per_s"]),
+                      ("learning rate", ["lr"])]
+    log["loss_kl"] = np.linspace(0.3, 0.1, n)           # a Var_Inf preset: loss_kl is drawn
+    assert training_curve_panels(log)[1][0] == ("loss", ["loss", "loss_ml", "loss_kl"])
+    assert_png(plot_training_curves(log, tmp_path / "c.png"))
+    other = log.assign(select_mAP=np.linspace(20, 70, n), loss=np.linspace(2, 1, n))
+    assert_png(plot_training_curves_overlay({"a": log, "b": other}, tmp_path / "o.png"))
+
+
+def test_pr_curves_of_several_runs_overlaid(tmp_path):
+    rng = np.random.default_rng(4)
+    targets = (rng.random((80, 3)) < 0.4).astype(np.int8)
+    runs = {"good": (rng.normal(size=(80, 3)) + 2 * targets, targets), "weak": (rng.normal(size=(80, 3)), targets)}
+    assert_png(plot_pr_curves_overlay(runs, ["a", "b", "c"], ["a", "c"], tmp_path / "pr.png"))
+    with pytest.raises(UserError, match="score columns"):
+        plot_pr_curves_overlay({"x": (np.zeros((80, 2)), targets[:, :2])}, ["a", "b", "c"], ["a"], tmp_path / "x.png")
 
 
 def test_per_class_ap_several_runs(tmp_path):
@@ -64,6 +94,13 @@ def test_lcm_pair_and_its_data(tmp_path):
         np.testing.assert_array_equal(data["A_F"], a_f)
         np.testing.assert_array_equal(data["A_S"], a_s)
         assert list(data["class_names"]) == list(VOC_CLASSES)
+        # one colour scale for both panels, set by the off-diagonal entries only (the diagonal is masked)
+        off = ~np.eye(20, dtype=bool)
+        np.testing.assert_allclose(data["colour_range"], [min(a_f[off].min(), a_s[off].min()),
+                                                          max(a_f[off].max(), a_s[off].max())])
+    # a dominant diagonal does not set the scale
+    with np.load(str(plot_lcm_pair(a_f + 50 * np.eye(20), a_s, VOC_CLASSES, tmp_path / "d.png")) + ".npz") as data:
+        assert data["colour_range"][1] < 1.0
     with pytest.raises(UserError, match="A_S"):
         plot_lcm_pair(a_f, a_s[:5, :5], VOC_CLASSES, tmp_path / "bad.png")
 
@@ -77,9 +114,10 @@ def test_roi_weights(tmp_path, as_pil):
     boxes = np.c_[xy, xy + rng.uniform(10, 50, size=(10, 2))]
     z = rng.normal(size=10)
     valid = np.arange(10) < 8
-    out = plot_roi_weights(image, boxes, z, valid, tmp_path / "fig3.png")
+    out = plot_roi_weights(image, boxes, z, valid, tmp_path / "fig3.png", caption="labels: cat\npredicted: cat 0.90")
     assert_png(out)
     with np.load(str(out) + ".npz") as data:
         np.testing.assert_array_equal(data["weights"], z)
+        assert str(data["caption"]) == "labels: cat\npredicted: cat 0.90"
     with pytest.raises(UserError, match="must be"):
         plot_roi_weights(image, boxes[:, :3], z, valid, tmp_path / "bad.png")

@@ -88,6 +88,16 @@ def test_predict_cli_folder_json_and_csv(tiny):
     r = runner.invoke(main, ["predict", "--run", str(tiny["run"]), str(folder), "--format", "csv", "--quiet",
                              "--threshold", "0.01"], catch_exceptions=False)
     assert r.exit_code == 0 and r.stdout.splitlines()[0] == "image,label,probability"
+    # a threshold nothing reaches: every image still gets its row (empty label and probability), none dropped
+    r = runner.invoke(main, ["predict", "--run", str(tiny["run"]), str(folder), "--format", "csv", "--quiet",
+                             "--threshold", "0.999999"], catch_exceptions=False)
+    import csv as _csv
+    import io as _io
+
+    rows = list(_csv.reader(_io.StringIO(r.stdout)))
+    images = sorted(str(p) for p in folder.iterdir() if p.suffix == ".jpg")
+    assert r.exit_code == 0 and rows[0] == ["image", "label", "probability"]
+    assert sorted(row[0] for row in rows[1:]) == images and all(row[1:] == ["", ""] for row in rows[1:])
 
 
 def test_predict_refuses_changed_or_missing_weights(tiny):

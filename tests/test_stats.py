@@ -136,6 +136,9 @@ def test_paired_seed_test_matches_hand_computation():
     assert (res["n_better"], res["n_worse"]) == (5, 0)
     assert res["p_sign"] == pytest.approx(2 / 2 ** 5)
     assert res["low"] < d.mean() < res["high"] and res["low"] > 0
+    half = sps.t.ppf(0.975, 4) * d.std(ddof=1) / math.sqrt(5)             # t-interval by hand
+    assert (res["low"], res["high"]) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert paired_seed_test(a, b, ci=0.9)["high"] < res["high"]
     assert res["reported"].startswith("paired t-test")
 
 

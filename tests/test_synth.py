@@ -163,3 +163,33 @@ def test_synth_cli(tmp_path, cli):
     cli(["synth", "--out", out, "--format", "voc", "--train", "2", "--test", "1", "--quiet", "--overwrite"], check=True)
     assert len(read_voc(out / "VOCdevkit" / "VOC2007", "trainval")) == 2 and not (out / "annotations").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name != ".ds.lock"] == ["ds"]   # no temporaries left behind
+
+
+def test_every_image_keeps_a_non_difficult_object(monkeypatch, tmp_path, cli):
+    """As in the VOC devkit (0 of 5,011 trainval images lack a positive): no image has only difficult objects."""
+    import iagcn.extract.synth_scenes as synth
+
+    def layouts(n=1500):
+        return [sample_image(np.random.default_rng([0, 0, i])) for i in range(n)]
+
+    fixed = layouts()
+    assert all(any(not o.difficult for o in im.objects) for im in fixed)
+    # the case exists without the rule (so this test can fail), and the rule touches only those images
+    monkeypatch.setattr(synth, "_promote_largest", lambda objects, **_: objects)
+    raw = layouts()
+    monkeypatch.undo()
+    needing = [k for k, im in enumerate(raw) if all(o.difficult for o in im.objects)]
+    assert len(needing) >= 3
+    assert all(raw[k] == fixed[k] for k in range(len(raw)) if k not in needing)
+    for k in needing:
+        promoted = [o for o in fixed[k].objects if not o.difficult]
+        assert len(promoted) == 1 and len(fixed[k].objects) == len(raw[k].objects)
+        o, im = promoted[0], fixed[k]
+        assert 0 <= o.box[0] < o.box[2] <= im.width and 0 <= o.box[1] < o.box[3] <= im.height
+        size = np.sqrt((o.box[2] - o.box[0]) * (o.box[3] - o.box[1]))
+        assert size >= synth.DIFFICULT_BELOW * min(im.width, im.height)
+    # through the CLI and the VOC reader: every image has a positive (label 1) class
+    cli(["synth", "--out", tmp_path / "ds", "--train", "40", "--test", "20", "--seed", "0", "--quiet"], check=True)
+    for split in ("trainval", "test"):
+        ds = read_voc(tmp_path / "ds" / "VOCdevkit" / "VOC2007", split)
+        assert (ds.labels == 1).any(1).all()

@@ -4,10 +4,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -69,7 +71,7 @@ def test_learns_planted_structure_far_above_chance(caches, tmp_path, preset, rec
 
 
 def _train_args(train, test, out, epochs):
-    return ["train", "--train-cache", train, "--val-cache", test, "--preset", "iagcn", "--epochs", str(epochs),
+    return ["train", "--train-cache", train, "--eval-cache", test, "--preset", "iagcn", "--epochs", str(epochs),
             "--batch-size", "16", "--lr", "0.03", "--recipe", "paper", "--threads", "1", "--quiet", "--out", out,
             *SMALL_SET]
 
@@ -162,7 +164,7 @@ def test_mismatched_caches_are_refused_with_one_line(caches, tmp_path):
                              class_names=[f"c{i}" for i in range(6)])
     wider = write_fake_cache(tmp_path / "wider.h5", n=20, num_rois=8, dim=48, num_classes=6, embedding_dim=10)
     for bad, what in ((other, "class_names"), (wider, "feature_dim")):
-        proc = run_cli(["train", "--train-cache", train, "--val-cache", bad, "--preset", "mlgcn", "--epochs", "1",
+        proc = run_cli(["train", "--train-cache", train, "--eval-cache", bad, "--preset", "mlgcn", "--epochs", "1",
                         "--quiet", "--out", tmp_path / f"run-{what}"])
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
@@ -268,7 +270,7 @@ def test_sweep_writes_results_and_table_and_skips_complete_runs(caches, tmp_path
 
 def test_sweep_cli(caches, tmp_path):
     train, test = caches
-    proc = run_cli(["sweep", "--train-cache", train, "--val-cache", test, "--presets", "resnet,mlgcn", "--seeds", "0",
+    proc = run_cli(["sweep", "--train-cache", train, "--eval-cache", test, "--presets", "resnet,mlgcn", "--seeds", "0",
                     "--epochs", "1", "--val-fraction", "0.2", "--threads", "1", "--quiet", "--out", tmp_path, *SMALL_SET],
                    check=True)
     assert "| mlgcn" in proc.stdout and "holdout-0.2" in proc.stdout
@@ -284,3 +286,181 @@ def test_sweep_cli(caches, tmp_path):
         json.loads((tmp_path / "mlgcn-s0" / "metrics.json").read_text())["metrics"]["mAP"]
     assert abs(d["diff"] - ref) < 1e-6 and d["low"] <= d["diff"] <= d["high"]
     assert json.loads((tmp_path / "mlgcn-s0" / "config.json").read_text())["config"]["gcn_widths"] == [16, 32]
+    # the resnet row is named by what ran: a linear classifier on the cache's backbone ("fake" in fake caches)
+    assert "`resnet` = linear on fake;" in proc.stdout and "ResNet-101" not in proc.stdout
+    # one self-contained report.html listing every run
+    _assert_self_contained_report(tmp_path / "report.html", runs=["resnet-s0", "mlgcn-s0"])
+    assert "report.html" in proc.stdout
+
+
+def _assert_self_contained_report(path, *, runs):
+    import re
+
+    text = path.read_text()
+    assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+    sources = re.findall(r'src="([^"]*)"', text)
+    assert len(sources) == 3 and all(s.startswith("data:image/png;base64,") for s in sources)   # AP, curves, PR
+    assert not re.search(r'(href|src)="(?!data:)', text) and "http" not in text and "url(" not in text
+    for src in sources:                                                       # each is a real PNG
+        import base64
+
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    for run in runs:
+        assert f"<td>{run}</td>" in text
+    for heading in ("Ablation table", "Runs", "Per-class AP", "Training curves", "Precision-recall"):
+        assert f"<h2>{heading}" in text
+
+
+def test_sweep_shows_an_overall_eta(caches, tmp_path):
+    train, test = caches
+    tr, te = CacheData(train), CacheData(test)
+    cfgs = [config_for_preset(p, epochs=1, seed=0, val_fraction=0.0, **SMALL) for p in ("resnet", "mlgcn", "resnet")]
+    cfgs[2] = config_for_preset("resnet", epochs=1, seed=1, val_fraction=0.0, **SMALL)
+    messages = []
+    run_sweep(cfgs, train_data=tr, eval_data=te, out_dir=tmp_path, progress=False, log=messages.append)
+    starts = [m for m in messages if ": training (" in m]
+    assert "3 run(s) to train, ETA after the first" in starts[0]
+    assert re.search(r"2 run\(s\) to train, ETA \d+s", starts[1]) and re.search(r"1 run\(s\) to train, ETA", starts[2])
+    assert any(m.startswith("sweep: 3 run(s)") for m in messages)
+
+
+def test_resnet_row_is_named_by_the_backbone_that_ran():
+    from iagcn.evaluate.ablation import row_name
+
+    assert row_name("resnet", backbone="efficientnet-lite0") == "linear on efficientnet-lite0"
+    assert row_name("resnet", backbone="resnet101") == "linear on resnet101 (the paper's ResNet-101 row)"
+    assert row_name("mlgcn", backbone="efficientnet-lite0") == "Base"
+
+
+def test_training_warns_once_in_one_line_with_class_names(caches, tmp_path):
+    """No Python UserWarning with source lines per epoch: one `warning:` line naming the classes without positives,
+    and a warning that a 36-image hold-out is too small to choose an epoch."""
+    import shutil
+
+    train, test = caches
+    test2 = tmp_path / "test.h5"
+    shutil.copyfile(test, test2)
+    with h5py.File(test2, "r+") as f:
+        f["labels"][:, 5] = 0                                                  # class05: no positives in the eval cache
+    proc = run_cli(["train", "--train-cache", train, "--eval-cache", test2, "--preset", "mlgcn", "--recipe", "paper",
+                    "--epochs", "3",
+                    "--threads", "1", "--quiet", "--out", tmp_path / "run", *SMALL_SET], check=True)
+    err = proc.stderr.splitlines()
+    assert "UserWarning" not in proc.stderr and "warnings.warn" not in proc.stderr
+    eval_lines = [line for line in err if "without positives in the evaluation cache" in line]
+    assert len(eval_lines) == 1 and eval_lines[0].startswith("warning: AP undefined for 1 class(es)")
+    assert "(class05)" in eval_lines[0]
+    small = [line for line in err if "hold-out has 36 images" in line]
+    assert len(small) == 1 and small[0].startswith("warning: ") and "--val-fraction" in small[0]
+    # a big enough hold-out: no such warning
+    proc = run_cli(["train", "--train-cache", train, "--eval-cache", test, "--preset", "resnet", "--epochs", "1",
+                    "--recipe", "paper", "--val-fraction", "0.5", "--threads", "1", "--quiet", "--out", tmp_path / "run2", *SMALL_SET],
+                   check=True)
+    assert "hold-out has" not in proc.stderr and "warning:" not in proc.stderr
+
+
+def test_val_cache_is_an_alias_of_eval_cache_with_a_note(caches, tmp_path):
+    train, test = caches
+    args = ["train", "--train-cache", train, "--preset", "resnet", "--epochs", "1", "--threads", "1", "--quiet",
+            *SMALL_SET]
+    old = run_cli([*args, "--val-cache", test, "--out", tmp_path / "old"], check=True)
+    notes = [line for line in old.stderr.splitlines() if "--val-cache" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: --val-cache is now --eval-cache")
+    new = run_cli([*args, "--eval-cache", test, "--out", tmp_path / "new"], check=True)
+    assert "--val-cache" not in new.stderr
+    assert runfolder_eval_path(tmp_path / "old") == runfolder_eval_path(tmp_path / "new") == str(test)
+    clash = run_cli([*args, "--eval-cache", test, "--val-cache", train, "--out", tmp_path / "x"])
+    assert clash.returncode == 2 and "disagree" in clash.stderr and not (tmp_path / "x").exists()
+    assert "--eval-cache" in run_cli(["train", "--help"]).stdout and "--val-cache" not in run_cli(["train", "--help"]).stdout
+
+
+def runfolder_eval_path(run_dir):
+    from iagcn.train import runfolder
+
+    return runfolder.recorded_cache(run_dir, "eval")["path"]
+
+
+def test_config_file_yaml_and_a_runs_config_json_with_command_line_overrides(caches, tmp_path):
+    """--config FILE (YAML, or a previous run's config.json): its values, then the options given, then --set; the
+    resolved config is what config.json records. A YAML may name the caches."""
+    train, test = caches
+    (tmp_path / "recipe.yaml").write_text(
+        "# my recipe\nrecipe: paper\npreset: mlgcn\nepochs: 2\nlr: 0.02\nweight_decay: 5.0e-4\nlr_step: 1\ngcn_widths: [16, 32]\n"
+        f"num_threads: 1\ntrain_cache: {train}\neval_cache: {test}\n")
+    run_cli(["train", "--config", tmp_path / "recipe.yaml", "--lr", "0.03", "--grad-clip", "5", "--quiet",
+             "--out", tmp_path / "a"], check=True)
+    from iagcn.train import runfolder
+
+    a = runfolder.read_record(tmp_path / "a")
+    cfg = a["config"]
+    assert (cfg["preset"], cfg["epochs"], cfg["weight_decay"], cfg["lr_step"], cfg["gcn_widths"]) == \
+        ("mlgcn", 2, 5e-4, 1, [16, 32])
+    assert cfg["lr"] == 0.03 and cfg["grad_clip"] == 5.0                     # the command line wins over the file
+    assert cfg["global_adjacency"] == "static"                                # mlgcn's structure
+    assert a["train_cache"]["path"] == str(Path(train).resolve())
+    log = list(csv.DictReader(open(tmp_path / "a" / "log.csv")))
+    assert [float(r["lr"]) for r in log] == pytest.approx([0.03, 0.003])     # lr_step 1, lr_gamma 0.1
+
+    # a run's own config.json reproduces its config; --set still overrides
+    run_cli(["train", "--config", tmp_path / "a" / "config.json", "--set", "momentum=0.8", "--quiet",
+             "--out", tmp_path / "b"], check=True)
+    b = runfolder.read_record(tmp_path / "b")["config"]
+    assert b == {**cfg, "momentum": 0.8}
+    # another --preset keeps its own structure and takes the recipe
+    proc = run_cli(["train", "--config", tmp_path / "a" / "config.json", "--preset", "resnet", "--quiet",
+                    "--out", tmp_path / "c"], check=True)
+    c = runfolder.read_record(tmp_path / "c")["config"]
+    assert c["preset"] == "resnet" and c["global_branch"] == "linear" and c["lr"] == 0.03 and c["epochs"] == 2
+    assert "note: --config" in proc.stderr and "keeps its own structure" in proc.stderr
+
+    # bad files: one line naming the file and the field
+    (tmp_path / "bad.yaml").write_text("lr: fast\n")
+    bad = run_cli(["train", "--config", tmp_path / "bad.yaml", "--out", tmp_path / "d"])
+    assert bad.returncode == 2 and bad.stderr.strip() == f"error: --config {tmp_path / 'bad.yaml'}: lr: 'fast' is not a number"
+    (tmp_path / "typo.json").write_text('{"lrr": 0.1}')
+    bad = run_cli(["train", "--config", tmp_path / "typo.json", "--out", tmp_path / "d"])
+    assert bad.returncode == 2 and "unknown field(s) lrr" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()
+
+
+def test_sweep_config_file_sets_the_recipe_not_the_presets(caches, tmp_path):
+    train, test = caches
+    (tmp_path / "r.json").write_text(json.dumps({"preset": "iagcn", "global_branch": "none", "seed": 7, "epochs": 1,
+                                                 "lr": 0.005, "gcn_widths": [16, 32], "region_widths": [16, 16, 32],
+                                                 "num_threads": 1, "val_fraction": 0.0}))
+    proc = run_cli(["sweep", "--config", tmp_path / "r.json", "--train-cache", train, "--eval-cache", test,
+                    "--presets", "resnet,mlgcn", "--seeds", "1", "--baseline", "none", "--quiet", "--out", tmp_path / "s"],
+                   check=True)
+    from iagcn.train import runfolder
+
+    for preset, branch in (("resnet", "linear"), ("mlgcn", "gcn")):
+        cfg = runfolder.read_record(tmp_path / "s" / f"{preset}-s1")["config"]
+        assert (cfg["preset"], cfg["global_branch"], cfg["seed"], cfg["lr"], cfg["epochs"]) == (preset, branch, 1, 0.005, 1)
+    assert "gcn_widths, global_branch, preset, seed not taken" in proc.stderr
+
+
+def test_tensorboard_logs_each_epoch_and_keep_best_drops_last_pt(caches, tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra (pip install 'iagcn[tensorboard]')")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train, test = caches
+    run_cli(["train", "--train-cache", train, "--eval-cache", test, "--preset", "idlcm-vi", "--recipe", "paper", "--epochs", "3",
+             "--threads", "1", "--quiet", "--tensorboard", "--keep-checkpoints", "best", "--out", tmp_path / "r",
+             *SMALL_SET], check=True)
+    ea = EventAccumulator(str(tmp_path / "r" / "tensorboard"))
+    ea.Reload()
+    tags = set(ea.Tags()["scalars"])
+    assert {"loss/total", "loss/ml", "loss/kl", "lr", "holdout/mAP", "time/seconds_per_epoch", "eval/mAP"} <= tags
+    log = list(csv.DictReader(open(tmp_path / "r" / "log.csv")))
+    got = [(e.step, e.value) for e in ea.Scalars("holdout/mAP")]
+    assert got == [(int(r["epoch"]), pytest.approx(float(r["select_mAP"]), rel=1e-5)) for r in log]
+    assert [e.value for e in ea.Scalars("loss/total")] == pytest.approx([float(r["loss"]) for r in log], rel=1e-5)
+    # --keep-checkpoints best: the finished run keeps only the selected epoch's checkpoint, and still evaluates
+    assert (tmp_path / "r" / "best.pt").exists() and not (tmp_path / "r" / "last.pt").exists()
+    from iagcn.train.inference import load_run
+
+    assert load_run(tmp_path / "r").epoch == json.loads((tmp_path / "r" / "metrics.json").read_text())["selected_epoch"]
+    # default: both checkpoints, no tensorboard folder
+    run_cli(["train", "--train-cache", train, "--eval-cache", test, "--preset", "resnet", "--epochs", "1",
+             "--threads", "1", "--quiet", "--out", tmp_path / "d", *SMALL_SET], check=True)
+    assert (tmp_path / "d" / "last.pt").exists() and not (tmp_path / "d" / "tensorboard").exists()

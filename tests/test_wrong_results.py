@@ -291,7 +291,7 @@ def test_caches_are_validated_on_open_before_training(kind, role, caches, tmp_pa
     bad, needles = _damage(kind, caches[0] if role == "train" else caches[1], tmp_path)
     tr, te = (bad, caches[1]) if role == "train" else (caches[0], bad)
     run = tmp_path / "run"
-    code, err = invoke(["train", "--train-cache", tr, "--val-cache", te, "--preset", "mlgcn", "--epochs", "1",
+    code, err = invoke(["train", "--train-cache", tr, "--eval-cache", te, "--preset", "mlgcn", "--epochs", "1",
                         "--quiet", "--out", run, *SMALL_SET])
     assert_one_line_error(code, err, bad.name, *needles)
     assert_nothing_written(run)
@@ -311,13 +311,13 @@ def test_cache_targets_and_info_refuse_invalid_caches(kind, caches, scored, tmp_
 @pytest.fixture(scope="module")
 def mlgcn_run(caches, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "mlgcn"
-    code, err = invoke(["train", "--train-cache", caches[0], "--val-cache", caches[1], "--preset", "mlgcn",
+    code, err = invoke(["train", "--train-cache", caches[0], "--eval-cache", caches[1], "--preset", "mlgcn",
                         "--epochs", "2", "--quiet", "--out", run, *SMALL_SET])
     assert code == 0, err
     return run
 
 
-@pytest.mark.parametrize("which", ["--train-cache", "--val-cache"])
+@pytest.mark.parametrize("which", ["--train-cache", "--eval-cache"])
 def test_resume_refuses_another_cache(which, mlgcn_run, caches, tmp_path):
     """Same classes and shapes, other images: --resume used to continue on it (and config.json named only it)."""
     run = tmp_path / "run"
@@ -380,7 +380,7 @@ def test_compare_refuses_a_run_listed_twice_on_one_side(mlgcn_run, caches):
 def test_sweep_refuses_repeated_seeds_and_presets(caches, tmp_path):
     for args, needle in ((["--seeds", "0,0"], "--seeds"), (["--presets", "mlgcn,resnet,mlgcn"], "--presets")):
         out = tmp_path / "sweep"
-        code, err = invoke(["sweep", "--train-cache", caches[0], "--val-cache", caches[1], "--epochs", "1",
+        code, err = invoke(["sweep", "--train-cache", caches[0], "--eval-cache", caches[1], "--epochs", "1",
                             "--quiet", "--out", out, *args])
         assert_one_line_error(code, err, needle, "more than once")
         assert_nothing_written(out)
@@ -405,7 +405,7 @@ def test_sweep_table_holds_only_this_invocations_complete_runs(caches, tmp_path)
     """An interrupted mlgcn-s1 (no metrics.json) and a complete resnet-s7 of another invocation sit in --out;
     a sweep of seed 0 must build its table, Δ and p-values from mlgcn-s0 and resnet-s0 alone."""
     out = tmp_path / "sweep"
-    base = ["sweep", "--train-cache", caches[0], "--val-cache", caches[1], "--presets", "mlgcn,resnet",
+    base = ["sweep", "--train-cache", caches[0], "--eval-cache", caches[1], "--presets", "mlgcn,resnet",
             "--seeds", "0", "--epochs", "2", "--quiet", "--out", out, "--bootstrap", "200", *SMALL_SET]
     code, err = invoke(base)
     assert code == 0, err
@@ -440,7 +440,7 @@ def test_sweep_table_holds_only_this_invocations_complete_runs(caches, tmp_path)
 
 def test_sweep_refuses_to_reuse_a_complete_run_of_another_cache(caches, tmp_path):
     out = tmp_path / "sweep"
-    args = ["sweep", "--val-cache", caches[1], "--presets", "resnet", "--seeds", "0", "--epochs", "1", "--quiet",
+    args = ["sweep", "--eval-cache", caches[1], "--presets", "resnet", "--seeds", "0", "--epochs", "1", "--quiet",
             "--out", out, *SMALL_SET]
     code, err = invoke([*args, "--train-cache", caches[0]])
     assert code == 0, err
@@ -558,7 +558,7 @@ def test_utf8_bom_is_stripped_from_split_files_csvs_and_class_lists(scored, tmp_
 ])
 def test_train_refuses_every_out_of_range_field_before_anything_runs(args, needles, caches, tmp_path):
     run = tmp_path / "run"
-    code, err = invoke(["train", "--train-cache", caches[0], "--val-cache", caches[1], "--epochs", "1", "--quiet",
+    code, err = invoke(["train", "--train-cache", caches[0], "--eval-cache", caches[1], "--epochs", "1", "--quiet",
                         "--out", run, *SMALL_SET, *args])
     assert_one_line_error(code, err, *needles)
     assert "lower --lr" not in err
@@ -567,7 +567,7 @@ def test_train_refuses_every_out_of_range_field_before_anything_runs(args, needl
 
 def test_sweep_refuses_a_negative_seed(caches, tmp_path):
     out = tmp_path / "sweep"
-    code, err = invoke(["sweep", "--train-cache", caches[0], "--val-cache", caches[1], "--epochs", "1", "--quiet",
+    code, err = invoke(["sweep", "--train-cache", caches[0], "--eval-cache", caches[1], "--epochs", "1", "--quiet",
                         "--out", out, "--seeds", "0,-2"])
     assert_one_line_error(code, err, "seed", "-2")
     assert_nothing_written(out)
@@ -684,7 +684,7 @@ def test_nan_label_embeddings_are_named_not_blamed_on_the_learning_rate(caches, 
                          ([caches[0], caches[1], "--label-embeddings", emb], "emb.npy"),
                          ([caches[0], caches[1], "--set", "beta=nan"], "beta=nan")):
         run = tmp_path / "run"
-        code, err = invoke(["train", "--train-cache", args[0], "--val-cache", args[1], *args[2:], "--epochs", "1",
+        code, err = invoke(["train", "--train-cache", args[0], "--eval-cache", args[1], *args[2:], "--epochs", "1",
                             "--quiet", "--out", run, *SMALL_SET])
         assert_one_line_error(code, err, needle)
         assert "lower --lr" not in err and "diverged" not in err

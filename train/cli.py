@@ -1,4 +1,8 @@
-"""`iagcn` subcommands of the `train` stage: `iagcn train` and `iagcn sweep`. Each module lists its commands in COMMANDS."""
+"""`iagcn` subcommands of the `train` stage: `iagcn train` and `iagcn sweep`. Each module lists its commands in COMMANDS.
+
+Where a run's config comes from, lowest precedence first: the preset's values, ``--config FILE`` (YAML/JSON, e.g. a
+previous run's config.json; :mod:`iagcn.configfile`), the options given on the command line, then ``--set``.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,9 +18,14 @@ from iagcn.train.config import PRESETS, RECIPES, TrainConfig
 def _common_options(f):
     T = TrainConfig
     opts = [
+        click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                     help="YAML or JSON file of config fields (e.g. a previous run's config.json; may name "
+                          "train_cache / eval_cache); options given on the command line override it."),
         click.option("--train-cache", type=click.Path(dir_okay=False), help="Cache of the training split (stage one)."),
-        click.option("--val-cache", type=click.Path(dir_okay=False),
-                     help="Evaluation cache, scored once at the end (and every epoch with --select-on-eval)."),
+        click.option("--eval-cache", type=click.Path(dir_okay=False),
+                     help="Evaluation (test) cache, scored once at the end (and every epoch with --select-on-eval)."),
+        click.option("--val-cache", type=click.Path(dir_okay=False), hidden=True,
+                     help="Old name of --eval-cache (the hold-out, not this cache, is the validation split)."),
         click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
                      help="Optimisation recipe the fields start from: frozen (standardised features; SGD lr 0.03 + L2 "
                           "1e-2 for the global branch, AdamW 1e-3 for the region side; cosine; 20 epochs; last epoch; "
@@ -25,6 +34,11 @@ def _common_options(f):
         config_option(T, "epochs", type=int, help="Training epochs."),
         config_option(T, "batch_size", type=int, help="Images per SGD step."),
         config_option(T, "lr", type=float, help="Initial learning rate, times lr_gamma every lr_step epochs."),
+        config_option(T, "weight_decay", type=float, help="Weight decay."),
+        config_option(T, "momentum", type=float, help="SGD momentum."),
+        config_option(T, "lr_step", type=int, help="Epochs between learning-rate steps."),
+        config_option(T, "lr_gamma", type=float, help="Factor the learning rate is multiplied by at each step."),
+        config_option(T, "grad_clip", type=float, help="Max gradient norm (0 = off)."),
         device_option(T, what="training (model and batches)"),
         config_option(T, "label_embeddings", help="H0: 'cache' (the train cache's) or a .npy (C, E) file."),
         config_option(T, "val_fraction", type=float,
@@ -33,6 +47,11 @@ def _common_options(f):
                       help="Choose the epoch on the evaluation cache (the published, optimistic protocol)."),
         config_option(T, "memory_budget_gib", type=float, help="Load features into RAM up to this size (GiB), else stream."),
         config_option(T, "num_threads", "--threads", type=int, help="torch CPU threads (0 = torch's default)."),
+        config_option(T, "tensorboard", is_flag=True,
+                      help="Also log losses, lr, hold-out mAP and timing per epoch to RUN/tensorboard/ "
+                           "(`tensorboard --logdir DIR`; needs the tensorboard package)."),
+        config_option(T, "keep_checkpoints", type=click.Choice(["all", "best"]),
+                      help="What a finished run keeps: last.pt and best.pt, or best.pt only (the selected epoch)."),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                      help="Set any TrainConfig field, e.g. --set fusion_lambda=0.7 --set region_reading=region-nodes."),
         click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines."),
@@ -43,20 +62,44 @@ def _common_options(f):
 
 
 #: the options of _common_options (and train's --seed) that set TrainConfig fields of the same name
-_FIELD_OPTIONS = ("epochs", "batch_size", "lr", "device", "label_embeddings", "val_fraction", "select_on_eval",
-                  "memory_budget_gib", "num_threads", "seed")
+_FIELD_OPTIONS = ("epochs", "batch_size", "lr", "weight_decay", "momentum", "lr_step", "lr_gamma", "grad_clip",
+                  "device", "label_embeddings", "val_fraction", "select_on_eval", "memory_budget_gib", "num_threads",
+                  "tensorboard", "keep_checkpoints", "seed")
 
 
-def _explicit(**kw) -> dict:
+def _explicit(options: dict) -> dict:
     """Explicit CLI options -> TrainConfig field values (options not given are left out)."""
-    return given(**{k: v for k, v in kw.items() if k in _FIELD_OPTIONS})
+    return given(**{k: v for k, v in options.items() if k in _FIELD_OPTIONS})
+
+
+def _eval_cache_option(eval_cache: str | None, val_cache: str | None) -> str | None:
+    """--eval-cache, or its old name --val-cache (both given: they must agree); see :func:`_alias_note`."""
+    if val_cache is None:
+        return eval_cache
+    if eval_cache is not None and Path(eval_cache) != Path(val_cache):
+        raise UserError(f"--eval-cache {eval_cache} and --val-cache {val_cache} (its old name) disagree; "
+                        f"pass --eval-cache")
+    return val_cache
+
+
+def _alias_note(val_cache: str | None) -> None:
+    """The one-line note for --val-cache, after the command succeeded (a refusal stays one error line)."""
+    if val_cache is not None:
+        click.echo("note: --val-cache is now --eval-cache (the evaluation split; the hold-out is the validation "
+                   "split); using it", err=True)
+
+
+def _config_file(path: str | None):
+    from iagcn.configfile import load_config_file
+
+    return load_config_file(path, TrainConfig) if path else None
 
 
 def _open_data(path: str | None, option: str, budget: float, cfg):
     from iagcn.train.data import CacheData
 
     if not path:
-        raise UserError(f"{option} is required (a cache written by `iagcn extract`)")
+        raise UserError(f"{option} is required (a cache written by `iagcn extract`; or name it in --config)")
     return CacheData(path, memory_budget_gib=budget, block_rows=cfg.stream_block_rows,
                      shuffle_buffer_blocks=cfg.shuffle_buffer_blocks)
 
@@ -70,44 +113,57 @@ def _open_data(path: str | None, option: str, budget: float, cfg):
               help="Continue the killed run in this directory (its config.json gives the config and caches); "
                    "execution options (--device, --threads, --memory-budget-gib, --set eval_batch_size=...) may "
                    "differ, any other change is refused.")
-def train_cmd(train_cache, val_cache, recipe, epochs, batch_size, lr, device, label_embeddings, val_fraction, select_on_eval,
-              memory_budget_gib, num_threads, sets, quiet, preset, seed, out, resume_dir) -> None:
+def train_cmd(config_file, train_cache, eval_cache, val_cache, recipe, sets, quiet, preset, out, resume_dir,
+              **options) -> None:
     """Train one IA-GCN head (a preset of Tables 3-6) on cached features; write a run directory."""
     import dataclasses
 
+    from iagcn.configfile import apply_file, fields_for_preset
     from iagcn.configio import apply_overrides, config_from_dict
     from iagcn.train.config import config_for_preset
     from iagcn.train.run import train_run
 
-    explicit = _explicit(epochs=epochs, batch_size=batch_size, lr=lr, device=device, label_embeddings=label_embeddings,
-                         val_fraction=val_fraction, select_on_eval=select_on_eval,
-                         memory_budget_gib=memory_budget_gib, num_threads=num_threads, seed=seed)
+    eval_cache = _eval_cache_option(eval_cache, val_cache)
+    explicit = _explicit(options)
     if resume_dir:
         from iagcn.train import runfolder
 
+        if config_file:
+            raise UserError("--resume takes the config from the run's own config.json; drop --config")
         record = runfolder.read_record(resume_dir, option="--resume")
         cfg = config_from_dict(TrainConfig, record["config"], source=str(Path(resume_dir) / runfolder.CONFIG))
-        if recipe and recipe != cfg.recipe:
-            raise UserError(f"--resume {resume_dir}: the run used recipe {cfg.recipe}, not {recipe}; drop --recipe")
         if preset and preset != cfg.preset:
             raise UserError(f"--resume {resume_dir}: the run is preset {cfg.preset}, not {preset}; drop --preset")
+        if recipe and recipe != cfg.recipe:
+            raise UserError(f"--resume {resume_dir}: the run used recipe {cfg.recipe}, not {recipe}; drop --recipe")
         train_cache = train_cache or runfolder.recorded_cache(resume_dir, "train", option="--resume")["path"]
-        val_cache = val_cache or runfolder.recorded_cache(resume_dir, "eval", option="--resume")["path"]
+        eval_cache = eval_cache or runfolder.recorded_cache(resume_dir, "eval", option="--resume")["path"]
         if out and Path(out).resolve() != Path(resume_dir).resolve():
             raise UserError("--out and --resume name different folders; pass only --resume DIR")
         out = resume_dir
     else:
         if not out:
             raise UserError("--out DIR is required (the run directory to write)")
-        cfg = config_for_preset(preset or TrainConfig.preset, recipe=recipe or "frozen")
+        file = _config_file(config_file)
+        name = preset or (file.fields.get("preset") if file else None) or TrainConfig.preset
+        cfg = config_for_preset(name, recipe=recipe or (file.fields.get("recipe") if file else None) or "frozen")
+        if file is not None:
+            fields, dropped = fields_for_preset(file, name, PRESETS)
+            if dropped:
+                click.echo(f"note: --config {config_file} is preset {file.fields['preset']}; --preset {name} keeps "
+                           f"its own structure ({', '.join(d for d in dropped if d != 'preset')} not taken)", err=True)
+            cfg = apply_file(cfg, fields)
+            train_cache = train_cache or file.train_cache
+            eval_cache = eval_cache or file.eval_cache
     cfg = dataclasses.replace(cfg, **explicit)
     cfg = apply_overrides(cfg, sets)
     resolve_device(cfg.device)                       # refuse a bad --device before opening anything
     log = (lambda *_: None) if quiet else (lambda m: click.echo(m, err=True))
     with _open_data(train_cache, "--train-cache", cfg.memory_budget_gib, cfg) as train_data, \
-            _open_data(val_cache, "--val-cache", cfg.memory_budget_gib, cfg) as eval_data:
+            _open_data(eval_cache, "--eval-cache", cfg.memory_budget_gib, cfg) as eval_data:
         train_run(cfg, train_data=train_data, eval_data=eval_data, out_dir=out, resume=bool(resume_dir),
                   progress=not quiet, log=log)
+    _alias_note(val_cache)
 
 
 @click.command("sweep")
@@ -119,33 +175,45 @@ def train_cmd(train_cache, val_cache, recipe, epochs, batch_size, lr, device, la
 @click.option("--baseline", default="mlgcn", show_default=True,
               help="Preset every other preset is compared with in table.md (ΔmAP, paired bootstrap 95% CI over "
                    "evaluation images); 'none' = no comparison column. Ignored when the preset is not swept.")
-@click.option("--probe/--no-probe", default=True, show_default=True,
-              help="Add the linear-probe reference row (LogisticRegression on x, C by 3-fold CV on the train cache).")
 @click.option("--bootstrap", "n_resamples", type=click.IntRange(min=100), default=1000, show_default=True,
               help="Bootstrap resamples for the ΔmAP interval.")
-def sweep_cmd(train_cache, val_cache, recipe, epochs, batch_size, lr, device, label_embeddings, val_fraction, select_on_eval,
-              memory_budget_gib, num_threads, sets, quiet, presets, seeds, out, probe, baseline, n_resamples) -> None:
-    """Train every preset x seed on caches loaded once; write results.csv and table.md (paper layout)."""
+@click.option("--probe/--no-probe", default=True, show_default=True,
+              help="Add the linear-probe reference row (LogisticRegression on x, C by 3-fold CV on the train cache).")
+def sweep_cmd(config_file, train_cache, eval_cache, val_cache, recipe, sets, quiet, presets, seeds, out, baseline,
+              n_resamples, probe, **options) -> None:
+    """Train every preset x seed on caches loaded once; write results.csv, table.md (paper layout), report.html."""
     import dataclasses
 
+    from iagcn.configfile import apply_file, preset_fields
     from iagcn.configio import apply_overrides
-    from iagcn.train.config import config_for_preset
     from iagcn.evaluate.ablation import write_sweep_table
+    from iagcn.train.config import config_for_preset
     from iagcn.train.sweep import parse_list, run_sweep
 
-    explicit = _explicit(epochs=epochs, batch_size=batch_size, lr=lr, device=device, label_embeddings=label_embeddings,
-                         val_fraction=val_fraction, select_on_eval=select_on_eval,
-                         memory_budget_gib=memory_budget_gib, num_threads=num_threads)
+    eval_cache = _eval_cache_option(eval_cache, val_cache)
+    explicit = _explicit(options)
     names = parse_list(presets, what="presets")
     seed_list = parse_list(seeds, what="seeds", cast=int)
-    configs = [apply_overrides(dataclasses.replace(config_for_preset(p, recipe=recipe or "frozen"), seed=s, **explicit),
-                               sets)
+    fields: dict = {}
+    file = _config_file(config_file)
+    if file is not None:                             # the recipe; each preset keeps its structure, --seeds the seeds
+        structural = preset_fields(PRESETS) | {"seed"}
+        fields = {k: v for k, v in file.fields.items() if k not in structural}
+        skipped = sorted(k for k in file.fields if k in structural)
+        if skipped:
+            click.echo(f"note: --config {config_file}: {', '.join(skipped)} not taken (each preset sets its own "
+                       f"structure; --seeds sets the seeds)", err=True)
+        train_cache = train_cache or file.train_cache
+        eval_cache = eval_cache or file.eval_cache
+    base_recipe = recipe or (file.fields.get("recipe") if file else None) or "frozen"
+    configs = [apply_overrides(dataclasses.replace(apply_file(config_for_preset(p, recipe=base_recipe), fields), seed=s,
+                                                   **explicit), sets)
                for p in names for s in seed_list]
     cfg0 = configs[0]
     resolve_device(cfg0.device)                      # refuse a bad --device before opening anything
     log = (lambda *_: None) if quiet else (lambda m: click.echo(m, err=True))
     with _open_data(train_cache, "--train-cache", cfg0.memory_budget_gib, cfg0) as train_data, \
-            _open_data(val_cache, "--val-cache", cfg0.memory_budget_gib, cfg0) as eval_data:
+            _open_data(eval_cache, "--eval-cache", cfg0.memory_budget_gib, cfg0) as eval_data:
         run_sweep(configs, train_data=train_data, eval_data=eval_data, out_dir=out, progress=not quiet, log=log,
                   on_results=write_sweep_table, probe=probe)
     if baseline != "none" and baseline in names and len(names) > 1:
@@ -154,9 +222,16 @@ def sweep_cmd(train_cache, val_cache, recipe, epochs, batch_size, lr, device, la
         from iagcn.evaluate.evaluation import EvalConfig
         from iagcn.train.probe import PROBE_NAME
 
-        ablate_sweep(out, baseline=baseline, cache_path=val_cache, config=EvalConfig(n_resamples=n_resamples, seed=0),
+        ablate_sweep(out, baseline=baseline, cache_path=eval_cache, config=EvalConfig(n_resamples=n_resamples, seed=0),
                      log=log, members=[(c.preset, c.seed) for c in configs] + ([(PROBE_NAME, 0)] if probe else []))
+    from iagcn.evaluate.sweep_report import write_sweep_report
+
+    report = write_sweep_report(out, cache_path=eval_cache)
     click.echo((Path(out) / "table.md").read_text())
+    written = [n for n in ("results.csv", "table.md", "ablation.json", "ablation.md") if (Path(out) / n).exists()]
+    click.echo(f"wrote {out}/: {', '.join(written + [report.name])} (report.html: the table, every run, per-class AP, "
+               f"training and PR curves overlaid, self-contained)")
+    _alias_note(val_cache)
 
 
 COMMANDS: list = [train_cmd, sweep_cmd]

@@ -118,6 +118,8 @@ class TrainConfig:
     stream_block_rows: int = execution(256)        # rows per contiguous block when streaming
     shuffle_buffer_blocks: int = execution(8)      # blocks mixed together in the streaming shuffle buffer
     eval_batch_size: int = execution(256)          # images per forward pass when scoring
+    tensorboard: bool = execution(False)           # also log each epoch to <run>/tensorboard/ (torch's SummaryWriter)
+    keep_checkpoints: Literal["all", "best"] = execution("all")  # finished run keeps last.pt + best.pt, or best.pt only
 
     def __post_init__(self) -> None:
         where = f"train config (preset {self.preset!r})"
@@ -153,7 +155,7 @@ def execution_fields() -> tuple[str, ...]:
 TRAIN_RANGES: dict[str, Range] = {
     "preset": ANY, "global_branch": ANY, "global_adjacency": ANY, "variational": ANY, "region_branch": ANY,
     "region_adjacency": ANY, "region_reading": ANY, "region_relu_after_last": ANY, "gcn_activation": ANY,
-    "difficult": ANY, "label_embeddings": ANY, "select_on_eval": ANY,
+    "difficult": ANY, "label_embeddings": ANY, "select_on_eval": ANY, "tensorboard": ANY, "keep_checkpoints": ANY,
     "region_init": ANY, "region_pool": ANY, "region_self_loops": ANY, "gcn_bias": ANY, "vi_positive": ANY,
     "standardize": ANY, "optimizer": ANY, "region_optimizer": ANY, "schedule": ANY,
     "recipe": ANY,                                                        # checked against RECIPES

@@ -5,8 +5,10 @@ belong to :mod:`train.runfolder`; the trained head for stage three to :mod:`trai
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from iagcn.train.data import CacheData
 from iagcn.train.inference import build_model, load_state_checked
 from iagcn.train.lcm import statistical_lcm
 from iagcn.train.loop import evaluate, learning_rate, train_one_epoch
+from iagcn.train.tensorboard_log import TensorBoardLog
 from iagcn.train.model import IAGCNHead
 from iagcn.train.standardize import feature_statistics
 
@@ -101,6 +104,54 @@ def schedule_lr(epoch: int, config: TrainConfig) -> float:
 
 
 
+_WARNED: set[str] = set()
+
+
+def warn(message: str) -> None:
+    """The project's one-line warning on stderr (shown also with --quiet), once per process (a sweep's runs share
+    their evaluation cache: its warning is printed once, not once per run)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+#: a hold-out below this many images, or where a quarter of the classes have fewer than
+#: MIN_HOLDOUT_POSITIVES positives, cannot tell epochs apart reliably (its mAP moves by points per image)
+MIN_HOLDOUT_IMAGES = 100
+MIN_HOLDOUT_POSITIVES = 3
+
+
+def _names(names: list[str], limit: int = 10) -> str:
+    return ", ".join(names[:limit]) + (f" ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def selection_warnings(train_data: CacheData, hold_idx: np.ndarray | None, eval_data: CacheData,
+                       config: TrainConfig) -> list[str]:
+    """What a user should know before the epochs start, one line each: classes without positives in the split that
+    chooses the epoch or in the evaluation cache (their AP is undefined: left out of mAP), and a hold-out too small
+    for model selection to mean much."""
+    names = list(train_data.class_names)
+    lines = []
+    if hold_idx is not None:
+        positives = (train_data.labels[hold_idx] == 1).sum(0)                   # (C,)
+        n_hold = len(hold_idx)
+        missing = [names[c] for c in np.flatnonzero(positives == 0)]
+        if missing:
+            lines.append(f"AP undefined for {len(missing)} class(es) without positives in the {n_hold}-image "
+                         f"hold-out ({_names(missing)}): left out of the selection mAP")
+        few = int((positives < MIN_HOLDOUT_POSITIVES).sum())
+        if n_hold < MIN_HOLDOUT_IMAGES or few > len(names) / 4:
+            lines.append(f"the hold-out has {n_hold} images ({config.val_fraction:g} of {train_data.n}) and {few} of "
+                         f"{len(names)} classes have fewer than {MIN_HOLDOUT_POSITIVES} positives in it: too small "
+                         f"for the chosen epoch to mean much; raise --val-fraction, or pass --val-fraction 0 "
+                         f"to keep the last epoch")
+    eval_missing = [names[c] for c in np.flatnonzero((eval_data.labels == 1).sum(0) == 0)]
+    if eval_missing:
+        lines.append(f"AP undefined for {len(eval_missing)} class(es) without positives in the evaluation cache "
+                     f"{eval_data.path} ({_names(eval_missing)}): left out of its mAP, CP and CR")
+    return lines
+
+
 # -- the run ----------------------------------------------------------------------------------------
 def check_run_inputs(config: TrainConfig, *, train_data: CacheData, eval_data: CacheData) -> None:
     """Everything a run refuses before it writes: cache compatibility, the device, the label embeddings."""
@@ -157,6 +208,8 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
 
     protocol = protocol_name(config)
     train_idx, hold_idx = split_train(train_data.labels, config)
+    # shown after the first epoch, so that a run refused on its data (NaN features, ...) stays one error line
+    pending_warnings = selection_warnings(train_data, hold_idx, eval_data, config)
     A_S = statistical_lcm(train_data.labels[train_idx], tau=config.tau, p=config.p)    # (C, C) training part only
     emb, emb_source = load_label_embeddings(config, train_data.cache)                  # (C, E)
     meta = {"num_classes": train_data.C, "feature_dim": train_data.D, "num_rois": train_data.N,
@@ -202,50 +255,60 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
         return float(m["mAP"])
 
     stale = (start_epoch - 1 - best["epoch"]) if ckpt is not None else 0
-    for epoch in range(start_epoch, config.epochs):
-        lr = schedule_lr(epoch, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
-        stats = train_one_epoch(model, optimizer, train_data, train_idx, config=config, epoch=epoch, device=device,
-                                progress=progress)
-        score = select_score()
-        row = {"epoch": epoch + 1, "lr": lr, **stats, "select_mAP": score}
-        history.append(row)
-        improved = (score == score and score > best["select_mAP"]) or (score != score)  # NaN: last epoch is "best"
-        if improved:
-            best = {"epoch": epoch, "select_mAP": score if score == score else float("-inf")}
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": {"kind": config.schedule, "base_lr": config.lr, "step": config.lr_step,
-                               "gamma": config.lr_gamma, "epochs": config.epochs, "last_epoch": epoch, "lr": lr},
-                 "rng": rng_state(), "epoch": epoch, "config": config_to_dict(config), "meta": meta,
-                 "best": best, "history": history, "protocol": protocol}
-        if improved:
-            runfolder.save_checkpoint(best_path, state)
-        runfolder.save_checkpoint(last_path, state)
-        kept["epochs"] = epoch + 1                   # last.pt now holds this epoch: what a resume continues from
-        runfolder.write_log(out, history)
-        stale = 0 if improved else stale + 1
-        log(f"epoch {epoch + 1}/{config.epochs} lr {lr:.2g} loss {stats['loss']:.4f} (ml {stats['loss_ml']:.4f} "
-            f"kl {stats['loss_kl']:.4f}) select mAP {score:.2f} [{protocol}] best epoch {best['epoch'] + 1} "
-            f"{stats['seconds']:.1f}s {stats['samples_per_s']:.0f} img/s")
-        if config.early_stop_patience > 0 and stale >= config.early_stop_patience:
-            log(f"early stop: no better selection mAP for {stale} epochs")
-            break
+    with contextlib.closing(TensorBoardLog(out, enabled=config.tensorboard)) as tb:  # a no-op unless --tensorboard
+        for epoch in range(start_epoch, config.epochs):
+            lr = schedule_lr(epoch, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            stats = train_one_epoch(model, optimizer, train_data, train_idx, config=config, epoch=epoch, device=device,
+                                    progress=progress)
+            score = select_score()
+            row = {"epoch": epoch + 1, "lr": lr, **stats, "select_mAP": score}
+            history.append(row)
+            improved = (score == score and score > best["select_mAP"]) or (score != score)  # NaN: last epoch is "best"
+            if improved:
+                best = {"epoch": epoch, "select_mAP": score if score == score else float("-inf")}
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": {"kind": config.schedule, "base_lr": config.lr, "step": config.lr_step,
+                                   "gamma": config.lr_gamma, "epochs": config.epochs, "last_epoch": epoch, "lr": lr},
+                     "rng": rng_state(), "epoch": epoch, "config": config_to_dict(config), "meta": meta,
+                     "best": best, "history": history, "protocol": protocol}
+            if improved:
+                runfolder.save_checkpoint(best_path, state)
+            runfolder.save_checkpoint(last_path, state)
+            kept["epochs"] = epoch + 1                   # last.pt now holds this epoch: what a resume continues from
+            runfolder.write_log(out, history)
+            tb.epoch(row)
+            stale = 0 if improved else stale + 1
+            log(f"epoch {epoch + 1}/{config.epochs} lr {lr:.2g} loss {stats['loss']:.4f} (ml {stats['loss_ml']:.4f} "
+                f"kl {stats['loss_kl']:.4f}) select mAP {score:.2f} [{protocol}] best epoch {best['epoch'] + 1} "
+                f"{stats['seconds']:.1f}s {stats['samples_per_s']:.0f} img/s")
+            for line in pending_warnings:
+                warn(line)
+            pending_warnings = []
+            if config.early_stop_patience > 0 and stale >= config.early_stop_patience:
+                log(f"early stop: no better selection mAP for {stale} epochs")
+                break
 
-    # -- score the evaluation cache once, with the selected checkpoint ----------------------------
-    selected_path = best_path if best_path.exists() else last_path
-    selected = runfolder.load_checkpoint(selected_path)
-    load_state_checked(model, selected["model"], path=selected_path, config=config)
-    metrics, scores = evaluate(model, eval_data, None, batch_size=config.eval_batch_size, device=device,
-                               progress=progress)
-    runfolder.save_scores(out, scores, eval_data.image_ids)
-    result = {"metrics": to_json(metrics), "protocol": protocol, "selected_epoch": int(selected["epoch"]) + 1,
-              "selection_mAP": best["select_mAP"] if best["select_mAP"] != float("-inf") else None,
-              "epochs_run": len(history), "train_seconds": float(sum(r["seconds"] for r in history)),
-              "eval_cache": runfolder.cache_record(eval_data.cache), "preset": config.preset, "recipe": config.recipe,
-              "seed": config.seed}
-    runfolder.write_metrics(out, result)
-    log(f"done: {config.preset} seed {config.seed} [{protocol}] epoch {result['selected_epoch']}: "
-        + " ".join(f"{k} {metrics[k]:.1f}" for k in ("mAP", "CF1", "OF1") if k in metrics))
-    return result
+        for line in pending_warnings:
+            warn(line)
+        # -- score the evaluation cache once, with the selected checkpoint ----------------------------
+        selected_path = best_path if best_path.exists() else last_path
+        selected = runfolder.load_checkpoint(selected_path)
+        load_state_checked(model, selected["model"], path=selected_path, config=config)
+        metrics, scores = evaluate(model, eval_data, None, batch_size=config.eval_batch_size, device=device,
+                                   progress=progress)
+        runfolder.save_scores(out, scores, eval_data.image_ids)
+        result = {"metrics": to_json(metrics), "protocol": protocol, "selected_epoch": int(selected["epoch"]) + 1,
+                  "selection_mAP": best["select_mAP"] if best["select_mAP"] != float("-inf") else None,
+                  "epochs_run": len(history), "train_seconds": float(sum(r["seconds"] for r in history)),
+                  "eval_cache": runfolder.cache_record(eval_data.cache), "preset": config.preset, "recipe": config.recipe,
+                  "seed": config.seed}
+        runfolder.write_metrics(out, result)
+        tb.final(metrics, epoch=result["selected_epoch"])
+        if config.keep_checkpoints == "best" and best_path.exists() and last_path.exists():
+            last_path.unlink()                           # the run is complete (metrics.json): nothing resumes from last.pt
+        log(f"done: {config.preset} seed {config.seed} [{protocol}] epoch {result['selected_epoch']}: "
+            + " ".join(f"{k} {metrics[k]:.1f}" for k in ("mAP", "CF1", "OF1") if k in metrics))
+        return result
 

@@ -94,7 +94,7 @@ def check_same_caches(run_dir: str | os.PathLike, train, evaluation, *, action: 
     (``FeatureCache.fingerprint``); for config.json files written before fingerprints, the extraction config hash
     and the number of images. A cache that merely moved (same content, another path) is accepted."""
     run_dir = Path(run_dir)
-    for role, cache, option in (("train", train, "--train-cache"), ("eval", evaluation, "--val-cache")):
+    for role, cache, option in (("train", train, "--train-cache"), ("eval", evaluation, "--eval-cache")):
         saved = recorded_cache(run_dir, role, option=action.split()[0])
         now = cache_record(cache)
         fields = ("fingerprint",) if "fingerprint" in saved else ("extract_config_hash", "num_images")

@@ -47,6 +47,8 @@ def _run_sweep_locked(configs, train_data, eval_data, out: Path, progress, log, 
                       probe=True) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
+    todo = [not runfolder.is_complete(run_dir_for(out, c.preset, c.seed)) for c in configs]
+    trained_s: list[float] = []                       # wall seconds of each run trained in this call
     if probe:
         from iagcn.train.probe import PROBE_NAME, run_probe
 
@@ -61,15 +63,40 @@ def _run_sweep_locked(configs, train_data, eval_data, out: Path, progress, log, 
             log(f"[{i + 1}/{len(configs)}] {run_dir.name}: complete, skipped")
             result = runfolder.read_metrics(run_dir)
         else:
-            log(f"[{i + 1}/{len(configs)}] {run_dir.name}: training ({time.perf_counter() - t0:.0f}s into the sweep)")
+            log(f"[{i + 1}/{len(configs)}] {run_dir.name}: training ({fmt_duration(time.perf_counter() - t0)} into "
+                f"the sweep; {sweep_eta(trained_s, sum(todo[i:]))})")
+            t_run = time.perf_counter()
             result = train_run(cfg, train_data=train_data, eval_data=eval_data, out_dir=run_dir,
                                resume=runfolder.checkpoint_path(run_dir, "last").exists(), progress=progress, log=log,
                                resume_command="rerun the same `iagcn sweep` command to resume")
+            trained_s.append(time.perf_counter() - t_run)
         rows.append(result_row(result, cfg, run_dir))
         write_results(out, rows)
         if on_results is not None:
             on_results(out, rows)
+    log(f"sweep: {len(configs)} run(s) in {out}, {len(trained_s)} trained in {fmt_duration(time.perf_counter() - t0)}")
     return rows
+
+
+def fmt_duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h07m``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def sweep_eta(trained_s: list[float], remaining: int) -> str:
+    """The overall ETA: the mean wall time of the runs trained so far times the runs still to train (this one
+    included). Presets differ in cost, so it is a rough figure until every preset has run once."""
+    if remaining <= 0:
+        return "nothing left to train"
+    if not trained_s:
+        return f"{remaining} run(s) to train, ETA after the first"
+    eta = sum(trained_s) / len(trained_s) * remaining
+    return f"{remaining} run(s) to train, ETA {fmt_duration(eta)}"
 
 
 def _refuse_other_config(run_dir: Path, cfg: TrainConfig) -> None:

@@ -1,0 +1,60 @@
+"""Opt-in TensorBoard logging of a run (``iagcn train/sweep --tensorboard``), through torch's SummaryWriter.
+
+Event files go to ``<run dir>/tensorboard/``; ``tensorboard --logdir runs/`` shows every run of a folder (a sweep's
+runs side by side). One point per epoch: the loss and its parts, the learning rate, the hold-out (selection) mAP,
+seconds per epoch and throughput; at the end, the evaluation cache's metrics of the selected epoch. log.csv stays
+the record a run keeps; TensorBoard is a view of the same numbers.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from iagcn.errors import UserError
+
+#: log.csv column -> TensorBoard tag
+EPOCH_TAGS = {"loss": "loss/total", "loss_ml": "loss/ml", "loss_kl": "loss/kl", "lr": "lr",
+              "select_mAP": "holdout/mAP", "seconds": "time/seconds_per_epoch", "samples_per_s": "time/images_per_s"}
+
+
+class TensorBoardLog:
+    """A SummaryWriter for one run folder; a no-op object when not enabled."""
+
+    def __init__(self, run_dir: str | Path, *, enabled: bool) -> None:
+        self.writer = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise UserError("--tensorboard needs the tensorboard package: pip install 'iagcn[tensorboard]' "
+                            "(or pip install tensorboard), or drop --tensorboard") from e
+        self.dir = Path(run_dir) / "tensorboard"
+        self.writer = SummaryWriter(log_dir=str(self.dir))
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        """One epoch of log.csv (``row["epoch"]`` is 1-based); NaN values (no hold-out) are skipped."""
+        if self.writer is None:
+            return
+        step = int(row["epoch"])
+        for key, tag in EPOCH_TAGS.items():
+            value = row.get(key)
+            if value is not None and math.isfinite(float(value)):
+                self.writer.add_scalar(tag, float(value), step)
+        self.writer.flush()
+
+    def final(self, metrics: dict[str, Any], *, epoch: int) -> None:
+        """The evaluation cache's metrics of the selected checkpoint, at its epoch."""
+        if self.writer is None:
+            return
+        for key in ("mAP", "CF1", "OF1"):
+            value = metrics.get(key)
+            if value is not None and math.isfinite(float(value)):
+                self.writer.add_scalar(f"eval/{key}", float(value), epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
