@@ -216,8 +216,6 @@ def _class_indices(classes: Sequence[str | int], class_names: Sequence[str]) -> 
 def plot_pr_curves(scores, targets, class_names: Sequence[str], classes: Sequence[str | int], out: PathLike, *,
                    title: str = "Precision-recall") -> Path:
     """Precision-recall curves (scikit-learn's, ignored entries removed) of the chosen classes, AP in the legend."""
-    from sklearn.metrics import average_precision_score, precision_recall_curve
-
     from iagcn.metrics import validate_scores_targets
 
     s, t = validate_scores_targets(scores, targets)
@@ -226,20 +224,8 @@ def plot_pr_curves(scores, targets, class_names: Sequence[str], classes: Sequenc
     fig = _figure(figsize=(5.0, 4.5))
     ax = fig.add_subplot(1, 1, 1)
     for c in _class_indices(classes, class_names):
-        keep = t[:, c] != -1
-        y = t[keep, c] == 1
-        if not y.any():
-            ax.plot([], [], label=f"{class_names[c]} (no positives)")
-            continue
-        precision, recall, _ = precision_recall_curve(y, s[keep, c])
-        ap = 100 * average_precision_score(y, s[keep, c])
-        ax.step(recall, precision, where="post", label=f"{class_names[c]} (AP {ap:.1f})")
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+        _draw_pr_curve(ax, s, t, c, label=class_names[c])
+    _pr_axes(ax, legend_size=8)
     ax.set_title(title)
     return _save_png(fig, out)
 
@@ -248,7 +234,6 @@ def plot_pr_curves_overlay(runs: Mapping[str, tuple[object, object]], class_name
                            classes: Sequence[str | int], out: PathLike, *, title: str = "Precision-recall") -> Path:
     """Several runs' precision-recall curves overlaid: one panel per chosen class, one line per run (AP in the
     legend). ``runs`` maps a name to (scores (n, C), targets (n, C)); ignored entries (-1) are left out."""
-    from sklearn.metrics import average_precision_score, precision_recall_curve
 
     from iagcn.metrics import validate_scores_targets
 
@@ -268,21 +253,9 @@ def plot_pr_curves_overlay(runs: Mapping[str, tuple[object, object]], class_name
     fig = _figure(figsize=(4.4 * ncols, 4.0 * -(-len(idx) // ncols)))
     for ax, c in zip(_grid(fig, len(idx)), idx):
         for name, (s, t) in checked.items():
-            keep = t[:, c] != -1
-            y = t[keep, c] == 1
-            if not y.any():
-                ax.plot([], [], label=f"{name} (no positives)")
-                continue
-            precision, recall, _ = precision_recall_curve(y, s[keep, c])
-            ap = 100 * average_precision_score(y, s[keep, c])
-            ax.step(recall, precision, where="post", label=f"{name} (AP {ap:.1f})", linewidth=1.2)
+            _draw_pr_curve(ax, s, t, c, label=name, linewidth=1.2)
         ax.set_title(class_names[c], fontsize=10)
-        ax.set_xlabel("recall")
-        ax.set_ylabel("precision")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
+        _pr_axes(ax, legend_size=7)
     fig.suptitle(title)
     fig.tight_layout()
     return _save_png(fig, out)
@@ -381,3 +354,26 @@ def plot_roi_weights(image, boxes, weights, valid, out: PathLike, *, title: str 
     if save_data:
         _save_npz(out, boxes=b, weights=z, valid=v, caption=np.asarray(caption or ""))
     return path
+
+
+def _draw_pr_curve(ax, s: np.ndarray, t: np.ndarray, c: int, *, label: str, **style) -> None:
+    """Class ``c``'s precision-recall curve (ignored entries -1 left out), AP in the legend label."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    keep = t[:, c] != -1
+    y = t[keep, c] == 1
+    if not y.any():
+        ax.plot([], [], label=f"{label} (no positives)")
+        return
+    precision, recall, _ = precision_recall_curve(y, s[keep, c])
+    ap = 100 * average_precision_score(y, s[keep, c])
+    ax.step(recall, precision, where="post", label=f"{label} (AP {ap:.1f})", **style)
+
+
+def _pr_axes(ax, *, legend_size: int) -> None:
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size, loc="lower left")
