@@ -246,7 +246,7 @@ def test_detectron2_adapter_options(monkeypatch, tmp_path):
     """Weights 'none' (documented) build a seeded random RPN without loading; the image size reaches the
     config; a local YAML path is accepted; unreadable files and offline downloads are one line."""
     from iagcn.errors import UserError
-    from iagcn.extract.proposers import Detectron2RPNProposer
+    from iagcn.extract.detectron2_rpn import Detectron2RPNProposer
 
     _fake_detectron2(monkeypatch, load_error=OSError("Connection refused"))
     p = build_proposer("detectron2", num_rois=5, weights="none", image_size=600)
