@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from iagcn.cache.format import CacheWriter, iter_row_blocks
+from iagcn.cache.format import iter_row_blocks
+from iagcn.cache.writer import CacheWriter
 
 
 def fake_labels(rng: np.random.Generator, *, n: int, num_classes: int, num_scenes: int = 4) -> np.ndarray:

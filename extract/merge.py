@@ -15,7 +15,8 @@ MERGE_CHUNK_ROWS = 1024   # rows copied per step of a merge (an interrupt takes 
 
 def merge_shards(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
     """Combine shard files of one extraction into one cache equal to an unsharded run; verify completeness."""
-    from iagcn.cache.format import ROW_FIELDS, CacheWriter, FeatureCache
+    from iagcn.cache.format import ROW_FIELDS, FeatureCache
+    from iagcn.cache.writer import CacheWriter
 
     if not paths:
         raise UserError("iagcn merge: give the shard files to merge")

@@ -12,7 +12,7 @@ Resumable and shardable, bit for bit:
     only on its images and the config, never on where a run started or stopped.
   * Each finished block is committed as ``<out>.partial/rows-<start>-<stop>.npz`` (temporary name, fsync,
     rename); HDF5 is not crash-safe, so the cache itself is assembled only at the end, through
-    ``cache.format.CacheWriter`` (temporary, then rename), after which the part folder is removed.
+    ``cache.writer.CacheWriter`` (temporary, then rename), after which the part folder is removed.
   * A rerun after a kill at any moment keeps the parts whose config hash matches and computes the rest.
   * ``--shard i/n`` takes a contiguous range of whole blocks; ``merge_shards`` checks and concatenates.
 """
@@ -94,7 +94,7 @@ def _extract_split(ds, cfg: ExtractConfig, out: Path, *, device: str, label_embe
     import torch
     from tqdm import tqdm
 
-    from iagcn.cache.format import CacheWriter
+    from iagcn.cache.writer import CacheWriter
     from iagcn.extract.backbones import build_backbone
     from iagcn.extract.proposers import build_proposer
 

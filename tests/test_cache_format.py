@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from iagcn.cache.fake import write_fake_cache
-from iagcn.cache.format import CacheWriter, FeatureCache, check_compatible
+from iagcn.cache.format import FeatureCache, check_compatible
+from iagcn.cache.writer import CacheWriter
 from iagcn.cli import main
 from iagcn.errors import UserError
 

@@ -156,7 +156,7 @@ def shards(dataset, tmp_path_factory):
 
 
 def _fail_second_write(monkeypatch, exc: BaseException) -> None:
-    from iagcn.cache.format import CacheWriter
+    from iagcn.cache.writer import CacheWriter
 
     original, calls = CacheWriter.write_rows, []
 

@@ -261,7 +261,7 @@ def shards(tmp_path_factory):
 def test_merge_ctrl_c_swallowed_by_a_library_still_stops_it(shards, tmp_path, monkeypatch):
     """A real SIGINT lands inside a write and the exception is dropped (as h5py does in its callbacks): the merge
     stops at the next step, exit 130, one line, nothing under the final name."""
-    from iagcn.cache.format import CacheWriter
+    from iagcn.cache.writer import CacheWriter
 
     original = CacheWriter.write_rows
 

@@ -189,7 +189,7 @@ def test_duplicate_ids_in_split_files_and_coco_images_are_refused(tmp_path):
 
 
 def test_cache_writer_never_commits_duplicate_ids(tmp_path):
-    from iagcn.cache.format import CacheWriter
+    from iagcn.cache.writer import CacheWriter
     from iagcn.errors import UserError
 
     out = tmp_path / "c.h5"
