@@ -93,7 +93,7 @@ def explain(run_dir: str | os.PathLike, cache_path: str | os.PathLike, image_id:
     """Write Fig. 1 / Fig. 3 (+ their .npz data) and explain.json for one image; return the explain.json record."""
     from iagcn.cache.format import FeatureCache
     from iagcn.metrics import sigmoid
-    from iagcn.evaluate.plots import plot_lcm_pair, plot_roi_weights
+    from iagcn.evaluate.figures import plot_lcm_pair, plot_roi_weights
     from iagcn.train.inference import explain_image, load_run
 
     run = load_run(run_dir, which=which)

@@ -1,6 +1,5 @@
-"""Figures as PNG files: training curves, per-class AP bars, precision-recall curves, and the paper's
-Fig. 1 (image-dependent LCM A_F next to the statistical A_S) and Fig. 3 (ROI boxes coloured by their
-variational weight z).
+"""Figures as PNG files: training curves, per-class AP bars, precision-recall curves (one run or several
+overlaid). The paper's Fig. 1 and Fig. 3 are in :mod:`iagcn.evaluate.figures`.
 
 Pure functions: inputs are NumPy arrays (or a log CSV / DataFrame), output is one PNG written atomically
 (:func:`iagcn.fsutil.atomic_path`); each returns the output path. matplotlib is imported inside the functions
@@ -23,7 +22,7 @@ from iagcn.fsutil import atomic_path
 PathLike = str | os.PathLike
 
 
-def _figure(*, figsize: tuple[float, float]):
+def new_figure(*, figsize: tuple[float, float]):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -32,14 +31,14 @@ def _figure(*, figsize: tuple[float, float]):
     return fig
 
 
-def _save_png(fig, out: PathLike) -> Path:
+def save_png(fig, out: PathLike) -> Path:
     out = Path(out)
     with atomic_path(out, what="plot") as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
     return out
 
 
-def _save_npz(out: PathLike, **arrays) -> Path:
+def save_npz(out: PathLike, **arrays) -> Path:
     path = Path(str(out) + ".npz")
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -48,7 +47,7 @@ def _save_npz(out: PathLike, **arrays) -> Path:
     return path
 
 
-def _short_names(class_names: Sequence[str]) -> list[str]:
+def short_class_names(class_names: Sequence[str]) -> list[str]:
     from iagcn.evaluate.report import short_class_names
 
     return short_class_names(class_names)
@@ -117,7 +116,7 @@ def plot_training_curves(log, out: PathLike, *, title: str | None = None) -> Pat
     numeric = df.select_dtypes("number")
     x = numeric[x_name].to_numpy() if x_name else np.arange(len(numeric))
     ncols = min(3, len(panels))
-    fig = _figure(figsize=(4.6 * ncols, 3.4 * -(-len(panels) // ncols)))
+    fig = new_figure(figsize=(4.6 * ncols, 3.4 * -(-len(panels) // ncols)))
     for ax, (ylabel, cs) in zip(_grid(fig, len(panels)), panels):
         for c in cs:
             y = numeric[c].to_numpy(dtype=float)
@@ -133,7 +132,7 @@ def plot_training_curves(log, out: PathLike, *, title: str | None = None) -> Pat
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save_png(fig, out)
+    return save_png(fig, out)
 
 
 def plot_training_curves_overlay(logs: Mapping[str, object], out: PathLike, *,
@@ -146,7 +145,7 @@ def plot_training_curves_overlay(logs: Mapping[str, object], out: PathLike, *,
     shown = [(c, t) for c, t in wanted if any(c in df.columns and df[c].notna().any() for df in frames.values())]
     if not shown:
         raise UserError("plot_training_curves_overlay: the logs have none of loss, select_mAP, seconds")
-    fig = _figure(figsize=(4.8 * len(shown), 3.8))
+    fig = new_figure(figsize=(4.8 * len(shown), 3.8))
     for ax, (col, label) in zip(_grid(fig, len(shown), ncols=len(shown)), shown):
         for name, df in frames.items():
             if col not in df.columns:
@@ -163,7 +162,7 @@ def plot_training_curves_overlay(logs: Mapping[str, object], out: PathLike, *,
                bbox_to_anchor=(0.5, -0.02 - 0.04 * (len(labels) // 4)))
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.08 + 0.04 * (len(labels) // 4), 1, 1))
-    return _save_png(fig, out)
+    return save_png(fig, out)
 
 
 # ----------------------------------------------------------------------------------------------- per-class AP
@@ -182,20 +181,20 @@ def plot_per_class_ap(runs: Mapping[str, Sequence[float]], class_names: Sequence
             raise UserError(f"plot_per_class_ap: run {name} has {ap.size} APs for {n_classes} classes")
         aps[name] = ap
     width = 0.8 / len(aps)
-    fig = _figure(figsize=(max(6.0, 0.45 * n_classes * max(1, len(aps)) ** 0.5 + 2), 4.0))
+    fig = new_figure(figsize=(max(6.0, 0.45 * n_classes * max(1, len(aps)) ** 0.5 + 2), 4.0))
     ax = fig.add_subplot(1, 1, 1)
     centers = np.arange(n_classes)
     for i, (name, ap) in enumerate(aps.items()):
         ax.bar(centers - 0.4 + width * (i + 0.5), np.nan_to_num(ap, nan=0.0), width=width,
                label=f"{name} (mAP {mean_average_precision(ap):.1f})")
     ax.set_xticks(centers)
-    ax.set_xticklabels(_short_names(class_names), rotation=60, ha="right", fontsize=8)
+    ax.set_xticklabels(short_class_names(class_names), rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("AP (%)")
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(4, len(aps)), frameon=False)
     fig.suptitle(title)
-    return _save_png(fig, out)
+    return save_png(fig, out)
 
 
 # ----------------------------------------------------------------------------------------------- PR curves
@@ -221,13 +220,13 @@ def plot_pr_curves(scores, targets, class_names: Sequence[str], classes: Sequenc
     s, t = validate_scores_targets(scores, targets)
     if s.shape[1] != len(class_names):
         raise UserError(f"plot_pr_curves: {s.shape[1]} score columns for {len(class_names)} class names")
-    fig = _figure(figsize=(5.0, 4.5))
+    fig = new_figure(figsize=(5.0, 4.5))
     ax = fig.add_subplot(1, 1, 1)
     for c in _class_indices(classes, class_names):
         _draw_pr_curve(ax, s, t, c, label=class_names[c])
     _pr_axes(ax, legend_size=8)
     ax.set_title(title)
-    return _save_png(fig, out)
+    return save_png(fig, out)
 
 
 def plot_pr_curves_overlay(runs: Mapping[str, tuple[object, object]], class_names: Sequence[str],
@@ -250,7 +249,7 @@ def plot_pr_curves_overlay(runs: Mapping[str, tuple[object, object]], class_name
     if not idx:
         raise UserError("plot_pr_curves_overlay: no classes chosen")
     ncols = min(3, len(idx))
-    fig = _figure(figsize=(4.4 * ncols, 4.0 * -(-len(idx) // ncols)))
+    fig = new_figure(figsize=(4.4 * ncols, 4.0 * -(-len(idx) // ncols)))
     for ax, c in zip(_grid(fig, len(idx)), idx):
         for name, (s, t) in checked.items():
             _draw_pr_curve(ax, s, t, c, label=name, linewidth=1.2)
@@ -258,104 +257,10 @@ def plot_pr_curves_overlay(runs: Mapping[str, tuple[object, object]], class_name
         _pr_axes(ax, legend_size=7)
     fig.suptitle(title)
     fig.tight_layout()
-    return _save_png(fig, out)
+    return save_png(fig, out)
 
 
 # ----------------------------------------------------------------------------------------------- Fig. 1
-def plot_lcm_pair(A_F, A_S, class_names: Sequence[str], out: PathLike, *, title: str | None = None,
-                  save_data: bool = True) -> Path:
-    """Fig. 1: the image-dependent LCM A_F (C, C) next to the statistical LCM A_S (C, C) on ONE colour scale.
-
-    The diagonal (a label's correlation with itself) is masked (drawn grey) so that it does not set the scale;
-    both panels share the range of the off-diagonal entries of both matrices and one colour bar, so equal colours
-    mean equal values. With ``save_data`` the matrices drawn and that range go to ``<out>.npz`` (keys A_F, A_S,
-    class_names, colour_range).
-    """
-    import matplotlib
-    from matplotlib import colors
-
-    a_f = np.asarray(A_F, dtype=np.float64)
-    a_s = np.asarray(A_S, dtype=np.float64)
-    n_classes = len(class_names)
-    for name, m in (("A_F", a_f), ("A_S", a_s)):
-        if m.shape != (n_classes, n_classes):
-            raise UserError(f"plot_lcm_pair: {name} has shape {m.shape}, expected ({n_classes}, {n_classes})")
-        if not np.all(np.isfinite(m)):
-            raise UserError(f"plot_lcm_pair: {name} has non-finite entries")
-    off = ~np.eye(n_classes, dtype=bool)                                     # (C, C) off-diagonal entries
-    both = np.concatenate([a_f[off], a_s[off]]) if n_classes > 1 else np.zeros(1)
-    lo, hi = float(both.min()), float(both.max())
-    norm = colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1e-6)
-    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.75")          # masked diagonal: grey
-    names = _short_names(class_names)
-    fig = _figure(figsize=(11.5, 5.0))
-    axes = [fig.add_subplot(1, 2, i + 1) for i in range(2)]
-    for ax, (label, m) in zip(axes, (("image-dependent LCM $A_F$", a_f), ("statistical LCM $A_S$", a_s))):
-        im = ax.imshow(np.ma.masked_array(m, mask=~off), cmap=cmap, norm=norm, interpolation="nearest")  # rows i, cols j
-        ax.set_title(label)
-        if n_classes <= 40:
-            ax.set_xticks(range(n_classes))
-            ax.set_yticks(range(n_classes))
-            ax.set_xticklabels(names, rotation=90, fontsize=7)
-            ax.set_yticklabels(names, fontsize=7)
-    fig.colorbar(im, ax=axes, fraction=0.03, pad=0.03, label="off-diagonal entries (diagonal masked, grey)")
-    if title:
-        fig.suptitle(title)
-    path = _save_png(fig, out)
-    if save_data:
-        _save_npz(out, A_F=a_f, A_S=a_s, class_names=np.array(list(class_names)), colour_range=np.array([lo, hi]))
-    return path
-
-
-# ----------------------------------------------------------------------------------------------- Fig. 3
-def plot_roi_weights(image, boxes, weights, valid, out: PathLike, *, title: str | None = None,
-                     caption: str | None = None, save_data: bool = True) -> Path:
-    """Fig. 3: the image with its valid ROI boxes (x1 y1 x2 y2, image pixels) coloured by the weight z, colour bar.
-
-    Boxes are drawn in increasing z so that the strongest lie on top; padding boxes (valid False) are skipped.
-    ``caption`` (e.g. the image's labels and the model's predictions) is written under the image and saved in
-    the ``.npz``.
-    """
-    import matplotlib
-    from matplotlib import cm, colors
-    from matplotlib.patches import Rectangle
-
-    if hasattr(image, "convert"):  # PIL image
-        img = np.asarray(image.convert("RGB"))
-    else:
-        img = np.asarray(image)
-    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3, 4)):
-        raise UserError(f"plot_roi_weights: image of shape {img.shape} is not (H, W) or (H, W, 3)")
-    b = np.asarray(boxes, dtype=np.float64)
-    z = np.asarray(weights, dtype=np.float64).reshape(-1)
-    v = np.asarray(valid, dtype=bool).reshape(-1)
-    if b.ndim != 2 or b.shape[1] != 4 or not (len(b) == len(z) == len(v)):
-        raise UserError(f"plot_roi_weights: boxes {b.shape}, weights {z.shape}, valid {v.shape} must be "
-                        "(N, 4), (N,), (N,)")
-    shown = np.flatnonzero(v & np.isfinite(z))
-    fig = _figure(figsize=(6.0, 6.0 * img.shape[0] / max(img.shape[1], 1) + 0.5))
-    ax = fig.add_subplot(1, 1, 1)
-    ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
-    lo, hi = (float(z[shown].min()), float(z[shown].max())) if shown.size else (0.0, 1.0)
-    norm = colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1e-6)
-    cmap = matplotlib.colormaps["plasma"]
-    for k in shown[np.argsort(z[shown], kind="stable")]:
-        x1, y1, x2, y2 = b[k]
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, linewidth=1.0 + 2.0 * norm(z[k]),
-                               edgecolor=cmap(norm(z[k]))))
-    ax.set_xlim(0, img.shape[1])
-    ax.set_ylim(img.shape[0], 0)
-    ax.axis("off")
-    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.046, pad=0.04, label="ROI weight z")
-    ax.set_title(title or f"{shown.size} ROIs coloured by variational weight z")
-    if caption:
-        ax.text(0.0, -0.02, caption, transform=ax.transAxes, ha="left", va="top", fontsize=9)
-    path = _save_png(fig, out)
-    if save_data:
-        _save_npz(out, boxes=b, weights=z, valid=v, caption=np.asarray(caption or ""))
-    return path
-
-
 def _draw_pr_curve(ax, s: np.ndarray, t: np.ndarray, c: int, *, label: str, **style) -> None:
     """Class ``c``'s precision-recall curve (ignored entries -1 left out), AP in the legend label."""
     from sklearn.metrics import average_precision_score, precision_recall_curve

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from iagcn.evaluate.plots import (plot_lcm_pair, plot_per_class_ap, plot_pr_curves, plot_pr_curves_overlay, plot_roi_weights,
-                                  plot_training_curves, plot_training_curves_overlay, training_curve_panels)
+from iagcn.evaluate.figures import plot_lcm_pair, plot_roi_weights
+from iagcn.evaluate.plots import (plot_per_class_ap, plot_pr_curves, plot_pr_curves_overlay, plot_training_curves,
+                                  plot_training_curves_overlay, training_curve_panels)
 from iagcn.classes import VOC_CLASSES
 from iagcn.errors import UserError
 
