@@ -45,6 +45,17 @@ def write_tiny_images(root: Path, n: int = 12, *, seed: int = 0) -> DatasetSplit
 pil_loader = load_image_rgb  # the real loader (RGB, EXIF-transposed)
 
 
+def csv_extract_command(root: Path, n: int, *extra) -> list:
+    """Write ``n`` tiny images and their labels.csv under ``root``; the ``iagcn extract`` arguments (without
+    --out) that extract them as a csv dataset, followed by ``extra``."""
+    ds = write_tiny_images(root, n=n)
+    rows = ["image,labels"] + [f"{p.name},{' '.join(c for c, v in zip(ds.class_names, lab) if v == 1)}"
+                               for p, lab in zip(ds.image_paths, ds.labels)]
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return ["extract", "--dataset", "csv", "--root", root, "--split", "labels", "--csv", root / "labels.csv",
+            "--classes", ",".join(ds.class_names), *extra]
+
+
 def onehot() -> tuple[np.ndarray, str]:
     return np.eye(len(CLASSES), dtype=np.float32), "onehot"
 

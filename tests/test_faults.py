@@ -24,7 +24,7 @@ from iagcn.cache.format import ROW_FIELDS, FeatureCache
 from iagcn.cli import main
 from iagcn.fsutil import exclusive_lock
 from tests.conftest import REPO_ROOT, cli_env, run_cli
-from tests.extract_helpers import write_tiny_images
+from tests.extract_helpers import csv_extract_command
 
 N_IMAGES, BLOCK = 24, 2                                  # 12 blocks of 2 rows: work left after every kill point
 CHEAP = ["--weights", "none", "--image-size", "64", "--num-rois", "4", "--workers", "0", "--device", "cpu",
@@ -72,14 +72,7 @@ def assert_same_cache(a: Path, b: Path) -> None:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """A csv dataset of 16 tiny images and the command that extracts it (without --out)."""
-    root = tmp_path_factory.mktemp("faults") / "imgs"
-    ds = write_tiny_images(root, n=N_IMAGES)
-    rows = ["image,labels"] + [f"{p.name},{' '.join(c for c, v in zip(ds.class_names, lab) if v == 1)}"
-                               for p, lab in zip(ds.image_paths, ds.labels)]
-    (root / "labels.csv").write_text("\n".join(rows) + "\n")
-    args = ["extract", "--dataset", "csv", "--root", root, "--split", "labels", "--csv", root / "labels.csv",
-            "--classes", ",".join(ds.class_names), *CHEAP]
-    return args
+    return csv_extract_command(tmp_path_factory.mktemp("faults") / "imgs", N_IMAGES, *CHEAP)
 
 
 @pytest.fixture(scope="module")

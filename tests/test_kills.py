@@ -26,7 +26,7 @@ from iagcn.cache.format import ROW_FIELDS, FeatureCache
 from iagcn.cli import main
 from iagcn.fsutil import exclusive_lock
 from tests.conftest import REPO_ROOT, cli_env
-from tests.extract_helpers import write_tiny_images
+from tests.extract_helpers import csv_extract_command
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc (process tables)")
 
@@ -102,13 +102,7 @@ def assert_one_line(err: str) -> str:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kills") / "imgs"
-    ds = write_tiny_images(root, n=N_IMAGES)
-    rows = ["image,labels"] + [f"{p.name},{' '.join(c for c, v in zip(ds.class_names, lab) if v == 1)}"
-                               for p, lab in zip(ds.image_paths, ds.labels)]
-    (root / "labels.csv").write_text("\n".join(rows) + "\n")
-    return ["extract", "--dataset", "csv", "--root", root, "--split", "labels", "--csv", root / "labels.csv",
-            "--classes", ",".join(ds.class_names), *WORKERS]
+    return csv_extract_command(tmp_path_factory.mktemp("kills") / "imgs", N_IMAGES, *WORKERS)
 
 
 @pytest.fixture(scope="module")
