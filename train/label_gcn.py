@@ -34,15 +34,26 @@ class LabelGCN(nn.Module):
 
     def forward(self, x: torch.Tensor, H0: torch.Tensor, A_hat: torch.Tensor) -> torch.Tensor:
         """x (B, D), H0 (C, E), Â (C, C) or (B, C, C) -> y_w (B, C)."""
+        return self.scores_and_norm(x, H0, A_hat, norm=False)[0]
+
+    def scores_and_norm(self, x: torch.Tensor, H0: torch.Tensor, A_hat: torch.Tensor, *,
+                        norm: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """y_w (B, C) and, with ``norm``, ||M||_F^2 of the classifiers M (Eq. 5's last layer), averaged over the
+        batch's images when Â is per image (for the L2 penalty on M of ``decay_on=classifiers``, train/model.py)."""
         B, D = x.shape
         h = self.hidden(H0, A_hat)                                # (B, C, w) or (C, w)
         W_last = self.weights[-1].weight                          # (D, w) = W_{L-1}^T
         if A_hat.dim() == 2:
             M = A_hat @ (h @ W_last.t())                          # (C, D) static classifiers, once
-            return x @ M.t()                                      # (B, C) Eq. 6
+            sq = M.pow(2).sum() if norm else None                 # () ||M||_F^2
+            return x @ M.t(), sq                                  # (B, C) Eq. 6
         u = x @ W_last                                            # (B, w) W_{L-1} x
         v = (h @ u.unsqueeze(-1))                                 # (B, C, 1) H_{L-1} (W_{L-1} x)
-        return (A_hat @ v).squeeze(-1)                            # (B, C) Eq. 6 re-associated: Â (H (W x))
+        y = (A_hat @ v).squeeze(-1)                               # (B, C) Eq. 6 re-associated: Â (H (W x))
+        if not norm:
+            return y, None
+        M = (A_hat @ h) @ W_last.t()                              # (B, C, D) per-image classifiers, for the norm only
+        return y, M.pow(2).sum(dim=(1, 2)).mean()                 # (B, C), () mean_b ||M_b||_F^2
 
     def forward_naive(self, x: torch.Tensor, H0: torch.Tensor, A_hat: torch.Tensor) -> torch.Tensor:
         """The literal Eq. 5-6: materialise M = Â H_{L-1} W_{L-1} (B, C, D), then y_w = M x."""

@@ -43,7 +43,9 @@ def train_one_epoch(model: IAGCNHead, optimizer: torch.optim.Optimizer, data: Ca
                                               device=device, regions=model.uses_regions)):
         out = model(batch.x, batch.X, batch.valid)
         loss, parts = total_loss(out, batch.labels, batch.valid, beta=config.beta, difficult=config.difficult,
-                                 a_I_loss_weight=config.a_I_loss_weight)
+                                 a_I_loss_weight=config.a_I_loss_weight,
+                                 classifier_decay=config.weight_decay if config.decay_on == "classifiers" else 0.0,
+                                 branch_loss_weight=config.branch_loss_weight)
         if not math.isfinite(parts["loss"]):
             raise UserError(divergence_cause(model, batch, parts, config=config, epoch=epoch, step=step,
                                              path=getattr(data, "path", None),

@@ -38,6 +38,7 @@ class HeadOutput:
     a_I_logits: torch.Tensor | None = None    # (B, C) max over valid regions of A_I^w (a_I = sigmoid of it)
     A_I: torch.Tensor | None = None           # (B, C, C)
     A_F: torch.Tensor | None = None           # (B, C, C) before normalisation
+    classifier_sq_norm: torch.Tensor | None = None  # () ||M||_F^2 of the label GCN's classifiers (decay on M)
 
 
 class IAGCNHead(nn.Module):
@@ -68,6 +69,11 @@ class IAGCNHead(nn.Module):
                                   activation=cfg.gcn_activation, leaky_slope=cfg.leaky_slope) \
             if cfg.global_branch == "gcn" else None
         self.gcn_bias = nn.Parameter(torch.zeros(C)) if (cfg.global_branch == "gcn" and cfg.gcn_bias) else None  # (C,)
+        if cfg.global_branch != "none" and cfg.region_branch:
+            # running std of y_w and y_r over training batches (detached, like BatchNorm's statistics; saved in
+            # every checkpoint): fusion_scale = matched fuses y_r at y_w's scale (Eq. 11 on a common scale)
+            self.register_buffer("branch_std", torch.ones(2))                          # (2,) [std y_w, std y_r]
+            self.register_buffer("branch_std_seen", torch.zeros((), dtype=torch.bool))  # () any batch seen yet
         self.region = RegionBranch(num_rois=num_rois, num_classes=C, feature_dim=D, widths=tuple(cfg.region_widths),
                                    reading=cfg.region_reading, relu_after_last=cfg.region_relu_after_last,
                                    init=cfg.region_init, pool=cfg.region_pool,
@@ -101,18 +107,40 @@ class IAGCNHead(nn.Module):
             out.y_w = self.linear(x)                                                   # (B, C) ResNet-101 row
         elif self.label_gcn is not None:
             A_hat = self.A_S_hat if cfg.global_adjacency == "static" else A_hat_F      # (C, C) or (B, C, C)
-            gcn = self.label_gcn.forward_naive if naive else self.label_gcn
-            out.y_w = gcn(x, self.label_embeddings, A_hat)                             # (B, C) Eq. 5-6
+            if naive:
+                out.y_w = self.label_gcn.forward_naive(x, self.label_embeddings, A_hat)  # (B, C) Eq. 5-6 literal
+            else:
+                out.y_w, out.classifier_sq_norm = self.label_gcn.scores_and_norm(
+                    x, self.label_embeddings, A_hat, norm=self.training and cfg.decay_on == "classifiers")  # (B, C), ()
             if self.gcn_bias is not None:
                 out.y_w = out.y_w + self.gcn_bias                                      # (B, C) M x + b
         if self.region is not None:
             A_hat = A_hat_F if cfg.region_adjacency == "fused" else A_hat_I            # (B, C, C)
             out.y_r = self.region(out.scores, valid, A_hat)                            # (B, C) Eq. 10
         if out.y_w is not None and out.y_r is not None:
-            out.logits = cfg.fusion_lambda * out.y_w + (1 - cfg.fusion_lambda) * out.y_r  # (B, C) Eq. 11
+            y_r = self.matched_region_scores(out.y_w, out.y_r) if cfg.fusion_scale == "matched" else out.y_r  # (B, C)
+            out.logits = cfg.fusion_lambda * out.y_w + (1 - cfg.fusion_lambda) * y_r  # (B, C) Eq. 11
         else:
             out.logits = out.y_w if out.y_w is not None else out.y_r                   # (B, C)
         return out
+
+
+    def matched_region_scores(self, y_w: torch.Tensor, y_r: torch.Tensor, *, momentum: float = 0.1) -> torch.Tensor:
+        """y_r (B, C) rescaled to y_w's scale: y_r * std(y_w) / std(y_r), with running stds (updated in training).
+
+        Under AdamW the region branch's logits grow ~10-20x larger than the L2-regularised y_w's, so Eq. 11's
+        lambda = 0.8 would weigh y_r, not y_w, most (docs/real-data.md). The factor is detached: it sets the scale
+        at which y_r enters the fusion, not what either branch learns.
+        """
+        if self.training and y_w.shape[0] > 1:
+            with torch.no_grad():
+                batch = torch.stack([y_w.detach().std(), y_r.detach().std()]).clamp_min(1e-6)  # (2,)
+                if bool(self.branch_std_seen):
+                    self.branch_std.mul_(1 - momentum).add_(momentum * batch)          # (2,) running std
+                else:
+                    self.branch_std.copy_(batch)                                       # (2,) first batch
+                    self.branch_std_seen.fill_(True)
+        return y_r * (self.branch_std[0] / self.branch_std[1])                         # (B, C)
 
 
 def regions_or_padding(valid: torch.Tensor) -> torch.Tensor:
@@ -141,10 +169,16 @@ def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, *, difficult: s
 
 
 def total_loss(out: HeadOutput, targets: torch.Tensor, valid: torch.Tensor, *, beta: float, difficult: str,
-               a_I_loss_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+               a_I_loss_weight: float = 0.0, classifier_decay: float = 0.0,
+               branch_loss_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 12: L = L_ML + beta L_KL (L_KL only with Var_Inf). Returns the loss and its parts as floats.
 
-    With ``a_I_loss_weight`` > 0 (an option beyond the paper) a BCE on a_I's logits is added.
+    With ``a_I_loss_weight`` > 0 (an option beyond the paper) a BCE on a_I's logits is added. With
+    ``classifier_decay`` > 0 and ``out.classifier_sq_norm`` computed (the frozen recipe's ``decay_on=classifiers``)
+    the L2 penalty classifier_decay / 2 ||M||_F^2 on the label GCN's classifiers is added: what SGD's weight decay
+    adds for the linear classifier of the ResNet-101 row, whatever the GCN's depth. With ``branch_loss_weight`` > 0
+    and both branches present, L_ML of y_w and of y_r are added with that weight (each branch must classify on its
+    own; Eq. 11's fusion of the two is unchanged).
     """
     l_ml = multilabel_loss(out.logits, targets, difficult=difficult)                   # () Eq. 13
     loss = l_ml
@@ -153,7 +187,13 @@ def total_loss(out: HeadOutput, targets: torch.Tensor, valid: torch.Tensor, *, b
         l_kl = kl_loss(out.z_mu, out.z_logvar, regions_or_padding(valid))              # () Eq. 14, the regions read
         loss = loss + beta * l_kl                                                      # () Eq. 12
         parts["loss_kl"] = float(l_kl.detach())
+    if branch_loss_weight > 0 and out.y_w is not None and out.y_r is not None:
+        l_br = multilabel_loss(out.y_w, targets, difficult=difficult) \
+            + multilabel_loss(out.y_r, targets, difficult=difficult)                   # () L_ML(y_w) + L_ML(y_r)
+        loss = loss + branch_loss_weight * l_br                                        # ()
     if a_I_loss_weight > 0 and out.a_I_logits is not None:
         l_a = multilabel_loss(out.a_I_logits, targets, difficult=difficult)            # () option: supervise a_I
         loss = loss + a_I_loss_weight * l_a                                            # ()
+    if classifier_decay > 0 and out.classifier_sq_norm is not None:
+        loss = loss + 0.5 * classifier_decay * out.classifier_sq_norm                  # () L2 on M
     return loss, {"loss": float(loss.detach()), **parts}

@@ -40,8 +40,13 @@ class SplitOptimizer:
             o.load_state_dict(s)
 
 
-def _groups(params: list[nn.Parameter], vi: list[nn.Parameter], scale: float, vi_scale: float) -> list[dict]:
-    groups = [{"params": params, "lr_scale": scale}] if params else []
+def _groups(params: list[nn.Parameter], vi: list[nn.Parameter], scale: float, vi_scale: float,
+            undecayed: set[int] = frozenset()) -> list[dict]:
+    decayed = [p for p in params if id(p) not in undecayed]
+    free = [p for p in params if id(p) in undecayed]
+    groups = [{"params": decayed, "lr_scale": scale}] if decayed else []
+    if free:
+        groups.append({"params": free, "lr_scale": scale, "weight_decay": 0.0})
     if vi:
         # w_mu, w_logvar (Eq. 8-9): under L_KL their curvature is ~ mean ||X_r||^2, so the heads' lr would make them
         # oscillate; config.vi_lr_scale keeps lr * curvature < 2 (docs/training.md)
@@ -56,10 +61,17 @@ def make_optimizer(model: nn.Module, config) -> torch.optim.Optimizer | SplitOpt
     149 ms/step, foreach 41 ms, fused 29 ms.
     """
     vi = list(model.variational.parameters()) if model.variational is not None else []
-    region_side = [m for m in (model.image_lcm, model.region) if m is not None]
-    region = [p for m in region_side for p in m.parameters()]
-    taken = {id(p) for p in vi + region}
+    # f_CNN (Eq. 2) is a linear classifier per region: with f_cnn_optimizer = heads it is trained like the heads'
+    # linear classifiers (SGD + L2), otherwise with the region side's optimiser
+    f_cnn = list(model.image_lcm.parameters()) if (model.image_lcm is not None and
+                                                   config.f_cnn_optimizer == "region") else []  # Eq. 2
+    region = list(model.region.parameters()) if model.region is not None else []        # Eq. 10
+    taken = {id(p) for p in vi + f_cnn + region}
     rest = [p for p in model.parameters() if id(p) not in taken]
+    # decay_on = classifiers: the label GCN's W^(l) get no weight decay; the loss penalises the classifiers M they
+    # produce instead (train/model.py total_loss)
+    undecayed = {id(p) for p in model.label_gcn.parameters()} \
+        if (config.decay_on == "classifiers" and model.label_gcn is not None) else set()
 
     def sgd(groups):
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
@@ -68,13 +80,20 @@ def make_optimizer(model: nn.Module, config) -> torch.optim.Optimizer | SplitOpt
     def adamw(groups, wd):
         return torch.optim.AdamW(groups, lr=config.lr, weight_decay=wd, fused=True)
 
-    if config.region_optimizer == "adamw" and (region or vi):
+    if config.region_optimizer in ("adamw", "sgd") and (region or vi or f_cnn):
+        region_groups = _groups(f_cnn + region, vi, config.region_lr / config.lr, config.vi_lr_scale)
+        if config.region_optimizer == "sgd":
+            # SGD with momentum at region_lr and its own L2 (region_weight_decay), in the heads' SGD when they use one
+            for g in region_groups:
+                g["weight_decay"] = config.region_weight_decay
+            if config.optimizer == "sgd":
+                return sgd(_groups(rest, [], 1.0, 1.0, undecayed) + region_groups)
         parts = []
         if rest:
-            parts.append(sgd(_groups(rest, [], 1.0, 1.0)) if config.optimizer == "sgd" else
-                         adamw(_groups(rest, [], 1.0, 1.0), config.weight_decay))
-        parts.append(adamw(_groups(region, vi, config.region_lr / config.lr, config.vi_lr_scale),
-                           config.region_weight_decay))
+            parts.append(sgd(_groups(rest, [], 1.0, 1.0, undecayed)) if config.optimizer == "sgd" else
+                         adamw(_groups(rest, [], 1.0, 1.0, undecayed), config.weight_decay))
+        parts.append(sgd(region_groups) if config.region_optimizer == "sgd" else
+                     adamw(region_groups, config.region_weight_decay))
         return SplitOptimizer(parts)
-    groups = _groups(rest + region, vi, 1.0, config.vi_lr_scale)
+    groups = _groups(rest + f_cnn + region, vi, 1.0, config.vi_lr_scale, undecayed)
     return adamw(groups, config.weight_decay) if config.optimizer == "adamw" else sgd(groups)
