@@ -112,7 +112,12 @@ def test_control_presets_change_one_thing():
 
     assert diff("mlgcn", "mlgcn-idlcm") == {"global_adjacency"}
     assert diff("idlcm-static", "idlcm") == {"global_adjacency"}
-    assert diff("mlgcn", "idlcm-static") == {"gcn_widths", "gcn_activation"}
+    # under the frozen recipe both GCNs use LeakyReLU, so the architecture step is the depth and widths alone;
+    # under the paper's recipe the activation changes too (ReLU for IA-GCN's GCN, section 4.3)
+    assert diff("mlgcn", "idlcm-static") == {"gcn_widths"}
+    ca, cb = config_for_preset("mlgcn", recipe="paper"), config_for_preset("idlcm-static", recipe="paper")
+    assert {k for k in ca.__dataclass_fields__ if getattr(ca, k) != getattr(cb, k)} - {"preset"} == \
+        {"gcn_widths", "gcn_activation"}
     assert {"mlgcn-idlcm", "idlcm-static"} <= set(PRESETS)
 
 
