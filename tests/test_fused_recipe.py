@@ -118,6 +118,9 @@ def test_the_frozen_recipe_sets_the_fused_presets_choices_and_the_paper_recipe_d
     assert (frozen.decay_on, frozen.gcn_activation) == ("classifiers", "leaky_relu")
     assert frozen.branch_loss_weight > 0
     assert (paper.decay_on, paper.gcn_activation, paper.branch_loss_weight) == ("weights", "relu", 0.0)
+    assert (frozen.fusion_scale, frozen.f_cnn_optimizer, frozen.vi_lr_scale) == ("matched", "heads", 1.0)
+    assert (paper.fusion_scale, paper.f_cnn_optimizer, paper.vi_lr_scale) == ("raw", "region", 0.01)
+    assert (paper.region_optimizer, paper.lr, paper.weight_decay) == ("same", 0.01, 1e-4)
     # the paper recipe keeps each preset's own architecture: ML-GCN's LeakyReLU, IA-GCN's ReLU
     assert config_for_preset("mlgcn", recipe="paper").gcn_activation == "leaky_relu"
     assert config_for_preset("idlcm", recipe="paper").gcn_activation == "relu"

@@ -27,9 +27,10 @@ def _common_options(f):
         click.option("--val-cache", type=click.Path(dir_okay=False), hidden=True,
                      help="Old name of --eval-cache (the hold-out, not this cache, is the validation split)."),
         click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
-                     help="Optimisation recipe the fields start from: frozen (standardised features; SGD lr 0.03 + L2 "
-                          "1e-2 for the global branch, AdamW 1e-3 for the region side; cosine; 20 epochs; last epoch; "
-                          "chosen on real photos) or paper (section 4.3: SGD lr 0.01 /10 every 30 epochs, 120 epochs, "
+                     help="Optimisation recipe the fields start from: frozen (standardised features; SGD lr 0.1 + L2 "
+                          "1e-2 on the classifiers for the global branch and f_CNN, AdamW 1e-3 for the region side; "
+                          "LeakyReLU label GCN; y_r fused at y_w's scale; cosine; 20 epochs; last epoch; "
+                          "chosen on real photos, docs/training.md) or paper (section 4.3: SGD lr 0.01 /10 every 30 epochs, 120 epochs, "
                           "10% hold-out selection). The defaults shown below are the frozen recipe's. [default: frozen]"),
         config_option(T, "epochs", type=int, help="Training epochs."),
         config_option(T, "batch_size", type=int, help="Images per SGD step."),
