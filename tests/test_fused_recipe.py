@@ -195,3 +195,26 @@ def test_f_cnn_region_gcn_and_vi_each_get_their_learning_rate(preset, f_cnn_opti
         assert group_of(model.variational)["lr_scale"] * cfg.lr == pytest.approx(3e-3 * 0.5)  # Eq. 8-9
     every = [id(p) for g in opt.param_groups for p in g["params"]]
     assert sorted(every) == sorted(id(p) for p in model.parameters())             # each parameter exactly once
+
+
+def test_runs_recorded_before_the_new_fields_are_read_as_they_were_trained():
+    """A config.json / checkpoint written before decay_on, branch_loss_weight, fusion_scale and f_cnn_optimizer
+    existed was trained with L2 on the layers, Eq. 11-13 as written and f_CNN on the region side: reading it must
+    give that model (and its state dict, which has no running stds), not today's defaults."""
+    import dataclasses
+
+    from iagcn.train.config import RECORDED_BEFORE, recorded_config
+
+    old = dataclasses.asdict(config_for_preset("iagcn"))
+    for k in RECORDED_BEFORE:
+        del old[k]
+    cfg = recorded_config(old, source="old config.json")
+    assert (cfg.decay_on, cfg.branch_loss_weight, cfg.fusion_scale, cfg.f_cnn_optimizer) == \
+        ("weights", 0.0, "raw", "region")
+    raw = head("iagcn", fusion_scale="raw")
+    assert "branch_std" not in raw.state_dict()
+    rebuilt = head("iagcn", **{k: getattr(cfg, k) for k in RECORDED_BEFORE})
+    rebuilt.load_state_dict(raw.state_dict())                                     # strict: the same modules
+    # a recorded value always wins over the legacy one
+    new = dataclasses.asdict(config_for_preset("iagcn"))
+    assert recorded_config(new, source="new config.json") == config_for_preset("iagcn")

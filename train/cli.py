@@ -120,8 +120,8 @@ def train_cmd(config_file, train_cache, eval_cache, val_cache, recipe, sets, qui
     import dataclasses
 
     from iagcn.configfile import apply_file, fields_for_preset
-    from iagcn.configio import apply_overrides, config_from_dict
-    from iagcn.train.config import config_for_preset
+    from iagcn.configio import apply_overrides
+    from iagcn.train.config import config_for_preset, recorded_config
     from iagcn.train.run import train_run
 
     eval_cache = _eval_cache_option(eval_cache, val_cache)
@@ -132,7 +132,7 @@ def train_cmd(config_file, train_cache, eval_cache, val_cache, recipe, sets, qui
         if config_file:
             raise UserError("--resume takes the config from the run's own config.json; drop --config")
         record = runfolder.read_record(resume_dir, option="--resume")
-        cfg = config_from_dict(TrainConfig, record["config"], source=str(Path(resume_dir) / runfolder.CONFIG))
+        cfg = recorded_config(record["config"], source=str(Path(resume_dir) / runfolder.CONFIG))
         if preset and preset != cfg.preset:
             raise UserError(f"--resume {resume_dir}: the run is preset {cfg.preset}, not {preset}; drop --preset")
         if recipe and recipe != cfg.recipe:

@@ -254,6 +254,18 @@ PAPER_ROWS: dict[str, str] = {
 }
 
 
+#: fields added after runs were first recorded, with the value that reproduces those runs: a config.json or a
+#: checkpoint without the field was trained (and must be scored and resumed) that way, whatever today's default
+RECORDED_BEFORE: dict[str, Any] = {"decay_on": "weights", "branch_loss_weight": 0.0, "fusion_scale": "raw",
+                                   "f_cnn_optimizer": "region"}
+
+
+def recorded_config(data: dict[str, Any], *, source: str) -> TrainConfig:
+    """The TrainConfig a run recorded (config.json, a checkpoint); fields it predates take RECORDED_BEFORE's values."""
+    return config_from_dict(TrainConfig, {**{k: v for k, v in RECORDED_BEFORE.items() if k not in data}, **data},
+                            source=source)
+
+
 def config_for_preset(name: str, *, recipe: str = "frozen", **overrides: Any) -> TrainConfig:
     """TrainConfig of preset ``name`` under optimisation recipe ``recipe``, keyword overrides (field names) on top."""
     if name not in PRESETS:

@@ -15,11 +15,10 @@ import numpy as np
 import torch
 
 from iagcn.cache.format import FeatureCache
-from iagcn.configio import config_from_dict
 from iagcn.device import resolve_device
 from iagcn.errors import UserError
 from iagcn.train import runfolder
-from iagcn.train.config import TrainConfig
+from iagcn.train.config import TrainConfig, recorded_config
 from iagcn.train.data import CacheData
 from iagcn.train.loop import predict
 from iagcn.train.model import IAGCNHead
@@ -80,7 +79,7 @@ def load_checkpoint_model(path: str | os.PathLike) -> LoadedRun:
     if not path.exists():
         raise UserError(f"checkpoint {path}: file not found")
     ckpt = runfolder.load_checkpoint(path)
-    config = config_from_dict(TrainConfig, ckpt["config"], source=str(path))
+    config = recorded_config(ckpt["config"], source=str(path))
     try:
         model = build_model(config, ckpt["meta"])
         class_names = list(ckpt["meta"]["class_names"])

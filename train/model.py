@@ -69,7 +69,7 @@ class IAGCNHead(nn.Module):
                                   activation=cfg.gcn_activation, leaky_slope=cfg.leaky_slope) \
             if cfg.global_branch == "gcn" else None
         self.gcn_bias = nn.Parameter(torch.zeros(C)) if (cfg.global_branch == "gcn" and cfg.gcn_bias) else None  # (C,)
-        if cfg.global_branch != "none" and cfg.region_branch:
+        if cfg.global_branch != "none" and cfg.region_branch and cfg.fusion_scale == "matched":
             # running std of y_w and y_r over training batches (detached, like BatchNorm's statistics; saved in
             # every checkpoint): fusion_scale = matched fuses y_r at y_w's scale (Eq. 11 on a common scale)
             self.register_buffer("branch_std", torch.ones(2))                          # (2,) [std y_w, std y_r]

@@ -16,13 +16,13 @@ import numpy as np
 import torch
 
 from iagcn.cache.format import FeatureCache, check_compatible
-from iagcn.configio import config_from_dict, config_hash, config_to_dict
+from iagcn.configio import config_hash, config_to_dict
 from iagcn.device import resolve_device
 from iagcn.errors import UserError
 from iagcn.fsutil import check_writable_dir, exclusive_lock, git_commit, interrupt_hint
 from iagcn.jsonutil import to_json
 from iagcn.train import runfolder
-from iagcn.train.config import TrainConfig
+from iagcn.train.config import TrainConfig, recorded_config
 from iagcn.train.data import CacheData
 from iagcn.train.inference import build_model, load_state_checked
 from iagcn.train.lcm import statistical_lcm
@@ -194,7 +194,7 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
             raise UserError(f"--out {out} already holds a run (last.pt); pass --resume {out} to continue it "
                             f"or choose another --out")
         ckpt = runfolder.load_checkpoint(last_path, keys=runfolder.CHECKPOINT_KEYS + runfolder.RESUME_KEYS)
-        saved = config_from_dict(TrainConfig, ckpt["config"], source=str(last_path))
+        saved = recorded_config(ckpt["config"], source=str(last_path))
         diff = saved.identity_diff(config)          # execution fields (device, threads, ...) may change
         if diff:
             raise UserError(f"--resume {out}: the run was started with a different config ({', '.join(diff)}); "

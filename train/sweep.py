@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 from iagcn.errors import UserError
 from iagcn.fsutil import check_writable_dir, exclusive_lock, interrupt_hint, write_text_atomic
 from iagcn.train import runfolder
-from iagcn.train.config import TrainConfig
+from iagcn.train.config import TrainConfig, recorded_config
 from iagcn.train.data import CacheData
 from iagcn.train.run import check_run_inputs, train_run
 
@@ -102,10 +102,8 @@ def sweep_eta(trained_s: list[float], remaining: int) -> str:
 def _refuse_other_config(run_dir: Path, cfg: TrainConfig) -> None:
     """A complete run trained with other settings must not slip into this sweep's table (execution fields such as
     the device or the thread count may differ: they do not change what a run computes)."""
-    from iagcn.configio import config_from_dict
-
     saved = runfolder.read_record(run_dir, option="sweep run")["config"]
-    diff = config_from_dict(TrainConfig, saved, source=str(run_dir / runfolder.CONFIG)).identity_diff(cfg)
+    diff = recorded_config(saved, source=str(run_dir / runfolder.CONFIG)).identity_diff(cfg)
     if diff:
         raise UserError(f"{run_dir}: a complete run with a different config ({', '.join(diff)}) is already there; "
                         f"use another sweep --out or delete that folder")
