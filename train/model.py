@@ -124,7 +124,6 @@ class IAGCNHead(nn.Module):
             out.logits = out.y_w if out.y_w is not None else out.y_r                   # (B, C)
         return out
 
-
     def matched_region_scores(self, y_w: torch.Tensor, y_r: torch.Tensor, *, momentum: float = 0.1) -> torch.Tensor:
         """y_r (B, C) rescaled to y_w's scale: y_r * std(y_w) / std(y_r), with running stds (updated in training).
 
