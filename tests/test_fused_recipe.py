@@ -218,3 +218,26 @@ def test_runs_recorded_before_the_new_fields_are_read_as_they_were_trained():
     # a recorded value always wins over the legacy one
     new = dataclasses.asdict(config_for_preset("iagcn"))
     assert recorded_config(new, source="new config.json") == config_for_preset("iagcn")
+
+
+def test_region_side_sgd_option_gives_the_region_its_lr_and_l2_in_one_sgd():
+    kw = dict(region_optimizer="sgd", region_lr=0.05, region_weight_decay=1e-4)
+    cfg = config_for_preset("iagcn", **kw)
+    model = head("iagcn", **kw)
+    opt = make_optimizer(model, cfg)
+    assert isinstance(opt, torch.optim.SGD)                                       # one SGD: heads and region side
+    region_ids = {id(p) for p in model.region.parameters()}
+    (g,) = [g for g in opt.param_groups if region_ids & {id(p) for p in g["params"]}]
+    assert g["lr_scale"] * cfg.lr == pytest.approx(0.05) and g["weight_decay"] == 1e-4
+    heads = [g for g in opt.param_groups if {id(p) for p in model.label_gcn.parameters()} & {id(p) for p in g["params"]}]
+    assert heads and all(h["lr_scale"] == 1.0 for h in heads)
+
+
+def test_scores_with_the_norm_equal_the_reassociated_scores():
+    model = head("idlcm", decay_on="classifiers", standardize="none")
+    x = torch.randn(4, D)
+    A = normalize_adjacency(torch.rand(4, C, C) + torch.eye(C))
+    with_norm, sq = model.label_gcn.scores_and_norm(x, model.label_embeddings, A, norm=True)
+    plain, none = model.label_gcn.scores_and_norm(x, model.label_embeddings, A, norm=False)
+    assert none is None and sq is not None
+    torch.testing.assert_close(with_norm, plain, rtol=1e-4, atol=1e-5)

@@ -47,13 +47,13 @@ class LabelGCN(nn.Module):
             M = A_hat @ (h @ W_last.t())                          # (C, D) static classifiers, once
             sq = M.pow(2).sum() if norm else None                 # () ||M||_F^2
             return x @ M.t(), sq                                  # (B, C) Eq. 6
+        if norm:                                                  # the norm needs M itself: score with it too
+            M = (A_hat @ h) @ W_last.t()                          # (B, C, D) per-image classifiers
+            y = (M @ x.unsqueeze(-1)).squeeze(-1)                 # (B, C) Eq. 6
+            return y, M.pow(2).sum(dim=(1, 2)).mean()             # (B, C), () mean_b ||M_b||_F^2
         u = x @ W_last                                            # (B, w) W_{L-1} x
         v = (h @ u.unsqueeze(-1))                                 # (B, C, 1) H_{L-1} (W_{L-1} x)
-        y = (A_hat @ v).squeeze(-1)                               # (B, C) Eq. 6 re-associated: Â (H (W x))
-        if not norm:
-            return y, None
-        M = (A_hat @ h) @ W_last.t()                              # (B, C, D) per-image classifiers, for the norm only
-        return y, M.pow(2).sum(dim=(1, 2)).mean()                 # (B, C), () mean_b ||M_b||_F^2
+        return (A_hat @ v).squeeze(-1), None                      # (B, C) Eq. 6 re-associated: Â (H (W x))
 
     def forward_naive(self, x: torch.Tensor, H0: torch.Tensor, A_hat: torch.Tensor) -> torch.Tensor:
         """The literal Eq. 5-6: materialise M = Â H_{L-1} W_{L-1} (B, C, D), then y_w = M x."""
