@@ -121,6 +121,7 @@ def test_the_frozen_recipe_sets_the_fused_presets_choices_and_the_paper_recipe_d
     assert (frozen.fusion_scale, frozen.f_cnn_optimizer, frozen.vi_lr_scale) == ("matched", "heads", 1.0)
     assert (paper.fusion_scale, paper.f_cnn_optimizer, paper.vi_lr_scale) == ("raw", "region", 0.01)
     assert (paper.region_optimizer, paper.lr, paper.weight_decay) == ("same", 0.01, 1e-4)
+    assert frozen.f_cnn_weight_decay > frozen.weight_decay and paper.f_cnn_weight_decay is None
     # the paper recipe keeps each preset's own architecture: ML-GCN's LeakyReLU, IA-GCN's ReLU
     assert config_for_preset("mlgcn", recipe="paper").gcn_activation == "leaky_relu"
     assert config_for_preset("idlcm", recipe="paper").gcn_activation == "relu"
@@ -185,7 +186,8 @@ def test_f_cnn_region_gcn_and_vi_each_get_their_learning_rate(preset, f_cnn_opti
 
     f_cnn = group_of(model.image_lcm)                                             # f_CNN (Eq. 2)
     if f_cnn_optimizer == "heads":                                                # the heads' lr and L2
-        assert f_cnn["lr_scale"] == 1.0 and f_cnn["weight_decay"] == cfg.weight_decay
+        own = cfg.weight_decay if cfg.f_cnn_weight_decay is None else cfg.f_cnn_weight_decay
+        assert f_cnn["lr_scale"] == 1.0 and f_cnn["weight_decay"] == own
         assert isinstance(opt.parts[0] if hasattr(opt, "parts") else opt, torch.optim.SGD)
     else:
         assert f_cnn["lr_scale"] * cfg.lr == pytest.approx(3e-3)
@@ -241,3 +243,34 @@ def test_scores_with_the_norm_equal_the_reassociated_scores():
     plain, none = model.label_gcn.scores_and_norm(x, model.label_embeddings, A, norm=False)
     assert none is None and sq is not None
     torch.testing.assert_close(with_norm, plain, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["idlcm", "mlgcn-idlcm", "iagcn"])
+def test_f_cnn_weight_decay_is_f_cnn_s_l2_alone(preset):
+    """One SGD step with a zero loss gradient: p <- p - lr * wd * p, with f_CNN's own wd, the others' unchanged."""
+    kw = dict(f_cnn_optimizer="heads", f_cnn_weight_decay=0.7, weight_decay=0.01, lr=0.1, momentum=0.0)
+    cfg = config_for_preset(preset, **kw)
+    model = head(preset, **kw)
+    opt = make_optimizer(model, cfg)
+    for g in opt.param_groups:
+        g["lr"] = cfg.lr * g["lr_scale"]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)                                                           # no zero parameter (the bias)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    after = dict(model.named_parameters())
+    torch.testing.assert_close(after["image_lcm.f_cnn.weight"].detach(),
+                               before["image_lcm.f_cnn.weight"] * (1 - 0.1 * 0.7))   # f_CNN (Eq. 2): its own L2
+    if preset == "iagcn":                                                         # the region side: AdamW, decoupled
+        name = next(n for n in before if n.startswith("region."))
+        assert not torch.allclose(after[name].detach(), before[name] * (1 - 0.1 * 0.7))
+    if model.gcn_bias is not None:                                                # the heads' bias: the heads' L2
+        torch.testing.assert_close(after["gcn_bias"].detach(), before["gcn_bias"] * (1 - 0.1 * 0.01))
+    # unset (null), f_CNN takes the heads' weight decay, as before the field existed
+    plain = make_optimizer(head(preset, **{**kw, "f_cnn_weight_decay": None}),
+                           config_for_preset(preset, **{**kw, "f_cnn_weight_decay": None}))
+    assert {g.get("weight_decay", 0.01) for g in (plain.parts[0] if hasattr(plain, "parts") else plain).param_groups
+            if g["params"]} <= {0.01, 0.0}

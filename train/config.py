@@ -101,6 +101,7 @@ class TrainConfig:
     region_lr: float = 1e-3                        # initial LR of the region side (the variational weights, the region GCN) when region_optimizer = adamw/sgd (follows the schedule)
     f_cnn_optimizer: Literal["heads", "region"] = "heads"  # f_CNN (Eq. 2, a linear classifier per region): trained like the heads' classifiers (optimizer, lr, L2) or with the region side's (region_optimizer at region_lr); AdamW at 1e-3 sharpens the unsupervised a_I into an adjacency that overfits (docs/real-data.md)
     region_weight_decay: float = 1e-2              # weight decay of the region side when region_optimizer = adamw (decoupled) or sgd (L2)
+    f_cnn_weight_decay: float | None = 0.1         # f_CNN's own L2 when f_cnn_optimizer = heads (None = the heads' weight_decay): the unsupervised a_I shapes Â_F, and at the heads' 1e-2 it overfits the training images (docs/real-data.md)
     schedule: Literal["step", "cosine"] = "cosine"  # LR schedule: /(1/lr_gamma) every lr_step epochs (paper), or cosine to 0 over `epochs`
     epochs: int = 20                               # training epochs
     batch_size: int = 32                           # images per optimiser step
@@ -169,6 +170,7 @@ TRAIN_RANGES: dict[str, Range] = {
     "a_I_loss_weight": Range(0.0, 1e6, note="0 = a_I unsupervised (the paper)"),
     "region_lr": Range(0.0, 100.0, low_open=True),
     "region_weight_decay": Range(0.0, 1.0),
+    "f_cnn_weight_decay": Range(0.0, 10.0, none_ok=True, note="null = the heads' weight_decay"),
     "device": ANY,                                                        # checked by the device resolver
     "gcn_widths": Range(1, 65536, each=True, min_len=1, note="hidden widths, at least one"),
     "region_widths": Range(1, 65536, each=True, min_len=1, note="hidden widths, at least one"),
@@ -212,7 +214,7 @@ TRAIN_OPTIONS: dict[str, str] = {
 RECIPES: dict[str, dict[str, Any]] = {
     "frozen": {"gcn_activation": "leaky_relu"},
     "paper": {"standardize": "none", "gcn_bias": False, "decay_on": "weights", "branch_loss_weight": 0.0,
-              "fusion_scale": "raw", "f_cnn_optimizer": "region",
+              "fusion_scale": "raw", "f_cnn_optimizer": "region", "f_cnn_weight_decay": None,
               "vi_lr_scale": 0.01, "optimizer": "sgd", "region_optimizer": "same", "schedule": "step", "epochs": 120, "lr": 0.01,
               "momentum": 0.9, "weight_decay": 1e-4, "lr_step": 30, "lr_gamma": 0.1, "val_fraction": 0.1},
 }
@@ -257,7 +259,7 @@ PAPER_ROWS: dict[str, str] = {
 #: fields added after runs were first recorded, with the value that reproduces those runs: a config.json or a
 #: checkpoint without the field was trained (and must be scored and resumed) that way, whatever today's default
 RECORDED_BEFORE: dict[str, Any] = {"decay_on": "weights", "branch_loss_weight": 0.0, "fusion_scale": "raw",
-                                   "f_cnn_optimizer": "region"}
+                                   "f_cnn_optimizer": "region", "f_cnn_weight_decay": None}
 
 
 def recorded_config(data: dict[str, Any], *, source: str) -> TrainConfig:

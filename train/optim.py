@@ -80,6 +80,7 @@ def make_optimizer(model: nn.Module, config) -> torch.optim.Optimizer | SplitOpt
     def adamw(groups, wd):
         return torch.optim.AdamW(groups, lr=config.lr, weight_decay=wd, fused=True)
 
+    heads = _own_f_cnn_decay(model, config, _groups(rest, [], 1.0, 1.0, undecayed))
     if config.region_optimizer in ("adamw", "sgd") and (region or vi or f_cnn):
         region_groups = _groups(f_cnn + region, vi, config.region_lr / config.lr, config.vi_lr_scale)
         if config.region_optimizer == "sgd":
@@ -87,13 +88,28 @@ def make_optimizer(model: nn.Module, config) -> torch.optim.Optimizer | SplitOpt
             for g in region_groups:
                 g["weight_decay"] = config.region_weight_decay
             if config.optimizer == "sgd":
-                return sgd(_groups(rest, [], 1.0, 1.0, undecayed) + region_groups)
+                return sgd(heads + region_groups)
         parts = []
         if rest:
-            parts.append(sgd(_groups(rest, [], 1.0, 1.0, undecayed)) if config.optimizer == "sgd" else
-                         adamw(_groups(rest, [], 1.0, 1.0, undecayed), config.weight_decay))
+            parts.append(sgd(heads) if config.optimizer == "sgd" else adamw(heads, config.weight_decay))
         parts.append(sgd(region_groups) if config.region_optimizer == "sgd" else
                      adamw(region_groups, config.region_weight_decay))
         return SplitOptimizer(parts)
-    groups = _groups(rest + f_cnn + region, vi, 1.0, config.vi_lr_scale, undecayed)
+    groups = _own_f_cnn_decay(model, config, _groups(rest + f_cnn + region, vi, 1.0, config.vi_lr_scale, undecayed))
     return adamw(groups, config.weight_decay) if config.optimizer == "adamw" else sgd(groups)
+
+
+def _own_f_cnn_decay(model: nn.Module, config, groups: list[dict]) -> list[dict]:
+    """With f_cnn_optimizer = heads and f_cnn_weight_decay set, f_CNN (Eq. 2) leaves ``groups`` for a group of its own
+    at the heads' lr with that weight decay: its a_I, never supervised (Eq. 12-14), shapes the per-image adjacency Â_F,
+    and the L2 that suits a linear classifier on x lets it overfit the training images (docs/real-data.md)."""
+    if config.f_cnn_optimizer != "heads" or config.f_cnn_weight_decay is None or model.image_lcm is None:
+        return groups
+    own = {id(p) for p in model.image_lcm.parameters()}
+    kept = []
+    for g in groups:
+        rest = [p for p in g["params"] if id(p) not in own]
+        if rest:
+            kept.append({**g, "params": rest})
+    return kept + [{"params": list(model.image_lcm.parameters()), "lr_scale": 1.0,
+                    "weight_decay": config.f_cnn_weight_decay}]
