@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     from iagcn.fsutil import write_json_atomic, write_text_atomic
     from iagcn.train.config import config_for_preset
     from iagcn.train.data import CacheData
-    from iagcn.evaluate.ablation import ablate_sweep, write_sweep_table
+    from iagcn.evaluate.ablation import ablate_sweep, sweep_ablation, write_sweep_table
     from iagcn.evaluate.evaluation import EvalConfig
     from iagcn.train.probe import PROBE_NAME
     from iagcn.train.sweep import parse_list, run_sweep
@@ -152,12 +152,19 @@ def main(argv: list[str] | None = None) -> int:
     ablation = ablate_sweep(sweep_dir, baseline=args.baseline, cache_path=caches["test"],
                             config=EvalConfig(n_resamples=args.bootstrap, seed=0), log=log,
                             members=members) if args.baseline in presets else None
+    # every preset against the linear probe too (issue 13: how far each head stands from the simplest strong
+    # baseline), on exactly the runs of the table above; nothing is written into the sweep folder
+    vs_probe = sweep_ablation(sweep_dir, baseline=PROBE_NAME, cache_path=caches["test"],
+                              config=EvalConfig(n_resamples=args.bootstrap, seed=0),
+                              groups={p: [Path(d) for d in dirs] for p, dirs in ablation["run_dirs"].items()}) \
+        if ablation is not None else None
     table = (sweep_dir / "table.md").read_text()
     times["total_seconds"] = time.perf_counter() - t_all
     command = "python -m bench.real " + " ".join(argv if argv is not None else sys.argv[1:])
     record = {"machine": info, "command": command, "split": split, "times": times,
               "config_example": config_to_dict(configs[0]), "rows": rows, "table_md": table,
-              "ablation": {k: v for k, v in (ablation or {}).items() if k not in ("runs", "comparisons")}}
+              "ablation": {k: v for k, v in (ablation or {}).items() if k not in ("runs", "comparisons")},
+              "vs_probe": {k: v for k, v in (vs_probe or {}).items() if k not in ("runs", "comparisons")}}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     js, md = RESULTS_DIR / f"{args.stem}.json", RESULTS_DIR / f"{args.stem}.md"
     write_json_atomic(js, record, what="real benchmark")
@@ -165,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# Real-photo benchmark: {split['train']['n']} train / {split['test']['n']} test genuine VOC photos", "",
              f"Command: `{command}`", "",
              table.rstrip("\n"), "",
+             *([probe_delta_line(vs_probe), ""] if vs_probe else []),
              "Times: " + ", ".join(
                  f"{k} {v['seconds']:.0f} s ({v['seconds_per_image']:.2f} s/image)" if v.get("seconds") else
                  f"{k} reused" for k, v in ex.items())
@@ -177,6 +185,16 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     print(f"wrote {js} and {md}")
     return 0
+
+
+def probe_delta_line(vs_probe: dict) -> str:
+    """One line: every preset's ΔmAP against the linear probe, with its interval (* = it excludes zero)."""
+    parts = []
+    for preset, d in vs_probe["deltas"].items():
+        m = d["metrics"]["mAP"]
+        parts.append(f"`{preset}` {m['diff']:+.1f} [{m['low']:+.1f}, {m['high']:+.1f}]" + (" *" if m["excludes_zero"] else ""))
+    return (f"ΔmAP vs `{vs_probe['baseline']}` (paired bootstrap over images, {round(vs_probe['ci'] * 100)}% percentile "
+            "interval, seeds averaged; * = interval excludes zero): " + ", ".join(parts) + ".")
 
 
 if __name__ == "__main__":
