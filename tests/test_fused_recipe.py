@@ -213,6 +213,13 @@ def test_runs_recorded_before_the_new_fields_are_read_as_they_were_trained():
     cfg = recorded_config(old, source="old config.json")
     assert (cfg.decay_on, cfg.branch_loss_weight, cfg.fusion_scale, cfg.f_cnn_optimizer) == \
         ("weights", 0.0, "raw", "region")
+    # a run of the frozen recipe from before f_cnn_weight_decay: f_CNN in the heads' SGD at the heads' L2
+    mid = dataclasses.asdict(config_for_preset("idlcm"))
+    del mid["f_cnn_weight_decay"]
+    cfg_mid = recorded_config(mid, source="config.json")
+    assert (cfg_mid.f_cnn_optimizer, cfg_mid.f_cnn_weight_decay) == ("heads", None)
+    opt = make_optimizer(head("idlcm", **{k: getattr(cfg_mid, k) for k in RECORDED_BEFORE}), cfg_mid)
+    assert {g["weight_decay"] for g in opt.param_groups if g["params"]} <= {cfg_mid.weight_decay, 0.0}
     raw = head("iagcn", fusion_scale="raw")
     assert "branch_std" not in raw.state_dict()
     rebuilt = head("iagcn", **{k: getattr(cfg, k) for k in RECORDED_BEFORE})
