@@ -122,6 +122,7 @@ def test_the_frozen_recipe_sets_the_fused_presets_choices_and_the_paper_recipe_d
     assert (paper.fusion_scale, paper.f_cnn_optimizer, paper.vi_lr_scale) == ("raw", "region", 0.01)
     assert (paper.region_optimizer, paper.lr, paper.weight_decay) == ("same", 0.01, 1e-4)
     assert frozen.f_cnn_weight_decay > frozen.weight_decay and paper.f_cnn_weight_decay is None
+    assert (frozen.fusion_lambda, paper.fusion_lambda) == (0.5, 0.8)                # Eq. 11: hold-outs / section 4.3
     # the paper recipe keeps each preset's own architecture: ML-GCN's LeakyReLU, IA-GCN's ReLU
     assert config_for_preset("mlgcn", recipe="paper").gcn_activation == "leaky_relu"
     assert config_for_preset("idlcm", recipe="paper").gcn_activation == "relu"
