@@ -80,8 +80,8 @@ def make_optimizer(model: nn.Module, config) -> torch.optim.Optimizer | SplitOpt
     def adamw(groups, wd):
         return torch.optim.AdamW(groups, lr=config.lr, weight_decay=wd, fused=True)
 
-    heads = _own_f_cnn_decay(model, config, _groups(rest, [], 1.0, 1.0, undecayed))
     if config.region_optimizer in ("adamw", "sgd") and (region or vi or f_cnn):
+        heads = _own_f_cnn_decay(model, config, _groups(rest, [], 1.0, 1.0, undecayed))
         region_groups = _groups(f_cnn + region, vi, config.region_lr / config.lr, config.vi_lr_scale)
         if config.region_optimizer == "sgd":
             # SGD with momentum at region_lr and its own L2 (region_weight_decay), in the heads' SGD when they use one
