@@ -28,8 +28,9 @@ def _common_options(f):
                      help="Old name of --eval-cache (the hold-out, not this cache, is the validation split)."),
         click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
                      help="Optimisation recipe the fields start from: frozen (standardised features; SGD lr 0.1 + L2 "
-                          "1e-2 on the classifiers for the global branch and f_CNN, AdamW 1e-3 for the region side; "
-                          "LeakyReLU label GCN; y_r fused at y_w's scale; cosine; 20 epochs; last epoch; "
+                          "1e-2 on the classifiers for the global branch, L2 0.1 on f_CNN, AdamW 1e-3 for the region "
+                          "side; LeakyReLU label GCN; y_r fused at y_w's scale with lambda 0.5; cosine; 20 epochs; "
+                          "last epoch; "
                           "chosen on real photos, docs/training.md) or paper (section 4.3: SGD lr 0.01 /10 every 30 epochs, 120 epochs, "
                           "10% hold-out selection). The defaults shown below are the frozen recipe's. [default: frozen]"),
         config_option(T, "epochs", type=int, help="Training epochs."),

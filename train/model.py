@@ -127,8 +127,8 @@ class IAGCNHead(nn.Module):
     def matched_region_scores(self, y_w: torch.Tensor, y_r: torch.Tensor, *, momentum: float = 0.1) -> torch.Tensor:
         """y_r (B, C) rescaled to y_w's scale: y_r * std(y_w) / std(y_r), with running stds (updated in training).
 
-        Under AdamW the region branch's logits grow ~10-20x larger than the L2-regularised y_w's, so Eq. 11's
-        lambda = 0.8 would weigh y_r, not y_w, most (docs/real-data.md). The factor is detached: it sets the scale
+        Under AdamW the region branch's logits grow ~10-20x larger than the L2-regularised y_w's, so Eq. 11 would
+        weigh y_r most whatever lambda says (the paper's 0.8 included; docs/real-data.md). The factor is detached: it sets the scale
         at which y_r enters the fusion, not what either branch learns.
         """
         if self.training and y_w.shape[0] > 1:
