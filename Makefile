@@ -39,16 +39,20 @@ TRAIN_CACHE ?= cache/$(DATASET)/trainval.h5
 # the evaluation (test) split, scored once at the end (VAL_CACHE: its old name, still accepted)
 EVAL_CACHE ?= $(or $(VAL_CACHE),cache/$(DATASET)/test.h5)
 # a YAML/JSON config for train/sweep (e.g. a previous run's config.json); options on the command line win
+# (the resolution order: docs/training.md, "Resolution order")
 CONFIG ?=
 PRESET ?= iagcn
-PRESETS ?= resnet,mlgcn,idlcm,idlcm-vi,iagcn,comsco,mlgcn-comsco
+# empty = the CLI's default: every preset of train/config.py PRESETS
+PRESETS ?=
 SEEDS ?= 0,1,2
-# optimisation recipe (docs/training.md): frozen (default, chosen on real photos) or paper (section 4.3)
-RECIPE ?= frozen
+# optimisation recipe (docs/training.md): frozen or paper (section 4.3); empty = the CONFIG file's recipe:, else
+# the CLI's default (frozen). Only a RECIPE you give is passed, so it never overrides the file's silently.
+RECIPE ?=
 # empty = the recipe's own value (frozen: 20 epochs, last epoch; paper: 120 epochs, 10% hold-out)
 EPOCHS ?=
 VAL_FRACTION ?=
-RECIPE_ARGS = --recipe $(RECIPE) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(VAL_FRACTION),--val-fraction $(VAL_FRACTION))
+RECIPE_ARGS = $(if $(RECIPE),--recipe $(RECIPE)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
+  $(if $(VAL_FRACTION),--val-fraction $(VAL_FRACTION))
 RUN ?= runs/$(DATASET)-$(PRESET)
 SWEEP_OUT ?= runs/$(DATASET)-sweep
 TRAIN_ARGS ?=
@@ -64,6 +68,8 @@ DEMO_NUM_ROIS ?= 16
 DEMO_EPOCHS ?= 8
 DEMO_SEEDS ?= 0
 DEMO_BASELINE ?= mlgcn
+# the demo's 7 presets: the paper's rows (Tables 3-6), without the two one-change controls
+DEMO_PRESETS ?= resnet,mlgcn,idlcm,idlcm-vi,iagcn,comsco,mlgcn-comsco
 DEMO_PREDICT ?= 4
 DEMO_ROOT := $(DEMO_OUT)/data/VOCdevkit/VOC2007
 DEMO_EXTRACT := --dataset voc --root $(DEMO_ROOT) --image-size $(DEMO_IMAGE_SIZE) \
@@ -117,7 +123,7 @@ train: $(STAMP)
 
 sweep: $(STAMP)
 	$(IAGCN) sweep $(if $(CONFIG),--config '$(CONFIG)') --train-cache $(TRAIN_CACHE) --eval-cache $(EVAL_CACHE) \
-	  --presets $(PRESETS) --seeds $(SEEDS) $(RECIPE_ARGS) $(call opt,DEVICE,--device) --out $(SWEEP_OUT) $(TRAIN_ARGS)
+	  $(if $(PRESETS),--presets $(PRESETS)) --seeds $(SEEDS) $(RECIPE_ARGS) $(call opt,DEVICE,--device) --out $(SWEEP_OUT) $(TRAIN_ARGS)
 
 eval: $(STAMP)
 	$(IAGCN) eval --run $(RUN) --cache $(EVAL_CACHE)
@@ -134,7 +140,7 @@ demo: $(STAMP)
 	$(IAGCN) extract $(DEMO_EXTRACT) --split test --out $(DEMO_OUT)/cache/test.h5; \
 	echo "== [4/7] stage two: sweep over all 7 presets + the linear probe (frozen recipe, $(DEMO_EPOCHS) epochs, the last epoch; seeds $(DEMO_SEEDS); ΔmAP vs $(DEMO_BASELINE) by paired bootstrap over test images)"; \
 	$(IAGCN) sweep --train-cache $(DEMO_OUT)/cache/trainval.h5 --eval-cache $(DEMO_OUT)/cache/test.h5 \
-	  --presets $(PRESETS) --seeds $(DEMO_SEEDS) --epochs $(DEMO_EPOCHS) --device cpu --out $(DEMO_OUT)/sweep \
+	  --presets $(DEMO_PRESETS) --seeds $(DEMO_SEEDS) --epochs $(DEMO_EPOCHS) --device cpu --out $(DEMO_OUT)/sweep \
 	  --baseline $(DEMO_BASELINE); \
 	echo "== [5/7] evaluation: IA-GCN and the ML-GCN base side by side (Table 1 and Table 2 layouts, plots)"; \
 	$(IAGCN) eval --run $(DEMO_OUT)/sweep/iagcn-s0 --run $(DEMO_OUT)/sweep/$(DEMO_BASELINE)-s0 \

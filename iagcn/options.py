@@ -14,8 +14,14 @@ import click
 from iagcn.device import DEVICE_CHOICES
 
 
-def field_default(cls: type, name: str) -> Any:
-    """The default of dataclass field ``name`` of ``cls`` (KeyError-free: a typo is a programming error)."""
+def field_default(cls: Any, name: str) -> Any:
+    """The default of dataclass field ``name`` of ``cls`` (KeyError-free: a typo is a programming error).
+
+    ``cls`` may be an instance: the default a command really starts from (train's preset + recipe) is its value."""
+    if not isinstance(cls, type):
+        if name not in {f.name for f in dataclasses.fields(cls)}:
+            raise TypeError(f"{type(cls).__name__} has no field {name!r}")
+        return getattr(cls, name)
     for f in dataclasses.fields(cls):
         if f.name == name:
             if f.default is not dataclasses.MISSING:
@@ -37,9 +43,11 @@ def default_text(value: Any) -> str:
     return str(value)
 
 
-def config_option(cls: type, name: str, *decls: str, help: str, none_means: str | None = None,
+def config_option(cls: Any, name: str, *decls: str, help: str, none_means: str | None = None,
                   **kwargs: Any) -> Callable:
     """A click option for field ``name`` of ``cls``: default None, help ending in ``[default: <field default>]``.
+
+    ``cls``: the config dataclass, or an instance of it whose values are the command's real defaults.
 
     ``none_means``: for fields whose default is None, what None stands for (e.g. "the backbone's size").
     Flags (``is_flag=True``) are declared with default None too, so that "not given" stays visible.
@@ -50,7 +58,7 @@ def config_option(cls: type, name: str, *decls: str, help: str, none_means: str 
     return click.option(*decls, name, default=None, help=f"{help} [default: {shown}]", **kwargs)
 
 
-def device_option(cls: type, name: str = "device", *, what: str) -> Callable:
+def device_option(cls: Any, name: str = "device", *, what: str) -> Callable:
     """``--device`` for field ``name`` of ``cls``: the one vocabulary of iagcn.device."""
     return config_option(cls, name, "--device", help=f"Device for {what}: {DEVICE_CHOICES}.", metavar="DEVICE")
 

@@ -1,7 +1,13 @@
 """`iagcn` subcommands of the `train` stage: `iagcn train` and `iagcn sweep`. Each module lists its commands in COMMANDS.
 
-Where a run's config comes from, lowest precedence first: the preset's values, ``--config FILE`` (YAML/JSON, e.g. a
-previous run's config.json; :mod:`iagcn.configfile`), the options given on the command line, then ``--set``.
+Where a run's config comes from (:func:`resolve_config`, the one resolution order; docs/training.md "Resolution
+order"), lowest precedence first: TrainConfig's defaults < the preset < the recipe < ``--config FILE`` (YAML/JSON,
+e.g. a previous run's config.json; :mod:`iagcn.configfile`) < the options given on the command line < ``--set``.
+The preset is ``--preset``, else the file's ``preset:``; the recipe is ``--recipe``, else the file's ``recipe:``
+(both given and different: refused, the file's values were chosen for its own recipe). ``--set recipe=`` /
+``--set preset=`` (a label without the values) and an option and a ``--set`` of the same field with different
+values are refused; an option the resolved config does not use (``--lr-step`` under the cosine schedule) is
+refused, a file's such value warned about (:func:`iagcn.train.config.unused_fields`).
 """
 from __future__ import annotations
 
@@ -12,34 +18,60 @@ import click
 from iagcn.device import resolve_device
 from iagcn.errors import UserError
 from iagcn.options import config_option, device_option, given
-from iagcn.train.config import PRESETS, RECIPES, TrainConfig
+from iagcn.train.config import PRESETS, RECIPES, TRAIN_OPTIONS, TrainConfig
+
+
+def default_config() -> TrainConfig:
+    """The config a run starts from when nothing is given: the default preset under the default recipe."""
+    from iagcn.train.config import config_for_preset
+
+    return config_for_preset(TrainConfig.preset, recipe=TrainConfig.recipe)
+
+
+def _recipe_help() -> str:
+    """--recipe's help, its numbers read from RECIPES (config_for_preset)."""
+    from iagcn.train.config import config_for_preset
+
+    f = config_for_preset(TrainConfig.preset, recipe="frozen")
+    p = config_for_preset(TrainConfig.preset, recipe="paper")
+
+    def selection(c):
+        return f"{c.val_fraction:.0%} hold-out selection" if c.val_fraction else "last epoch"
+
+    return (f"Optimisation recipe the fields start from: frozen (standardize {f.standardize}; {f.optimizer.upper()} lr "
+            f"{f.lr} + L2 {f.weight_decay} on the classifiers for the global branch, L2 {f.f_cnn_weight_decay} on "
+            f"f_CNN, {f.region_optimizer} {f.region_lr} for the region side; {f.gcn_activation} label GCN; y_r "
+            f"fused ({f.fusion_scale} scale) with lambda {f.fusion_lambda}; {f.schedule}; {f.epochs} epochs; "
+            f"{selection(f)}; chosen on real photos, docs/training.md) or paper (section 4.3: "
+            f"{p.optimizer.upper()} lr {p.lr} x{p.lr_gamma} every {p.lr_step} epochs, {p.epochs} epochs, lambda "
+            f"{p.fusion_lambda}, {selection(p)}). Default: a --config file's recipe:, else {TrainConfig.recipe}; "
+            f"the defaults shown below are the {TrainConfig.recipe} recipe's. [default: {TrainConfig.recipe}]")
 
 
 def _common_options(f):
-    T = TrainConfig
+    T = default_config()                             # the defaults --help shows: what a run starts from
+    step_only = f"schedule=step only (the paper recipe); refused under the default schedule={T.schedule}"
     opts = [
         click.option("--config", "config_file", type=click.Path(dir_okay=False),
                      help="YAML or JSON file of config fields (e.g. a previous run's config.json; may name "
-                          "train_cache / eval_cache); options given on the command line override it."),
+                          "train_cache / eval_cache); its recipe: is the recipe unless --recipe is given (a "
+                          "different one is refused); options given on the command line override its fields."),
         click.option("--train-cache", type=click.Path(dir_okay=False), help="Cache of the training split (stage one)."),
         click.option("--eval-cache", type=click.Path(dir_okay=False),
                      help="Evaluation (test) cache, scored once at the end (and every epoch with --select-on-eval)."),
         click.option("--val-cache", type=click.Path(dir_okay=False), hidden=True,
                      help="Old name of --eval-cache (the hold-out, not this cache, is the validation split)."),
-        click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
-                     help="Optimisation recipe the fields start from: frozen (standardised features; SGD lr 0.1 + L2 "
-                          "1e-2 on the classifiers for the global branch, L2 0.1 on f_CNN, AdamW 1e-3 for the region "
-                          "side; LeakyReLU label GCN; y_r fused at y_w's scale with lambda 0.5; cosine; 20 epochs; "
-                          "last epoch; "
-                          "chosen on real photos, docs/training.md) or paper (section 4.3: SGD lr 0.01 /10 every 30 epochs, 120 epochs, "
-                          "10% hold-out selection). The defaults shown below are the frozen recipe's. [default: frozen]"),
+        click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None, help=_recipe_help()),
         config_option(T, "epochs", type=int, help="Training epochs."),
-        config_option(T, "batch_size", type=int, help="Images per SGD step."),
-        config_option(T, "lr", type=float, help="Initial learning rate, times lr_gamma every lr_step epochs."),
-        config_option(T, "weight_decay", type=float, help="Weight decay."),
-        config_option(T, "momentum", type=float, help="SGD momentum."),
-        config_option(T, "lr_step", type=int, help="Epochs between learning-rate steps."),
-        config_option(T, "lr_gamma", type=float, help="Factor the learning rate is multiplied by at each step."),
+        config_option(T, "batch_size", type=int, help="Images per optimiser step."),
+        config_option(T, "lr", type=float,
+                      help=f"Initial learning rate of the heads (the parts that read x), the start of the "
+                           f"{T.schedule} schedule."),
+        config_option(T, "weight_decay", type=float, help="Weight decay of the heads."),
+        config_option(T, "momentum", type=float, help="Momentum of the SGD steps."),
+        config_option(T, "lr_step", type=int, help=f"Epochs between learning-rate steps: {step_only}."),
+        config_option(T, "lr_gamma", type=float,
+                      help=f"Factor the learning rate is multiplied by at each step: {step_only}."),
         config_option(T, "grad_clip", type=float, help="Max gradient norm (0 = off)."),
         device_option(T, what="training (model and batches)"),
         config_option(T, "label_embeddings", help="H0: 'cache' (the train cache's) or a .npy (C, E) file."),
@@ -97,6 +129,67 @@ def _config_file(path: str | None):
     return load_config_file(path, TrainConfig) if path else None
 
 
+def _option_name(field: str) -> str:
+    """The command-line option of a TrainConfig field (what the user typed)."""
+    return TRAIN_OPTIONS.get(field, "--" + field.replace("_", "-"))
+
+
+def choose_recipe(recipe: str | None, file, config_file: str | None) -> str:
+    """``--recipe``, else the file's ``recipe:``, else TrainConfig's default; both given and different: refused."""
+    in_file = file.fields.get("recipe") if file is not None else None
+    if recipe is not None and in_file is not None and recipe != in_file:
+        raise UserError(f"--recipe {recipe} and --config {config_file} (recipe: {in_file}) disagree; drop --recipe to "
+                        f"train the file's recipe, or change recipe: in the file (its values were chosen for it)")
+    return recipe or in_file or TrainConfig.recipe
+
+
+def set_keys(sets) -> list[str]:
+    """The field names of ``--set key=value`` pairs, as :func:`iagcn.configio.apply_overrides` reads them."""
+    return [pair.split("=", 1)[0].strip().replace("-", "_") for pair in sets if "=" in pair]
+
+
+def resolve_config(preset: str, *, recipe: str, file_fields: dict, options: dict, sets, config_file: str | None = None,
+                   base: TrainConfig | None = None) -> tuple[TrainConfig, list[str]]:
+    """(the config that trains, warning lines): the one resolution order, lowest first.
+
+    TrainConfig's defaults < PRESETS[preset] < RECIPES[recipe] (``config_for_preset``; or ``base``, a resumed run's
+    recorded config) < the file's fields < the options given (``options``: field -> value, only those given) <
+    ``--set``. Refused, in one line: ``--set recipe=`` / ``--set preset=`` (they would relabel the run without its
+    values), an option and a ``--set`` of one field with different values, and an option or ``--set`` of a field the
+    resolved config does not use (:func:`iagcn.train.config.unused_fields`); a file's value for such a field that
+    differs from the preset + recipe's is a warning line (a run's config.json lists every field).
+    """
+    import dataclasses
+
+    from iagcn.configfile import apply_file
+    from iagcn.configio import apply_overrides
+    from iagcn.train.config import config_for_preset, unused_fields
+
+    keys = set_keys(sets)
+    for key in ("recipe", "preset"):
+        if key in keys:
+            raise UserError(f"--set {key}=...: the {key} selects values, --set would only relabel the run; "
+                            f"pass --{key} instead")
+    start = base if base is not None else config_for_preset(preset, recipe=recipe)
+    cfg = apply_file(start, file_fields)
+    cfg = dataclasses.replace(cfg, **options)
+    cfg = apply_overrides(cfg, sets)
+    for key in keys:
+        if key in options and getattr(cfg, key) != options[key]:
+            raise UserError(f"{_option_name(key)} {options[key]} and --set {key}={getattr(cfg, key)} set the same "
+                            f"field; pass one of them")
+    unused = unused_fields(cfg)
+    warnings = []
+    for key, why in unused.items():
+        if key in keys:
+            raise UserError(f"--set {key}={getattr(cfg, key)}: {why}; drop it")
+        if key in options:
+            raise UserError(f"{_option_name(key)} {options[key]}: {why}; drop it")
+        if key in file_fields and file_fields[key] != getattr(start, key):
+            warnings.append(f"warning: --config {config_file}: {key}: {file_fields[key]} is not used: {why}")
+    return cfg, warnings
+
+
 def _open_data(path: str | None, option: str, budget: float, cfg):
     from iagcn.train.data import CacheData
 
@@ -118,22 +211,21 @@ def _open_data(path: str | None, option: str, budget: float, cfg):
 def train_cmd(config_file, train_cache, eval_cache, val_cache, recipe, sets, quiet, preset, out, resume_dir,
               **options) -> None:
     """Train one IA-GCN head (a preset of Tables 3-6) on cached features; write a run directory."""
-    import dataclasses
-
-    from iagcn.configfile import apply_file, fields_for_preset
-    from iagcn.configio import apply_overrides
-    from iagcn.train.config import config_for_preset, recorded_config
+    from iagcn.configfile import fields_for_preset
+    from iagcn.train.config import recorded_config
     from iagcn.train.run import train_run
 
     eval_cache = _eval_cache_option(eval_cache, val_cache)
     explicit = _explicit(options)
+    base, fields, name = None, {}, preset
     if resume_dir:
         from iagcn.train import runfolder
 
         if config_file:
             raise UserError("--resume takes the config from the run's own config.json; drop --config")
         record = runfolder.read_record(resume_dir, option="--resume")
-        cfg = recorded_config(record["config"], source=str(Path(resume_dir) / runfolder.CONFIG))
+        cfg = base = recorded_config(record["config"], source=str(Path(resume_dir) / runfolder.CONFIG))
+        name = cfg.preset
         if preset and preset != cfg.preset:
             raise UserError(f"--resume {resume_dir}: the run is preset {cfg.preset}, not {preset}; drop --preset")
         if recipe and recipe != cfg.recipe:
@@ -148,17 +240,18 @@ def train_cmd(config_file, train_cache, eval_cache, val_cache, recipe, sets, qui
             raise UserError("--out DIR is required (the run directory to write)")
         file = _config_file(config_file)
         name = preset or (file.fields.get("preset") if file else None) or TrainConfig.preset
-        cfg = config_for_preset(name, recipe=recipe or (file.fields.get("recipe") if file else None) or "frozen")
+        recipe = choose_recipe(recipe, file, config_file)
         if file is not None:
             fields, dropped = fields_for_preset(file, name, PRESETS)
             if dropped:
                 click.echo(f"note: --config {config_file} is preset {file.fields['preset']}; --preset {name} keeps "
                            f"its own structure ({', '.join(d for d in dropped if d != 'preset')} not taken)", err=True)
-            cfg = apply_file(cfg, fields)
             train_cache = train_cache or file.train_cache
             eval_cache = eval_cache or file.eval_cache
-    cfg = dataclasses.replace(cfg, **explicit)
-    cfg = apply_overrides(cfg, sets)
+    cfg, warnings = resolve_config(name, recipe=recipe, file_fields=fields, options=explicit, sets=sets,
+                                   config_file=config_file, base=base)
+    for line in warnings:
+        click.echo(line, err=True)
     resolve_device(cfg.device)                       # refuse a bad --device before opening anything
     log = (lambda *_: None) if quiet else (lambda m: click.echo(m, err=True))
     with _open_data(train_cache, "--train-cache", cfg.memory_budget_gib, cfg) as train_data, \
@@ -184,12 +277,8 @@ def train_cmd(config_file, train_cache, eval_cache, val_cache, recipe, sets, qui
 def sweep_cmd(config_file, train_cache, eval_cache, val_cache, recipe, sets, quiet, presets, seeds, out, baseline,
               n_resamples, probe, **options) -> None:
     """Train every preset x seed on caches loaded once; write results.csv, table.md (paper layout), report.html."""
-    import dataclasses
-
-    from iagcn.configfile import apply_file, preset_fields
-    from iagcn.configio import apply_overrides
+    from iagcn.configfile import preset_fields
     from iagcn.evaluate.ablation import write_sweep_table
-    from iagcn.train.config import config_for_preset
     from iagcn.train.sweep import parse_list, run_sweep
 
     eval_cache = _eval_cache_option(eval_cache, val_cache)
@@ -207,10 +296,16 @@ def sweep_cmd(config_file, train_cache, eval_cache, val_cache, recipe, sets, qui
                        f"structure; --seeds sets the seeds)", err=True)
         train_cache = train_cache or file.train_cache
         eval_cache = eval_cache or file.eval_cache
-    base_recipe = recipe or (file.fields.get("recipe") if file else None) or "frozen"
-    configs = [apply_overrides(dataclasses.replace(apply_file(config_for_preset(p, recipe=base_recipe), fields), seed=s,
-                                                   **explicit), sets)
-               for p in names for s in seed_list]
+    base_recipe = choose_recipe(recipe, file, config_file)
+    configs, warnings = [], []
+    for p in names:
+        for s in seed_list:
+            cfg, lines = resolve_config(p, recipe=base_recipe, file_fields=fields, options={**explicit, "seed": s},
+                                        sets=sets, config_file=config_file)
+            configs.append(cfg)
+            warnings += [line for line in lines if line not in warnings]
+    for line in warnings:
+        click.echo(line, err=True)
     cfg0 = configs[0]
     resolve_device(cfg0.device)                      # refuse a bad --device before opening anything
     log = (lambda *_: None) if quiet else (lambda m: click.echo(m, err=True))

@@ -270,6 +270,24 @@ def recorded_config(data: dict[str, Any], *, source: str) -> TrainConfig:
                             source=source)
 
 
+def unused_fields(cfg: TrainConfig) -> dict[str, str]:
+    """Fields whose value ``cfg`` does not read (field -> why, one phrase): an option for one of them does nothing.
+
+    The CLI refuses such an option (``--lr-step`` under the cosine schedule) and warns about a config file's value
+    (iagcn.train.cli.resolve_config)."""
+    out: dict[str, str] = {}
+    if cfg.schedule != "step":
+        why = (f"schedule={cfg.schedule} does not use it (only schedule=step multiplies the LR by lr_gamma every "
+               f"lr_step epochs: --recipe paper, or --set schedule=step)")
+        out.update(lr_step=why, lr_gamma=why)
+    if cfg.optimizer != "sgd" and cfg.region_optimizer != "sgd":
+        out["momentum"] = f"optimizer={cfg.optimizer} and region_optimizer={cfg.region_optimizer}: no SGD reads it"
+    if cfg.val_fraction == 0 and not cfg.select_on_eval and cfg.early_stop_patience:
+        out["early_stop_patience"] = ("the last-epoch protocol (val_fraction 0, no select_on_eval) has no selection "
+                                      "mAP to stop on")
+    return out
+
+
 def config_for_preset(name: str, *, recipe: str = "frozen", **overrides: Any) -> TrainConfig:
     """TrainConfig of preset ``name`` under optimisation recipe ``recipe``, keyword overrides (field names) on top."""
     if name not in PRESETS:
