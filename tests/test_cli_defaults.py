@@ -77,3 +77,57 @@ def test_every_command_speaks_one_device_vocabulary(args, tmp_path, monkeypatch)
     r = CliRunner().invoke(main, [*args, "--device", "gpu"])
     assert r.exit_code == 2, r.output
     assert r.output.strip() == "error: --device gpu: unknown device; use auto | cpu | cuda[:k]"
+
+
+# -- help that matches behaviour (issue 18) ----------------------------------------------------------------------
+
+def _train_option_helps(name):
+    return {p.name: p.help for p in main.commands[name].params if isinstance(p, click.Option)}
+
+
+@pytest.mark.parametrize("name", ["train", "sweep"])
+def test_train_help_names_the_default_a_run_really_starts_from(name):
+    """The default shown is the default preset under the default recipe, not a bare dataclass default."""
+    from iagcn.train.config import config_for_preset
+
+    real = config_for_preset(TrainConfig.preset, recipe=TrainConfig.recipe)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    helps = _train_option_helps(name)
+    checked = [k for k in helps if k in fields]
+    assert {"epochs", "lr", "batch_size", "lr_step", "lr_gamma", "momentum"} <= set(checked)
+    for key in checked:
+        assert helps[key].endswith(f"[default: {default_text(getattr(real, key))}]"), (key, helps[key])
+    assert helps["recipe"].endswith(f"[default: {TrainConfig.recipe}]")
+
+
+@pytest.mark.parametrize("name", ["train", "sweep"])
+def test_no_help_describes_a_schedule_the_default_does_not_run(name):
+    from iagcn.train.config import config_for_preset, unused_fields
+
+    real = config_for_preset(TrainConfig.preset, recipe=TrainConfig.recipe)
+    helps = _train_option_helps(name)
+    assert real.schedule == "cosine" and {"lr_step", "lr_gamma"} <= set(unused_fields(real))
+    for key in ("lr", "batch_size", "weight_decay", "momentum", "epochs"):
+        assert "lr_step" not in helps[key] and "every" not in helps[key] and "SGD step" not in helps[key], helps[key]
+    assert f"the start of the {real.schedule} schedule" in helps["lr"]
+    for key in unused_fields(real):                     # an option the default does not read says so
+        if key in helps:
+            assert f"refused under the default schedule={real.schedule}" in helps[key], (key, helps[key])
+    # --recipe's numbers are the recipes'
+    frozen, paper = (config_for_preset(TrainConfig.preset, recipe=r) for r in ("frozen", "paper"))
+    assert f"lambda {frozen.fusion_lambda}; {frozen.schedule}; {frozen.epochs} epochs" in helps["recipe"]
+    assert f"lr {paper.lr} x{paper.lr_gamma} every {paper.lr_step} epochs, {paper.epochs} epochs" in helps["recipe"]
+
+
+def test_config_option_shows_an_instances_value():
+    """config_option(instance, ...) reads the instance: a recipe's value, not the dataclass default, is shown."""
+    from iagcn.options import config_option
+
+    cfg = dataclasses.replace(TrainConfig(), epochs=7)
+
+    @click.command()
+    @config_option(cfg, "epochs", type=int, help="Epochs.")
+    def cmd(epochs):
+        pass
+
+    assert cmd.params[0].help == "Epochs. [default: 7]" and cmd.params[0].default is None

@@ -68,7 +68,7 @@ def _common_options(f):
                       help=f"Initial learning rate of the heads (the parts that read x), the start of the "
                            f"{T.schedule} schedule."),
         config_option(T, "weight_decay", type=float, help="Weight decay of the heads."),
-        config_option(T, "momentum", type=float, help="Momentum of the SGD steps."),
+        config_option(T, "momentum", type=float, help="SGD momentum."),
         config_option(T, "lr_step", type=int, help=f"Epochs between learning-rate steps: {step_only}."),
         config_option(T, "lr_gamma", type=float,
                       help=f"Factor the learning rate is multiplied by at each step: {step_only}."),
