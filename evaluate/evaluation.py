@@ -164,7 +164,8 @@ def format_tables(evaluations: Sequence[Evaluation], *, top_k: int = 3, fmt: str
     from iagcn.evaluate.report import metrics_table, per_class_table
 
     class_names = evaluations[0].class_names
-    t1 = metrics_table([(e.name, e.metrics) for e in evaluations], fmt=fmt, top_k=top_k or None)
+    t1 = metrics_table([(e.name, e.metrics) for e in evaluations], fmt=fmt, top_k=top_k or None,
+                       num_classes=len(class_names))
     t2 = per_class_table([(e.name, e.per_class_ap) for e in evaluations], class_names, fmt=fmt,
                          title="Per-class AP (Table 2 layout)")
     return f"Table 1 layout (percent)\n{t1}\n{t2}"

