@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import types
@@ -93,6 +94,10 @@ def apply_overrides(cfg: T, pairs: typing.Iterable[str]) -> T:
         key, text = pair.split("=", 1)
         key = key.strip().replace("-", "_")
         if key not in hints:
+            close = difflib.get_close_matches(key, list(hints), n=3, cutoff=0.6)
+            if close:
+                raise UserError(f"--set {key}: unknown field of {type(cfg).__name__}; did you mean "
+                                f"{' or '.join(close)}?")
             known = ", ".join(sorted(hints))
             raise UserError(f"--set {key}: unknown field; known fields: {known}")
         changes[key] = _parse_value(text.strip(), hints[key], key)

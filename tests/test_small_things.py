@@ -26,3 +26,19 @@ def test_top3_block_only_when_there_are_more_than_3_classes(tmp_path, C, shown):
     r = CliRunner().invoke(main, _score_files(tmp_path, C))
     assert r.exit_code == 0, r.output
     assert ("Top-3" in r.output) is shown, r.output
+
+
+@pytest.mark.parametrize("cmd", ["train", "sweep"])
+def test_unknown_set_field_suggests_the_close_one(tmp_path, cmd):
+    r = CliRunner().invoke(main, [cmd, "--train-cache", "a.h5", "--eval-cache", "b.h5", "--out", str(tmp_path / "r"),
+                                  "--set", "fusion_lamda=0.7"])
+    assert r.exit_code != 0
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: --set fusion_lamda: unknown field of TrainConfig; did you mean fusion_lambda"), r.output
+
+
+def test_unknown_set_field_without_a_close_one_lists_the_fields(tmp_path):
+    r = CliRunner().invoke(main, ["train", "--train-cache", "a.h5", "--eval-cache", "b.h5", "--out",
+                                  str(tmp_path / "r"), "--set", "qqqqqq=1"])
+    assert r.exit_code != 0 and "known fields: " in r.output and "fusion_lambda" in r.output
