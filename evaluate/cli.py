@@ -286,7 +286,10 @@ def explain_cmd(run_dir, cache, image_ids, image_root, which, out, device) -> No
 @device_option(EvalConfig, what="stage one (backbone, proposer) and the run's head")
 @click.option("--workers", type=int, default=None, help="Image-loading worker processes [0 for <= 4 images, else 2].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def predict_cmd(run_dir, images, threshold, top_k, fmt, which, device, workers, quiet) -> None:
+@click.option("--skip-bad", is_flag=True,
+              help="Leave out unreadable or missing images (named in one warning line) instead of refusing, as "
+                   "`iagcn extract --skip-bad`.")
+def predict_cmd(run_dir, images, threshold, top_k, fmt, which, device, workers, quiet, skip_bad) -> None:
     """Labels with probabilities for IMAGE_OR_DIR...: stage one with the run's recorded extraction config, then its head."""
     from iagcn.evaluate.predict import format_predictions, predict_images
 
@@ -295,7 +298,8 @@ def predict_cmd(run_dir, images, threshold, top_k, fmt, which, device, workers, 
     resolve_device(config.device)                    # refuse a bad --device before reading anything
     preds = predict_images(run_dir, images, threshold=config.threshold, top_k=top_k, which=config.which,
                            device=config.device,
-                           workers=workers, progress=not quiet, log=lambda m: click.echo(m, err=True))
+                           workers=workers, progress=not quiet, log=lambda m: click.echo(m, err=True),
+                           skip_bad=skip_bad)
     click.echo(format_predictions(preds, fmt=fmt))
 
 

@@ -108,11 +108,16 @@ def check_weights(rec: ExtractionRecord) -> None:
                             "use the same file")
 
 
-def collect_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Image files named directly, plus the images inside named folders (sorted, not recursive)."""
+def collect_images(inputs: Sequence[str | os.PathLike], *, skip_bad: bool = False, log=None) -> list[Path]:
+    """Image files named directly, plus the images inside named folders (sorted, not recursive).
+
+    An unreadable image, or a named file that does not exist, is refused (every one in one line) unless
+    ``skip_bad`` (``--skip-bad``, as in ``iagcn extract``): then they are left out, named in one warning line, and
+    only no usable image at all is refused. A folder without images is refused either way (a wrong path)."""
     from iagcn.extract.images import check_image
 
     files: list[Path] = []
+    problems: list[str] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
@@ -122,12 +127,24 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
             files += found
         elif p.exists():
             files.append(p)
+        elif skip_bad:
+            problems.append(f"{p}: no such image")
         else:
             raise UserError(f"{p}: no such image or folder")
-    problems = [f"{f}: {why}" for f in files if (why := check_image(f)) is not None]
-    if problems:
+    bad = {f: why for f in files if (why := check_image(f)) is not None}
+    problems += [f"{f}: {why}" for f, why in bad.items()]
+    if problems and not skip_bad:
         raise UserError(f"{len(problems)} unusable image(s): " + "; ".join(problems[:5])
-                        + (" ..." if len(problems) > 5 else "") + "; remove them from the arguments")
+                        + (" ..." if len(problems) > 5 else "") + "; remove them from the arguments, or pass "
+                        "--skip-bad to leave them out")
+    files = [f for f in files if f not in bad]
+    if problems:
+        if not files:
+            raise UserError(f"--skip-bad: none of the {len(problems)} image(s) is usable: " + "; ".join(problems[:5])
+                            + (" ..." if len(problems) > 5 else ""))
+        (log or (lambda m: print(m, file=sys.stderr)))(
+            f"warning: --skip-bad: leaving out {len(problems)} image(s): " + "; ".join(problems[:20])
+            + (" ..." if len(problems) > 20 else ""))
     return files
 
 
@@ -150,8 +167,9 @@ def decide_labels(probs: np.ndarray, class_names: Sequence[str], *, threshold: f
 
 def predict_images(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike], *, threshold: float = 0.5,
                    top_k: int | None = None, which: str = "best", device: str = "auto", workers: int | None = None,
-                   progress: bool = True, log=None) -> list[Prediction]:
-    """Run stage one (the run's recorded extraction config) and the trained head on image files / folders."""
+                   progress: bool = True, log=None, skip_bad: bool = False) -> list[Prediction]:
+    """Run stage one (the run's recorded extraction config) and the trained head on image files / folders
+    (``skip_bad``: leave unusable images out, :func:`collect_images`)."""
     import dataclasses
 
     from iagcn.metrics import sigmoid
@@ -170,7 +188,7 @@ def predict_images(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLik
     run = load_run(run_dir, which=which)
     rec = extraction_record(run_dir)
     check_weights(rec)
-    files = collect_images(inputs)
+    files = collect_images(inputs, skip_bad=skip_bad, log=log)
     fields = {f.name for f in dataclasses.fields(ExtractConfig)}
     recorded = {k: v for k, v in rec.extract_config.items() if k in fields}
     cfg = config_from_dict(ExtractConfig, recorded, source=f"{rec.source} extract_config")

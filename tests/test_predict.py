@@ -190,3 +190,24 @@ def test_predict_on_cuda_sends_the_head_backbone_and_batches_to_the_gpu(tiny, fa
     assert {len(shape) for _, shape, _ in tensors} >= {2, 3}
     assert all(e[2] == cuda0 for e in fake_gpu)
     assert got == reference                                            # the same numbers (computed on the CPU here)
+
+
+def test_predict_skip_bad_leaves_out_unusable_images(tiny, tmp_path):
+    """--skip-bad (as in extract): the good images are predicted as without the bad ones, the bad ones named once."""
+    good = sorted((tiny["root"] / "JPEGImages").iterdir())[0]
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    absent = tmp_path / "absent.png"
+    runner = CliRunner()
+    base = ["predict", "--run", str(tiny["run"]), "--format", "json", "--quiet", "--threshold", "0.01"]
+    alone = runner.invoke(main, [*base, str(good)])
+    assert alone.exit_code == 0, alone.output
+    r = runner.invoke(main, [*base, "--skip-bad", str(bad), str(good), str(absent)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout) == json.loads(alone.stdout)
+    warned = [line for line in r.stderr.splitlines() if line.startswith("warning: --skip-bad")]
+    assert len(warned) == 1 and "2 image(s)" in warned[0] and "broken.jpg" in warned[0] and "absent.png" in warned[0]
+    r = runner.invoke(main, [*base, str(bad), str(good)])                      # without it: refused, as before
+    assert r.exit_code == 2 and "broken.jpg" in r.output and "--skip-bad" in r.output
+    r = runner.invoke(main, [*base, "--skip-bad", str(bad), str(absent)])      # nothing usable: refused
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "none of the 2" in r.output, r.output
