@@ -3,11 +3,35 @@ C > 3, "did you mean" for --set, predict --skip-bad, one checkpoint for a finish
 left behind, Fig. 3's top-k boxes."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from iagcn.cache.fake import write_fake_cache
 from iagcn.cli import main
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory):
+    d = tmp_path_factory.mktemp("small")
+    kw = dict(num_rois=4, dim=8, num_classes=4, embedding_dim=5, prototypes_seed=0)
+    return (write_fake_cache(d / "train.h5", n=60, seed=0, split="train", **kw),
+            write_fake_cache(d / "test.h5", n=30, seed=1, split="test", **kw))
+
+
+def _train(caches, out, *args):
+    return CliRunner().invoke(main, ["train", "--train-cache", caches[0], "--eval-cache", caches[1], "--out", str(out),
+                                     "--device", "cpu", *args])
+
+
+def test_train_quiet_prints_the_final_map(caches, tmp_path):
+    r = _train(caches, tmp_path / "run", "--preset", "resnet", "--epochs", "2", "--quiet")
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
+    assert r.stdout.splitlines() == [f"done: resnet seed 0 [last-epoch] epoch 2: mAP {m['mAP']:.1f} "
+                                     f"CF1 {m['CF1']:.1f} OF1 {m['OF1']:.1f}"], r.output
 
 
 def _score_files(tmp_path, C):

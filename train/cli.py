@@ -88,7 +88,8 @@ def _common_options(f):
                       help="What a finished run keeps: last.pt and best.pt, or best.pt only (the selected epoch)."),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                      help="Set any TrainConfig field, e.g. --set fusion_lambda=0.7 --set region_reading=region-nodes."),
-        click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines."),
+        click.option("--quiet", is_flag=True,
+                     help="No progress bars or per-epoch lines (train still prints its final 'done: ... mAP' line)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -256,8 +257,12 @@ def train_cmd(config_file, train_cache, eval_cache, val_cache, recipe, sets, qui
     log = (lambda *_: None) if quiet else (lambda m: click.echo(m, err=True))
     with _open_data(train_cache, "--train-cache", cfg.memory_budget_gib, cfg) as train_data, \
             _open_data(eval_cache, "--eval-cache", cfg.memory_budget_gib, cfg) as eval_data:
-        train_run(cfg, train_data=train_data, eval_data=eval_data, out_dir=out, resume=bool(resume_dir),
-                  progress=not quiet, log=log)
+        result = train_run(cfg, train_data=train_data, eval_data=eval_data, out_dir=out, resume=bool(resume_dir),
+                           progress=not quiet, log=log)
+    if quiet:                                        # no progress, but the result: the final line, on stdout
+        from iagcn.train.run import done_line
+
+        click.echo(done_line(result))
     _alias_note(val_cache)
 
 

@@ -308,7 +308,13 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
         tb.final(metrics, epoch=result["selected_epoch"])
         if config.keep_checkpoints == "best" and best_path.exists() and last_path.exists():
             last_path.unlink()                           # the run is complete (metrics.json): nothing resumes from last.pt
-        log(f"done: {config.preset} seed {config.seed} [{protocol}] epoch {result['selected_epoch']}: "
-            + " ".join(f"{k} {metrics[k]:.1f}" for k in ("mAP", "CF1", "OF1") if k in metrics))
+        log(done_line(result))
         return result
+
+
+def done_line(result: dict[str, Any]) -> str:
+    """The closing line of a run from its metrics.json content (``train --quiet`` prints it too)."""
+    m = result["metrics"]
+    return (f"done: {result['preset']} seed {result['seed']} [{result['protocol']}] epoch {result['selected_epoch']}: "
+            + " ".join(f"{k} {m[k]:.1f}" if m[k] is not None else f"{k} -" for k in ("mAP", "CF1", "OF1") if k in m))
 
