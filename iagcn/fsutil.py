@@ -218,6 +218,22 @@ def atomic_path(final: str | os.PathLike, *, what: str = "output", disk_full_hin
         raise
 
 
+def link_over(source: str | os.PathLike, final: str | os.PathLike, *, what: str = "output") -> bool:
+    """Make ``final`` a hard link to ``source`` (one file on disk, two names), atomically: a linked temporary is
+    renamed over ``final``. Later atomic writes of either name replace that name only. Returns False, ``final``
+    untouched, where the file system has no hard links."""
+    source, final = Path(source), Path(final)
+    with contextlib.suppress(OSError):
+        if os.path.samefile(source, final):
+            return True
+    try:
+        with atomic_path(final, what=what) as tmp:
+            os.link(source, tmp)
+    except OSError:
+        return False
+    return True
+
+
 def write_text_atomic(final: str | os.PathLike, text: str, *, what: str = "output") -> None:
     with atomic_path(final, what=what) as tmp:
         tmp.write_text(text)

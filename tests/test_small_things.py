@@ -22,7 +22,8 @@ def caches(tmp_path_factory):
 
 
 def _train(caches, out, *args):
-    return CliRunner().invoke(main, ["train", "--train-cache", caches[0], "--eval-cache", caches[1], "--out", str(out),
+    where = ["--out", str(out)] if out is not None else []
+    return CliRunner().invoke(main, ["train", "--train-cache", caches[0], "--eval-cache", caches[1], *where,
                                      "--device", "cpu", *args])
 
 
@@ -66,3 +67,37 @@ def test_unknown_set_field_without_a_close_one_lists_the_fields(tmp_path):
     r = CliRunner().invoke(main, ["train", "--train-cache", "a.h5", "--eval-cache", "b.h5", "--out",
                                   str(tmp_path / "r"), "--set", "qqqqqq=1"])
     assert r.exit_code != 0 and "known fields: " in r.output and "fusion_lambda" in r.output
+
+
+def test_finished_last_epoch_run_keeps_one_checkpoint_on_disk(caches, tmp_path):
+    """best.pt and last.pt of a last-epoch run hold the same epoch: one file (a hard link); eval of either checkpoint
+    and --resume of the finished run still work, and give the run's own numbers."""
+    run = tmp_path / "run"
+    r = _train(caches, run, "--preset", "resnet", "--epochs", "2", "--quiet")
+    assert r.exit_code == 0, r.output
+    best, last = run / "best.pt", run / "last.pt"
+    assert best.exists() and last.exists() and best.samefile(last) and best.stat().st_nlink == 2
+    recorded = json.loads((run / "metrics.json").read_text())["metrics"]["mAP"]
+    for which in ("best", "last"):
+        out = tmp_path / f"eval-{which}"
+        e = CliRunner().invoke(main, ["eval", "--run", str(run), "--cache", caches[1], "--which", which,
+                                      "--out", str(out), "--quiet", "--device", "cpu"])
+        assert e.exit_code == 0, e.output
+        assert json.loads((out / "metrics.json").read_text())["metrics"]["mAP"] == pytest.approx(recorded, abs=1e-9)
+    r = _train(caches, None, "--resume", str(run), "--quiet")                  # resume the finished run: rescored
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "metrics.json").read_text())["metrics"]["mAP"] == pytest.approx(recorded, abs=1e-9)
+    assert best.samefile(last)
+
+
+def test_a_run_whose_selected_epoch_is_not_the_last_keeps_both(caches, tmp_path):
+    """--select-on-eval on a run whose last epoch is worse than an earlier one: two different files."""
+    import torch
+
+    run = tmp_path / "run"
+    r = _train(caches, run, "--preset", "resnet", "--epochs", "6", "--select-on-eval", "--lr", "50", "--quiet")
+    assert r.exit_code == 0, r.output
+    best = torch.load(run / "best.pt", weights_only=True)["epoch"]
+    last = torch.load(run / "last.pt", weights_only=True)["epoch"]
+    assert best < last                     # lr 50 overshoots: an earlier epoch scores best (seed 0, CPU)
+    assert not (run / "best.pt").samefile(run / "last.pt")

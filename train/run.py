@@ -19,7 +19,7 @@ from iagcn.cache.format import FeatureCache, check_compatible
 from iagcn.configio import config_hash, config_to_dict
 from iagcn.device import resolve_device
 from iagcn.errors import UserError
-from iagcn.fsutil import check_writable_dir, exclusive_lock, git_commit, interrupt_hint
+from iagcn.fsutil import check_writable_dir, exclusive_lock, git_commit, interrupt_hint, link_over
 from iagcn.jsonutil import to_json
 from iagcn.train import runfolder
 from iagcn.train.config import TrainConfig, recorded_config
@@ -308,6 +308,10 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
         tb.final(metrics, epoch=result["selected_epoch"])
         if config.keep_checkpoints == "best" and best_path.exists() and last_path.exists():
             last_path.unlink()                           # the run is complete (metrics.json): nothing resumes from last.pt
+        elif history and best_path.exists() and last_path.exists() and best["epoch"] == history[-1]["epoch"] - 1:
+            # the selected epoch is the last (always so under the last-epoch protocol): best.pt and last.pt hold the
+            # same state, so last.pt becomes a hard link to best.pt (one file on disk; --which last, --resume work)
+            link_over(best_path, last_path, what="checkpoint")
         log(done_line(result))
         return result
 
