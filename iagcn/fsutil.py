@@ -262,6 +262,15 @@ def exclusive_lock(target: str | os.PathLike, *, what: str = "output") -> Iterat
     the rerun. It is not inherited: a forked child (a DataLoader worker) closes its copy of the lock's file
     descriptor at fork time (flock locks belong to the open file description, which a fork shares), so a
     worker that outlives its parent cannot keep the lock.
+
+    No empty lock file is left behind (POSIX): on release the holder unlinks ``.<target>.lock`` *while still
+    holding it*, as the last step after the protected work, and only when the name still points at the file it
+    locked; then it unlocks. A process that opened the old file before the unlink and locks it after the
+    release finds it unlinked (filelock checks ``st_nlink`` after flock and does not count that as holding it)
+    and tries once more, on a fresh file, so two holders never coexist; one that arrives after the unlink creates
+    and locks a fresh file. A killed
+    holder still leaves its (empty) file, which the next writer takes and removes. On Windows an open file
+    cannot be unlinked: the file stays.
     """
     from filelock import FileLock, Timeout
 
@@ -270,7 +279,10 @@ def exclusive_lock(target: str | os.PathLike, *, what: str = "output") -> Iterat
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(lock_path), timeout=0)
-        lock.acquire()
+        try:
+            lock.acquire()
+        except Timeout:
+            lock.acquire()   # once more: the holder released (and unlinked the file) between our open and flock
     except Timeout as e:
         raise UserError(f"another process is writing {what} {target} (lock {lock_path} is held); "
                         f"wait for it or choose another output") from e
@@ -278,12 +290,18 @@ def exclusive_lock(target: str | os.PathLike, *, what: str = "output") -> Iterat
         raise UserError(f"cannot write {what} {target}: {e.strerror or e} ({lock_path}); "
                         f"choose a writable location") from e
     key = str(lock_path.absolute())
+    held: tuple[int, int] | None = None
     try:
         st = os.stat(lock_path)
-        _held_locks[key] = (st.st_dev, st.st_ino)
+        held = _held_locks[key] = (st.st_dev, st.st_ino)
         yield
     finally:
         _held_locks.pop(key, None)
+        if held is not None and os.name != "nt":
+            with contextlib.suppress(OSError):
+                now = os.lstat(lock_path)
+                if (now.st_dev, now.st_ino) == held:
+                    lock_path.unlink()           # still holding it: see the docstring
         lock.release()
 
 

@@ -101,3 +101,44 @@ def test_a_run_whose_selected_epoch_is_not_the_last_keeps_both(caches, tmp_path)
     last = torch.load(run / "last.pt", weights_only=True)["epoch"]
     assert best < last                     # lr 50 overshoots: an earlier epoch scores best (seed 0, CPU)
     assert not (run / "best.pt").samefile(run / "last.pt")
+
+
+def test_no_lock_file_is_left_behind(caches, tmp_path):
+    from iagcn.fsutil import exclusive_lock
+
+    run = tmp_path / "run"
+    assert _train(caches, run, "--preset", "resnet", "--epochs", "1", "--quiet").exit_code == 0
+    assert not [p.name for p in tmp_path.rglob("*.lock")], list(tmp_path.rglob("*"))
+    target = tmp_path / "out"
+    with exclusive_lock(target):
+        assert (tmp_path / ".out.lock").exists()
+        with pytest.raises(Exception, match="another process is writing"):   # flock: a second open file is refused
+            with exclusive_lock(target):
+                pass
+    assert not (tmp_path / ".out.lock").exists()
+
+
+def test_a_lock_taken_while_the_holder_unlinks_it_is_a_fresh_one(tmp_path, monkeypatch):
+    """The race of removing lock files: we open the old file, the holder unlinks and releases it, we flock it. That
+    lock is on an unlinked file (a third process would create and lock a new one): it must not count as holding."""
+    import os
+
+    import filelock._native._unix as native
+
+    from iagcn.fsutil import _held_locks, exclusive_lock
+
+    lock_path = tmp_path / ".out.lock"
+    lock_path.write_text("")                      # the holder's file, as we open it
+    real, calls = native.lock_fd_nonblocking, []
+
+    def racing(fd):
+        calls.append(os.fstat(fd).st_ino)
+        if len(calls) == 1:
+            lock_path.unlink()                    # the holder's release, between our open and our flock
+        return real(fd)
+
+    monkeypatch.setattr(native, "lock_fd_nonblocking", racing)
+    with exclusive_lock(tmp_path / "out"):
+        now = os.lstat(lock_path)
+        assert len(calls) >= 2 and list(_held_locks.values()) == [(now.st_dev, now.st_ino)]   # the file at the path
+    assert not lock_path.exists()
