@@ -255,7 +255,9 @@ def compare_cmd(run_a, run_b, more_a, more_b, cache, n_resamples, seed, ci, thre
 @config_option(EvalConfig, "which", type=click.Choice(["best", "last"]), help="Which checkpoint of the run.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder for the figures.")
 @device_option(EvalConfig, what="the run's head (model and the image's features)")
-def explain_cmd(run_dir, cache, image_ids, image_root, which, out, device) -> None:
+@click.option("--top-rois", type=click.IntRange(min=1), default=None,
+              help="Fig. 3: draw only the K ROIs of largest weight z [default: every valid ROI].")
+def explain_cmd(run_dir, cache, image_ids, image_root, which, out, device, top_rois) -> None:
     """Fig. 1 (the image's A_F next to A_S) and Fig. 3 (its ROI boxes coloured by z) for cached images."""
     from iagcn.evaluate.explain import explain
 
@@ -265,7 +267,7 @@ def explain_cmd(run_dir, cache, image_ids, image_root, which, out, device) -> No
     cache_path = Path(cache) if cache else _recorded_eval_cache(Path(run_dir))
     for image_id in image_ids:
         rec = explain(run_dir, cache_path, image_id, out, image_root=image_root, which=config.which,
-                      device=config.device)
+                      device=config.device, top_rois=top_rois)
         top = ", ".join(f"{k} {v:.2f}" for k, v in list(rec["probabilities"].items())[:3])
         click.echo(f"{image_id}: labels {', '.join(rec['labels']) or '-'}; top predictions {top}")
         for note in rec["notes"]:

@@ -89,8 +89,11 @@ def find_image(cache_attrs: dict[str, Any], image_id: str, *, image_root: str | 
 
 
 def explain(run_dir: str | os.PathLike, cache_path: str | os.PathLike, image_id: str, out: str | os.PathLike, *,
-            image_root: str | os.PathLike | None = None, which: str = "best", device: str = "auto") -> dict[str, Any]:
-    """Write Fig. 1 / Fig. 3 (+ their .npz data) and explain.json for one image; return the explain.json record."""
+            image_root: str | os.PathLike | None = None, which: str = "best", device: str = "auto",
+            top_rois: int | None = None) -> dict[str, Any]:
+    """Write Fig. 1 / Fig. 3 (+ their .npz data) and explain.json for one image; return the explain.json record.
+
+    ``top_rois``: Fig. 3 draws only that many ROIs, those of largest weight z (None: every valid ROI)."""
     from iagcn.cache.format import FeatureCache
     from iagcn.metrics import sigmoid
     from iagcn.evaluate.figures import plot_lcm_pair, plot_roi_weights
@@ -134,7 +137,9 @@ def explain(run_dir: str | os.PathLike, cache_path: str | os.PathLike, image_id:
         image = load_image_rgb(image_path)
         written["fig3"] = str(plot_roi_weights(image, info["boxes"], z, info["box_valid"],
                                                out / f"fig3_rois_{stem}.png",
-                                               title=f"Fig. 3: {image_id}, ROIs coloured by z", caption=caption))
+                                               title=f"Fig. 3: {image_id}, " + (
+                                                   f"the {top_rois} ROIs of largest z" if top_rois else
+                                                   "ROIs coloured by z"), caption=caption, top_k=top_rois))
         written["image"] = str(image_path)
     else:
         notes.append(f"preset {run.config.preset} has no variational ROI weights z: Fig. 3 not drawn")

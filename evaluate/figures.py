@@ -63,12 +63,13 @@ def plot_lcm_pair(A_F, A_S, class_names: Sequence[str], out: PathLike, *, title:
 
 # ----------------------------------------------------------------------------------------------- Fig. 3
 def plot_roi_weights(image, boxes, weights, valid, out: PathLike, *, title: str | None = None,
-                     caption: str | None = None, save_data: bool = True) -> Path:
+                     caption: str | None = None, save_data: bool = True, top_k: int | None = None) -> Path:
     """Fig. 3: the image with its valid ROI boxes (x1 y1 x2 y2, image pixels) coloured by the weight z, colour bar.
 
     Boxes are drawn in increasing z so that the strongest lie on top; padding boxes (valid False) are skipped.
+    ``top_k``: only the ``top_k`` valid boxes of largest z (ties: the lower index), the colour scale over them.
     ``caption`` (e.g. the image's labels and the model's predictions) is written under the image and saved in
-    the ``.npz``.
+    the ``.npz``, with ``drawn``, the indices of the boxes drawn.
     """
     import matplotlib
     from matplotlib import cm, colors
@@ -87,6 +88,11 @@ def plot_roi_weights(image, boxes, weights, valid, out: PathLike, *, title: str 
         raise UserError(f"plot_roi_weights: boxes {b.shape}, weights {z.shape}, valid {v.shape} must be "
                         "(N, 4), (N,), (N,)")
     shown = np.flatnonzero(v & np.isfinite(z))
+    if top_k is not None:
+        if top_k < 1:
+            raise UserError(f"plot_roi_weights: top_k {top_k} must be at least 1")
+        shown = np.sort(shown[np.argsort(-z[shown], kind="stable")[:top_k]])   # the top_k largest z
+    n_valid = int(np.count_nonzero(v & np.isfinite(z)))
     fig = new_figure(figsize=(6.0, 6.0 * img.shape[0] / max(img.shape[1], 1) + 0.5))
     ax = fig.add_subplot(1, 1, 1)
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
@@ -101,10 +107,11 @@ def plot_roi_weights(image, boxes, weights, valid, out: PathLike, *, title: str 
     ax.set_ylim(img.shape[0], 0)
     ax.axis("off")
     fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.046, pad=0.04, label="ROI weight z")
-    ax.set_title(title or f"{shown.size} ROIs coloured by variational weight z")
+    ax.set_title(title or (f"{shown.size} ROIs coloured by variational weight z" if shown.size == n_valid else
+                           f"top {shown.size} of {n_valid} ROIs by variational weight z"))
     if caption:
         ax.text(0.0, -0.02, caption, transform=ax.transAxes, ha="left", va="top", fontsize=9)
     path = save_png(fig, out)
     if save_data:
-        save_npz(out, boxes=b, weights=z, valid=v, caption=np.asarray(caption or ""))
+        save_npz(out, boxes=b, weights=z, valid=v, caption=np.asarray(caption or ""), drawn=shown)
     return path

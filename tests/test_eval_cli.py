@@ -449,3 +449,25 @@ def test_eval_never_overwrites_the_runs_own_files(tiny_runs):
     assert r.exit_code == 0, r.output
     assert (run_dir / "eval" / "metrics.json").exists()
     assert {name: (run_dir / name).read_bytes() for name in before} == before
+
+
+def test_explain_top_rois_draws_the_rois_of_largest_z(tiny_runs, tmp_path):
+    """explain --top-rois K: Fig. 3 draws the K valid ROIs whose model weight z is largest."""
+    run_dir = tiny_runs["runs"][("iagcn", 0)]
+    _, _, _, out_all = direct_logits(run_dir, tiny_runs["test"])
+    from iagcn.cache.format import FeatureCache
+
+    with FeatureCache(tiny_runs["test"]) as c:
+        ids = c.image_ids()
+    k = 5
+    Image.fromarray(np.full((100, 120, 3), 128, np.uint8)).save(tmp_path / f"{ids[k]}.png")
+    out = tmp_path / "explain"
+    r = invoke(["explain", "--run", run_dir, "--cache", tiny_runs["test"], "--image-id", ids[k],
+                "--image-root", tmp_path, "--out", out, "--top-rois", "2"])
+    assert r.exit_code == 0, r.output
+    (fig3,) = out.glob("fig3*.png")
+    with np.load(str(fig3) + ".npz") as data:
+        z, valid, drawn = data["weights"], data["valid"], data["drawn"]
+    np.testing.assert_allclose(z, out_all.z[k].numpy(), rtol=1e-5, atol=1e-6)
+    ref = sorted(sorted(np.flatnonzero(valid), key=lambda i: -z[i])[:2])
+    assert drawn.tolist() == ref and len(ref) == 2

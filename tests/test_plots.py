@@ -122,3 +122,28 @@ def test_roi_weights(tmp_path, as_pil):
         assert str(data["caption"]) == "labels: cat\npredicted: cat 0.90"
     with pytest.raises(UserError, match="must be"):
         plot_roi_weights(image, boxes[:, :3], z, valid, tmp_path / "bad.png")
+
+
+def test_roi_weights_top_k_draws_the_boxes_of_largest_weight(tmp_path, monkeypatch):
+    """Fig. 3 with top_k: exactly the top_k valid boxes of largest z are drawn (read back from the figure)."""
+    from matplotlib.patches import Rectangle
+
+    import iagcn.evaluate.figures as figures
+
+    drawn_figs = []
+    real_save = figures.save_png
+    monkeypatch.setattr(figures, "save_png", lambda fig, out: (drawn_figs.append(fig), real_save(fig, out))[1])
+    img = np.zeros((100, 100, 3), np.uint8)
+    boxes = np.array([[i * 10, i * 5, i * 10 + 8, i * 5 + 9] for i in range(6)], dtype=float)
+    z = np.array([0.1, 0.9, 0.5, 2.0, 0.7, 0.3])
+    valid = np.array([True, True, True, False, True, True])        # the largest z is padding: never drawn
+    out = plot_roi_weights(img, boxes, z, valid, tmp_path / "fig3.png", top_k=2)
+    assert_png(out)
+    rects = [p for p in drawn_figs[-1].axes[0].patches if isinstance(p, Rectangle)]
+    assert sorted(tuple(r.get_xy()) for r in rects) == [(10.0, 5.0), (40.0, 20.0)]   # boxes 1 (z 0.9) and 4 (z 0.7)
+    with np.load(str(out) + ".npz") as data:
+        assert data["drawn"].tolist() == [1, 4]
+    plot_roi_weights(img, boxes, z, valid, tmp_path / "all.png")
+    assert len([p for p in drawn_figs[-1].axes[0].patches if isinstance(p, Rectangle)]) == 5
+    with pytest.raises(UserError, match="top_k"):
+        plot_roi_weights(img, boxes, z, valid, tmp_path / "bad.png", top_k=0)
