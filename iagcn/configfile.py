@@ -8,8 +8,9 @@ Two shapes are accepted:
   ``train_cache`` / ``eval_cache`` entries the cache paths; the record's other keys (git commit, class names, ...)
   describe that run and are not read.
 
-Precedence, lowest first: the preset's values < the file < options on the command line < ``--set``. The resolved
-config is what the run saves in its config.json, as without a file.
+Precedence, lowest first: the preset's values < the recipe's (the file's ``recipe:`` unless ``--recipe`` is given)
+< the file < options on the command line < ``--set`` (``iagcn.train.cli.resolve_config``; docs/training.md,
+"Resolution order"). The resolved config is what the run saves in its config.json, as without a file.
 """
 from __future__ import annotations
 

@@ -77,12 +77,12 @@ class TrainConfig:
     region_self_loops: bool = True                 # add I to A_I before normalising it (the individual adjacency of comsco / mlgcn-comsco): Â_I = norm(a_I a_I^T) alone has rank one
     # ---- widths and activations ---------------------------------------------------------------
     gcn_widths: tuple[int, ...] = (512, 1024)      # label-GCN hidden widths; input E, output D (paper 4.3: E->512->1024->D)
-    gcn_activation: Literal["relu", "leaky_relu"] = "relu"  # between label-GCN layers (ML-GCN: LeakyReLU 0.2)
+    gcn_activation: Literal["relu", "leaky_relu"] = "relu"  # between label-GCN layers (ML-GCN: LeakyReLU 0.2; the frozen recipe, the default, sets leaky_relu for every preset)
     gcn_bias: bool = True                          # a learned per-class bias on y_w = M x + b (Eq. 6 has none; centred features lose the intercept the raw mean carried)
     leaky_slope: float = 0.2                       # negative slope when gcn_activation = leaky_relu
     region_widths: tuple[int, ...] = (256, 512, 1024)  # region-GCN hidden widths; output D, then FC D->C (paper 4.3)
     # ---- equations' constants ------------------------------------------------------------------
-    fusion_lambda: float = 0.8                     # lambda of Eq. 11: y_f = lambda y_w + (1 - lambda) y_r
+    fusion_lambda: float = 0.8                     # lambda of Eq. 11: y_f = lambda y_w + (1 - lambda) y_r (the paper's 0.8; the frozen recipe, the default, sets 0.5)
     fusion_scale: Literal["raw", "matched"] = "matched"  # Eq. 11 on the logits as they come (paper) or with y_r rescaled to y_w's running std (the region branch's logits outgrow y_w's ~15x under AdamW)
     beta: float = 1.0                              # weight of L_KL in Eq. 12
     vi_positive: bool = False                      # beyond the paper (off): X^w = softplus(z) X, region weights never negative (Fig. 3 shows positive saliency)
