@@ -77,3 +77,14 @@ def fake_gpu(monkeypatch):
     monkeypatch.setattr(torch.nn.Module, "to", fake_module_to)
     monkeypatch.setattr(torch.Tensor, "to", fake_tensor_to)
     yield events
+
+
+@pytest.fixture(scope="module")
+def tiny_caches(tmp_path_factory):
+    """(train, eval) fake caches of 60 / 30 images, C = 4, N = 4, D = 8: a run of a few epochs takes seconds."""
+    from iagcn.cache.fake import write_fake_cache
+
+    d = tmp_path_factory.mktemp("tiny-caches")
+    kw = dict(num_rois=4, dim=8, num_classes=4, embedding_dim=5, prototypes_seed=0)
+    return (write_fake_cache(d / "train.h5", n=60, seed=0, split="train", **kw),
+            write_fake_cache(d / "test.h5", n=30, seed=1, split="test", **kw))

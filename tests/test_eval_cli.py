@@ -233,16 +233,22 @@ def test_eval_checkpoint_file(tiny_runs):
     assert json.loads((out / "metrics.json").read_text())["inputs"]["checkpoint"].endswith("last.pt")
 
 
-def test_explain_fig1_matrix_is_the_models(tiny_runs, tmp_path):
+def _explain_setup(tiny_runs, tmp_path, k):
+    """(run dir, the run, the head's outputs on the test cache, image id k of it with a grey image file under
+    tmp_path)."""
     run_dir = tiny_runs["runs"][("iagcn", 0)]
     _, _, run, out_all = direct_logits(run_dir, tiny_runs["test"])
     from iagcn.cache.format import FeatureCache
 
     with FeatureCache(tiny_runs["test"]) as c:
-        ids = c.image_ids()
-    k = 5
-    image_id = ids[k]
+        image_id = c.image_ids()[k]
     Image.fromarray(np.full((100, 120, 3), 128, np.uint8)).save(tmp_path / f"{image_id}.png")
+    return run_dir, run, out_all, image_id
+
+
+def test_explain_fig1_matrix_is_the_models(tiny_runs, tmp_path):
+    k = 5
+    run_dir, run, out_all, image_id = _explain_setup(tiny_runs, tmp_path, k)
     out = tmp_path / "explain"
     r = invoke(["explain", "--run", run_dir, "--cache", tiny_runs["test"], "--image-id", image_id,
                 "--image-root", tmp_path, "--out", out])
@@ -453,16 +459,10 @@ def test_eval_never_overwrites_the_runs_own_files(tiny_runs):
 
 def test_explain_top_rois_draws_the_rois_of_largest_z(tiny_runs, tmp_path):
     """explain --top-rois K: Fig. 3 draws the K valid ROIs whose model weight z is largest."""
-    run_dir = tiny_runs["runs"][("iagcn", 0)]
-    _, _, _, out_all = direct_logits(run_dir, tiny_runs["test"])
-    from iagcn.cache.format import FeatureCache
-
-    with FeatureCache(tiny_runs["test"]) as c:
-        ids = c.image_ids()
     k = 5
-    Image.fromarray(np.full((100, 120, 3), 128, np.uint8)).save(tmp_path / f"{ids[k]}.png")
+    run_dir, _, out_all, image_id = _explain_setup(tiny_runs, tmp_path, k)
     out = tmp_path / "explain"
-    r = invoke(["explain", "--run", run_dir, "--cache", tiny_runs["test"], "--image-id", ids[k],
+    r = invoke(["explain", "--run", run_dir, "--cache", tiny_runs["test"], "--image-id", image_id,
                 "--image-root", tmp_path, "--out", out, "--top-rois", "2"])
     assert r.exit_code == 0, r.output
     (fig3,) = out.glob("fig3*.png")

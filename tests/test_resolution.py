@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from iagcn.cache.fake import write_fake_cache
 from iagcn.cli import main
 
 from conftest import REPO_ROOT, cli_env
@@ -27,11 +26,8 @@ PAPER = {"schedule": "step", "lr": 0.01, "lr_step": 30, "lr_gamma": 0.1, "standa
 
 
 @pytest.fixture(scope="module")
-def caches(tmp_path_factory):
-    d = tmp_path_factory.mktemp("res")
-    kw = dict(num_rois=4, dim=8, num_classes=4, embedding_dim=5, prototypes_seed=0)
-    return (write_fake_cache(d / "train.h5", n=60, seed=0, split="train", **kw),
-            write_fake_cache(d / "test.h5", n=30, seed=1, split="test", **kw))
+def caches(tiny_caches):
+    return tiny_caches
 
 
 def _write(path: Path, text: str) -> str:

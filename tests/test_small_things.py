@@ -9,16 +9,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from iagcn.cache.fake import write_fake_cache
 from iagcn.cli import main
 
 
 @pytest.fixture(scope="module")
-def caches(tmp_path_factory):
-    d = tmp_path_factory.mktemp("small")
-    kw = dict(num_rois=4, dim=8, num_classes=4, embedding_dim=5, prototypes_seed=0)
-    return (write_fake_cache(d / "train.h5", n=60, seed=0, split="train", **kw),
-            write_fake_cache(d / "test.h5", n=30, seed=1, split="test", **kw))
+def caches(tiny_caches):
+    return tiny_caches
 
 
 def _train(caches, out, *args):
