@@ -79,12 +79,16 @@ def fake_gpu(monkeypatch):
     yield events
 
 
+def write_cache_pair(folder, *, n_train: int, n_eval: int, **kw) -> tuple[str, str]:
+    """(train.h5, test.h5) fake caches in ``folder`` sharing their classes (seeds 0 and 1, one prototypes_seed)."""
+    from iagcn.cache.fake import write_fake_cache
+
+    return (write_fake_cache(folder / "train.h5", n=n_train, seed=0, split="train", **kw),
+            write_fake_cache(folder / "test.h5", n=n_eval, seed=1, split="test", **kw))
+
+
 @pytest.fixture(scope="module")
 def tiny_caches(tmp_path_factory):
     """(train, eval) fake caches of 60 / 30 images, C = 4, N = 4, D = 8: a run of a few epochs takes seconds."""
-    from iagcn.cache.fake import write_fake_cache
-
-    d = tmp_path_factory.mktemp("tiny-caches")
-    kw = dict(num_rois=4, dim=8, num_classes=4, embedding_dim=5, prototypes_seed=0)
-    return (write_fake_cache(d / "train.h5", n=60, seed=0, split="train", **kw),
-            write_fake_cache(d / "test.h5", n=30, seed=1, split="test", **kw))
+    return write_cache_pair(tmp_path_factory.mktemp("tiny-caches"), n_train=60, n_eval=30, num_rois=4, dim=8,
+                            num_classes=4, embedding_dim=5, prototypes_seed=0)

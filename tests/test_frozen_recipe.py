@@ -19,15 +19,15 @@ from iagcn.train.inference import load_run
 from iagcn.train.run import split_train, train_run
 from iagcn.train.standardize import feature_statistics
 
+from conftest import write_cache_pair
+
 SMALL = {"gcn_widths": (16, 32), "region_widths": (16, 16, 32), "num_threads": 1}
 
 
 @pytest.fixture(scope="module")
 def caches(tmp_path_factory):
-    d = tmp_path_factory.mktemp("caches")
-    kw = dict(num_rois=8, dim=32, num_classes=6, embedding_dim=10, prototypes_seed=3)
-    return (write_fake_cache(d / "train.h5", n=240, seed=0, split="train", **kw),
-            write_fake_cache(d / "test.h5", n=120, seed=1, split="test", **kw))
+    return write_cache_pair(tmp_path_factory.mktemp("caches"), n_train=240, n_eval=120, num_rois=8, dim=32,
+                            num_classes=6, embedding_dim=10, prototypes_seed=3)
 
 
 def test_paper_recipe_is_section_4_3_and_frozen_is_the_default():
