@@ -85,7 +85,8 @@ def _common_options(f):
                       help="Also log losses, lr, hold-out mAP and timing per epoch to RUN/tensorboard/ "
                            "(`tensorboard --logdir DIR`; needs the tensorboard package)."),
         config_option(T, "keep_checkpoints", type=click.Choice(["all", "best"]),
-                      help="What a finished run keeps: last.pt and best.pt, or best.pt only (the selected epoch)."),
+                      help="What a finished run keeps: last.pt and best.pt (one file, hard-linked, when the selected "
+                           "epoch is the last), or best.pt only (the selected epoch)."),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                      help="Set any TrainConfig field, e.g. --set fusion_lambda=0.7 --set region_reading=region-nodes."),
         click.option("--quiet", is_flag=True,
