@@ -122,6 +122,17 @@ def test_step_options_under_the_cosine_schedule_are_refused(caches, tmp_path, ar
     assert len(r.output.strip().splitlines()) == 1 and needle in r.output and "cosine" in r.output, r.output
 
 
+@pytest.mark.parametrize("args,needle", [
+    (["--select-on-eval", "--val-fraction", "0.2"], "--val-fraction 0.2"),          # no hold-out is split off
+    (["--set", "early_stop_patience=2"], "--set early_stop_patience=2"),            # last epoch: nothing to stop on
+    (["--set", "optimizer=adamw", "--set", "region_optimizer=adamw", "--momentum", "0.5"], "--momentum 0.5"),
+])
+def test_other_options_the_config_does_not_read_are_refused(caches, tmp_path, args, needle):
+    r = _train(caches, tmp_path / "run", "--epochs", "1", *args)
+    assert r.exit_code != 0
+    assert len(r.output.strip().splitlines()) == 1 and needle in r.output and "drop it" in r.output, r.output
+
+
 def test_step_options_under_the_step_schedule_are_taken(caches, tmp_path):
     r = _train(caches, tmp_path / "run", "--epochs", "2", "--recipe", "paper", "--lr-step", "1", "--lr-gamma", "0.5")
     assert r.exit_code == 0, r.output

@@ -282,6 +282,8 @@ def unused_fields(cfg: TrainConfig) -> dict[str, str]:
         out.update(lr_step=why, lr_gamma=why)
     if cfg.optimizer != "sgd" and cfg.region_optimizer != "sgd":
         out["momentum"] = f"optimizer={cfg.optimizer} and region_optimizer={cfg.region_optimizer}: no SGD reads it"
+    if cfg.select_on_eval and cfg.val_fraction > 0:
+        out["val_fraction"] = "select_on_eval chooses the epoch on the evaluation cache: no hold-out is split off"
     if cfg.val_fraction == 0 and not cfg.select_on_eval and cfg.early_stop_patience:
         out["early_stop_patience"] = ("the last-epoch protocol (val_fraction 0, no select_on_eval) has no selection "
                                       "mAP to stop on")
