@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -52,6 +53,7 @@ class FeatureCache:
             raise UserError(f"cache {self.path} is not a readable HDF5 file (truncated or corrupt?): "
                             f"delete it and re-extract") from e
         try:
+            check_storage(self._h5, where=f"cache {self.path}", file_bytes=self.path.stat().st_size)
             self.attrs = self._parse_attrs()
             self._validate()
         except Exception:
@@ -165,6 +167,54 @@ class FeatureCache:
 
     def __repr__(self) -> str:
         return f"FeatureCache({str(self.path)!r}, n={self.num_images}, N={self.num_rois}, D={self.feature_dim}, C={self.num_classes})"
+
+
+def check_storage(h5: h5py.File, *, where: str, file_bytes: int) -> None:
+    """Refuse, before anything is read, a file whose data is not stored inside it, or declares more than it holds.
+
+    Walks every link and object of the file: an external or soft link, a virtual dataset, a dataset with external
+    raw storage (each would make iagcn read another file: ``info`` reported the bytes of a system file as
+    features), a filtered (compressed) dataset (the writer never compresses), or a dataset whose declared
+    shape needs more bytes than the whole file has (a 36 KB file declaring 400M rows) is one ``UserError``.
+    """
+    seen: set = set()
+
+    def walk(group: h5py.Group, prefix: str) -> None:
+        for key in group:
+            name = f"{prefix}{key}"
+            link = group.get(key, getlink=True)
+            if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
+                target = f"{link.filename}:{link.path}" if isinstance(link, h5py.ExternalLink) else link.path
+                raise UserError(f"{where}: {name} is a link to {target}, not data stored in the file (iagcn never "
+                                f"writes links); re-extract it")
+            obj = group[key]
+            if obj.id in seen:
+                continue
+            seen.add(obj.id)
+            if isinstance(obj, h5py.Group):
+                walk(obj, name + "/")
+            elif isinstance(obj, h5py.Dataset):
+                _check_dataset(obj, name, where=where, file_bytes=file_bytes)
+
+    walk(h5, "/")
+
+
+def _check_dataset(ds: h5py.Dataset, name: str, *, where: str, file_bytes: int) -> None:
+    if ds.is_virtual:
+        raise UserError(f"{where}: dataset {name} is a virtual dataset that reads other files, not data stored "
+                        f"in the file; re-extract it")
+    plist = ds.id.get_create_plist()
+    if plist.get_external_count() > 0:
+        other = plist.get_external(0)[0].decode(errors="replace")
+        raise UserError(f"{where}: dataset {name} keeps its data in another file ({other}), not in the cache; "
+                        f"re-extract it")
+    if plist.get_nfilters() > 0:
+        raise UserError(f"{where}: dataset {name} is compressed or filtered (iagcn writes uncompressed caches); "
+                        f"re-extract it")
+    declared = math.prod(ds.shape) * ds.id.get_type().get_size() if ds.shape else 0
+    if declared > file_bytes:
+        raise UserError(f"{where}: dataset {name} declares shape {ds.shape} ({declared:,} bytes) but the file has "
+                        f"only {file_bytes:,} bytes (truncated, or not written by iagcn); re-extract it")
 
 
 def check_compatible(train: FeatureCache, other: FeatureCache, *, role: str = "validation") -> None:

@@ -1,0 +1,145 @@
+"""Issue 20 through the real CLI: caches that read other files, small inputs with huge costs, errors that were not
+one line, and the sweep's stale numbers. Every case: a non-zero exit with ONE line naming the file or option (or the
+right number), and no output left behind."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from iagcn.cache.fake import write_fake_cache
+from tests.conftest import REPO_ROOT, cli_env
+from tests.test_bad_input import SMALL_SET, assert_nothing_written, assert_one_line_error, invoke
+
+KW = dict(num_rois=4, dim=8, num_classes=3, embedding_dim=5)
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    d = tmp_path_factory.mktemp("good3")
+    return (Path(write_fake_cache(d / "train.h5", n=48, seed=0, prototypes_seed=0, **KW)),
+            Path(write_fake_cache(d / "test.h5", n=24, seed=1, prototypes_seed=0, split="test", **KW)))
+
+
+def train_args(train: Path, evaluation: Path, out: Path, *extra) -> list:
+    return ["train", "--train-cache", train, "--eval-cache", evaluation, "--preset", "mlgcn", "--epochs", "1",
+            "--quiet", "--out", out, *SMALL_SET, *extra]
+
+
+def run_python(code: str, *args, preexec_fn=None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=cli_env(OMP_NUM_THREADS="1"), cwd=REPO_ROOT, preexec_fn=preexec_fn)
+
+
+# -- caches that read other files ------------------------------------------------------------------------------
+def _cache_reading_another_file(kind: str, good: Path, tmp_path: Path) -> tuple[Path, str]:
+    """A copy of ``good`` whose `global` is not stored in it -> (the file, a word the refusal must contain)."""
+    bad = tmp_path / f"{kind.replace(' ', '-')}.h5"
+    shutil.copy(good, bad)
+    with h5py.File(bad, "r") as f:
+        g = f["global"][...]                                           # (n, D) float16
+    other = tmp_path / "elsewhere.h5"
+    raw = tmp_path / "system-file.bin"
+    if kind in ("external link", "virtual dataset", "soft link"):
+        with h5py.File(other, "w") as o:
+            o["global"] = g + np.float16(1)
+    with h5py.File(bad, "r+") as f:
+        del f["global"]
+        if kind == "external link":
+            f["global"] = h5py.ExternalLink(str(other), "/global")
+            needle = "link"
+        elif kind == "soft link":
+            f["moved/global"] = g
+            f["global"] = h5py.SoftLink("/moved/global")
+            needle = "link"
+        elif kind == "virtual dataset":
+            layout = h5py.VirtualLayout(shape=g.shape, dtype=g.dtype)
+            layout[...] = h5py.VirtualSource(str(other), "global", shape=g.shape)
+            f.create_virtual_dataset("global", layout)
+            needle = "virtual"
+        elif kind == "external raw storage":
+            raw.write_bytes(np.full(g.shape, 7, np.float16).tobytes())  # "a system file outside the cache"
+            f.create_dataset("global", shape=g.shape, dtype=g.dtype, external=[(str(raw), 0, g.nbytes)])
+            needle = "system-file.bin"
+        else:
+            raise AssertionError(kind)
+    return bad, needle
+
+
+EXTERNAL_KINDS = ["external link", "soft link", "virtual dataset", "external raw storage"]
+
+
+@pytest.mark.parametrize("kind", EXTERNAL_KINDS)
+def test_info_refuses_a_cache_whose_data_is_in_another_file(kind, good, tmp_path):
+    bad, needle = _cache_reading_another_file(kind, good[0], tmp_path)
+    code, err = invoke(["info", bad])
+    assert_one_line_error(code, err, bad.name, "global", needle)
+
+
+@pytest.mark.parametrize("kind", EXTERNAL_KINDS)
+def test_train_and_eval_refuse_a_cache_whose_data_is_in_another_file(kind, good, tmp_path):
+    bad, needle = _cache_reading_another_file(kind, good[1], tmp_path)
+    run = tmp_path / "run"
+    code, err = invoke(train_args(good[0], bad, run))
+    assert_one_line_error(code, err, bad.name, needle)
+    assert_nothing_written(run)
+    scores = tmp_path / "scores.npy"
+    np.save(scores, np.zeros((24, 3), np.float32))
+    out = tmp_path / "eval"
+    code, err = invoke(["eval", "--scores", scores, "--targets", bad, "--scores-are", "logits", "--out", out,
+                        "--no-plots"])
+    assert_one_line_error(code, err, bad.name, needle)
+    assert_nothing_written(out)
+
+
+# -- small inputs, huge costs --------------------------------------------------------------------------------------
+PEAK_RSS = """
+import resource, subprocess, sys
+proc = subprocess.run([sys.executable, "-m", "iagcn", *sys.argv[1:]], capture_output=True, text=True)
+peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(proc.returncode, round(peak_mib), sep="\\n")
+print(proc.stderr.strip())
+"""
+
+
+def peak_rss_of_cli(*args) -> tuple[int, float, str]:
+    """(exit code, peak RSS in MiB, stderr) of `iagcn ARGS` in a child process."""
+    proc = run_python(PEAK_RSS, *args)
+    code, peak, err = proc.stdout.split("\n", 2)
+    return int(code), float(peak), err
+
+
+def test_a_tiny_cache_declaring_400m_rows_is_refused_before_reading(good, tmp_path):
+    bad = tmp_path / "huge.h5"
+    shutil.copy(good[0], bad)
+    n = 400_000_000
+    with h5py.File(bad, "r+") as f:
+        for name in list(f):
+            if name != "label_embeddings":
+                shape, dtype = f[name].shape, f[name].dtype
+                del f[name]
+                f.create_dataset(name, shape=(n, *shape[1:]), dtype=dtype)   # declared, never written
+    assert bad.stat().st_size < 100_000
+    code, peak, err = peak_rss_of_cli("info", bad)
+    assert code == 2 and len(err.splitlines()) == 1 and "huge.h5" in err and "declares" in err, err
+    assert peak < 1000, f"peak RSS {peak} MiB"                  # before: ~5 GB (400M labels and ids read)
+
+
+def test_a_compressed_dataset_is_refused_on_open(good, tmp_path):
+    """The writer never compresses; a compressed dataset could expand far beyond the file's size when read."""
+    bad = tmp_path / "gzip.h5"
+    shutil.copy(good[0], bad)
+    with h5py.File(bad, "r+") as f:
+        g = f["global"][...]
+        del f["global"]
+        f.create_dataset("global", data=g, compression="gzip", chunks=(8, g.shape[1]))
+    code, err = invoke(["info", bad])
+    assert_one_line_error(code, err, "gzip.h5", "global", "compressed")
