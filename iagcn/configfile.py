@@ -39,29 +39,72 @@ class ConfigFile:
     is_run_record: bool = False
 
 
+#: a config file is a few hundred bytes; anything far larger is not one (and would cost memory to parse)
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _yaml_loader():
+    """A safe YAML loader that refuses aliases (``*x``: a 368-byte file of nested aliases expanded to 593 MB) and
+    a mapping naming one key twice (the later value would silently win)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} (anchors and aliases are not "
+                                                  f"accepted in a config: write the values out)", event.start_mark)
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, typing.Hashable):
+                    continue                                   # SafeLoader refuses unhashable keys itself
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice in one mapping",
+                                                            key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
 def read_mapping(path: str | os.PathLike, *, option: str = "--config") -> dict[str, Any]:
-    """The top-level mapping of a YAML (.yaml/.yml) or JSON file (other suffixes: JSON, else YAML)."""
+    """The top-level mapping of a YAML (.yaml/.yml) or JSON file (other suffixes: JSON, else YAML).
+
+    Refused, one line each: a file over MAX_CONFIG_BYTES, YAML aliases, a key given twice in one mapping."""
+    from iagcn.configio import loads_json_unique
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{option} {path}: no such file; pass a YAML or JSON config (e.g. a run's config.json)")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise UserError(f"{option} {path}: {size:,} bytes, more than a config can be ({MAX_CONFIG_BYTES:,}); pass "
+                        f"a YAML or JSON config of TrainConfig fields")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{option} {path}: cannot read it ({e})") from e
     import yaml
 
+    def load_yaml(text: str) -> Any:
+        return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 -- a SafeLoader subclass
+
     try:
         if path.suffix.lower() == ".json":
-            data = json.loads(text)
+            data = loads_json_unique(text)
         elif path.suffix.lower() in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
+            data = load_yaml(text)
         else:
             try:
-                data = json.loads(text)
+                data = loads_json_unique(text)
             except ValueError:
-                data = yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as e:
-        first = " ".join(str(e).split())[:160]
+                data = load_yaml(text)
+    except (ValueError, RecursionError, yaml.YAMLError) as e:
+        first = " ".join(str(e).split())[:160] if not isinstance(e, RecursionError) else "nested too deeply"
         raise UserError(f"{option} {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML/JSON'} "
                         f"({first}); fix the file") from e
     if data is None:
@@ -90,7 +133,8 @@ def coerce_fields(cls: type, fields: dict[str, Any], *, source: str) -> dict[str
     hints = typing.get_type_hints(cls)
     unknown = sorted(k for k in fields if k not in hints)
     if unknown:
-        raise UserError(f"{source}: unknown field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(hints))}")
+        listed = ", ".join(_short(k, 40) for k in unknown[:10]) + (f" ... ({len(unknown) - 10} more)" if len(unknown) > 10 else "")
+        raise UserError(f"{source}: unknown field(s) {listed}; known fields: {', '.join(sorted(hints))}")
     out: dict[str, Any] = {}
     for key, value in fields.items():
         hint = hints[key]
@@ -98,16 +142,26 @@ def coerce_fields(cls: type, fields: dict[str, Any], *, source: str) -> dict[str
             try:
                 value = _parse_value(value, hint, key)            # "0.01" for a float, "512,1024" for a tuple
             except UserError:
-                raise UserError(f"{source}: {key}: {value!r} is not {_hint_name(hint)}") from None
+                raise UserError(f"{source}: {key}: {_short(value)} is not {_hint_name(hint)}") from None
         elif isinstance(value, list) and "tuple" in str(hint):
             value = tuple(value)
         if hint is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         ok = _matches(value, hint)
         if not ok:
-            raise UserError(f"{source}: {key}: {value!r} is not {_hint_name(hint)}")
+            raise UserError(f"{source}: {key}: {_short(value)} is not {_hint_name(hint)}")
         out[key] = value
     return out
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (an error line stays short whatever the file holds)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = r.maxlong = limit
+    text = " ".join(r.repr(value).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _is_union(hint: Any) -> bool:

@@ -27,6 +27,24 @@ def config_hash(cfg: Any) -> str:
     return hashlib.sha256(config_to_json(cfg).encode()).hexdigest()[:16]
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON/YAML mapping names one key twice (the later value would silently win)."""
+
+
+def _refuse_duplicate_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKeyError(f"key {key!r} appears twice in one mapping")
+        out[key] = value
+    return out
+
+
+def loads_json_unique(text: str) -> Any:
+    """``json.loads`` that refuses a mapping naming a key twice (DuplicateKeyError, a ValueError)."""
+    return json.loads(text, object_pairs_hook=_refuse_duplicate_pairs)
+
+
 def config_from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config") -> T:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)

@@ -143,3 +143,69 @@ def test_a_compressed_dataset_is_refused_on_open(good, tmp_path):
         f.create_dataset("global", data=g, compression="gzip", chunks=(8, g.shape[1]))
     code, err = invoke(["info", bad])
     assert_one_line_error(code, err, "gzip.h5", "global", "compressed")
+
+
+def _alias_bomb(levels: int, width: int = 9) -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    for k in range(1, levels):
+        lines.append(f"a{k}: &a{k} [" + ", ".join([f"*a{k - 1}"] * width) + "]")
+    return "\n".join(lines) + f"\ngcn_widths: *a{levels - 1}\n"
+
+
+@pytest.mark.parametrize("levels", [7, 9])
+def test_a_yaml_config_of_nested_aliases_is_refused_in_one_short_line(levels, good, tmp_path):
+    """368 bytes of nested aliases expanded to a 593 MB error line (a deeper file: a MemoryError)."""
+    cfg = tmp_path / "bomb.yaml"
+    cfg.write_text(_alias_bomb(levels))
+    assert cfg.stat().st_size < 1000
+    run = tmp_path / "run"
+    code, peak, err = peak_rss_of_cli(*train_args(good[0], good[1], run, "--config", cfg))
+    assert code == 2 and len(err.splitlines()) == 1 and "bomb.yaml" in err and "alias" in err, err[:500]
+    assert len(err) < 1000 and peak < 1000, (len(err), peak)
+    assert_nothing_written(run)
+
+
+@pytest.mark.parametrize("name,text", [
+    ("dup.yaml", "lr: 0.01\nepochs: 2\nlr: 0.5\n"),
+    ("dup.json", '{"lr": 0.01, "epochs": 2, "lr": 0.5}'),
+    ("dup.cfg", '{"lr": 0.01, "lr": 0.5}'),
+])
+def test_a_config_naming_a_key_twice_is_refused(name, text, good, tmp_path):
+    cfg = tmp_path / name
+    cfg.write_text(text)
+    run = tmp_path / "run"
+    code, err = invoke(train_args(good[0], good[1], run, "--config", cfg))
+    assert_one_line_error(code, err, name, "'lr'", "twice")
+    assert_nothing_written(run)
+
+
+def test_a_huge_or_deeply_nested_config_is_refused_in_one_line(good, tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("lr: 0.01\n" + "# padding\n" * 200_000)
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"lr": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    for cfg in (big, deep):
+        run = tmp_path / "run"
+        code, err = invoke(train_args(good[0], good[1], run, "--config", cfg))
+        assert_one_line_error(code, err, cfg.name)
+        assert len(err) < 1000
+        assert_nothing_written(run)
+
+
+@pytest.fixture(scope="module")
+def finished(good, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs3") / "mlgcn"
+    code, err = invoke(train_args(good[0], good[1], run))
+    assert code == 0, err
+    return run
+
+
+def test_a_run_record_naming_a_key_twice_is_refused(finished, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    text = (run / "config.json").read_text()
+    (run / "config.json").write_text(text.replace('{\n', '{\n  "protocol": "edited by hand",\n', 1))
+    out = tmp_path / "eval"
+    code, err = invoke(["eval", "--run", run, "--out", out, "--no-plots", "--quiet"])
+    assert_one_line_error(code, err, "config.json", "'protocol'", "twice")
+    assert_nothing_written(out)

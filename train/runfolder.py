@@ -224,9 +224,13 @@ def load_scores(run_dir: str | os.PathLike) -> tuple[np.ndarray, list[str]] | No
 
 # -- helpers ------------------------------------------------------------------------------------------------
 def _read_json(path: Path, *, what: str) -> dict[str, Any]:
+    from iagcn.configio import DuplicateKeyError, loads_json_unique
+
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = loads_json_unique(path.read_text())
+    except DuplicateKeyError as e:
+        raise UserError(f"{path}: {what}: {e}; fix the file (the later value would silently win)") from e
+    except (OSError, UnicodeDecodeError, RecursionError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: unreadable {what} ({type(e).__name__}); rerun the training or fix the file") from e
     if not isinstance(data, dict):
         raise UserError(f"{path}: {what} is not a JSON object; rerun the training or fix the file")
