@@ -53,6 +53,10 @@ def _trailing_numbers(fields: list[str]) -> int:
     return count
 
 
+#: the longest GloVe line read (characters): 300 values take ~3,000; a far longer "line" is not GloVe
+MAX_GLOVE_LINE = 1 << 20
+
+
 def read_glove_vectors(path: Path, words: set[str]) -> tuple[dict[str, np.ndarray], int]:
     """The vectors of ``words`` from a GloVe text file, and the file's dimension E.
 
@@ -64,7 +68,10 @@ def read_glove_vectors(path: Path, words: set[str]) -> tuple[dict[str, np.ndarra
     dim = None
     try:
         with open(path, encoding="utf-8-sig", errors="strict") as fh:  # a byte-order mark is stripped
-            for line_no, line in enumerate(fh, start=1):
+            for line_no, line in enumerate(iter(lambda: fh.readline(MAX_GLOVE_LINE + 1), ""), start=1):
+                if len(line) > MAX_GLOVE_LINE:            # read no further: a 240 MB first line took 5 GB
+                    raise UserError(f"{path} line {line_no}: longer than {MAX_GLOVE_LINE:,} characters; not a "
+                                    "GloVe text file ('word v1 ... vE' per line)")
                 line = line.rstrip("\n").rstrip(" \r")
                 if not line:
                     continue

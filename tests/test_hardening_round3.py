@@ -209,3 +209,41 @@ def test_a_run_record_naming_a_key_twice_is_refused(finished, tmp_path):
     code, err = invoke(["eval", "--run", run, "--out", out, "--no-plots", "--quiet"])
     assert_one_line_error(code, err, "config.json", "'protocol'", "twice")
     assert_nothing_written(out)
+
+
+def test_a_glove_file_with_a_huge_first_line_is_refused_without_reading_it(tmp_path):
+    from tests.test_bad_input import CHEAP, _voc
+
+    root = _voc(tmp_path)
+    glove = tmp_path / "glove.txt"
+    with open(glove, "w") as fh:                            # a 100 MB first "line" (before: 5 GB for 240 MB)
+        fh.write("dog")
+        chunk = " 0.125" * 100_000
+        for _ in range(170):
+            fh.write(chunk)
+        fh.write("\ncat 0.1 0.2\n")
+    out_dir = tmp_path / "out"
+    code, err = invoke(["extract", "--dataset", "voc", "--root", root, "--split", "trainval", "--out",
+                        out_dir / "c.h5", *CHEAP, "--label-embeddings", f"glove:{glove}"])
+    assert_one_line_error(code, err, "glove.txt line 1", "longer than")
+    assert_nothing_written(out_dir)
+    # the memory the read takes (peak RSS growth over the imports, which take ~0.7 GB here)
+    proc = run_python(PEAK_OF_CALL, "from iagcn.extract.embeddings import read_glove_vectors as f",
+                      "f(Path(sys.argv[3]), {'dog'})", glove)
+    growth, err = proc.stdout.split("\n", 1)
+    assert "longer than" in err and float(growth) < 200, (growth, err[:300], proc.stderr[-500:])
+
+
+PEAK_OF_CALL = """
+import resource, sys
+from pathlib import Path
+exec(sys.argv[1])
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+try:
+    exec(sys.argv[2])
+except Exception as e:
+    err = str(e)[:300]
+else:
+    err = "no error"
+print(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base), err, sep="\\n")  # MiB
+"""
