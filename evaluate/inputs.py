@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from iagcn.errors import UserError
-from iagcn.validation import read_user_text, require_unique
+from iagcn.validation import check_numpy_file, read_user_text, require_unique
 
 
 @dataclass
@@ -103,6 +103,7 @@ def _read_matrix(path: Path, *, option: str, key: str) -> ScoreTable:
             return ScoreTable(c.labels(), c.image_ids(), c.class_names, path)
     if suffix == ".csv":
         return read_csv_matrix(path, option=option)
+    check_numpy_file(path, where=f"{option} {path}")     # sizes bounded before np.load allocates
     try:
         loaded = np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001

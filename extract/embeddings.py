@@ -23,6 +23,7 @@ import numpy as np
 
 from iagcn.errors import UserError
 from iagcn.fsutil import sha256_file
+from iagcn.validation import check_numpy_file
 
 COMPOUND_NAMES: dict[str, str] = {
     "pottedplant": "potted plant",
@@ -128,6 +129,7 @@ def load_label_embeddings(spec: str, class_names: list[str]) -> tuple[np.ndarray
         return emb, f"glove:{os.path.abspath(path)} sha256={sha256_file(path)} dim={emb.shape[1]}"
     if kind == "npy" and arg:
         path = Path(arg)
+        check_numpy_file(path, where=str(path))
         try:
             arr = np.load(path, allow_pickle=False)
         except FileNotFoundError as e:

@@ -14,6 +14,7 @@ import numpy as np
 
 from iagcn.errors import UserError
 from iagcn.fsutil import atomic_path, write_json_atomic
+from iagcn.validation import check_numpy_file
 
 PART_FIELDS = ("global", "regions", "boxes", "box_scores", "box_valid", "image_sizes")
 
@@ -33,6 +34,7 @@ def write_part(partial: Path, start: int, stop: int, arrays: dict[str, np.ndarra
 
 def read_part(path: Path) -> dict[str, np.ndarray] | None:
     try:
+        check_numpy_file(path, where=str(path))     # a damaged part's sizes: recomputed, never allocated
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in PART_FIELDS}
     except Exception:  # noqa: BLE001 -- an unreadable part is simply recomputed

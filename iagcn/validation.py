@@ -6,6 +6,8 @@
   ``tau=nan``, ``eval_batch_size=0`` ... are refused before any file is read or any epoch runs.
   :func:`check_table_covers` lets a test prove that every field has an entry.
 * :func:`require_unique`: duplicate image ids (or class names) are refused wherever a list of them is read.
+* :func:`check_numpy_file`: a user's ``.npy`` / ``.npz`` is checked before ``np.load`` reads it: every array's
+  declared shape against the bytes it holds, and every ``.npz`` member's expansion (a 3 MB zip bomb took 3.2 GB).
 * :func:`read_user_text`: user text files (split files, CSVs, class lists) are read as UTF-8 with a leading
   byte-order mark stripped, so it never leaks into the first id or class name.
 """
@@ -215,3 +217,56 @@ def read_user_text(path: str | os.PathLike, *, what: str) -> str:
 def unique_list(items: Iterable[str]) -> list[str]:
     """``items`` in order with repeats removed."""
     return list(dict.fromkeys(items))
+
+
+#: an .npz member may expand freely up to this size; above it, at most NPZ_MAX_RATIO times its compressed size
+NPZ_FREE_BYTES = 64 << 20
+NPZ_MAX_RATIO = 50
+
+
+def check_numpy_file(path: str | os.PathLike, *, where: str) -> None:
+    """Refuse, before ``np.load`` allocates anything, a ``.npy`` / ``.npz`` whose arrays would cost far more memory
+    than the file's size: an ``.npz`` member that expands more than NPZ_MAX_RATIO times past NPZ_FREE_BYTES (a zip
+    bomb), or an array header that declares more bytes than follow it. One UserError naming ``where``.
+
+    A file that is not an .npy/.npz at all is left to ``np.load`` (the caller's own message)."""
+    import zipfile
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+        if magic.startswith(b"PK"):
+            with zipfile.ZipFile(path) as z:
+                for info in z.infolist():
+                    if info.file_size > NPZ_FREE_BYTES and info.file_size > NPZ_MAX_RATIO * max(1, info.compress_size):
+                        raise UserError(f"{where}: member {info.filename!r} expands from {info.compress_size:,} to "
+                                        f"{info.file_size:,} bytes (over {NPZ_MAX_RATIO}x: a zip bomb?); save the "
+                                        f"arrays with numpy.savez")
+                    with z.open(info) as member:
+                        _check_npy_header(member, info.file_size, where=f"{where}: member {info.filename!r}")
+        elif magic == b"\x93NUMPY":
+            with open(path, "rb") as fh:
+                _check_npy_header(fh, path.stat().st_size, where=where)
+    except UserError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError):
+        return                                  # unreadable: np.load reports it with the caller's message
+
+
+def _check_npy_header(fh: Any, nbytes: int, *, where: str) -> None:
+    import numpy as np
+    from numpy.lib import format as npy_format
+
+    version = npy_format.read_magic(fh)
+    reader = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}.get(version)
+    if reader is None:
+        return
+    shape, _, dtype = reader(fh)
+    if dtype.hasobject:
+        return                                  # np.load(allow_pickle=False) refuses it
+    declared = math.prod(shape) * dtype.itemsize
+    held = nbytes - fh.tell()
+    if declared > held:
+        raise UserError(f"{where}: its header declares shape {shape} {np.dtype(dtype).name} ({declared:,} bytes) "
+                        f"but only {max(held, 0):,} bytes follow; the file is damaged, save it again with numpy")

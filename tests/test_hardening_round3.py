@@ -247,3 +247,54 @@ else:
     err = "no error"
 print(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base), err, sep="\\n")  # MiB
 """
+
+
+def _zip_bomb(path: Path, *, megabytes: int) -> None:
+    """An .npz of one (megabytes * 2**17,) float64 array of zeros, deflated: ~1000x smaller than it expands."""
+    n = megabytes << 17
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        with z.open("scores.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, {"descr": "<f8", "fortran_order": False, "shape": (n,)})
+            zeros = bytes(1 << 20)
+            for _ in range(megabytes):
+                member.write(zeros)
+
+
+def test_an_npz_zip_bomb_is_refused_before_it_is_expanded(good, tmp_path):
+    bomb = tmp_path / "bomb.npz"
+    _zip_bomb(bomb, megabytes=400)
+    assert bomb.stat().st_size < 2_000_000
+    out = tmp_path / "eval"
+    code, err = invoke(["eval", "--scores", bomb, "--targets", good[1], "--scores-are", "logits", "--out", out,
+                        "--no-plots"])
+    assert_one_line_error(code, err, "--scores", "bomb.npz", "zip bomb")
+    assert_nothing_written(out)
+    proc = run_python(PEAK_OF_CALL, "from iagcn.evaluate.inputs import read_matrix as f",
+                      "f(Path(sys.argv[3]), option='--scores', key='scores')", bomb)
+    growth, err = proc.stdout.split("\n", 1)
+    assert "zip bomb" in err and float(growth) < 100, (growth, err[:300], proc.stderr[-500:])
+
+
+def _lying_npy(shape: tuple[int, ...], data: bytes) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buf.getvalue() + data
+
+
+def test_an_array_header_declaring_more_than_the_file_holds_is_refused(good, tmp_path):
+    npy = tmp_path / "emb.npy"                              # declares 3 x 50M float32 (600 MB), holds 60 bytes
+    npy.write_bytes(_lying_npy((3, 50_000_000), bytes(60)))
+    run = tmp_path / "run"
+    code, err = invoke(train_args(good[0], good[1], run, "--label-embeddings", npy))
+    assert_one_line_error(code, err, "--label-embeddings", "emb.npy", "declares")
+    assert_nothing_written(run)
+    npz = tmp_path / "scores.npz"
+    with zipfile.ZipFile(npz, "w") as z:
+        z.writestr("scores.npy", _lying_npy((24, 50_000_000), bytes(24 * 3 * 4)))
+    out = tmp_path / "eval"
+    code, err = invoke(["eval", "--scores", npz, "--targets", good[1], "--scores-are", "logits", "--out", out,
+                        "--no-plots"])
+    assert_one_line_error(code, err, "--scores", "scores.npz", "declares")
+    assert_nothing_written(out)

@@ -30,6 +30,7 @@ from iagcn.train.loop import evaluate, learning_rate, train_one_epoch
 from iagcn.train.tensorboard_log import TensorBoardLog
 from iagcn.train.model import IAGCNHead
 from iagcn.train.standardize import feature_statistics
+from iagcn.validation import check_numpy_file
 
 
 # -- small helpers ----------------------------------------------------------------------------------
@@ -58,6 +59,7 @@ def load_label_embeddings(config: TrainConfig, cache: FeatureCache) -> tuple[np.
     path = Path(config.label_embeddings)
     if not path.exists():
         raise UserError(f"--label-embeddings {path}: file not found; pass a .npy (C, E) file or 'cache'")
+    check_numpy_file(path, where=f"--label-embeddings {path}")
     try:
         emb = np.load(path, allow_pickle=False).astype(np.float32)  # user file: never unpickled
     except Exception as e:  # noqa: BLE001

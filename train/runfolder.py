@@ -29,6 +29,7 @@ import numpy as np
 
 from iagcn.errors import UserError
 from iagcn.fsutil import atomic_path, remove_stale_temporaries, write_json_atomic, write_text_atomic
+from iagcn.validation import check_numpy_file
 
 CONFIG = "config.json"
 LOG = "log.csv"
@@ -210,10 +211,12 @@ def load_scores(run_dir: str | os.PathLike) -> tuple[np.ndarray, list[str]] | No
     npz, npy, ids = run_dir / SCORES, run_dir / SCORES_NPY, run_dir / IMAGE_IDS
     try:
         if npz.exists():
+            check_numpy_file(npz, where=str(npz))
             with np.load(npz, allow_pickle=False) as z:
                 if "scores" in z and "image_ids" in z:
                     return np.asarray(z["scores"], dtype=np.float64), [str(i) for i in z["image_ids"]]
         if npy.exists() and ids.exists():
+            check_numpy_file(npy, where=str(npy))
             return (np.load(npy, allow_pickle=False).astype(np.float64),
                     [line for line in ids.read_text().splitlines() if line])
     except (OSError, ValueError) as e:
