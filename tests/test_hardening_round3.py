@@ -298,3 +298,46 @@ def test_an_array_header_declaring_more_than_the_file_holds_is_refused(good, tmp
                         "--no-plots"])
     assert_one_line_error(code, err, "--scores", "scores.npz", "declares")
     assert_nothing_written(out)
+
+
+# -- errors that were not one line -------------------------------------------------------------------------------
+def _set_file_size_limit(limit: int):
+    def preexec() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return preexec
+
+
+def test_train_past_a_real_file_size_limit_names_the_checkpoint(good, tmp_path):
+    """`ulimit -f`: config.json (~3 KB) fits, the first checkpoint (~24 KB) does not: a real EFBIG inside torch.save."""
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "iagcn", *map(str, train_args(good[0], good[1], run))],
+                          capture_output=True, text=True, timeout=300, env=cli_env(OMP_NUM_THREADS="1"),
+                          cwd=REPO_ROOT, preexec_fn=_set_file_size_limit(16_000))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "file-size limit reached" in lines[0] and str(run / "best.pt") in lines[0], lines[0]
+    assert (run / "config.json").exists() and not (run / "best.pt").exists() and not (run / "metrics.json").exists()
+    assert not [p.name for p in run.iterdir() if ".tmp-" in p.name]
+
+
+def test_train_on_a_real_full_device_names_the_checkpoint(good, tmp_path, monkeypatch):
+    """A real ENOSPC from the kernel: the checkpoint's temporary is a link to /dev/full (every write: ENOSPC)."""
+    from iagcn import fsutil
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    real = fsutil.tmp_name_for
+
+    def tmp_name_for(final: Path) -> Path:
+        tmp = real(final)
+        if final.name == "best.pt":
+            os.symlink("/dev/full", tmp)
+        return tmp
+
+    monkeypatch.setattr(fsutil, "tmp_name_for", tmp_name_for)
+    run = tmp_path / "run"
+    code, err = invoke(train_args(good[0], good[1], run))
+    assert_one_line_error(code, err, "disk full while writing checkpoint", str(run / "best.pt"))
+    assert not (run / "best.pt").exists() and not [p.name for p in run.iterdir() if ".tmp-" in p.name]

@@ -174,7 +174,15 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
     _check_keys(state, CHECKPOINT_KEYS + RESUME_KEYS, path)
     with atomic_path(path, what="checkpoint") as tmp:
-        torch.save(state, tmp)
+        # through a Python file: a failed write keeps its errno (ENOSPC, EFBIG), which atomic_path turns into one
+        # line; given a path, torch's own writer reports only "[enforce fail at inline_container.cc] unexpected pos"
+        with open(tmp, "wb") as fh:
+            try:
+                torch.save(state, fh)
+            except RuntimeError as e:
+                if isinstance(e.__context__, OSError):
+                    raise e.__context__ from e
+                raise
 
 
 def load_checkpoint(path: Path, *, keys: tuple[str, ...] = CHECKPOINT_KEYS) -> dict[str, Any]:
