@@ -341,3 +341,29 @@ def test_train_on_a_real_full_device_names_the_checkpoint(good, tmp_path, monkey
     code, err = invoke(train_args(good[0], good[1], run))
     assert_one_line_error(code, err, "disk full while writing checkpoint", str(run / "best.pt"))
     assert not (run / "best.pt").exists() and not [p.name for p in run.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.mark.parametrize("role", ["train", "eval"])
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_an_empty_cache_is_refused_before_anything_is_written(role, command, good, tmp_path):
+    empty = Path(write_fake_cache(tmp_path / "empty.h5", n=0, seed=0, prototypes_seed=0, **KW))
+    train, evaluation = (empty, good[1]) if role == "train" else (good[0], empty)
+    out = tmp_path / "out"
+    if command == "train":
+        args = train_args(train, evaluation, out)
+    else:
+        args = ["sweep", "--train-cache", train, "--eval-cache", evaluation, "--presets", "mlgcn", "--epochs", "1",
+                "--quiet", "--out", out, *SMALL_SET]
+    code, err = invoke(args)
+    assert_one_line_error(code, err, f"--{role}-cache", "empty.h5", "no images")
+    assert_nothing_written(out)
+
+
+def test_a_sweep_whose_train_cache_is_too_small_for_the_probe_names_the_cache_not_val_fraction(good, tmp_path):
+    tiny = Path(write_fake_cache(tmp_path / "tiny.h5", n=2, seed=0, prototypes_seed=0, **KW))
+    out = tmp_path / "sweep"
+    code, err = invoke(["sweep", "--train-cache", tiny, "--eval-cache", good[1], "--presets", "mlgcn", "--epochs", "1",
+                        "--set", "val_fraction=0", "--quiet", "--out", out, *SMALL_SET])
+    assert_one_line_error(code, err, "--train-cache", "tiny.h5", "cross-validation", "--no-probe")
+    assert "--val-fraction" not in err
+    assert_nothing_written(out)

@@ -95,6 +95,14 @@ def choose_C(x: np.ndarray, y: np.ndarray, config: ProbeConfig) -> tuple[float, 
     return float(best), scores
 
 
+def check_probe_inputs(train_data, config: ProbeConfig = ProbeConfig()) -> None:
+    """Refuse, before a sweep writes anything, a training cache too small for the probe's k-fold cross-validation."""
+    if train_data.n < config.folds:
+        raise UserError(f"--train-cache {train_data.path}: {train_data.n} image(s), too few for the {PROBE_NAME} "
+                        f"reference's {config.folds}-fold cross-validation (at least {config.folds}); use a larger "
+                        f"training cache or pass --no-probe")
+
+
 def run_probe(train_data, eval_data, out_dir: str | os.PathLike, *, config: ProbeConfig = ProbeConfig(),
               log=print) -> dict[str, Any]:
     """Fit the probe on ``train_data`` (CacheData), score ``eval_data`` once; write a run-like folder.
@@ -108,6 +116,7 @@ def run_probe(train_data, eval_data, out_dir: str | os.PathLike, *, config: Prob
     from iagcn.metrics import multilabel_metrics
     from iagcn.train import runfolder
 
+    check_probe_inputs(train_data, config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     record = {"config": {"preset": PROBE_NAME, "seed": config.seed, **asdict(config)}, "recipe": "probe",

@@ -156,7 +156,12 @@ def selection_warnings(train_data: CacheData, hold_idx: np.ndarray | None, eval_
 
 # -- the run ----------------------------------------------------------------------------------------
 def check_run_inputs(config: TrainConfig, *, train_data: CacheData, eval_data: CacheData) -> None:
-    """Everything a run refuses before it writes: cache compatibility, the device, the label embeddings."""
+    """Everything a run refuses before it writes: empty caches, cache compatibility, the device, the label
+    embeddings."""
+    for data, option in ((train_data, "--train-cache"), (eval_data, "--eval-cache")):
+        if data.n == 0:
+            raise UserError(f"{option} {data.path}: the cache holds no images; extract a split with at least one "
+                            f"image")
     check_compatible(train_data.cache, eval_data.cache, role="evaluation")
     resolve_device(config.device)
     load_label_embeddings(config, train_data.cache)

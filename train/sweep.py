@@ -35,6 +35,10 @@ def run_sweep(configs: Iterable[TrainConfig], *, train_data: CacheData, eval_dat
     configs = list(configs)
     for config in configs:  # every refusal before the sweep folder exists
         check_run_inputs(config, train_data=train_data, eval_data=eval_data)
+    if probe:
+        from iagcn.train.probe import check_probe_inputs
+
+        check_probe_inputs(train_data)
     out = check_writable_dir(out_dir, what="the sweep", option="--out")
     with exclusive_lock(out / "sweep", what="sweep directory"), \
             interrupt_hint(lambda: f"interrupted: {sum(runfolder.is_complete(run_dir_for(out, c.preset, c.seed)) for c in configs)}"
