@@ -29,8 +29,8 @@ def good(tmp_path_factory):
             Path(write_fake_cache(d / "test.h5", n=24, seed=1, prototypes_seed=0, split="test", **KW)))
 
 
-def train_args(train: Path, evaluation: Path, out: Path, *extra) -> list:
-    return ["train", "--train-cache", train, "--eval-cache", evaluation, "--preset", "mlgcn", "--epochs", "1",
+def train_args(train: Path, evaluation: Path, out: Path, *extra, epochs: int = 1) -> list:
+    return ["train", "--train-cache", train, "--eval-cache", evaluation, "--preset", "mlgcn", "--epochs", str(epochs),
             "--quiet", "--out", out, *SMALL_SET, *extra]
 
 
@@ -367,3 +367,43 @@ def test_a_sweep_whose_train_cache_is_too_small_for_the_probe_names_the_cache_no
     assert_one_line_error(code, err, "--train-cache", "tiny.h5", "cross-validation", "--no-probe")
     assert "--val-fraction" not in err
     assert_nothing_written(out)
+
+
+KILL_AT_TENSORBOARD = """
+import os, signal, sys
+from iagcn.train import tensorboard_log
+
+logged = tensorboard_log.TensorBoardLog.epoch
+
+
+def epoch(self, row):
+    if row["epoch"] == 2:               # last.pt already holds epoch 2: the kill lands before its events
+        os.kill(os.getpid(), signal.SIGKILL)
+    logged(self, row)
+
+
+tensorboard_log.TensorBoardLog.epoch = epoch
+from iagcn.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_the_epoch_saved_just_before_a_kill_reaches_tensorboard_after_the_resume(good, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    proc = run_python(KILL_AT_TENSORBOARD, *train_args(good[0], good[1], run, "--tensorboard", epochs=3))
+    assert proc.returncode == -9, proc.stderr
+    import torch
+
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1          # epoch 2 is kept
+    code, err = invoke(["train", "--resume", run, "--quiet"])
+    assert code == 0, err
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    steps = sorted(e.step for e in acc.Scalars("loss/total"))
+    assert steps == [1, 2, 3], steps
+    log = [line.split(",") for line in (run / "log.csv").read_text().splitlines()[1:]]
+    by_step = {e.step: e.value for e in acc.Scalars("loss/total")}
+    assert by_step[2] == pytest.approx(float(log[1][2]), rel=1e-5)

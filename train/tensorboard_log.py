@@ -44,6 +44,27 @@ class TensorBoardLog:
                 self.writer.add_scalar(tag, float(value), step)
         self.writer.flush()
 
+    def catch_up(self, history: list[dict[str, Any]]) -> None:
+        """Log the epochs of ``history`` (a resumed run's, from last.pt) that the event files lack: a run killed after
+        it saved an epoch's checkpoint but before that epoch's events were written resumes after that epoch, which
+        would otherwise never reach TensorBoard."""
+        if self.writer is None or not history:
+            return
+        logged = self._logged_epochs()
+        for row in history:
+            if int(row["epoch"]) not in logged:
+                self.epoch(row)
+
+    def _logged_epochs(self) -> set[int]:
+        """The epochs whose loss the event files of this run folder already hold."""
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        self.writer.flush()
+        acc = EventAccumulator(str(self.dir), size_guidance={"scalars": 0})
+        acc.Reload()
+        tag = EPOCH_TAGS["loss"]
+        return {int(e.step) for e in acc.Scalars(tag)} if tag in acc.Tags().get("scalars", []) else set()
+
     def final(self, metrics: dict[str, Any], *, epoch: int) -> None:
         """The evaluation cache's metrics of the selected checkpoint, at its epoch."""
         if self.writer is None:
