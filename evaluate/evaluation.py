@@ -146,7 +146,7 @@ def write_evaluation(out: str | os.PathLike, ev: Evaluation, *, config: EvalConf
     runfolder.refuse_run_folder(out)  # an evaluation never replaces what training wrote (metrics.json, scores.npz)
     paths = {"eval_config": out / "eval_config.json", "metrics": out / "metrics.json",
              "per_class_ap": out / "per_class_ap.csv"}
-    with exclusive_lock(out / "eval", what="evaluation folder"):  # one evaluation's files, never two mixed
+    with exclusive_lock(out, what="evaluation folder", inside="eval"):  # one evaluation's files, never two mixed
         for path in (*paths.values(), out / "scores.npz"):  # what a killed evaluation left (we hold the lock)
             remove_stale_temporaries(path)
         write_json_atomic(paths["eval_config"], {"config": config_to_dict(config), "inputs": inputs,

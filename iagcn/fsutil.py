@@ -255,8 +255,10 @@ _held_locks: dict[str, tuple[int, int]] = {}   # lock file -> (st_dev, st_ino), 
 
 
 @contextlib.contextmanager
-def exclusive_lock(target: str | os.PathLike, *, what: str = "output") -> Iterator[None]:
-    """Refuse a second process writing ``target`` at the same time (a ``filelock`` lock on ``.<target>.lock``).
+def exclusive_lock(target: str | os.PathLike, *, what: str = "output", inside: str | None = None) -> Iterator[None]:
+    """Refuse a second process writing ``target`` at the same time (a ``filelock`` lock on ``.<target>.lock``, or
+    with ``inside="run"`` on the folder ``target``'s own ``target/.run.lock``; messages name ``target``, the path
+    the user gave).
 
     The OS lock (flock on POSIX, LockFileEx on Windows) dies with the process, so a killed writer never blocks
     the rerun. It is not inherited: a forked child (a DataLoader worker) closes its copy of the lock's file
@@ -275,9 +277,9 @@ def exclusive_lock(target: str | os.PathLike, *, what: str = "output") -> Iterat
     from filelock import FileLock, Timeout
 
     target = Path(target)
-    lock_path = target.parent / f".{target.name}.lock"
+    lock_path = target / f".{inside}.lock" if inside else target.parent / f".{target.name}.lock"
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(lock_path), timeout=0)
         try:
             lock.acquire()
@@ -287,7 +289,8 @@ def exclusive_lock(target: str | os.PathLike, *, what: str = "output") -> Iterat
         raise UserError(f"another process is writing {what} {target} (lock {lock_path} is held); "
                         f"wait for it or choose another output") from e
     except OSError as e:
-        raise UserError(f"cannot write {what} {target}: {e.strerror or e} ({lock_path}); "
+        raise UserError(f"cannot write {what} {target}: its lock file {lock_path} cannot be created "
+                        f"({e.strerror or e}); "
                         f"choose a writable location") from e
     key = str(lock_path.absolute())
     held: tuple[int, int] | None = None

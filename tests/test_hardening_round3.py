@@ -407,3 +407,35 @@ def test_the_epoch_saved_just_before_a_kill_reaches_tensorboard_after_the_resume
     log = [line.split(",") for line in (run / "log.csv").read_text().splitlines()[1:]]
     by_step = {e.step: e.value for e in acc.Scalars("loss/total")}
     assert by_step[2] == pytest.approx(float(log[1][2]), rel=1e-5)
+
+
+def test_lock_refusals_name_the_folder_the_user_gave(good, tmp_path):
+    from filelock import FileLock
+
+    for command, folder, lock, what in (("train", tmp_path / "run", ".run.lock", "run directory"),
+                                        ("sweep", tmp_path / "sweep", ".sweep.lock", "sweep directory")):
+        folder.mkdir()
+        held = FileLock(str(folder / lock), timeout=0)
+        held.acquire()
+        try:
+            args = train_args(good[0], good[1], folder) if command == "train" else \
+                ["sweep", "--train-cache", good[0], "--eval-cache", good[1], "--presets", "mlgcn", "--epochs", "1",
+                 "--no-probe", "--quiet", "--out", folder, *SMALL_SET]
+            code, err = invoke(args)
+        finally:
+            held.release()
+        assert_one_line_error(code, err, f"another process is writing {what} {folder} (lock {folder / lock} is held)")
+        assert sorted(p.name for p in folder.iterdir()) == [lock]
+
+
+def test_a_sweep_continuing_an_interrupted_run_of_another_config_names_the_sweep_not_resume(good, tmp_path):
+    sweep = tmp_path / "sweep"
+    run = sweep / "mlgcn-s0"
+    proc = run_python(KILL_AT_TENSORBOARD, *train_args(good[0], good[1], run, "--tensorboard", "--seed", "0",
+                                                      epochs=3))
+    assert proc.returncode == -9 and (run / "last.pt").exists(), proc.stderr
+    code, err = invoke(["sweep", "--train-cache", good[0], "--eval-cache", good[1], "--presets", "mlgcn", "--seeds",
+                        "0", "--epochs", "3", "--lr", "0.5", "--tensorboard", "--no-probe", "--quiet", "--out", sweep,
+                        *SMALL_SET])
+    assert_one_line_error(code, err, f"sweep --out {sweep}", "interrupted run mlgcn-s0", "different config", "lr")
+    assert "--resume" not in err

@@ -169,11 +169,12 @@ def check_run_inputs(config: TrainConfig, *, train_data: CacheData, eval_data: C
 
 def train_run(config: TrainConfig, *, train_data: CacheData, eval_data: CacheData, out_dir: str | os.PathLike,
               resume: bool = False, progress: bool = True, log=print,
-              resume_command: str | None = None) -> dict[str, Any]:
+              resume_command: str | None = None, caller: str | None = None) -> dict[str, Any]:
     """Train ``config`` on ``train_data``, select an epoch per the protocol, score ``eval_data`` once.
 
     With ``resume`` a run directory holding ``last.pt`` continues from it (same config required);
-    without it such a directory is refused. Returns the content of metrics.json.
+    without it such a directory is refused. ``caller`` names the run in refusals (default ``--resume DIR``; a
+    sweep passes what its user typed). Returns the content of metrics.json.
     """
     check_run_inputs(config, train_data=train_data, eval_data=eval_data)  # first: a refusal leaves no run directory
     out = check_writable_dir(out_dir, what="the run directory", option="--out")
@@ -185,12 +186,13 @@ def train_run(config: TrainConfig, *, train_data: CacheData, eval_data: CacheDat
             return f"interrupted: no epoch finished in {out}; {how}"
         return f"interrupted: epochs 1-{kept['epochs']} kept in {runfolder.checkpoint_path(out, 'last')}; {how}"
 
-    with exclusive_lock(out / "run", what="run directory"), interrupt_hint(hint):
+    with exclusive_lock(out, what="run directory", inside="run"), interrupt_hint(hint):
         runfolder.remove_stale(out)
-        return _train_run_locked(config, train_data, eval_data, out, resume, progress, log, kept)
+        return _train_run_locked(config, train_data, eval_data, out, resume, progress, log, kept,
+                                 caller or f"--resume {out}")
 
 
-def _train_run_locked(config, train_data, eval_data, out, resume, progress, log, kept) -> dict[str, Any]:
+def _train_run_locked(config, train_data, eval_data, out, resume, progress, log, kept, caller) -> dict[str, Any]:
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
@@ -204,13 +206,13 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
         saved = recorded_config(ckpt["config"], source=str(last_path))
         diff = saved.identity_diff(config)          # execution fields (device, threads, ...) may change
         if diff:
-            raise UserError(f"--resume {out}: the run was started with a different config ({', '.join(diff)}); "
+            raise UserError(f"{caller}: the run was started with a different config ({', '.join(diff)}); "
                             f"rerun with the same options or choose another --out")
         if list(ckpt["meta"].get("class_names", [])) != list(train_data.class_names):
-            raise UserError(f"--resume {out}: last.pt was trained on another class list than the train cache "
+            raise UserError(f"{caller}: last.pt was trained on another class list than the train cache "
                             f"{train_data.path}; resume with the run's own caches or choose another --out")
         if (out / runfolder.CONFIG).exists():  # the caches are part of a run's identity, as its config is
-            runfolder.check_same_caches(out, train_data.cache, eval_data.cache, action=f"--resume {out}")
+            runfolder.check_same_caches(out, train_data.cache, eval_data.cache, action=caller)
         kept["epochs"] = int(ckpt["epoch"]) + 1
 
     protocol = protocol_name(config)

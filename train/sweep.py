@@ -40,7 +40,7 @@ def run_sweep(configs: Iterable[TrainConfig], *, train_data: CacheData, eval_dat
 
         check_probe_inputs(train_data)
     out = check_writable_dir(out_dir, what="the sweep", option="--out")
-    with exclusive_lock(out / "sweep", what="sweep directory"), \
+    with exclusive_lock(out, what="sweep directory", inside="sweep"), \
             interrupt_hint(lambda: f"interrupted: {sum(runfolder.is_complete(run_dir_for(out, c.preset, c.seed)) for c in configs)}"
                                    f"/{len(configs)} runs complete in {out}; rerun the same `iagcn sweep` command to "
                                    f"resume (the interrupted run continues from its last epoch)"):
@@ -72,7 +72,8 @@ def _run_sweep_locked(configs, train_data, eval_data, out: Path, progress, log, 
             t_run = time.perf_counter()
             result = train_run(cfg, train_data=train_data, eval_data=eval_data, out_dir=run_dir,
                                resume=runfolder.checkpoint_path(run_dir, "last").exists(), progress=progress, log=log,
-                               resume_command="rerun the same `iagcn sweep` command to resume")
+                               resume_command="rerun the same `iagcn sweep` command to resume",
+                               caller=f"sweep --out {out}: continuing the interrupted run {run_dir.name}")
             trained_s.append(time.perf_counter() - t_run)
         rows.append(result_row(result, cfg, run_dir))
         write_results(out, rows)
