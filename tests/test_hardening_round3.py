@@ -14,8 +14,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from iagcn.cache.fake import write_fake_cache
+from iagcn.cli import main
 from tests.conftest import REPO_ROOT, cli_env
 from tests.test_bad_input import SMALL_SET, assert_nothing_written, assert_one_line_error, invoke
 
@@ -439,3 +441,47 @@ def test_a_sweep_continuing_an_interrupted_run_of_another_config_names_the_sweep
                         *SMALL_SET])
     assert_one_line_error(code, err, f"sweep --out {sweep}", "interrupted run mlgcn-s0", "different config", "lr")
     assert "--resume" not in err
+
+
+# -- wrong numbers with exit 0 (sweep) ---------------------------------------------------------------------------
+def sweep_args(train: Path, evaluation: Path, out: Path, *extra) -> list:
+    return ["sweep", "--train-cache", train, "--eval-cache", evaluation, "--seeds", "0", "--epochs", "1", "--quiet",
+            "--bootstrap", "100", "--out", out, *SMALL_SET, *extra]
+
+
+def probe_row(sweep: Path) -> dict:
+    import csv
+
+    rows = list(csv.DictReader((sweep / "results.csv").open()))
+    return next(r for r in rows if r["preset"] == "linear-probe")
+
+
+def test_the_probe_row_is_refitted_when_a_cache_changes_under_the_same_path(tmp_path):
+    train = Path(write_fake_cache(tmp_path / "train.h5", n=60, seed=0, prototypes_seed=0, **KW))
+    evaluation = Path(write_fake_cache(tmp_path / "test.h5", n=30, seed=1, prototypes_seed=0, split="test", **KW))
+    sweep = tmp_path / "sweep"
+    code, err = invoke(sweep_args(train, evaluation, sweep, "--presets", "mlgcn"))
+    assert code == 0, err
+    before = probe_row(sweep)["mAP"]
+    write_fake_cache(evaluation, n=30, seed=9, prototypes_seed=0, split="test", **KW)   # re-extracted in place
+    shutil.rmtree(sweep / "mlgcn-s0")                                                 # (its run: retrained)
+    code, err = invoke(sweep_args(train, evaluation, sweep, "--presets", "mlgcn"))
+    assert code == 0, err
+    fresh = tmp_path / "fresh"                                   # reference: a sweep that never saw the old cache
+    code, err = invoke(sweep_args(train, evaluation, fresh, "--presets", "mlgcn"))
+    assert code == 0, err
+    assert probe_row(fresh)["mAP"] != before                     # the change matters to the probe
+    assert probe_row(sweep)["mAP"] == probe_row(fresh)["mAP"]
+
+
+def test_a_sweep_rerun_without_a_comparison_leaves_no_earlier_ablation_files(good, tmp_path):
+    sweep = tmp_path / "sweep"
+    code, err = invoke(sweep_args(good[0], good[1], sweep, "--presets", "mlgcn,iagcn", "--no-probe"))
+    assert code == 0, err
+    assert (sweep / "ablation.json").exists() and (sweep / "ablation.md").exists()
+    result = CliRunner().invoke(main, [str(a) for a in sweep_args(good[0], good[1], sweep, "--presets", "mlgcn,iagcn",
+                                                                  "--no-probe", "--baseline", "none")])
+    assert result.exit_code == 0, result.stderr
+    assert not (sweep / "ablation.json").exists() and not (sweep / "ablation.md").exists()
+    wrote = [line for line in result.stdout.splitlines() if line.startswith("wrote ")]
+    assert wrote and "ablation" not in wrote[0], wrote

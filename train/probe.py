@@ -107,7 +107,8 @@ def run_probe(train_data, eval_data, out_dir: str | os.PathLike, *, config: Prob
               log=print) -> dict[str, Any]:
     """Fit the probe on ``train_data`` (CacheData), score ``eval_data`` once; write a run-like folder.
 
-    A folder that already holds metrics.json for the same probe config and caches is reused.
+    A folder that already holds metrics.json for the same probe config and caches (their content fingerprints,
+    ``FeatureCache.fingerprint``, as for every run) is reused; otherwise the probe is fitted again.
     """
     import json
 
@@ -126,9 +127,9 @@ def run_probe(train_data, eval_data, out_dir: str | os.PathLike, *, config: Prob
               "class_names": train_data.class_names}
     if runfolder.is_complete(out) and (out / runfolder.CONFIG).exists():
         old = runfolder.read_record(out, option="probe")
-        same = old.get("config") == json.loads(json.dumps(record["config"])) and \
-            old.get("train_cache", {}).get("extract_config_hash") == record["train_cache"]["extract_config_hash"] and \
-            old.get("eval_cache", {}).get("path") == record["eval_cache"]["path"]
+        same = old.get("config") == json.loads(json.dumps(record["config"])) and all(  # caches: by content
+            isinstance(old.get(role), dict) and old[role].get("fingerprint") == record[role]["fingerprint"]
+            for role in ("train_cache", "eval_cache"))
         if same:
             log(f"{PROBE_NAME}: complete, reused ({out})")
             return runfolder.read_metrics(out)

@@ -20,6 +20,11 @@ from iagcn.train.data import CacheData
 from iagcn.train.run import check_run_inputs, train_run
 
 
+#: what an earlier invocation wrote that this one may not rewrite (evaluate.ablation.write_ablation writes them
+#: after the runs when the baseline is swept): removed when a sweep starts, so none is left stale under its name
+PREVIOUS_INVOCATION_FILES = ("ablation.json", "ablation.md")
+
+
 def run_dir_for(out: Path, preset: str, seed: int) -> Path:
     return out / f"{preset}-s{seed}"
 
@@ -49,6 +54,8 @@ def run_sweep(configs: Iterable[TrainConfig], *, train_data: CacheData, eval_dat
 
 def _run_sweep_locked(configs, train_data, eval_data, out: Path, progress, log, on_results,
                       probe=True) -> list[dict[str, Any]]:
+    for name in PREVIOUS_INVOCATION_FILES:   # an earlier sweep's comparison: rewritten only if this one makes one
+        (out / name).unlink(missing_ok=True)
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     todo = [not runfolder.is_complete(run_dir_for(out, c.preset, c.seed)) for c in configs]
