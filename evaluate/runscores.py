@@ -68,10 +68,13 @@ def run_scores_for_cache(run_dir: Path, cache_path: Path, *, config: EvalConfig,
     saved = runfolder.load_scores(run_dir) if config.which == "best" else None
     with FeatureCache(cache_path) as c:
         cache_ids, cache_classes = c.image_ids(), c.class_names
-        cache_hash = c.attrs.get("extract_config_hash")
+        cache_hash, cache_fingerprint = c.attrs.get("extract_config_hash"), c.fingerprint()
     recorded = record["eval_cache"] or {}
-    same_cache = recorded.get("extract_config_hash") == cache_hash and \
-        Path(str(recorded.get("path", ""))).resolve() == Path(cache_path).resolve()
+    if "fingerprint" in recorded:        # by content, as everywhere: a cache re-extracted in place is not the same
+        same_cache = recorded["fingerprint"] == cache_fingerprint
+    else:
+        same_cache = recorded.get("extract_config_hash") == cache_hash and \
+            Path(str(recorded.get("path", ""))).resolve() == Path(cache_path).resolve()
     if saved is not None and same_cache and sorted(saved[1]) == sorted(cache_ids):
         class_names = list(record.get("class_names") or cache_classes)
         if class_names != list(cache_classes):

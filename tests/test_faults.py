@@ -333,7 +333,7 @@ def test_train_disk_full_keeps_last_checkpoint_then_resumes(caches, full_run, tm
     def save(obj, f, *a, **k):
         calls.append(1)
         if len(calls) == 3:                       # epoch 1: best + last; epoch 2: best fails
-            Path(f).write_bytes(b"half a checkpoint")
+            f.write(b"half a checkpoint")         # save_checkpoint passes an open file
             raise RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file "
                                "data/0: file write failed (No space left on device)")
         return real_save(obj, f, *a, **k)

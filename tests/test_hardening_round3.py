@@ -485,3 +485,31 @@ def test_a_sweep_rerun_without_a_comparison_leaves_no_earlier_ablation_files(goo
     assert not (sweep / "ablation.json").exists() and not (sweep / "ablation.md").exists()
     wrote = [line for line in result.stdout.splitlines() if line.startswith("wrote ")]
     assert wrote and "ablation" not in wrote[0], wrote
+
+
+def test_eval_of_a_run_on_an_empty_cache_names_the_cache(finished, tmp_path):
+    empty = Path(write_fake_cache(tmp_path / "empty.h5", n=0, seed=0, prototypes_seed=0, **KW))
+    out = tmp_path / "eval"
+    code, err = invoke(["eval", "--run", finished, "--cache", empty, "--out", out, "--no-plots", "--quiet"])
+    assert_one_line_error(code, err, "empty.h5", "no images")
+    assert_nothing_written(out)
+
+
+def test_compare_recomputes_a_runs_scores_when_the_cache_changed_under_the_same_path(tmp_path):
+    """Saved scores are reused only for the cache's content fingerprint (they were: config hash + path)."""
+    train = Path(write_fake_cache(tmp_path / "train.h5", n=48, seed=0, prototypes_seed=0, **KW))
+    evaluation = Path(write_fake_cache(tmp_path / "test.h5", n=24, seed=1, prototypes_seed=0, split="test", **KW))
+    runs = [tmp_path / "r0", tmp_path / "r1"]
+    for seed, run in enumerate(runs):
+        code, err = invoke(train_args(train, evaluation, run, "--seed", str(seed)))
+        assert code == 0, err
+    write_fake_cache(evaluation, n=24, seed=9, prototypes_seed=0, split="test", **KW)   # same ids, new content
+    code, err = invoke(["compare", *runs, "--resamples", "100", "--out", tmp_path / "cmp"])
+    assert code == 0, err
+    got = json.loads((tmp_path / "cmp" / "compare.json").read_text())["bootstrap"]["metrics"]["mAP"]
+    for side, run in zip("ab", runs):        # reference: each run scored from its checkpoint on the new cache
+        code, err = invoke(["eval", "--checkpoint", run / "best.pt", "--cache", evaluation, "--out",
+                            tmp_path / f"ref-{side}", "--no-plots", "--quiet"])
+        assert code == 0, err
+        ref = json.loads((tmp_path / f"ref-{side}" / "metrics.json").read_text())["metrics"]["mAP"]
+        assert got[side] == pytest.approx(ref), side

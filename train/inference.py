@@ -54,7 +54,9 @@ class LoadedRun:
     meta: dict[str, Any]
 
     def check_cache(self, cache: FeatureCache, *, what: str = "evaluate on") -> None:
-        """Refuse, in one line, a cache this head cannot read: other classes, ROI count or feature dim."""
+        """Refuse, in one line, a cache this head cannot read: no images, other classes, ROI count or feature dim."""
+        if cache.num_images == 0:
+            raise UserError(f"cache {cache.path} holds no images; {what} a cache with at least one image")
         if list(cache.class_names) != list(self.class_names):
             raise UserError(f"cache {cache.path}: its {cache.num_classes} classes differ from the {len(self.class_names)} "
                             f"classes run {self.run_dir} was trained on; {what} a cache of the same dataset")
