@@ -133,7 +133,8 @@ def coerce_fields(cls: type, fields: dict[str, Any], *, source: str) -> dict[str
     hints = typing.get_type_hints(cls)
     unknown = sorted(k for k in fields if k not in hints)
     if unknown:
-        listed = ", ".join(_short(k, 40) for k in unknown[:10]) + (f" ... ({len(unknown) - 10} more)" if len(unknown) > 10 else "")
+        listed = ", ".join(str(k)[:40] for k in unknown[:10])
+        listed += f" ... ({len(unknown) - 10} more)" if len(unknown) > 10 else ""
         raise UserError(f"{source}: unknown field(s) {listed}; known fields: {', '.join(sorted(hints))}")
     out: dict[str, Any] = {}
     for key, value in fields.items():

@@ -20,15 +20,7 @@ from iagcn.cache.fake import write_fake_cache
 from iagcn.cli import main
 from tests.conftest import REPO_ROOT, cli_env
 from tests.test_bad_input import SMALL_SET, assert_nothing_written, assert_one_line_error, invoke
-
-KW = dict(num_rois=4, dim=8, num_classes=3, embedding_dim=5)
-
-
-@pytest.fixture(scope="module")
-def good(tmp_path_factory):
-    d = tmp_path_factory.mktemp("good3")
-    return (Path(write_fake_cache(d / "train.h5", n=48, seed=0, prototypes_seed=0, **KW)),
-            Path(write_fake_cache(d / "test.h5", n=24, seed=1, prototypes_seed=0, split="test", **KW)))
+from tests.test_wrong_results import KW, caches  # noqa: F401 -- caches: the (train, test) fixture, 48 + 24 images
 
 
 def train_args(train: Path, evaluation: Path, out: Path, *extra, epochs: int = 1) -> list:
@@ -42,10 +34,10 @@ def run_python(code: str, *args, preexec_fn=None, timeout: float = 120) -> subpr
 
 
 # -- caches that read other files ------------------------------------------------------------------------------
-def _cache_reading_another_file(kind: str, good: Path, tmp_path: Path) -> tuple[Path, str]:
-    """A copy of ``good`` whose `global` is not stored in it -> (the file, a word the refusal must contain)."""
+def _cache_reading_another_file(kind: str, source: Path, tmp_path: Path) -> tuple[Path, str]:
+    """A copy of ``source`` whose `global` is not stored in it -> (the file, a word the refusal must contain)."""
     bad = tmp_path / f"{kind.replace(' ', '-')}.h5"
-    shutil.copy(good, bad)
+    shutil.copy(source, bad)
     with h5py.File(bad, "r") as f:
         g = f["global"][...]                                           # (n, D) float16
     other = tmp_path / "elsewhere.h5"
@@ -80,17 +72,17 @@ EXTERNAL_KINDS = ["external link", "soft link", "virtual dataset", "external raw
 
 
 @pytest.mark.parametrize("kind", EXTERNAL_KINDS)
-def test_info_refuses_a_cache_whose_data_is_in_another_file(kind, good, tmp_path):
-    bad, needle = _cache_reading_another_file(kind, good[0], tmp_path)
+def test_info_refuses_a_cache_whose_data_is_in_another_file(kind, caches, tmp_path):
+    bad, needle = _cache_reading_another_file(kind, caches[0], tmp_path)
     code, err = invoke(["info", bad])
     assert_one_line_error(code, err, bad.name, "global", needle)
 
 
 @pytest.mark.parametrize("kind", EXTERNAL_KINDS)
-def test_train_and_eval_refuse_a_cache_whose_data_is_in_another_file(kind, good, tmp_path):
-    bad, needle = _cache_reading_another_file(kind, good[1], tmp_path)
+def test_train_and_eval_refuse_a_cache_whose_data_is_in_another_file(kind, caches, tmp_path):
+    bad, needle = _cache_reading_another_file(kind, caches[1], tmp_path)
     run = tmp_path / "run"
-    code, err = invoke(train_args(good[0], bad, run))
+    code, err = invoke(train_args(caches[0], bad, run))
     assert_one_line_error(code, err, bad.name, needle)
     assert_nothing_written(run)
     scores = tmp_path / "scores.npy"
@@ -119,9 +111,9 @@ def peak_rss_of_cli(*args) -> tuple[int, float, str]:
     return int(code), float(peak), err
 
 
-def test_a_tiny_cache_declaring_400m_rows_is_refused_before_reading(good, tmp_path):
+def test_a_tiny_cache_declaring_400m_rows_is_refused_before_reading(caches, tmp_path):
     bad = tmp_path / "huge.h5"
-    shutil.copy(good[0], bad)
+    shutil.copy(caches[0], bad)
     n = 400_000_000
     with h5py.File(bad, "r+") as f:
         for name in list(f):
@@ -135,10 +127,10 @@ def test_a_tiny_cache_declaring_400m_rows_is_refused_before_reading(good, tmp_pa
     assert peak < 300, f"peak RSS {peak} MiB"                   # measured 58 MiB; before: ~5 GB (labels, ids read)
 
 
-def test_a_compressed_dataset_is_refused_on_open(good, tmp_path):
+def test_a_compressed_dataset_is_refused_on_open(caches, tmp_path):
     """The writer never compresses; a compressed dataset could expand far beyond the file's size when read."""
     bad = tmp_path / "gzip.h5"
-    shutil.copy(good[0], bad)
+    shutil.copy(caches[0], bad)
     with h5py.File(bad, "r+") as f:
         g = f["global"][...]
         del f["global"]
@@ -155,13 +147,13 @@ def _alias_bomb(levels: int, width: int = 9) -> str:
 
 
 @pytest.mark.parametrize("levels", [7, 9])
-def test_a_yaml_config_of_nested_aliases_is_refused_in_one_short_line(levels, good, tmp_path):
+def test_a_yaml_config_of_nested_aliases_is_refused_in_one_short_line(levels, caches, tmp_path):
     """368 bytes of nested aliases expanded to a 593 MB error line (a deeper file: a MemoryError)."""
     cfg = tmp_path / "bomb.yaml"
     cfg.write_text(_alias_bomb(levels))
     assert cfg.stat().st_size < 1000
     run = tmp_path / "run"
-    code, peak, err = peak_rss_of_cli(*train_args(good[0], good[1], run, "--config", cfg))
+    code, peak, err = peak_rss_of_cli(*train_args(caches[0], caches[1], run, "--config", cfg))
     assert code == 2 and len(err.splitlines()) == 1 and "bomb.yaml" in err and "alias" in err, err[:500]
     assert len(err) < 1000 and peak < 1000, (len(err), peak)
     assert_nothing_written(run)
@@ -172,32 +164,32 @@ def test_a_yaml_config_of_nested_aliases_is_refused_in_one_short_line(levels, go
     ("dup.json", '{"lr": 0.01, "epochs": 2, "lr": 0.5}'),
     ("dup.cfg", '{"lr": 0.01, "lr": 0.5}'),
 ])
-def test_a_config_naming_a_key_twice_is_refused(name, text, good, tmp_path):
+def test_a_config_naming_a_key_twice_is_refused(name, text, caches, tmp_path):
     cfg = tmp_path / name
     cfg.write_text(text)
     run = tmp_path / "run"
-    code, err = invoke(train_args(good[0], good[1], run, "--config", cfg))
+    code, err = invoke(train_args(caches[0], caches[1], run, "--config", cfg))
     assert_one_line_error(code, err, name, "'lr'", "twice")
     assert_nothing_written(run)
 
 
-def test_a_huge_or_deeply_nested_config_is_refused_in_one_line(good, tmp_path):
+def test_a_huge_or_deeply_nested_config_is_refused_in_one_line(caches, tmp_path):
     big = tmp_path / "big.yaml"
     big.write_text("lr: 0.01\n" + "# padding\n" * 200_000)
     deep = tmp_path / "deep.json"
     deep.write_text('{"lr": ' + "[" * 100_000 + "]" * 100_000 + "}")
     for cfg in (big, deep):
         run = tmp_path / "run"
-        code, err = invoke(train_args(good[0], good[1], run, "--config", cfg))
+        code, err = invoke(train_args(caches[0], caches[1], run, "--config", cfg))
         assert_one_line_error(code, err, cfg.name)
         assert len(err) < 1000
         assert_nothing_written(run)
 
 
 @pytest.fixture(scope="module")
-def finished(good, tmp_path_factory):
+def finished(caches, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs3") / "mlgcn"
-    code, err = invoke(train_args(good[0], good[1], run))
+    code, err = invoke(train_args(caches[0], caches[1], run))
     assert code == 0, err
     return run
 
@@ -262,12 +254,12 @@ def _zip_bomb(path: Path, *, megabytes: int) -> None:
                 member.write(zeros)
 
 
-def test_an_npz_zip_bomb_is_refused_before_it_is_expanded(good, tmp_path):
+def test_an_npz_zip_bomb_is_refused_before_it_is_expanded(caches, tmp_path):
     bomb = tmp_path / "bomb.npz"
     _zip_bomb(bomb, megabytes=400)
     assert bomb.stat().st_size < 2_000_000
     out = tmp_path / "eval"
-    code, err = invoke(["eval", "--scores", bomb, "--targets", good[1], "--scores-are", "logits", "--out", out,
+    code, err = invoke(["eval", "--scores", bomb, "--targets", caches[1], "--scores-are", "logits", "--out", out,
                         "--no-plots"])
     assert_one_line_error(code, err, "--scores", "bomb.npz", "zip bomb")
     assert_nothing_written(out)
@@ -285,18 +277,18 @@ def _lying_npy(shape: tuple[int, ...], data: bytes) -> bytes:
     return buf.getvalue() + data
 
 
-def test_an_array_header_declaring_more_than_the_file_holds_is_refused(good, tmp_path):
+def test_an_array_header_declaring_more_than_the_file_holds_is_refused(caches, tmp_path):
     npy = tmp_path / "emb.npy"                              # declares 3 x 50M float32 (600 MB), holds 60 bytes
     npy.write_bytes(_lying_npy((3, 50_000_000), bytes(60)))
     run = tmp_path / "run"
-    code, err = invoke(train_args(good[0], good[1], run, "--label-embeddings", npy))
+    code, err = invoke(train_args(caches[0], caches[1], run, "--label-embeddings", npy))
     assert_one_line_error(code, err, "--label-embeddings", "emb.npy", "declares")
     assert_nothing_written(run)
     npz = tmp_path / "scores.npz"
     with zipfile.ZipFile(npz, "w") as z:
         z.writestr("scores.npy", _lying_npy((24, 50_000_000), bytes(24 * 3 * 4)))
     out = tmp_path / "eval"
-    code, err = invoke(["eval", "--scores", npz, "--targets", good[1], "--scores-are", "logits", "--out", out,
+    code, err = invoke(["eval", "--scores", npz, "--targets", caches[1], "--scores-are", "logits", "--out", out,
                         "--no-plots"])
     assert_one_line_error(code, err, "--scores", "scores.npz", "declares")
     assert_nothing_written(out)
@@ -311,10 +303,10 @@ def _set_file_size_limit(limit: int):
     return preexec
 
 
-def test_train_past_a_real_file_size_limit_names_the_checkpoint(good, tmp_path):
+def test_train_past_a_real_file_size_limit_names_the_checkpoint(caches, tmp_path):
     """`ulimit -f`: config.json (~3 KB) fits, the first checkpoint (~24 KB) does not: a real EFBIG inside torch.save."""
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "iagcn", *map(str, train_args(good[0], good[1], run))],
+    proc = subprocess.run([sys.executable, "-m", "iagcn", *map(str, train_args(caches[0], caches[1], run))],
                           capture_output=True, text=True, timeout=300, env=cli_env(OMP_NUM_THREADS="1"),
                           cwd=REPO_ROOT, preexec_fn=_set_file_size_limit(16_000))
     lines = proc.stderr.strip().splitlines()
@@ -324,7 +316,7 @@ def test_train_past_a_real_file_size_limit_names_the_checkpoint(good, tmp_path):
     assert not [p.name for p in run.iterdir() if ".tmp-" in p.name]
 
 
-def test_train_on_a_real_full_device_names_the_checkpoint(good, tmp_path, monkeypatch):
+def test_train_on_a_real_full_device_names_the_checkpoint(caches, tmp_path, monkeypatch):
     """A real ENOSPC from the kernel: the checkpoint's temporary is a link to /dev/full (every write: ENOSPC)."""
     from iagcn import fsutil
 
@@ -340,16 +332,16 @@ def test_train_on_a_real_full_device_names_the_checkpoint(good, tmp_path, monkey
 
     monkeypatch.setattr(fsutil, "tmp_name_for", tmp_name_for)
     run = tmp_path / "run"
-    code, err = invoke(train_args(good[0], good[1], run))
+    code, err = invoke(train_args(caches[0], caches[1], run))
     assert_one_line_error(code, err, "disk full while writing checkpoint", str(run / "best.pt"))
     assert not (run / "best.pt").exists() and not [p.name for p in run.iterdir() if ".tmp-" in p.name]
 
 
 @pytest.mark.parametrize("role", ["train", "eval"])
 @pytest.mark.parametrize("command", ["train", "sweep"])
-def test_an_empty_cache_is_refused_before_anything_is_written(role, command, good, tmp_path):
+def test_an_empty_cache_is_refused_before_anything_is_written(role, command, caches, tmp_path):
     empty = Path(write_fake_cache(tmp_path / "empty.h5", n=0, seed=0, prototypes_seed=0, **KW))
-    train, evaluation = (empty, good[1]) if role == "train" else (good[0], empty)
+    train, evaluation = (empty, caches[1]) if role == "train" else (caches[0], empty)
     out = tmp_path / "out"
     if command == "train":
         args = train_args(train, evaluation, out)
@@ -361,11 +353,11 @@ def test_an_empty_cache_is_refused_before_anything_is_written(role, command, goo
     assert_nothing_written(out)
 
 
-def test_a_sweep_whose_train_cache_is_too_small_for_the_probe_names_the_cache_not_val_fraction(good, tmp_path):
+def test_a_sweep_whose_train_cache_is_too_small_for_the_probe_names_the_cache_not_val_fraction(caches, tmp_path):
     tiny = Path(write_fake_cache(tmp_path / "tiny.h5", n=2, seed=0, prototypes_seed=0, **KW))
     out = tmp_path / "sweep"
-    code, err = invoke(["sweep", "--train-cache", tiny, "--eval-cache", good[1], "--presets", "mlgcn", "--epochs", "1",
-                        "--set", "val_fraction=0", "--quiet", "--out", out, *SMALL_SET])
+    code, err = invoke(["sweep", "--train-cache", tiny, "--eval-cache", caches[1], "--presets", "mlgcn", "--epochs",
+                        "1", "--set", "val_fraction=0", "--quiet", "--out", out, *SMALL_SET])
     assert_one_line_error(code, err, "--train-cache", "tiny.h5", "cross-validation", "--no-probe")
     assert "--val-fraction" not in err
     assert_nothing_written(out)
@@ -390,12 +382,12 @@ main(sys.argv[1:])
 """
 
 
-def test_the_epoch_saved_just_before_a_kill_reaches_tensorboard_after_the_resume(good, tmp_path):
+def test_the_epoch_saved_just_before_a_kill_reaches_tensorboard_after_the_resume(caches, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
-    proc = run_python(KILL_AT_TENSORBOARD, *train_args(good[0], good[1], run, "--tensorboard", epochs=3))
+    proc = run_python(KILL_AT_TENSORBOARD, *train_args(caches[0], caches[1], run, "--tensorboard", epochs=3))
     assert proc.returncode == -9, proc.stderr
     import torch
 
@@ -411,7 +403,7 @@ def test_the_epoch_saved_just_before_a_kill_reaches_tensorboard_after_the_resume
     assert by_step[2] == pytest.approx(float(log[1][2]), rel=1e-5)
 
 
-def test_lock_refusals_name_the_folder_the_user_gave(good, tmp_path):
+def test_lock_refusals_name_the_folder_the_user_gave(caches, tmp_path):
     from filelock import FileLock
 
     for command, folder, lock, what in (("train", tmp_path / "run", ".run.lock", "run directory"),
@@ -420,8 +412,8 @@ def test_lock_refusals_name_the_folder_the_user_gave(good, tmp_path):
         held = FileLock(str(folder / lock), timeout=0)
         held.acquire()
         try:
-            args = train_args(good[0], good[1], folder) if command == "train" else \
-                ["sweep", "--train-cache", good[0], "--eval-cache", good[1], "--presets", "mlgcn", "--epochs", "1",
+            args = train_args(caches[0], caches[1], folder) if command == "train" else \
+                ["sweep", "--train-cache", caches[0], "--eval-cache", caches[1], "--presets", "mlgcn", "--epochs", "1",
                  "--no-probe", "--quiet", "--out", folder, *SMALL_SET]
             code, err = invoke(args)
         finally:
@@ -430,13 +422,13 @@ def test_lock_refusals_name_the_folder_the_user_gave(good, tmp_path):
         assert sorted(p.name for p in folder.iterdir()) == [lock]
 
 
-def test_a_sweep_continuing_an_interrupted_run_of_another_config_names_the_sweep_not_resume(good, tmp_path):
+def test_a_sweep_continuing_an_interrupted_run_of_another_config_names_the_sweep_not_resume(caches, tmp_path):
     sweep = tmp_path / "sweep"
     run = sweep / "mlgcn-s0"
-    proc = run_python(KILL_AT_TENSORBOARD, *train_args(good[0], good[1], run, "--tensorboard", "--seed", "0",
+    proc = run_python(KILL_AT_TENSORBOARD, *train_args(caches[0], caches[1], run, "--tensorboard", "--seed", "0",
                                                       epochs=3))
     assert proc.returncode == -9 and (run / "last.pt").exists(), proc.stderr
-    code, err = invoke(["sweep", "--train-cache", good[0], "--eval-cache", good[1], "--presets", "mlgcn", "--seeds",
+    code, err = invoke(["sweep", "--train-cache", caches[0], "--eval-cache", caches[1], "--presets", "mlgcn", "--seeds",
                         "0", "--epochs", "3", "--lr", "0.5", "--tensorboard", "--no-probe", "--quiet", "--out", sweep,
                         *SMALL_SET])
     assert_one_line_error(code, err, f"sweep --out {sweep}", "interrupted run mlgcn-s0", "different config", "lr")
@@ -474,13 +466,13 @@ def test_the_probe_row_is_refitted_when_a_cache_changes_under_the_same_path(tmp_
     assert probe_row(sweep)["mAP"] == probe_row(fresh)["mAP"]
 
 
-def test_a_sweep_rerun_without_a_comparison_leaves_no_earlier_ablation_files(good, tmp_path):
+def test_a_sweep_rerun_without_a_comparison_leaves_no_earlier_ablation_files(caches, tmp_path):
     sweep = tmp_path / "sweep"
-    code, err = invoke(sweep_args(good[0], good[1], sweep, "--presets", "mlgcn,iagcn", "--no-probe"))
+    code, err = invoke(sweep_args(caches[0], caches[1], sweep, "--presets", "mlgcn,iagcn", "--no-probe"))
     assert code == 0, err
     assert (sweep / "ablation.json").exists() and (sweep / "ablation.md").exists()
-    result = CliRunner().invoke(main, [str(a) for a in sweep_args(good[0], good[1], sweep, "--presets", "mlgcn,iagcn",
-                                                                  "--no-probe", "--baseline", "none")])
+    args = sweep_args(caches[0], caches[1], sweep, "--presets", "mlgcn,iagcn", "--no-probe", "--baseline", "none")
+    result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == 0, result.stderr
     assert not (sweep / "ablation.json").exists() and not (sweep / "ablation.md").exists()
     wrote = [line for line in result.stdout.splitlines() if line.startswith("wrote ")]

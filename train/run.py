@@ -265,7 +265,7 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
 
     stale = (start_epoch - 1 - best["epoch"]) if ckpt is not None else 0
     with contextlib.closing(TensorBoardLog(out, enabled=config.tensorboard)) as tb:  # a no-op unless --tensorboard
-        tb.catch_up(history)                             # a resumed run: epochs in last.pt that a kill kept from the events
+        tb.catch_up(history)                          # resumed: the epochs of last.pt that a kill kept from the events
         for epoch in range(start_epoch, config.epochs):
             lr = schedule_lr(epoch, config)
             for group in optimizer.param_groups:
