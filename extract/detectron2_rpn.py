@@ -2,7 +2,8 @@
 
 Apart from :mod:`iagcn.extract.proposers` because Detectron2 is optional and its adapter (import diagnosis, strict
 weight loading, the per-image RPN) is a job of its own; :func:`iagcn.extract.proposers.build_proposer` imports it
-only when ``--proposer detectron2`` is chosen.
+only when ``--proposer detectron2`` is chosen. This module imports only :mod:`iagcn.extract.proposal_common` (never
+``proposers``), so the dependency is one way.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from iagcn.errors import UserError
-from iagcn.extract.proposers import DETECTRON2_DEFAULT_CONFIG, Proposals, rpn_max_size, top_n_with_padding
+from iagcn.extract.proposal_common import DETECTRON2_DEFAULT_CONFIG, Proposals, rpn_max_size, top_n_with_padding
 from iagcn.fsutil import sha256_file
 
 
