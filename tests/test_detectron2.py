@@ -17,10 +17,8 @@ import dataclasses
 import json
 import os
 import pickle
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ import torch
 from iagcn.errors import UserError
 from iagcn.extract.proposal_common import DETECTRON2_DEFAULT_CONFIG, rpn_max_size, top_n_with_padding
 from tests.conftest import REPO_ROOT, cli_env, run_cli
+from tests.extract_helpers import kill_then_resume
 
 pytestmark = pytest.mark.detectron2
 
@@ -388,23 +387,8 @@ def test_extract_resumes_after_sigkill_like_every_proposer(checkpoints, tmp_path
     whole = tmp_path / "whole.h5"
     subprocess.run([sys.executable, helper, str(tmp_path / "imgs-a"), str(whole), conf], env=cli_env(OMP_NUM_THREADS="1"),
                    cwd=REPO_ROOT, check=True, capture_output=True, timeout=300)
-    root, out = tmp_path / "imgs", tmp_path / "killed.h5"
-    partial = tmp_path / "killed.h5.partial"
-    args = [sys.executable, helper, str(root), str(out), conf]
-    proc = subprocess.Popen(args, env=cli_env(OMP_NUM_THREADS="1"), cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and len(list(partial.glob("rows-*.npz"))) < 2:
-        time.sleep(0.005)
-    assert proc.poll() is None, f"the run ended before it could be killed: {proc.communicate()}"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    committed = len(list(partial.glob("rows-*.npz")))
-    assert 2 <= committed < 6 and not out.exists()
-    done = subprocess.run(args, env=cli_env(OMP_NUM_THREADS="1"), cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "resuming" in done.stderr and f"{committed} of 6 blocks" in done.stderr
+    out = tmp_path / "killed.h5"
+    kill_then_resume([sys.executable, helper, str(tmp_path / "imgs"), str(out), conf], out, blocks=6, wait_s=240)
     with FeatureCache(whole) as a, FeatureCache(out) as b:
         for f in ("boxes", "box_scores", "box_valid", "regions", "global"):
             np.testing.assert_array_equal(a.read(f), b.read(f), err_msg=f)
