@@ -75,7 +75,7 @@ DEMO_ROOT := $(DEMO_OUT)/data/VOCdevkit/VOC2007
 DEMO_EXTRACT := --dataset voc --root $(DEMO_ROOT) --image-size $(DEMO_IMAGE_SIZE) \
   --proposer-image-size $(DEMO_PROPOSER_SIZE) --num-rois $(DEMO_NUM_ROIS) --workers 2 --device cpu
 
-.PHONY: setup test test-slow demo extract extract-paper train sweep eval bench bench-real clean-venv help
+.PHONY: setup test test-slow test-detectron2 demo extract extract-paper train sweep eval bench bench-real clean-venv help
 
 help:
 	@echo "make demo                 the whole pipeline offline on synthetic data (docs/demo.md)"
@@ -101,6 +101,21 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests/slow
+
+# the Detectron2 proposer against the real library (docs/detectron2.md). Detectron2 is not on the package registry:
+# the wheel in $(SHARED_DIR)/wheels is installed into .venv when it is there (with its registry dependencies); without it,
+# Detectron2 must already be installed in .venv (e.g. built from source). `make test` never needs it.
+SHARED_DIR ?= ../shared
+D2_WHEEL = $(firstword $(wildcard $(SHARED_DIR)/wheels/detectron2-*.whl))
+test-detectron2: $(STAMP)
+	@if [ -n "$(D2_WHEEL)" ]; then \
+	  echo "== installing $(D2_WHEEL) and its registry dependencies into $(VENV)"; \
+	  $(PY) -m pip install --quiet "$(D2_WHEEL)"; \
+	elif ! $(PY) -c "import detectron2" 2>/dev/null; then \
+	  echo "make test-detectron2: no detectron2-*.whl in $(SHARED_DIR)/wheels and Detectron2 is not installed in $(VENV);" \
+	    "install it from source (docs/detectron2.md) or give SHARED_DIR=FOLDER (a folder with wheels/)"; exit 2; \
+	fi
+	IAGCN_SHARED=$(abspath $(SHARED_DIR)) IAGCN_REQUIRE_DETECTRON2=1 $(PY) -m pytest -q -m detectron2
 
 EXTRACT_CMD = $(IAGCN) extract --dataset $(DATASET) --root $(ROOT) --split $(SPLIT) --out $(CACHE_OUT) \
 	  --weights $(WEIGHTS) --num-rois $(NUM_ROIS) --label-embeddings $(LABEL_EMBEDDINGS) --batch-size $(BATCH_SIZE) \

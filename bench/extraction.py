@@ -57,13 +57,25 @@ def bare_forward_seconds(backbone, proposer, originals, inputs, *, batch_size: i
     return time.perf_counter() - t0
 
 
+def pipeline_seconds(ds, cfg, out: Path, stats_seen: list) -> float:
+    """One ``extract.pipeline.extract_split`` of ``ds`` into ``out`` from scratch (model construction excluded:
+    ``ExtractStats.wall_s``); its stats are appended to ``stats_seen``."""
+    from iagcn.extract.pipeline import extract_split
+
+    shutil.rmtree(out.parent / (out.name + ".partial"), ignore_errors=True)
+    out.unlink(missing_ok=True)
+    emb = (np.eye(len(ds.class_names), dtype=np.float32), "onehot")
+    st = extract_split(ds, cfg, out, label_embeddings=emb, progress=False, log=lambda *_: None)
+    stats_seen.append({k: round(float(v), 4) for k, v in vars(st).items()})
+    return st.wall_s
+
+
 def bench_extraction(*, n_images: dict[str, int], batch_size: int = 8, workers: int = 2, repeats: int = 2,
                      log=print) -> list[Row]:
     """Per-image time of ``extract.pipeline.extract_split`` (decode, resize, proposer, backbone, RoIAlign, pooling,
     part files, HDF5 assembly; model construction excluded) / per-image time of the bare forwards."""
     from iagcn.extract.backbones import build_backbone
     from iagcn.extract.config import ExtractConfig
-    from iagcn.extract.pipeline import extract_split
     from iagcn.extract.proposers import build_proposer
 
     rows = []
@@ -79,19 +91,11 @@ def bench_extraction(*, n_images: dict[str, int], batch_size: int = 8, workers: 
         originals, inputs = _decoded(ds, size)
         bare_forward_seconds(backbone, proposer, originals[:batch_size], inputs[:batch_size], batch_size=batch_size)  # warm-up
         out = bench_dir() / "extract-out.h5"
-        emb = (np.eye(len(ds.class_names), dtype=np.float32), "onehot")
         stats_seen = []
-
-        def pipeline() -> float:
-            shutil.rmtree(out.parent / (out.name + ".partial"), ignore_errors=True)
-            out.unlink(missing_ok=True)
-            st = extract_split(ds, cfg, out, label_embeddings=emb, progress=False, log=lambda *_: None)
-            stats_seen.append({k: round(float(v), 4) for k, v in vars(st).items()})
-            return st.wall_s
 
         res = interleaved({"bare": lambda: bare_forward_seconds(backbone, proposer, originals, inputs,
                                                                 batch_size=batch_size),
-                           "pipeline": pipeline}, repeats=repeats)
+                           "pipeline": lambda: pipeline_seconds(ds, cfg, out, stats_seen)}, repeats=repeats)
         out.unlink(missing_ok=True)
         per = {k: v["median"] / n for k, v in res.items()}
         ratio = per["pipeline"] / per["bare"]
@@ -104,6 +108,43 @@ def bench_extraction(*, n_images: dict[str, int], batch_size: int = 8, workers: 
                         details={"seconds": res, "pipeline_stats": stats_seen, "config": over, "n": n}))
         del backbone, proposer
     return rows
+
+
+#: benchmark 7: the same images, backbone and RPN resolution through both RPNs (random weights: no download)
+RPN_CASE = dict(backbone="resnet101", weights="none", image_size=448, proposer_weights="none", proposer_image_size=448)
+
+
+def bench_rpn(*, n: int, batch_size: int = 8, workers: int = 2, repeats: int = 2, log=print) -> list[Row]:
+    """Per-image time of ``extract_split`` with ``--proposer detectron2`` / with ``--proposer torchvision`` (both
+    R50-FPN Faster R-CNN RPNs, one image at a time), interleaved in one run; skipped without Detectron2."""
+    import importlib.util
+
+    from iagcn.extract.config import ExtractConfig
+
+    label = (f"resnet101 448 px + RPN 448 px (random weights), {n} synth images, batch {batch_size}, {workers} workers")
+    if importlib.util.find_spec("detectron2") is None:
+        log("  rpn: skipped (detectron2 not installed)")
+        return [Row(benchmark="7. detectron2 vs torchvision RPN", case=f"{label} (detectron2 not installed)",
+                    numerator="-", denominator="-", ratio=None, target="")]
+    ds = synth_split(n)
+    cfgs = {name: ExtractConfig(dataset="voc", root=str(ds.root), split="trainval", batch_size=batch_size,
+                                workers=workers, device="cpu", threads=torch.get_num_threads(), proposer=name, **RPN_CASE)
+            for name in ("detectron2", "torchvision")}
+    stats_seen: dict[str, list] = {name: [] for name in cfgs}
+    outs = {name: bench_dir() / f"rpn-{name}.h5" for name in cfgs}
+    pipeline_seconds(ds, cfgs["detectron2"], outs["detectron2"], [])   # warm-up (imports, first-call allocations)
+    res = interleaved({name: (lambda name=name: pipeline_seconds(ds, cfgs[name], outs[name], stats_seen[name]))
+                       for name in cfgs}, repeats=repeats)
+    for out in outs.values():
+        out.unlink(missing_ok=True)
+    per = {k: v["median"] / n for k, v in res.items()}
+    ratio = per["detectron2"] / per["torchvision"]
+    log(f"  rpn: detectron2 {per['detectron2'] * 1e3:.0f} ms/img, torchvision {per['torchvision'] * 1e3:.0f} ms/img "
+        f"-> {ratio:.2f}")
+    return [Row(benchmark="7. detectron2 vs torchvision RPN", case=label,
+                numerator=f"--proposer detectron2 {per['detectron2'] * 1e3:.0f} ms/img",
+                denominator=f"--proposer torchvision {per['torchvision'] * 1e3:.0f} ms/img", ratio=ratio, target="",
+                details={"seconds": res, "pipeline_stats": stats_seen, "config": RPN_CASE, "n": n})]
 
 
 def decode_images(n: int, *, size: tuple[int, int] = (500, 375)) -> list[Path]:

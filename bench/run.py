@@ -1,6 +1,6 @@
 """Run the benchmark suite: ``python -m bench.run [--only NAME,...] [--quick]`` (``make bench``).
 
-Benchmarks (see docs/performance.md): extract, decode, train, reads, pastram, sweep. Writes
+Benchmarks (see docs/performance.md): extract, decode, train, reads, pastram, sweep, rpn. Writes
 bench/results/latest.json (machine info + every row with its raw samples) and bench/results/latest.md,
 and prints the table. Scratch caches and images go to $IAGCN_BENCH_DIR (default /tmp/iagcn-bench).
 """
@@ -12,18 +12,18 @@ import sys
 import time
 import traceback
 
-BENCHMARKS = ("extract", "decode", "train", "reads", "pastram", "sweep")
+BENCHMARKS = ("extract", "decode", "train", "reads", "pastram", "sweep", "rpn")
 
 #: sizes of the full run and of --quick (a smoke run: every path, smaller shapes; its figures are not the targets')
 SIZES = {
     "full": {"voc_n": 5011, "coco_n": 200, "extract_n": {"efficientnet-lite0": 24, "resnet101": 8},
              "extract_repeats": 2, "train_repeats": 3, "reads_repeats": 3, "pastram_n": 20000, "pastram_dim": 1024,
              "pastram_budget": 1.0, "pastram_repeats": 2, "sweep_train_n": 256, "sweep_eval_n": 128,
-             "sweep_epochs": 2, "sweep_seeds": (0, 1, 2), "decode_n": 128, "decode_repeats": 2},
+             "sweep_epochs": 2, "sweep_seeds": (0, 1, 2), "decode_n": 128, "decode_repeats": 2, "rpn_n": 8},
     "quick": {"voc_n": 1000, "coco_n": 64, "extract_n": {"efficientnet-lite0": 8, "resnet101": 2},
               "extract_repeats": 1, "train_repeats": 1, "reads_repeats": 2, "pastram_n": 4000, "pastram_dim": 512,
               "pastram_budget": 0.1, "pastram_repeats": 1, "sweep_train_n": 96, "sweep_eval_n": 48,
-              "sweep_epochs": 1, "sweep_seeds": (0,), "decode_n": 32, "decode_repeats": 1},
+              "sweep_epochs": 1, "sweep_seeds": (0,), "decode_n": 32, "decode_repeats": 1, "rpn_n": 2},
 }
 
 
@@ -80,6 +80,10 @@ def _run_one(name: str, S: dict, caches, log) -> list:
         from bench.extraction import bench_decode
 
         return bench_decode(n=S["decode_n"], repeats=S["decode_repeats"], log=log)
+    if name == "rpn":
+        from bench.extraction import bench_rpn
+
+        return bench_rpn(n=S["rpn_n"], repeats=S["extract_repeats"], log=log)
     if name == "train":
         from bench.training import bench_head_training
 

@@ -25,11 +25,11 @@ E = ExtractConfig
                help="imagenet (efficientnet-lite0: bundled file; resnet101: torchvision download), none, or a state-dict path.")
 @config_option(E, "proposer", type=click.Choice(["selective-search", "torchvision", "detectron2"]),
                help="Region proposer.")
-@config_option(E, "proposer_weights", help="torchvision: coco | none | PATH; detectron2: zoo | PATH.",
+@config_option(E, "proposer_weights", help="torchvision: coco | none | PATH; detectron2: zoo | none | PATH (.pkl or .pth).",
                none_means="the proposer's own: coco / zoo")
 @config_option(E, "proposer_image_size", type=int, help="Proposer resolution.",
                none_means="selective search: longer side 256; RPN: shorter side 800")
-@config_option(E, "detectron2_config", help="Detectron2 model-zoo config name.")
+@config_option(E, "detectron2_config", help="Detectron2 model-zoo config name or a local YAML path.")
 @config_option(E, "num_rois", type=int, help="Proposals per image (N).")
 @config_option(E, "image_size", type=int, help="Backbone input side.",
                none_means="the backbone's own: resnet101 448, efficientnet-lite0 320")

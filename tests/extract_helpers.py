@@ -60,6 +60,37 @@ def onehot() -> tuple[np.ndarray, str]:
     return np.eye(len(CLASSES), dtype=np.float32), "onehot"
 
 
+def kill_then_resume(args: list[str], out: Path, *, blocks: int, wait_s: float = 120) -> int:
+    """Run ``args`` (this file as a script, writing ``out``), SIGKILL it once 2 blocks are committed under
+    ``out.partial``, rerun it to the end; check that the rerun resumed. Returns the number of blocks committed
+    before the kill."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import REPO_ROOT, cli_env
+
+    partial = out.parent / (out.name + ".partial")
+    proc = subprocess.Popen(args, env=cli_env(OMP_NUM_THREADS="1"), cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + wait_s
+    while time.time() < deadline and proc.poll() is None and len(list(partial.glob("rows-*.npz"))) < 2:
+        time.sleep(0.005)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.communicate()}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    committed = len(list(partial.glob("rows-*.npz")))
+    assert 2 <= committed < blocks and not out.exists()
+    # resume in a fresh process (same images: the helper rewrites them identically)
+    done = subprocess.run(args, env=cli_env(OMP_NUM_THREADS="1"), cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stderr and f"{committed} of {blocks} blocks" in done.stderr
+    assert not partial.exists()
+    return committed
+
+
 if __name__ == "__main__":
     from iagcn.extract.config import ExtractConfig
     from iagcn.extract.pipeline import extract_split

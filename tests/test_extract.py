@@ -3,11 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +16,8 @@ from iagcn.extract.features import region_features
 from iagcn.extract.merge import merge_shards
 from iagcn.extract.pipeline import extract_split
 from iagcn.errors import UserError
-from tests.conftest import REPO_ROOT, cli_env
-from tests.extract_helpers import onehot, pil_loader, write_tiny_images
+from tests.conftest import REPO_ROOT
+from tests.extract_helpers import kill_then_resume, onehot, pil_loader, write_tiny_images
 
 ARRAYS = [f for f in ROW_FIELDS] + ["label_embeddings"]
 
@@ -187,25 +183,9 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tiny, tmp_path):
     cfg = dataclasses.replace(TINY, batch_size=1, block_rows=2)
     _extract(tiny, cfg, whole)
     root, out = tmp_path / "imgs", tmp_path / "killed.h5"
-    partial = tmp_path / "killed.h5.partial"
     args = [sys.executable, str(REPO_ROOT / "tests" / "extract_helpers.py"), str(root), str(out),
             json.dumps(dataclasses.asdict(cfg))]
-    proc = subprocess.Popen(args, env=cli_env(OMP_NUM_THREADS="1"), cwd=REPO_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and len(list(partial.glob("rows-*.npz"))) < 2:
-        time.sleep(0.005)
-    assert proc.poll() is None, f"the run ended before it could be killed: {proc.communicate()}"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    committed = len(list(partial.glob("rows-*.npz")))
-    assert 2 <= committed < 6 and not out.exists()
-    # resume in a fresh process (same images: the helper rewrites them identically)
-    done = subprocess.run(args, env=cli_env(OMP_NUM_THREADS="1"), cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "resuming" in done.stderr and f"{committed} of 6 blocks" in done.stderr
-    assert not partial.exists()
+    kill_then_resume(args, out, blocks=6)
     _assert_same_arrays(_arrays(whole), _arrays(out))
 
 
