@@ -90,3 +90,77 @@ def test_a_2048_dim_cache_trains_the_variational_presets_without_overflow(caches
     with open(tmp_path / "run" / "log.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows and all(math.isfinite(float(r["loss"])) and math.isfinite(float(r["loss_kl"])) for r in rows)
+
+
+def test_classifier_scores_and_norm_match_the_materialised_classifiers_in_value_and_gradient():
+    """LabelGCN.scores_and_norm (per-image Â, training's L2 on M) against M = Â H W built by hand, in float64:
+    the scores, mean_b ||M_b||^2 and the gradients of a loss of both w.r.t. every weight, Â and x."""
+    from iagcn.train.label_gcn import LabelGCN
+
+    torch.manual_seed(0)
+    B, C, E, D = 3, 5, 4, 7
+    gcn = LabelGCN(embedding_dim=E, widths=(6, 8), feature_dim=D, activation="leaky_relu").double()
+    H0 = torch.randn(C, E, dtype=torch.float64)
+    A = torch.rand(B, C, C, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(B, D, dtype=torch.float64, requires_grad=True)
+    gy = torch.randn(B, C, dtype=torch.float64)
+
+    def by_hand():
+        Ws = [W.weight for W in gcn.weights]
+        ys, sqs = [], []
+        for b in range(B):                                  # one image at a time: Eq. 5 layer by layer, then Eq. 6
+            h = H0
+            for W in Ws[:-1]:
+                h = gcn.act(A[b] @ h @ W.t())
+            M = A[b] @ h @ Ws[-1].t()                         # (C, D)
+            ys.append(M @ x[b])
+            sqs.append((M * M).sum())
+        return torch.stack(ys), torch.stack(sqs).mean()
+
+    results = []
+    for f in (by_hand, lambda: gcn.scores_and_norm(x, H0, A, norm=True)):
+        gcn.zero_grad()
+        A.grad = x.grad = None
+        y, sq = f()
+        ((y * gy).sum() + 0.3 * sq).backward()
+        results.append([y.detach(), sq.detach(), A.grad.clone(), x.grad.clone(),
+                        *[W.weight.grad.clone() for W in gcn.weights]])
+    for want, got in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_the_floor_counts_the_products_of_the_l2_on_per_image_classifiers():
+    from bench.floor import floor_flops, head_products
+
+    B, N, D, C, E, w = 4, 5, 16, 3, 6, 9
+    shapes = dict(batch=B, num_rois=N, feature_dim=D, num_classes=C, embedding_dim=E, gcn_widths=(7, w),
+                  variational=False, region_branch=False)
+    plain = head_products(**shapes)
+    with_l2 = head_products(**shapes, decay_on="classifiers")
+    # by hand: without the L2 the scores re-associate, u = x W (data x: gradient of W only), v = h u, y = Â v;
+    # with it, Q = Â h, M = Q W (both gradients) and y = M x (data x: gradient of M only)
+    reassociated = 2 * (B * D * w * 2 + B * C * w * 3 + B * C * C * 3)
+    materialised = 2 * (B * C * C * w * 3 + B * C * w * D * 3 + B * C * D * 2)
+    assert floor_flops(with_l2) - floor_flops(plain) == materialised - reassociated
+    # scoring (no L2) and the static adjacency (M once per step, already counted) are unchanged
+    static = dict(shapes, global_adjacency="static")
+    assert floor_flops(head_products(**static, decay_on="classifiers")) == floor_flops(head_products(**static))
+
+
+def test_the_floor_of_the_region_nodes_reading_follows_the_models_associations():
+    """region-nodes, pool = scores, no ReLU after the 4th layer (the default): the FC re-associates, so the floor has
+    no (B N, w) x (w, D) product, and the 4th layer's Â_R acts at width w (train/region_branch.py)."""
+    from bench.floor import floor_flops, head_products
+
+    B, N, D, C, E = 2, 5, 16, 3, 6
+    r = (4, 6, 8)
+    shapes = dict(batch=B, num_rois=N, feature_dim=D, num_classes=C, embedding_dim=E, global_branch="none",
+                  variational=False, region_branch=True, region_reading="region-nodes", region_widths=r)
+    got = head_products(**shapes, region_pool="scores", region_relu_after_last=False)
+    f_cnn = B * N * D * C * 2                                  # X W^T, data X: gradient of W only
+    mac3 = (B * N * C * N + B * N * C * C                      # s s^T, A_I^w Â^T
+            + B * N * C * r[0] + B * N * N * r[0] + B * N * r[0] * r[1] + B * N * N * r[1]
+            + B * N * r[1] * r[2] + B * N * N * r[2]            # three hidden layers: h W, Â_R (h W)
+            + B * N * N * r[2]                                  # the 4th layer's Â_R R_3
+            + r[2] * D * C + B * N * r[2] * C)                  # V = W_3 fc^T, per region h V
+    assert floor_flops(got) == 2 * (f_cnn + 3 * mac3)
