@@ -5,7 +5,9 @@
   docs/cache.md) and shuffled inside a buffer of a few blocks. h5py fancy indexing per batch is never used.
 * Labels, validity masks and image ids are small and always in RAM.
 * In RAM the features are kept as float32 when twice their float16 size still fits the budget (VOC: 1.7 GB),
-  so a batch is one gather, as fast as a plain NumPy gather (measured by `make bench`, benchmark 3);
+  so a batch is one gather (``np.take(..., mode="clip", out=)`` straight into the preallocated float32 batch
+  buffers: no allocation per batch; ``mode="raise"`` buffers ``out``, half the speed), as fast as a plain NumPy
+  gather (measured by `make bench`, benchmark 3);
   otherwise, and when streaming, float16 -> float32 per batch: ``torch.Tensor.copy_`` from the float16 rows into a
   preallocated float32 buffer (the fastest conversion measured: docs/performance.md, "Measurements behind design
   choices"). On CUDA the float16 rows are moved first and converted on the device.
@@ -112,16 +114,18 @@ class CacheData:
         idx = np.arange(self.n) if indices is None else np.asarray(indices, dtype=np.int64)
         if shuffle and rng is None:
             raise ValueError("batches(shuffle=True) needs an rng")
+        if len(idx) and (idx.min() < 0 or idx.max() >= self.n):                # the gathers below do not check
+            raise IndexError(f"batches: row numbers must lie in [0, {self.n}) for cache {self.path}")
         bufs = _Buffers(batch_size, self.N, self.D) if device.type == "cpu" else None
-        source = self._memory_rows(idx, batch_size, shuffle, rng, regions) if self.in_memory else \
+        source = self._memory_rows(idx, batch_size, shuffle, rng, regions, bufs) if self.in_memory else \
             self._streamed_rows(idx, batch_size, shuffle, rng, regions)
         for rows, g16, r16 in source:
             yield self._to_batch(rows, g16, r16, bufs, device)
 
     def _to_batch(self, rows: np.ndarray, g16: np.ndarray, r16: np.ndarray, bufs, device) -> Batch:
         b = len(rows)
-        if bufs is not None and g16.dtype == np.float32 and g16.flags.owndata:
-            x = torch.from_numpy(g16)                                         # (b, D) a fresh float32 gather: no copy
+        if bufs is not None and g16.dtype == np.float32 and bufs.holds(g16):
+            x = torch.from_numpy(g16)                                         # (b, D) gathered into the buffer: no copy
             X = None if r16 is None else torch.from_numpy(r16)                # (b, N, D)
         elif bufs is not None:
             x = bufs.x[:b].copy_(torch.from_numpy(g16))                       # (b, D) f16 (or f32 view) -> f32 buffer
@@ -133,14 +137,24 @@ class CacheData:
         labels = torch.from_numpy(self.labels[rows]).to(device)               # (b, C)
         return Batch(x=x, X=X, valid=valid, labels=labels, index=rows)
 
-    def _memory_rows(self, idx, batch_size, shuffle, rng, regions=True):
+    def _memory_rows(self, idx, batch_size, shuffle, rng, regions=True, bufs=None):
         order = rng.permutation(idx) if shuffle else idx
         contiguous = not shuffle and len(order) > 0 and np.array_equal(order, np.arange(order[0], order[0] + len(order)))
+        # float32 in RAM on CPU: gather straight into the preallocated float32 batch buffers (np.take(..., out=)),
+        # no allocation per batch
+        into = bufs is not None and self.memory_dtype == np.float32
         for s in range(0, len(order), batch_size):
             rows = order[s:s + batch_size]
             if contiguous:
                 a, e = int(rows[0]), int(rows[-1]) + 1
                 yield rows, self._global[a:e], (self._regions[a:e] if regions else None)  # views, no copy
+            elif into:
+                b = len(rows)
+                g, r = bufs.x_np[:b], (bufs.X_np[:b] if regions else None)
+                np.take(self._global, rows, axis=0, out=g, mode="clip")    # (b, D) in-RAM gather
+                if regions:
+                    np.take(self._regions, rows, axis=0, out=r, mode="clip")  # (b, N, D)
+                yield rows, g, r
             else:
                 yield rows, self._global[rows], (self._regions[rows] if regions else None)  # in-RAM gather
 
@@ -211,3 +225,8 @@ class _Buffers:
     def __init__(self, batch_size: int, N: int, D: int) -> None:
         self.x = torch.empty(batch_size, D)                                   # (B, D)
         self.X = torch.empty(batch_size, N, D)                                # (B, N, D)
+        self.x_np, self.X_np = self.x.numpy(), self.X.numpy()                 # the same memory, as NumPy arrays
+
+    def holds(self, a: np.ndarray) -> bool:
+        """Whether ``a`` is a leading slice of one of the buffers (filled in place: no copy needed)."""
+        return any(np.shares_memory(a, buf) for buf in (self.x_np, self.X_np))
