@@ -164,3 +164,36 @@ def test_the_floor_of_the_region_nodes_reading_follows_the_models_associations()
             + B * N * N * r[2]                                  # the 4th layer's Â_R R_3
             + r[2] * D * C + B * N * r[2] * C)                  # V = W_3 fc^T, per region h V
     assert floor_flops(got) == 2 * (f_cnn + 3 * mac3)
+
+
+def test_streaming_trains_the_same_model_as_in_ram_whatever_the_budget_block_and_buffer(tmp_path):
+    """Issue 20: a run streamed with a small memory budget or another shuffle buffer must be the in-RAM experiment:
+    the same batches in the same order, so the same losses and scores, bit for bit."""
+    train = write_fake_cache(tmp_path / "train.h5", n=150, num_rois=6, dim=24, num_classes=5, embedding_dim=8,
+                             seed=0, prototypes_seed=0)
+    test = write_fake_cache(tmp_path / "test.h5", n=40, num_rois=6, dim=24, num_classes=5, embedding_dim=8, seed=1,
+                            prototypes_seed=0, split="test")
+    subset = np.random.default_rng(3).choice(150, size=97, replace=False)
+    with CacheData(train) as ram:
+        want = [(b.index.copy(), b.X.clone()) for b in ram.batches(subset, batch_size=8, shuffle=True,
+                                                                     rng=np.random.default_rng(5))]
+    for block_rows, buffer_blocks in ((7, 1), (16, 3), (1000, 2)):
+        with CacheData(train, memory_budget_gib=0.0, block_rows=block_rows, shuffle_buffer_blocks=buffer_blocks) as s:
+            assert not s.in_memory
+            got = [(b.index.copy(), b.X.clone()) for b in s.batches(subset, batch_size=8, shuffle=True,
+                                                                     rng=np.random.default_rng(5))]
+        assert [i.tolist() for i, _ in got] == [i.tolist() for i, _ in want], (block_rows, buffer_blocks)
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(got, want))
+    runs = {}
+    for name, execution in (("ram", {}), ("streamed", dict(memory_budget_gib=0.0, stream_block_rows=16,
+                                                           shuffle_buffer_blocks=2))):
+        cfg = config_for_preset("iagcn", epochs=2, seed=0, device="cpu", num_threads=1, gcn_widths=(8, 12),
+                                region_widths=(4, 6, 8), **execution)
+        with CacheData(train, memory_budget_gib=cfg.memory_budget_gib, block_rows=cfg.stream_block_rows,
+                       shuffle_buffer_blocks=cfg.shuffle_buffer_blocks) as tr, CacheData(test) as te:
+            train_run(cfg, train_data=tr, eval_data=te, out_dir=tmp_path / name, progress=False, log=lambda *a: None)
+        with open(tmp_path / name / "log.csv") as f:
+            losses = [(r["loss"], r["loss_ml"], r["loss_kl"]) for r in csv.DictReader(f)]
+        runs[name] = losses, np.load(tmp_path / name / "scores.npz")["scores"]
+    assert runs["ram"][0] == runs["streamed"][0]
+    np.testing.assert_array_equal(runs["ram"][1], runs["streamed"][1])
