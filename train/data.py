@@ -238,4 +238,4 @@ class _Buffers:
 
     def holds(self, a: np.ndarray) -> bool:
         """Whether ``a`` is a leading slice of one of the buffers (filled in place: no copy needed)."""
-        return any(np.shares_memory(a, buf) for buf in (self.x_np, self.X_np))
+        return a.base is self.x_np or a.base is self.X_np
