@@ -52,12 +52,16 @@ class Product:
 def head_products(*, global_branch: str = "gcn", global_adjacency: str = "fused", variational: bool = True,
                   region_branch: bool = True, region_adjacency: str = "fused", region_reading: str = "label-nodes",
                   region_relu_after_last: bool = True, gcn_widths: tuple[int, ...] = (512, 1024),
-                  region_widths: tuple[int, ...] = (256, 512, 1024), batch: int, num_rois: int, feature_dim: int,
-                  num_classes: int, embedding_dim: int) -> list[Product]:
+                  region_widths: tuple[int, ...] = (256, 512, 1024), region_pool: str = "features",
+                  decay_on: str = "weights", batch: int,
+                  num_rois: int, feature_dim: int, num_classes: int, embedding_dim: int) -> list[Product]:
     """The essential products of one forward pass of the head a TrainConfig describes (its fields by name).
 
     Args:
-        global_branch ... region_widths: the TrainConfig fields that decide which parts run.
+        global_branch ... region_pool: the TrainConfig fields that decide which parts run.
+        decay_on: "classifiers" (the frozen recipe) adds the L2 weight_decay / 2 ||M||^2 on the label GCN's
+            classifiers M to the loss; with a per-image Â_F training then builds M (B, C, D) and scores with it
+            (train/label_gcn.py), so its products replace the re-associated scores.
         batch: B. num_rois: N. feature_dim: D. num_classes: C. embedding_dim: E.
     """
     B, N, D, C, E = batch, num_rois, feature_dim, num_classes, embedding_dim
@@ -90,9 +94,15 @@ def head_products(*, global_branch: str = "gcn", global_adjacency: str = "fused"
             for a, b in zip(dims[1:-2], dims[2:-1]):
                 P.append(Product(f"label GCN h W ({a}->{b})", (), B * C, a, b))
                 P.append(Product(f"label GCN Â_F h ({b})", (B,), C, C, b))
-            P.append(Product(f"u = x W_last ({D}->{dims[-2]})", (), B, D, dims[-2], left_grad=False))
-            P.append(Product("v = h u", (B,), C, dims[-2], 1))
-            P.append(Product("y_w = Â_F v", (B,), C, C, 1))
+            if decay_on == "classifiers":
+                # the L2 on M needs the classifiers themselves: M = (Â_F h) W_last (B, C, D), then y_w = M x
+                P.append(Product(f"Q = Â_F h ({dims[-2]})", (B,), C, C, dims[-2]))
+                P.append(Product(f"M = Q W_last ({dims[-2]}->{D})", (), B * C, dims[-2], D))
+                P.append(Product("y_w = M x", (B,), C, D, 1, right_grad=False))
+            else:
+                P.append(Product(f"u = x W_last ({D}->{dims[-2]})", (), B, D, dims[-2], left_grad=False))
+                P.append(Product("v = h u", (B,), C, dims[-2], 1))
+                P.append(Product("y_w = Â_F v", (B,), C, C, 1))
     if region_branch:
         adjacency_grad = True  # Â_F and Â_I both depend on f_CNN
         if region_reading == "label-nodes":
@@ -112,19 +122,32 @@ def head_products(*, global_branch: str = "gcn", global_adjacency: str = "fused"
             dims = [C, *region_widths, D]
             P.append(Product("region-nodes s s^T", (B,), N, C, N))
             P.append(Product("region-nodes A_I^w Â", (B,), N, C, C))
-            for a, b in zip(dims[:-1], dims[1:]):
+            for a, b in zip(dims[:-2], dims[1:-1]):
                 P.append(Product(f"region-nodes h W ({a}->{b})", (), B * N, a, b))
                 P.append(Product(f"region-nodes Â_R h ({b})", (B,), N, N, b))
-            P.append(Product("region-nodes FC", (), B, D, C))
+            w = dims[-2]
+            P.append(Product(f"region-nodes Â_R h ({w})", (B,), N, N, w))       # the 4th layer's Â_R, before W_last
+            if region_pool == "features" or region_relu_after_last:
+                P.append(Product(f"region-nodes R = h W_last ({w}->{D})", (), B * N, w, D))
+                if region_pool == "features":
+                    P.append(Product("region-nodes FC (max-pooled R)", (), B, D, C))
+                else:
+                    P.append(Product("region-nodes FC per region", (), B * N, D, C))
+            else:
+                # pool = scores, no ReLU after the 4th layer: the FC re-associates, per region Â_R R_3 (W_3 fc^T)
+                P.append(Product("region-nodes V = W_last fc^T", (), w, D, C))
+                P.append(Product("region-nodes h V", (), B * N, w, C))
     return P
 
 
 def products_for_config(config: Any, *, batch: int, num_rois: int, feature_dim: int, num_classes: int,
-                        embedding_dim: int) -> list[Product]:
-    """:func:`head_products` for a ``train.config.TrainConfig`` (or anything with its field names)."""
+                        embedding_dim: int, training: bool = True) -> list[Product]:
+    """:func:`head_products` for a ``train.config.TrainConfig`` (or anything with its field names); with
+    ``training=False`` (scoring) the L2 on the classifiers is not computed, so its products are not counted."""
     names = ("global_branch", "global_adjacency", "variational", "region_branch", "region_adjacency",
-             "region_reading", "region_relu_after_last", "gcn_widths", "region_widths")
-    return head_products(**{k: getattr(config, k) for k in names}, batch=batch, num_rois=num_rois,
+             "region_reading", "region_relu_after_last", "region_pool", "gcn_widths", "region_widths")
+    decay_on = getattr(config, "decay_on", "weights") if training else "weights"
+    return head_products(**{k: getattr(config, k) for k in names}, decay_on=decay_on, batch=batch, num_rois=num_rois,
                          feature_dim=feature_dim, num_classes=num_classes, embedding_dim=embedding_dim)
 
 

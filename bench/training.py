@@ -19,26 +19,35 @@ TARGET_TRAIN = "<= 2.0"
 
 
 def _setup(preset: str, data, *, seed: int = 0, **overrides):
-    """Model + optimizer exactly as ``train.run`` builds them (statistical LCM from all rows here)."""
+    """Model + optimizer exactly as ``train.run`` builds them for the default recipe, at its first epoch's learning
+    rates: the standardiser's statistics, ``train.optim.make_optimizer`` (the frozen recipe's SGD + AdamW split, lr
+    scales, L2 per group) and the schedule's lr (statistical LCM and statistics from all rows here)."""
     from iagcn.train.config import config_for_preset
     from iagcn.train.lcm import statistical_lcm
     from iagcn.train.inference import build_model
-    from iagcn.train.run import load_label_embeddings
+    from iagcn.train.run import load_label_embeddings, make_optimizer, schedule_lr
+    from iagcn.train.standardize import feature_statistics
 
-    cfg = config_for_preset(preset, epochs=1, seed=seed, device="cpu", **overrides)
+    cfg = config_for_preset(preset, seed=seed, device="cpu", **overrides)
     emb, _ = load_label_embeddings(cfg, data.cache)                                   # (C, E)
     A_S = statistical_lcm(data.labels, tau=cfg.tau, p=cfg.p)                          # (C, C)
     meta = {"num_classes": data.C, "feature_dim": data.D, "num_rois": data.N, "embedding_dim": int(emb.shape[1]),
             "class_names": data.class_names}
     torch.manual_seed(seed)
     model = build_model(cfg, meta, label_embeddings=emb, A_S=A_S)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if model.standardizer is not None:
+        model.standardizer.set_statistics(feature_statistics(data, np.arange(data.n), batch_size=cfg.eval_batch_size,
+                                                             regions=model.uses_regions))
+    opt = make_optimizer(model, cfg)
+    lr = schedule_lr(0, cfg)
+    for group in opt.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)                                 # as train_run's first epoch
     return cfg, model, opt, int(emb.shape[1])
 
 
 def floor_step_for(cfg, data, embedding_dim: int, *, batch: int | None = None, backward: bool = True) -> FloorStep:
     products = products_for_config(cfg, batch=batch or cfg.batch_size, num_rois=data.N, feature_dim=data.D,
-                                   num_classes=data.C, embedding_dim=embedding_dim)
+                                   num_classes=data.C, embedding_dim=embedding_dim, training=backward)
     return FloorStep(products, backward=backward)
 
 

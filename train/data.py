@@ -1,11 +1,14 @@
 """Batches of cached features for training and scoring: in RAM when they fit, otherwise streamed.
 
 * The features (``global`` (n, D) and ``regions`` (n, N, D), float16) load into RAM when their size fits
-  ``memory_budget_gib``; otherwise contiguous blocks of rows are streamed from the file (fast, see
-  docs/cache.md) and shuffled inside a buffer of a few blocks. h5py fancy indexing per batch is never used.
+  ``memory_budget_gib``; otherwise they are streamed: the same seeded permutation of the split as in RAM, read
+  in windows of shuffle_buffer_blocks x block_rows rows (each window's rows in file order, one HDF5 read of their
+  runs), so streaming trains the same model as RAM, bit for bit. h5py fancy indexing per batch is never used.
 * Labels, validity masks and image ids are small and always in RAM.
 * In RAM the features are kept as float32 when twice their float16 size still fits the budget (VOC: 1.7 GB),
-  so a batch is one gather, as fast as a plain NumPy gather (measured by `make bench`, benchmark 3);
+  so a batch is one gather (``np.take(..., mode="clip", out=)`` straight into the preallocated float32 batch
+  buffers: no allocation per batch; ``mode="raise"`` buffers ``out``, half the speed), as fast as a plain NumPy
+  gather (measured by `make bench`, benchmark 3);
   otherwise, and when streaming, float16 -> float32 per batch: ``torch.Tensor.copy_`` from the float16 rows into a
   preallocated float32 buffer (the fastest conversion measured: docs/performance.md, "Measurements behind design
   choices"). On CUDA the float16 rows are moved first and converted on the device.
@@ -89,10 +92,13 @@ class CacheData:
                 self._regions[s:e] = r16[:e - s]
 
     # -- checks ------------------------------------------------------------------------------------
-    def _check_finite(self, g: np.ndarray, r: np.ndarray, start: int, stop: int) -> None:
+    def _check_finite(self, g: np.ndarray, r: np.ndarray, start: int = 0, stop: int | None = None, *,
+                      rows: np.ndarray | None = None) -> None:
+        """Refuse non-finite rows of ``g``, ``r``: cache rows ``start:stop``, or the cache rows ``rows``."""
         for name, arr in (("global", g), ("regions", r)):
             if arr is not None and not _all_finite(arr):
-                bad = start + int(np.nonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(1))[0][0])
+                first = int(np.nonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(1))[0][0])
+                bad = int(rows[first]) if rows is not None else start + first
                 raise UserError(f"cache {self.path}: non-finite features (NaN/Inf) in '{name}' (first at row {bad}, "
                                 f"image {self.image_ids[bad]}); re-extract that cache (nothing was trained on them)")
 
@@ -112,16 +118,18 @@ class CacheData:
         idx = np.arange(self.n) if indices is None else np.asarray(indices, dtype=np.int64)
         if shuffle and rng is None:
             raise ValueError("batches(shuffle=True) needs an rng")
+        if len(idx) and (idx.min() < 0 or idx.max() >= self.n):                # the gathers below do not check
+            raise IndexError(f"batches: row numbers must lie in [0, {self.n}) for cache {self.path}")
         bufs = _Buffers(batch_size, self.N, self.D) if device.type == "cpu" else None
-        source = self._memory_rows(idx, batch_size, shuffle, rng, regions) if self.in_memory else \
+        source = self._memory_rows(idx, batch_size, shuffle, rng, regions, bufs) if self.in_memory else \
             self._streamed_rows(idx, batch_size, shuffle, rng, regions)
         for rows, g16, r16 in source:
             yield self._to_batch(rows, g16, r16, bufs, device)
 
     def _to_batch(self, rows: np.ndarray, g16: np.ndarray, r16: np.ndarray, bufs, device) -> Batch:
         b = len(rows)
-        if bufs is not None and g16.dtype == np.float32 and g16.flags.owndata:
-            x = torch.from_numpy(g16)                                         # (b, D) a fresh float32 gather: no copy
+        if bufs is not None and g16.dtype == np.float32 and bufs.holds(g16):
+            x = torch.from_numpy(g16)                                         # (b, D) gathered into the buffer: no copy
             X = None if r16 is None else torch.from_numpy(r16)                # (b, N, D)
         elif bufs is not None:
             x = bufs.x[:b].copy_(torch.from_numpy(g16))                       # (b, D) f16 (or f32 view) -> f32 buffer
@@ -133,58 +141,73 @@ class CacheData:
         labels = torch.from_numpy(self.labels[rows]).to(device)               # (b, C)
         return Batch(x=x, X=X, valid=valid, labels=labels, index=rows)
 
-    def _memory_rows(self, idx, batch_size, shuffle, rng, regions=True):
+    def _memory_rows(self, idx, batch_size, shuffle, rng, regions=True, bufs=None):
         order = rng.permutation(idx) if shuffle else idx
         contiguous = not shuffle and len(order) > 0 and np.array_equal(order, np.arange(order[0], order[0] + len(order)))
+        # float32 in RAM on CPU: gather straight into the preallocated float32 batch buffers (np.take(..., out=)),
+        # no allocation per batch
+        into = bufs is not None and self.memory_dtype == np.float32
         for s in range(0, len(order), batch_size):
             rows = order[s:s + batch_size]
             if contiguous:
                 a, e = int(rows[0]), int(rows[-1]) + 1
                 yield rows, self._global[a:e], (self._regions[a:e] if regions else None)  # views, no copy
+            elif into:
+                b = len(rows)
+                g, r = bufs.x_np[:b], (bufs.X_np[:b] if regions else None)
+                np.take(self._global, rows, axis=0, out=g, mode="clip")    # (b, D) in-RAM gather
+                if regions:
+                    np.take(self._regions, rows, axis=0, out=r, mode="clip")  # (b, N, D)
+                yield rows, g, r
             else:
                 yield rows, self._global[rows], (self._regions[rows] if regions else None)  # in-RAM gather
 
     def _streamed_rows(self, idx, batch_size, shuffle, rng, regions=True):
-        member = np.zeros(self.n, dtype=bool)
-        member[idx] = True
-        blocks = [(s, min(self.n, s + self.block_rows)) for s in range(0, self.n, self.block_rows)]
-        blocks = [blk for blk in blocks if member[blk[0]:blk[1]].any()]
-        if shuffle:
-            blocks = [blocks[i] for i in rng.permutation(len(blocks))]
-        step = self.shuffle_buffer_blocks if shuffle else 1
-        # one preallocated shuffle buffer: the carried-over rows first, then each block read straight into it
-        # (bench/: three copies per row in concatenate/permute were most of the streaming time)
-        cap = step * self.block_rows + batch_size
+        """The rows of ``_memory_rows``, in the same order and batches: the in-RAM permutation of ``idx`` (the same
+        rng draw), read window by window. Each window holds the next rows of that order (as many whole batches as
+        fit shuffle_buffer_blocks x block_rows rows); its rows are read in file order, consecutive rows in one run,
+        with one HDF5 read per dataset, then batches are gathered from it in the permutation's order. The memory
+        budget, block_rows and shuffle_buffer_blocks therefore change only the speed, never the model."""
+        order = rng.permutation(idx) if shuffle else idx                      # exactly _memory_rows' order
+        window = max(1, (self.shuffle_buffer_blocks * self.block_rows) // batch_size) * batch_size
+        window = min(window, max(len(order), 1))
         rshape = (self.N, self.D) if regions else (0, 0)                      # (0, 0): X skipped, rows kept aligned
-        buf_rows = np.empty(cap, np.int64)                                     # (cap,) cache row of each slot
-        buf_g = np.empty((cap, self.D), np.float16)                           # (cap, D)
-        buf_r = np.empty((cap, *rshape), np.float16)                          # (cap, N, D)
-        filled = 0
-        for gs in range(0, len(blocks), step):
-            for s, e in blocks[gs:gs + step]:
-                m = e - s
-                self.cache.read_into("global", buf_g[filled:filled + m], s, e)    # contiguous read into the buffer
-                if regions:                                                   # heads that read only x skip X
-                    self.cache.read_into("regions", buf_r[filled:filled + m], s, e)
-                self._check_finite(buf_g[filled:filled + m], buf_r[filled:filled + m] if regions else None, s, e)
-                keep = np.nonzero(member[s:e])[0]
-                if len(keep) < m:                                             # compact a partly selected block
-                    buf_g[filled:filled + len(keep)] = buf_g[filled + keep]
-                    if regions:
-                        buf_r[filled:filled + len(keep)] = buf_r[filled + keep]
-                buf_rows[filled:filled + len(keep)] = s + keep
-                filled += len(keep)
-            order = rng.permutation(filled) if shuffle else np.arange(filled)  # in-buffer shuffle
-            last = gs + step >= len(blocks)
-            full = filled if last else (filled // batch_size) * batch_size
-            for s in range(0, full, batch_size):
-                sel = order[s:s + batch_size]
-                yield buf_rows[sel], buf_g[sel], (buf_r[sel] if regions else None)  # one gather per batch
-            rest = order[full:filled]                                         # carried into the next buffer
-            buf_rows[:len(rest)], buf_g[:len(rest)] = buf_rows[rest], buf_g[rest]
+        buf_g = np.empty((window, self.D), np.float16)                        # (window, D)
+        buf_r = np.empty((window, *rshape), np.float16)                       # (window, N, D)
+        for s in range(0, len(order), window):
+            part = order[s:s + window]                                        # (m,) the next rows of the order
+            m = len(part)
+            by_row = np.argsort(part, kind="stable")                          # (m,) buffer slot -> position in part
+            rows = part[by_row]                                               # (m,) sorted: file order
+            self._read_rows("global", buf_g[:m], rows)
             if regions:
-                buf_r[:len(rest)] = buf_r[rest]
-            filled = len(rest)
+                self._read_rows("regions", buf_r[:m], rows)
+            self._check_finite(buf_g[:m], buf_r[:m] if regions else None, rows=rows)
+            slot = np.empty(m, np.int64)
+            slot[by_row] = np.arange(m)                                       # (m,) position in part -> buffer slot
+            for b in range(0, m, batch_size):
+                sel = slot[b:b + batch_size]
+                yield part[b:b + batch_size], buf_g[sel], (buf_r[sel] if regions else None)  # one gather per batch
+
+    def _read_rows(self, name: str, out: np.ndarray, rows: np.ndarray) -> None:
+        """Rows ``rows`` (sorted) of dataset ``name`` into ``out`` in that order: one HDF5 read of the union of
+        their runs of consecutive rows (h5py fancy indexing is far slower)."""
+        from h5py import h5s
+
+        ds = self.cache.dataset(name)
+        breaks = np.nonzero(np.diff(rows) != 1)[0] + 1
+        starts = np.concatenate([[0], breaks])                                # (runs,) run starts in ``rows``
+        stops = np.concatenate([breaks, [len(rows)]])
+        if len(starts) == 1 and (len(rows) == 0 or rows[-1] - rows[0] == len(rows) - 1):
+            if len(rows):
+                self.cache.read_into(name, out, int(rows[0]), int(rows[-1]) + 1)  # one contiguous run
+            return
+        space = ds.id.get_space()
+        space.select_none()
+        tail = tuple(ds.shape[1:])
+        for a, e in zip(starts, stops):
+            space.select_hyperslab((int(rows[a]),) + (0,) * len(tail), (int(e - a),) + tail, op=h5s.SELECT_OR)
+        ds.id.read(h5s.create_simple(out.shape), space, out)
 
     def close(self) -> None:
         if self._owns_cache:
@@ -211,3 +234,8 @@ class _Buffers:
     def __init__(self, batch_size: int, N: int, D: int) -> None:
         self.x = torch.empty(batch_size, D)                                   # (B, D)
         self.X = torch.empty(batch_size, N, D)                                # (B, N, D)
+        self.x_np, self.X_np = self.x.numpy(), self.X.numpy()                 # the same memory, as NumPy arrays
+
+    def holds(self, a: np.ndarray) -> bool:
+        """Whether ``a`` is a leading slice of one of the buffers (filled in place: no copy needed)."""
+        return a.base is self.x_np or a.base is self.X_np

@@ -48,9 +48,7 @@ class LabelGCN(nn.Module):
             sq = M.pow(2).sum() if norm else None                 # () ||M||_F^2
             return x @ M.t(), sq                                  # (B, C) Eq. 6
         if norm:                                                  # the norm needs M itself: score with it too
-            M = (A_hat @ h) @ W_last.t()                          # (B, C, D) per-image classifiers
-            y = (M @ x.unsqueeze(-1)).squeeze(-1)                 # (B, C) Eq. 6
-            return y, M.pow(2).sum(dim=(1, 2)).mean()             # (B, C), () mean_b ||M_b||_F^2
+            return _ScoresAndNorm.apply(A_hat @ h, W_last, x)     # (B, C) Eq. 6, () mean_b ||M_b||_F^2
         u = x @ W_last                                            # (B, w) W_{L-1} x
         v = (h @ u.unsqueeze(-1))                                 # (B, C, 1) H_{L-1} (W_{L-1} x)
         return (A_hat @ v).squeeze(-1), None                      # (B, C) Eq. 6 re-associated: Â (H (W x))
@@ -62,3 +60,37 @@ class LabelGCN(nn.Module):
         M = A_hat @ F.linear(h, self.weights[-1].weight)          # (B, C, D) or (C, D) Eq. 5, last layer
         M = M.expand(B, *M.shape[-2:])                            # (B, C, D)
         return (M @ x.unsqueeze(-1)).squeeze(-1)                  # (B, C) Eq. 6
+
+
+class _ScoresAndNorm(torch.autograd.Function):
+    """y_b = M_b x_b (Eq. 6) and mean_b ||M_b||_F^2 with M_b = Q_b W^T (Eq. 5's last layer), M built once.
+
+    With a per-image Â the hidden layers H_{L-1} are per image too, so ||M||^2 has no image-independent closed form:
+    it needs M (B C w D multiply-adds) or the (w, w) Gram W^T W (D w^2, more while B C < D w / (1.5 D - w), i.e.
+    B C < 1024 at w 1024, D 2048). This builds M once for both outputs, takes the norm as one dot product, and
+    in the backward forms dM = g_y x^T + (2 g / B) M in one pass, then dQ = dM W and dW = dM^T Q: the three
+    (B C, w, D) products of the floor (bench/floor.py) and no (B, C, D) temporaries beyond M and dM.
+    """
+
+    @staticmethod
+    def forward(ctx, Q: torch.Tensor, W: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q (B, C, w), W (D, w), x (B, D) -> y (B, C), () mean_b ||Q_b W^T||_F^2."""
+        B, C, w = Q.shape
+        M = (Q.reshape(B * C, w) @ W.t()).view(B, C, -1)       # (B, C, D) per-image classifiers
+        y = torch.bmm(M, x.unsqueeze(-1)).squeeze(-1)          # (B, C) Eq. 6
+        flat = M.view(-1)
+        sq = torch.dot(flat, flat) / B                         # () mean_b ||M_b||_F^2
+        ctx.save_for_backward(Q, W, x, M)
+        return y, sq
+
+    @staticmethod
+    def backward(ctx, g_y: torch.Tensor, g_sq: torch.Tensor):
+        Q, W, x, M = ctx.saved_tensors
+        B, C, w = Q.shape
+        # dM (B, C, D) = g_y x^T + (2 g_sq / B) M, one batched rank-one update of M
+        dM = torch.baddbmm(M, g_y.unsqueeze(-1), x.unsqueeze(1), beta=2.0 * float(g_sq) / B)
+        dM2 = dM.view(B * C, -1)                               # (B C, D)
+        dQ = (dM2 @ W).view(B, C, w) if ctx.needs_input_grad[0] else None   # (B, C, w)
+        dW = dM2.t() @ Q.reshape(B * C, w) if ctx.needs_input_grad[1] else None  # (D, w)
+        dx = torch.bmm(M.transpose(1, 2), g_y.unsqueeze(-1)).squeeze(-1) if ctx.needs_input_grad[2] else None  # (B, D)
+        return dQ, dW, dx
