@@ -21,7 +21,7 @@ import csv
 import io
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -29,8 +29,8 @@ import numpy as np
 
 from iagcn.configio import config_to_dict
 from iagcn.errors import UserError
-from iagcn.metrics import (ScoresAre, average_precision_per_class, mean_average_precision, multilabel_metrics,
-                                    validate_scores_targets)
+from iagcn.metrics import (ScoresAre, average_precision_per_class, map_conventions, mean_average_precision,
+                           multilabel_metrics, validate_scores_targets)
 from iagcn.fsutil import atomic_path, exclusive_lock, git_commit, remove_stale_temporaries, write_json_atomic, \
     write_text_atomic
 from iagcn.validation import ANY, Range, check_ranges, check_types
@@ -87,6 +87,12 @@ class Evaluation:
     metrics: dict[str, float]       # multilabel_metrics (percent)
     per_class_ap: np.ndarray        # (C,) percent, NaN without positives
     scores_are: ScoresAre
+    map_conventions: dict[str, dict] = field(default_factory=dict)  # iagcn.metrics.map_conventions
+
+    @property
+    def positives(self) -> np.ndarray:
+        """(C,) images with target 1 per class."""
+        return (self.targets == 1).sum(0)
 
 
 def evaluate_scores(scores, targets, *, class_names: Sequence[str], config: EvalConfig, name: str = "model",
@@ -105,7 +111,8 @@ def evaluate_scores(scores, targets, *, class_names: Sequence[str], config: Eval
         warnings.warn(f"{name}: AP undefined for {len(missing)} class(es) without positives ({', '.join(missing[:10])}"
                       f"{' ...' if len(missing) > 10 else ''}): NaN, left out of mAP, CP and CR", stacklevel=2)
     return Evaluation(name=name, scores=s, targets=t, image_ids=image_ids, class_names=list(class_names),
-                      metrics=metrics, per_class_ap=ap, scores_are=config.scores_are)
+                      metrics=metrics, per_class_ap=ap, scores_are=config.scores_are,
+                      map_conventions=map_conventions(s, t))
 
 
 def metrics_record(ev: Evaluation, *, config: EvalConfig, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +121,12 @@ def metrics_record(ev: Evaluation, *, config: EvalConfig, inputs: dict[str, Any]
             "per_class_ap": {c: finite_or_none(a) for c, a in zip(ev.class_names, ev.per_class_ap)},
             "mAP_check": finite_or_none(mean_average_precision(ev.per_class_ap)),
             "num_images": int(ev.scores.shape[0]), "num_classes": int(ev.scores.shape[1]),
-            "scores_are": ev.scores_are, "threshold": config.threshold, "top_k": config.top_k, "inputs": inputs}
+            "scores_are": ev.scores_are, "threshold": config.threshold, "top_k": config.top_k, "inputs": inputs,
+            "positives_per_class": {c: int(n) for c, n in zip(ev.class_names, ev.positives)},
+            "map_conventions": {k: {"mAP": finite_or_none(conv["mAP"]), "num_images": conv["num_images"],
+                                    "per_class_ap": {c: finite_or_none(a)
+                                                     for c, a in zip(ev.class_names, conv["per_class_ap"])}}
+                                for k, conv in ev.map_conventions.items()}}
 
 
 def per_class_csv(ev: Evaluation) -> str:
@@ -161,14 +173,15 @@ def write_evaluation(out: str | os.PathLike, ev: Evaluation, *, config: EvalConf
 
 def format_tables(evaluations: Sequence[Evaluation], *, top_k: int = 3, fmt: str = "text") -> str:
     """Table 1 style (all + top-k) and Table 2 style (per-class AP) for one or several evaluations."""
-    from iagcn.evaluate.report import metrics_table, per_class_table
+    from iagcn.evaluate.report import map_conventions_table, metrics_table, per_class_table
 
     class_names = evaluations[0].class_names
     t1 = metrics_table([(e.name, e.metrics) for e in evaluations], fmt=fmt, top_k=top_k or None,
                        num_classes=len(class_names))
     t2 = per_class_table([(e.name, e.per_class_ap) for e in evaluations], class_names, fmt=fmt,
-                         title="Per-class AP (Table 2 layout)")
-    return f"Table 1 layout (percent)\n{t1}\n{t2}"
+                         title="Per-class AP (Table 2 layout)", positives=evaluations[0].positives)
+    t3 = map_conventions_table([(e.name, e.map_conventions) for e in evaluations], fmt=fmt)
+    return f"Table 1 layout (percent)\n{t1}\n{t2}\n{t3}"
 
 
 

@@ -99,16 +99,64 @@ def metrics_table(results: Mapping[str, Mapping[str, float]] | Iterable[tuple[st
 
 
 # ----------------------------------------------------------------------------------------------- Table 2
+#: classes with fewer positives than this are flagged (``*``) in the per-class tables: their AP moves by many
+#: points per image
+FEW_POSITIVES = 5
+
+
 def per_class_table(results: Mapping[str, Sequence[float]] | Iterable[tuple[str, Sequence[float]]],
-                    class_names: Sequence[str], *, fmt: Fmt = "markdown", title: str | None = None) -> str:
-    """``Methods | <class> ... | mAP``: per-class AP (percent) per method; mAP = mean of the non-NaN APs."""
+                    class_names: Sequence[str], *, fmt: Fmt = "markdown", title: str | None = None,
+                    positives: Sequence[int] | None = None) -> str:
+    """``Methods | <class> ... | mAP``: per-class AP (percent) per method; mAP = mean of the non-NaN APs.
+
+    With ``positives`` (C,) a last row ``positives`` gives each class's number of positive images, ``*`` marking
+    the classes with fewer than :data:`FEW_POSITIVES`, and a note under the table says so.
+    """
     rows = []
     for name, ap in _rows_of(results):
         ap = np.asarray(ap, dtype=np.float64)
         if ap.shape != (len(class_names),):
             raise ValueError(f"per_class_table: {name} has {ap.size} APs for {len(class_names)} classes")
         rows.append([name, *(fmt_pct(v) for v in ap), fmt_pct(mean_average_precision(ap))])
-    return render_table(["Methods", *short_class_names(class_names), "mAP"], rows, fmt=fmt, title=title)
+    if positives is None:
+        return render_table(["Methods", *short_class_names(class_names), "mAP"], rows, fmt=fmt, title=title)
+    counts = [int(n) for n in positives]
+    if len(counts) != len(class_names):
+        raise ValueError(f"per_class_table: {len(counts)} positive counts for {len(class_names)} classes")
+    few = [n < FEW_POSITIVES for n in counts]
+    rows.append(["positives", *(f"{n}*" if f else str(n) for n, f in zip(counts, few)), MISSING])
+    table = render_table(["Methods", *short_class_names(class_names), "mAP"], rows, fmt=fmt, title=title)
+    note = (f"positives: images with target 1 per class (ignored entries not counted); * = fewer than "
+            f"{FEW_POSITIVES} positives ({sum(few)} of {len(counts)} classes): such an AP rests on a handful of images.")
+    return table + ("\n" if fmt == "markdown" else "") + note + "\n"
+
+
+#: column headers of :func:`map_conventions_table`
+AP_CONVENTION_HEADERS = {"all_point": "all-point", "voc07_11point": "VOC07 11-pt",
+                         "voc10_all_point": "VOC10+ interp.", "difficult_as_negative": "difficult = neg.",
+                         "labelled_images": "labelled images"}
+
+
+def map_conventions_table(results: Mapping[str, Mapping[str, Mapping]] | Iterable[tuple[str, Mapping]], *,
+                          fmt: Fmt = "markdown", title: str | None = None) -> str:
+    """``Methods | <convention> ...``: mAP under each convention of :func:`iagcn.metrics.map_conventions`, one row
+    per method, and a note under the table defining each column and its number of images."""
+    from iagcn.metrics import AP_CONVENTIONS
+
+    rows = _rows_of(results)
+    table = render_table(["Methods", *(AP_CONVENTION_HEADERS[k] for k in AP_CONVENTIONS)],
+                         [[name, *(fmt_pct(conv[k]["mAP"]) for k in AP_CONVENTIONS)] for name, conv in rows],
+                         fmt=fmt, title=title or "mAP under each convention (percent)")
+    first = rows[0][1] if rows else {}
+    n_all = first.get("all_point", {}).get("num_images", "?")
+    n_lab = first.get("labelled_images", {}).get("num_images", "?")
+    note = ("all-point (the default mAP, the paper's): sklearn average_precision_score, -1 entries removed per "
+            "class; VOC07 11-pt: mean of the highest precision at recall >= 0, 0.1, ..., 1 (VOC2007 devkit); "
+            "VOC10+ interp.: area under the monotone precision envelope (VOC2010+ devkit); difficult = neg.: "
+            f"-1 entries counted as negatives, then all-point; labelled images: all-point on the {n_lab} of {n_all} "
+            "images with at least one label (as COCO's 40,137 of val2014's 40,504; `extract --keep-empty` keeps "
+            "the others).")
+    return table + ("\n" if fmt == "markdown" else "") + note + "\n"
 
 
 # ----------------------------------------------------------------------------------------------- ablations

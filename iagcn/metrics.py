@@ -124,6 +124,92 @@ def mean_average_precision(ap: np.ndarray) -> float:
     return float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
 
 
+# ----------------------------------------------------------------------------------------------- AP conventions
+#: every mAP convention ``map_conventions`` reports, in table order (docs/metrics.md, "mAP conventions")
+AP_CONVENTIONS: tuple[str, ...] = ("all_point", "voc07_11point", "voc10_all_point", "difficult_as_negative",
+                                   "labelled_images")
+
+
+def precision_recall_points(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(precision, recall) after each distinct score, highest first; tied scores form one point. Shapes (K,).
+
+    ``scores`` (n,) one class's scores, ``positive`` (n,) bool with at least one True.
+    """
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], positive[order]
+    last_of_tie = np.r_[s[1:] != s[:-1], True]  # (n,) the last row of each group of tied scores
+    tp = np.cumsum(y)[last_of_tie]  # (K,)
+    n_pred = np.flatnonzero(last_of_tie) + 1  # (K,)
+    return tp / n_pred, tp / y.sum()
+
+
+def ap_voc07_11point(scores: np.ndarray, positive: np.ndarray) -> float:
+    """VOC2007 devkit AP (fraction): mean over t = 0, 0.1, ..., 1 of the highest precision at recall >= t
+    (0 when no point reaches recall t).
+
+    t is k / 10 (correctly rounded), so a recall of exactly 3/10 reaches t = 0.3; ``np.arange(0, 1.1, 0.1)`` (the
+    Python ports of the devkit) holds 0.30000000000000004 there and misses it."""
+    precision, recall = precision_recall_points(scores, positive)
+    return float(np.mean([precision[recall >= t].max() if (recall >= t).any() else 0.0
+                          for t in np.arange(11) / 10.0]))
+
+
+def ap_voc10_all_point(scores: np.ndarray, positive: np.ndarray) -> float:
+    """VOC2010+ devkit AP (fraction): area under the precision envelope (precision made monotonically
+    non-increasing in recall, p_interp(r) = max_{r' >= r} p(r')), summed at the points where recall changes."""
+    precision, recall = precision_recall_points(scores, positive)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]  # (K,) max precision at this recall or beyond
+    steps = np.diff(np.r_[0.0, recall])  # (K,) recall gained at each point
+    return float(np.sum(steps * envelope))
+
+
+def average_precision_by_rule(scores, targets, *, rule: Literal["voc07_11point", "voc10_all_point"]) -> np.ndarray:
+    """Per-class AP in percent (C,) under a VOC devkit rule, -1 entries removed per class, NaN without positives."""
+    fn = {"voc07_11point": ap_voc07_11point, "voc10_all_point": ap_voc10_all_point}.get(rule)
+    if fn is None:
+        raise MetricInputError(f"rule: {rule!r} is not one of 'voc07_11point', 'voc10_all_point'")
+    s, t = validate_scores_targets(scores, targets)
+    ap = np.full(s.shape[1], np.nan)  # (C,)
+    for c in range(s.shape[1]):
+        keep = t[:, c] != -1  # (n,)
+        y = t[keep, c] == 1
+        if y.any():
+            ap[c] = 100.0 * fn(s[keep, c], y)
+    return ap
+
+
+def labelled_rows(targets) -> np.ndarray:
+    """Bool (n,): images with at least one label (a positive or an ignored entry), i.e. COCO's images with an
+    annotation; ``extract --keep-empty`` keeps the others as all-zero rows."""
+    return np.any(np.asarray(targets) != 0, axis=1)
+
+
+def map_conventions(scores, targets) -> dict[str, dict]:
+    """Per-class AP (C,) and mAP (percent) under every convention of :data:`AP_CONVENTIONS`, from one score matrix.
+
+    * ``all_point``: :func:`average_precision_per_class` (the default mAP, unchanged);
+    * ``voc07_11point`` / ``voc10_all_point``: the VOC devkit rules, -1 removed per class;
+    * ``difficult_as_negative``: -1 entries counted as negatives, then the default AP;
+    * ``labelled_images``: the default AP on the images with at least one label (:func:`labelled_rows`).
+
+    Returns ``{convention: {"per_class_ap": (C,), "mAP": float, "num_images": int}}``.
+    """
+    s, t = validate_scores_targets(scores, targets)
+    keep = labelled_rows(t)  # (n,)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the caller reports classes without positives once
+        per_class = {
+            "all_point": (average_precision_per_class(s, t, warn=False), len(s)),
+            "voc07_11point": (average_precision_by_rule(s, t, rule="voc07_11point"), len(s)),
+            "voc10_all_point": (average_precision_by_rule(s, t, rule="voc10_all_point"), len(s)),
+            "difficult_as_negative": (average_precision_per_class(s, np.where(t == -1, 0, t), warn=False), len(s)),
+            "labelled_images": (average_precision_per_class(s[keep], t[keep], warn=False) if keep.any()
+                                else np.full(s.shape[1], np.nan), int(keep.sum())),
+        }
+    return {k: {"per_class_ap": ap, "mAP": mean_average_precision(ap), "num_images": n}
+            for k, (ap, n) in per_class.items()}
+
+
 # ----------------------------------------------------------------------------------------------- predictions
 def logit_threshold(threshold: float) -> float:
     """The logit equivalent of a probability threshold: sigmoid(x) >= t  <=>  x >= log(t / (1 - t))."""
