@@ -40,6 +40,10 @@ def _pr_classes(text: str | None) -> tuple[str, ...]:
 @click.option("--scores-are", type=click.Choice(["logits", "probabilities"]), default=None,
               help="What --scores holds (required with --scores; runs always give logits).")
 @click.option("--class-names", default=None, help="Comma-separated class names or a file (one a line).")
+@click.option("--holdout-scores", type=click.Path(dir_okay=False), default=None,
+              help="With --scores: the same model's scores on held-out TRAIN images, for calibrated thresholds.")
+@click.option("--holdout-targets", type=click.Path(dir_okay=False), default=None,
+              help="Targets for --holdout-scores (same formats as --targets).")
 @config_option(EvalConfig, "threshold", type=float, help="Probability threshold for CP ... OF1.")
 @config_option(EvalConfig, "top_k", type=int, help="Top-k block (0: none).")
 @config_option(EvalConfig, "which", type=click.Choice(["best", "last"]), help="Which checkpoint of a run.")
@@ -52,15 +56,20 @@ def _pr_classes(text: str | None) -> tuple[str, ...]:
               help="Table format printed.")
 @device_option(EvalConfig, what="a run scoring a cache (model and batches)")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, threshold, top_k, which, pr_classes,
-             no_plots, out, fmt, device, quiet) -> None:
+def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, holdout_scores, holdout_targets,
+             threshold, top_k, which, pr_classes, no_plots, out, fmt, device, quiet) -> None:
     """Evaluate scores (any model) or trained runs: metrics.json, per_class_ap.csv, scores, Table 1/2 layouts, plots."""
     from iagcn.evaluate import evaluation as E
     from iagcn.classes import parse_class_names
     from iagcn.evaluate import inputs as I
+    from iagcn.evaluate.calibration import run_holdout
     from iagcn.evaluate.runscores import score_run_on_cache
 
     _warn_to_stderr()
+    if (holdout_scores is None) != (holdout_targets is None):
+        raise UserError("--holdout-scores and --holdout-targets go together; pass both files")
+    if holdout_scores is not None and scores is None:
+        raise UserError("--holdout-scores goes with --scores; a run calibrates on its own hold-out")
     if scores is not None or targets is not None:
         if runs or checkpoint:
             raise UserError("--scores/--targets and --run/--checkpoint are exclusive; pass one kind of input")
@@ -87,7 +96,13 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
         tt = I.read_matrix(targets, option="--targets", key="labels")
         s, t, ids = I.align_by_ids(st, tt)
         s, t, names = I.align_columns(st, tt, s, t, names_given)  # by class name whenever names are known
-        ev = E.evaluate_scores(s, t, class_names=names, config=config, name=Path(scores).stem, image_ids=ids)
+        holdout = None
+        if holdout_scores is not None:
+            from iagcn.evaluate.calibration import file_holdout
+
+            holdout = file_holdout(holdout_scores, holdout_targets, class_names=names)
+        ev = E.evaluate_scores(s, t, class_names=names, config=config, name=Path(scores).stem, image_ids=ids,
+                               holdout=holdout)
         _check_pr_classes(config.pr_classes, names)
         I.warn_rows_by_position(st, tt)  # once the inputs are accepted
         click.echo(E.format_tables([ev], top_k=top_k, fmt=fmt))
@@ -114,8 +129,11 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
         tt = I.cache_targets(cache_path)
         t = I.rows_for_ids(tt, rs.image_ids, what="--cache")
         name = rs.name if sum(s.name == src.name for s in sources) == 1 else f"{rs.name}-{k}"
+        holdout = run_holdout(run_dir=src if runs else None, checkpoint=Path(checkpoint) if checkpoint else None,
+                              which=config.which, eval_cache_path=cache_path, batch_size=config.batch_size,
+                              device=config.device)
         ev = E.evaluate_scores(rs.scores, t, class_names=rs.class_names, config=config, name=name,
-                               image_ids=rs.image_ids)
+                               image_ids=rs.image_ids, holdout=holdout)
         evaluations.append(ev)
         logs[name] = runfolder.log_path(src)
         sub = out_dir / name if len(sources) > 1 else out_dir

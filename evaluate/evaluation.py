@@ -88,6 +88,7 @@ class Evaluation:
     per_class_ap: np.ndarray        # (C,) percent, NaN without positives
     scores_are: ScoresAre
     map_conventions: dict[str, dict] = field(default_factory=dict)  # iagcn.metrics.map_conventions
+    calibration: dict[str, Any] = field(default_factory=dict)        # evaluate.calibration.calibration_record
 
     @property
     def positives(self) -> np.ndarray:
@@ -95,9 +96,16 @@ class Evaluation:
         return (self.targets == 1).sum(0)
 
 
+NO_HOLDOUT = ("no hold-out scores given: pass --holdout-scores FILE --holdout-targets FILE (the same model's scores "
+              "on images held out of its training, never the evaluated ones)")
+
+
 def evaluate_scores(scores, targets, *, class_names: Sequence[str], config: EvalConfig, name: str = "model",
-                    image_ids: list[str] | None = None) -> Evaluation:
-    """All metrics of ``scores`` against ``targets`` under ``config`` (threshold, top-k, logits/probabilities)."""
+                    image_ids: list[str] | None = None, holdout=None) -> Evaluation:
+    """All metrics of ``scores`` against ``targets`` under ``config`` (threshold, top-k, logits/probabilities), and
+    CP ... OF1 at thresholds calibrated on ``holdout`` (``evaluate.calibration.Holdout`` or ``Unavailable``)."""
+    from iagcn.evaluate.calibration import Unavailable, calibration_record
+
     s, t = validate_scores_targets(scores, targets, scores_are=config.scores_are)
     if len(class_names) != s.shape[1]:
         raise UserError(f"{len(class_names)} class names for {s.shape[1]} score columns; give one name per column")
@@ -112,7 +120,10 @@ def evaluate_scores(scores, targets, *, class_names: Sequence[str], config: Eval
                       f"{' ...' if len(missing) > 10 else ''}): NaN, left out of mAP, CP and CR", stacklevel=2)
     return Evaluation(name=name, scores=s, targets=t, image_ids=image_ids, class_names=list(class_names),
                       metrics=metrics, per_class_ap=ap, scores_are=config.scores_are,
-                      map_conventions=map_conventions(s, t))
+                      map_conventions=map_conventions(s, t),
+                      calibration=calibration_record(s, t, class_names=class_names, scores_are=config.scores_are,
+                                                     threshold=config.threshold, image_ids=image_ids,
+                                                     holdout=holdout if holdout is not None else Unavailable(NO_HOLDOUT)))
 
 
 def metrics_record(ev: Evaluation, *, config: EvalConfig, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -126,7 +137,8 @@ def metrics_record(ev: Evaluation, *, config: EvalConfig, inputs: dict[str, Any]
             "map_conventions": {k: {"mAP": finite_or_none(conv["mAP"]), "num_images": conv["num_images"],
                                     "per_class_ap": {c: finite_or_none(a)
                                                      for c, a in zip(ev.class_names, conv["per_class_ap"])}}
-                                for k, conv in ev.map_conventions.items()}}
+                                for k, conv in ev.map_conventions.items()},
+            "calibration": ev.calibration}
 
 
 def per_class_csv(ev: Evaluation) -> str:
@@ -173,7 +185,7 @@ def write_evaluation(out: str | os.PathLike, ev: Evaluation, *, config: EvalConf
 
 def format_tables(evaluations: Sequence[Evaluation], *, top_k: int = 3, fmt: str = "text") -> str:
     """Table 1 style (all + top-k) and Table 2 style (per-class AP) for one or several evaluations."""
-    from iagcn.evaluate.report import map_conventions_table, metrics_table, per_class_table
+    from iagcn.evaluate.report import map_conventions_table, metrics_table, per_class_table, thresholds_table
 
     class_names = evaluations[0].class_names
     t1 = metrics_table([(e.name, e.metrics) for e in evaluations], fmt=fmt, top_k=top_k or None,
@@ -181,7 +193,8 @@ def format_tables(evaluations: Sequence[Evaluation], *, top_k: int = 3, fmt: str
     t2 = per_class_table([(e.name, e.per_class_ap) for e in evaluations], class_names, fmt=fmt,
                          title="Per-class AP (Table 2 layout)", positives=evaluations[0].positives)
     t3 = map_conventions_table([(e.name, e.map_conventions) for e in evaluations], fmt=fmt)
-    return f"Table 1 layout (percent)\n{t1}\n{t2}\n{t3}"
+    t4 = thresholds_table([(e.name, e.calibration) for e in evaluations if e.calibration], fmt=fmt)
+    return f"Table 1 layout (percent)\n{t1}\n{t2}\n{t3}\n{t4}"
 
 
 

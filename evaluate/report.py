@@ -159,6 +159,36 @@ def map_conventions_table(results: Mapping[str, Mapping[str, Mapping]] | Iterabl
     return table + ("\n" if fmt == "markdown" else "") + note + "\n"
 
 
+# ----------------------------------------------------------------------------------------------- thresholds
+def thresholds_table(results: Mapping[str, Mapping] | Iterable[tuple[str, Mapping]], *, fmt: Fmt = "markdown",
+                     title: str | None = None) -> str:
+    """``Methods | threshold | CP CR CF1 OP OR OF1``: per method the row at the fixed threshold (the paper's 0.5),
+    then the rows at the thresholds calibrated on the hold-out (``evaluate.calibration.calibration_record``), or a
+    row saying they are unavailable, with the reason under the table."""
+    rows, notes = [], []
+    for name, rec in _rows_of(results):
+        t = rec["fixed"]["threshold_probability"]
+        rows.append([name, f"{t:g} (paper)" if t == 0.5 else f"{t:g} (--threshold)",
+                     *(fmt_pct(rec["fixed"]["metrics"].get(k)) for k in THRESHOLD_METRICS)])
+        if not rec["available"]:
+            rows.append([name, "calibrated: unavailable", *(MISSING for _ in THRESHOLD_METRICS)])
+            notes.append(f"{name}: no calibrated thresholds: {rec['reason']}.")
+            continue
+        g, pc = rec["global"], rec["per_class"]
+        n_fb = len(pc["fallback_to_global"])
+        rows.append([name, f"global {g['threshold_probability']:.3g} (hold-out)",
+                     *(fmt_pct(g["metrics"].get(k)) for k in THRESHOLD_METRICS)])
+        rows.append([name, "per class (hold-out)" + (f", {n_fb} at global" if n_fb else ""),
+                     *(fmt_pct(pc["metrics"].get(k)) for k in THRESHOLD_METRICS)])
+        notes.append(f"{name}: thresholds chosen on {rec['holdout_images']} hold-out images ({rec['source']}).")
+    table = render_table(["Methods", "threshold", *THRESHOLD_METRICS], rows, fmt=fmt,
+                         title=title or "Thresholded metrics: fixed threshold vs calibrated on the hold-out")
+    criterion = next((r["criterion"] for _, r in _rows_of(results)), "")
+    note = (f"Thresholds are probabilities. Calibrated thresholds are chosen on a hold-out of the train cache, "
+            f"never on the evaluated images ({criterion}). " + " ".join(notes))
+    return table + ("\n" if fmt == "markdown" else "") + note + "\n"
+
+
 # ----------------------------------------------------------------------------------------------- ablations
 def _metrics_of(run: Mapping) -> Mapping[str, float]:
     return run["metrics"] if "metrics" in run else run

@@ -283,6 +283,60 @@ def _f1(p: np.ndarray, r: np.ndarray) -> np.ndarray:
         return np.where(np.isnan(s), np.nan, np.where(s > 0, 2.0 * p * r / np.where(s > 0, s, 1.0), 0.0))
 
 
+# ----------------------------------------------------------------------------------------------- calibration
+#: a class with fewer hold-out positives than this gets the global threshold instead of its own
+CALIBRATION_MIN_POSITIVES = 5
+
+
+def _best_cut(scores: np.ndarray, positive: np.ndarray, n_pos: int) -> tuple[float, float]:
+    """(threshold, F1) maximising 2 tp / (n_pred + n_pos) over "predict scores >= threshold" for 1-D pooled inputs.
+
+    Candidates are the distinct scores (tied scores are predicted together); among equal F1s the highest threshold
+    wins (fewest predictions). The threshold returned is the midpoint between the chosen score and the next lower
+    distinct score (the chosen score itself when it is the lowest): the same predictions on these data, and no
+    score of the calibration data sits exactly on it.
+    """
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], positive[order]
+    last_of_tie = np.r_[s[1:] != s[:-1], True]  # (n,)
+    tp = np.cumsum(y)[last_of_tie]  # (K,) true positives when predicting down to this distinct score
+    n_pred = np.flatnonzero(last_of_tie) + 1  # (K,)
+    f1 = 2.0 * tp / (n_pred + n_pos)  # (K,)
+    k = int(np.argmax(f1))  # first maximum = highest threshold
+    values = s[last_of_tie]  # (K,) distinct scores, decreasing
+    threshold = values[k] if k + 1 == len(values) else 0.5 * (values[k] + values[k + 1])
+    return float(threshold), float(f1[k])
+
+
+def calibrate_thresholds(scores, targets, *, min_positives: int = CALIBRATION_MIN_POSITIVES) -> dict:
+    """Thresholds chosen on calibration (hold-out) scores, in the scores' own space (logits or probabilities).
+
+    * ``global``: one threshold for every class, maximising OF1 (pooled counts) on these data;
+    * ``per_class`` (C,): each class's threshold maximising its F1 = 2 tp / (n_pred + n_pos), for classes with
+      at least ``min_positives`` positives; the others (``fallback`` True) get the global threshold.
+    -1 entries count as negatives, as in CP ... OF1. Returns ``{"global", "global_OF1", "per_class", "fallback",
+    "positives"}`` (OF1 as a fraction on these data).
+    """
+    s, t = validate_scores_targets(scores, targets)
+    positive = t == 1  # (n, C)
+    if not positive.any():
+        raise MetricInputError("calibration: the hold-out has no positive label; use a larger hold-out")
+    g, g_f1 = _best_cut(s.ravel(), positive.ravel(), int(positive.sum()))
+    n_pos = positive.sum(0)  # (C,)
+    per_class = np.full(s.shape[1], g)  # (C,)
+    fallback = n_pos < max(int(min_positives), 1)  # (C,)
+    for c in np.flatnonzero(~fallback):
+        per_class[c] = _best_cut(s[:, c], positive[:, c], int(n_pos[c]))[0]
+    return {"global": g, "global_OF1": g_f1, "per_class": per_class, "fallback": fallback, "positives": n_pos}
+
+
+def thresholded_metrics(scores, targets, thresholds) -> dict[str, float]:
+    """CP ... OF1 (percent) predicting ``scores >= thresholds`` (a scalar or (C,), in the scores' own space)."""
+    s, t = validate_scores_targets(scores, targets)
+    thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (s.shape[1],))  # (C,)
+    return {k: float(v) for k, v in prf_from_counts(*prf_counts(s >= thr[None, :], t)).items()}
+
+
 # ----------------------------------------------------------------------------------------------- all together
 def multilabel_metrics(scores, targets, *, scores_are: ScoresAre, threshold: float = 0.5, top_k: int | None = 3,
                        class_names: Sequence[str] | None = None, warn: bool = True) -> dict[str, float]:

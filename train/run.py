@@ -309,6 +309,10 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
         metrics, scores = evaluate(model, eval_data, None, batch_size=config.eval_batch_size, device=device,
                                    progress=progress)
         runfolder.save_scores(out, scores, eval_data.image_ids)
+        if hold_idx is not None:                         # for stage three's threshold calibration (never trained on)
+            _, hold_scores = evaluate(model, train_data, hold_idx, batch_size=config.eval_batch_size, device=device)
+            runfolder.save_holdout_scores(out, hold_scores, [train_data.image_ids[i] for i in hold_idx],
+                                          train_data.labels[hold_idx], epoch=int(selected["epoch"]) + 1)
         result = {"metrics": to_json(metrics), "protocol": protocol, "selected_epoch": int(selected["epoch"]) + 1,
                   "selection_mAP": best["select_mAP"] if best["select_mAP"] != float("-inf") else None,
                   "epochs_run": len(history), "train_seconds": float(sum(r["seconds"] for r in history)),

@@ -9,6 +9,8 @@ A run folder (``iagcn train --out DIR``) holds:
     last.pt/best.pt  checkpoints {model, optimizer, rng, epoch, config, meta, best, history, protocol}
                      (torch.save; read with torch.load(weights_only=True))
     scores.npz       logits (n, C) float32 of the evaluation cache + image_ids (also scores.npy + image_ids.txt)
+    holdout_scores.npz  with a hold-out (--val-fraction > 0): the selected checkpoint's logits on the hold-out rows
+                     of the train cache + their image_ids, labels and the epoch (stage three's threshold calibration)
     metrics.json     the selected checkpoint's metrics on the evaluation cache; written last: marks a complete run
 
 Only training writes these files. An evaluation writes its own files elsewhere (``evaluate/evaluation.py``)
@@ -39,7 +41,8 @@ SCORES = "scores.npz"
 SCORES_NPY = "scores.npy"
 IMAGE_IDS = "image_ids.txt"
 METRICS = "metrics.json"
-RUN_FILES = (LAST, BEST, CONFIG, LOG, METRICS, SCORES, SCORES_NPY, IMAGE_IDS)
+HOLDOUT_SCORES = "holdout_scores.npz"
+RUN_FILES = (LAST, BEST, CONFIG, LOG, METRICS, SCORES, SCORES_NPY, IMAGE_IDS, HOLDOUT_SCORES)
 
 #: the schema: keys every config.json / metrics.json / checkpoint holds
 CONFIG_KEYS = ("config", "protocol", "git_commit", "train_cache", "eval_cache", "class_names")
@@ -231,6 +234,30 @@ def load_scores(run_dir: str | os.PathLike) -> tuple[np.ndarray, list[str]] | No
         raise UserError(f"{run_dir}: saved scores unreadable ({type(e).__name__}: {e}); delete {SCORES}, "
                         f"{SCORES_NPY} and {IMAGE_IDS} to score from the checkpoint") from e
     return None
+
+
+def save_holdout_scores(run_dir: Path, scores: np.ndarray, image_ids: list[str], labels: np.ndarray, *,
+                        epoch: int) -> None:
+    """holdout_scores.npz: logits (n_hold, C) of the hold-out rows (never trained on), their ids and labels, and the
+    1-based epoch of the checkpoint that scored them."""
+    with atomic_path(Path(run_dir) / HOLDOUT_SCORES, what="hold-out scores") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, scores=scores.astype(np.float32), image_ids=np.asarray(image_ids, dtype=str),
+                     labels=np.asarray(labels, dtype=np.int8), epoch=np.asarray(int(epoch)))
+
+
+def load_holdout_scores(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """``{"scores" (n, C), "image_ids", "labels" (n, C), "epoch"}`` from holdout_scores.npz, or None without it."""
+    path = Path(run_dir) / HOLDOUT_SCORES
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {"scores": np.asarray(z["scores"], dtype=np.float64), "image_ids": [str(i) for i in z["image_ids"]],
+                    "labels": np.asarray(z["labels"], dtype=np.int8), "epoch": int(z["epoch"]), "path": str(path)}
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{path}: unreadable hold-out scores ({type(e).__name__}: {e}); delete it (stage three then "
+                        f"scores the hold-out from the checkpoint)") from e
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
