@@ -10,7 +10,9 @@ Two sources of scores, one evaluation path (:func:`evaluate_scores`):
 Outputs of one evaluation (``--out DIR``), each written atomically:
 
     eval_config.json   the EvalConfig, the inputs (paths, run, cache) and the git commit
-    metrics.json       {"metrics": {mAP, CP ... OF1, *_top3}, "per_class_ap": {class: AP}, "num_images", ...}
+    metrics.json       {"metrics": {mAP, CP ... OF1, *_top3}, "per_class_ap": {class: AP}, "num_images",
+                        "map_conventions": {rule: {mAP, num_images, per_class_ap}}, "positives_per_class",
+                        "calibration": {fixed, global, per_class | reason}, ...} (docs/metrics.md)
     per_class_ap.csv   class,ap (percent, empty for classes without positives)
     scores.npz         scores (n, C) float32 + image_ids (n,) (+ scores_are); for runs also scores.npy + image_ids.txt
     *.png              plots (training curves, per-class AP bars, PR curves) when asked for
