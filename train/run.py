@@ -26,7 +26,7 @@ from iagcn.train.config import TrainConfig, recorded_config
 from iagcn.train.data import CacheData
 from iagcn.train.inference import build_model, load_state_checked
 from iagcn.train.lcm import statistical_lcm
-from iagcn.train.loop import evaluate, learning_rate, train_one_epoch
+from iagcn.train.loop import evaluate, learning_rate, predict, train_one_epoch
 from iagcn.train.tensorboard_log import TensorBoardLog
 from iagcn.train.model import IAGCNHead
 from iagcn.train.standardize import feature_statistics
@@ -310,7 +310,7 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
                                    progress=progress)
         runfolder.save_scores(out, scores, eval_data.image_ids)
         if hold_idx is not None:                         # for stage three's threshold calibration (never trained on)
-            _, hold_scores = evaluate(model, train_data, hold_idx, batch_size=config.eval_batch_size, device=device)
+            hold_scores = predict(model, train_data, hold_idx, batch_size=config.eval_batch_size, device=device)
             runfolder.save_holdout_scores(out, hold_scores, [train_data.image_ids[i] for i in hold_idx],
                                           train_data.labels[hold_idx], epoch=int(selected["epoch"]) + 1)
         result = {"metrics": to_json(metrics), "protocol": protocol, "selected_epoch": int(selected["epoch"]) + 1,
