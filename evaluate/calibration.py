@@ -71,6 +71,10 @@ def calibration_record(scores, targets, *, class_names: Sequence[str], holdout: 
     if hs.shape[1] != s.shape[1]:
         raise UserError(f"hold-out scores have {hs.shape[1]} classes, the evaluated scores {s.shape[1]}; "
                         "pass hold-out scores of the same model and classes")
+    if not (ht == 1).any():
+        record.update(available=False, reason=f"the {len(ht)}-image hold-out has no positive label "
+                                              f"({holdout.source}); use a larger hold-out")
+        return record
     chosen = calibrate_thresholds(hs, ht)
     names = list(class_names)
     record.update(

@@ -117,7 +117,7 @@ def test_reported_thresholds_are_the_holdouts_not_the_eval_sets():
     assert thresholded_metrics(es, et, 0.0) == pytest.approx(rec["fixed"]["metrics"])
 
 
-def test_holdout_sharing_images_with_the_evaluated_set_is_refused():
+def test_holdout_sharing_evaluated_images_or_without_positives_is_unavailable():
     from iagcn.evaluate.calibration import Holdout, calibration_record
 
     s, t = case(3, 30, shift=0.0)
@@ -125,6 +125,9 @@ def test_holdout_sharing_images_with_the_evaluated_set_is_refused():
     rec = calibration_record(s, t, class_names=list("abcde"), scores_are="logits", threshold=0.5, image_ids=ids,
                              holdout=Holdout(scores=s[:10], targets=t[:10], image_ids=ids[:10], source="x"))
     assert rec["available"] is False and "among the evaluated images" in rec["reason"]
+    rec = calibration_record(s, t, class_names=list("abcde"), scores_are="logits", threshold=0.5,
+                             holdout=Holdout(scores=s[:4], targets=np.zeros((4, 5), int), image_ids=None, source="x"))
+    assert rec["available"] is False and "no positive label" in rec["reason"]
 
 
 # ------------------------------------------------------------------ score files through the CLI
