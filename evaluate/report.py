@@ -155,7 +155,7 @@ def map_conventions_table(results: Mapping[str, Mapping[str, Mapping]] | Iterabl
             "VOC10+ interp.: area under the monotone precision envelope (VOC2010+ devkit); difficult = neg.: "
             f"-1 entries counted as negatives, then all-point; labelled images: all-point on the {n_lab} of {n_all} "
             "images with at least one label (as COCO's 40,137 of val2014's 40,504; `extract --keep-empty` keeps "
-            "the others).")
+            "the others" + ("; every image here has one, so it equals all-point" if n_lab == n_all else "") + ").")
     return table + ("\n" if fmt == "markdown" else "") + note + "\n"
 
 
