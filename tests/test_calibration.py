@@ -172,15 +172,14 @@ def test_cli_holdout_files_give_the_side_by_side_table(tmp_path):
 # ------------------------------------------------------------------ runs
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from iagcn.cache.fake import write_fake_cache
+    from conftest import write_cache_pair
     from iagcn.train.config import config_for_preset
     from iagcn.train.data import CacheData
     from iagcn.train.run import train_run
 
     d = tmp_path_factory.mktemp("cal")
-    common = dict(num_rois=4, dim=12, num_classes=4, embedding_dim=6, prototypes_seed=3)
-    train_path = write_fake_cache(d / "train.h5", n=80, seed=1, split="train", **common)
-    test_path = write_fake_cache(d / "test.h5", n=40, seed=2, split="test", **common)
+    train_path, test_path = write_cache_pair(d, n_train=80, n_eval=40, num_rois=4, dim=12, num_classes=4,
+                                             embedding_dim=6, prototypes_seed=3)
     small = dict(epochs=2, batch_size=16, device="cpu", gcn_widths=(8,), num_threads=1)
     out = {}
     for name, frac in (("hold", 0.3), ("nohold", 0.0)):
