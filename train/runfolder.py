@@ -252,6 +252,7 @@ def load_holdout_scores(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
+        check_numpy_file(path, where=str(path))                 # sizes bounded before np.load allocates
         with np.load(path, allow_pickle=False) as z:
             return {"scores": np.asarray(z["scores"], dtype=np.float64), "image_ids": [str(i) for i in z["image_ids"]],
                     "labels": np.asarray(z["labels"], dtype=np.int8), "epoch": int(z["epoch"]), "path": str(path)}
