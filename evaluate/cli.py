@@ -83,7 +83,12 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
     names_given = parse_class_names(class_names, option="--class-names")
 
     if scores is not None:
+        if out:
+            runfolder.refuse_run_folder(Path(out))    # before reading anything
         st = I.read_matrix(scores, option="--scores")
+        if st.scores_are is not None and st.scores_are != config.scores_are:
+            raise UserError(f"--scores {scores}: the file says its scores are {st.scores_are}, not "
+                            f"{config.scores_are}; pass --scores-are {st.scores_are}")
         tt = I.read_matrix(targets, option="--targets", key="labels")
         s, t, ids = I.align_by_ids(st, tt)
         s, t, names = I.align_columns(st, tt, s, t, names_given)  # by class name whenever names are known

@@ -97,7 +97,7 @@ def test_eval_csv_probabilities_aligned_by_id(score_files):
     np.savez(tmp_path / "t.npz", labels=targets, image_ids=np.array(ids))
     out = tmp_path / "csvout"
     r = invoke(["eval", "--scores", tmp_path / "p.csv", "--targets", tmp_path / "t.npz", "--scores-are",
-                "probabilities", "--out", out, "--no-plots"])
+                "probabilities", "--out", out, "--no-plots", "--class-names", "a,b,c,d,e"])  # t.npz's column order
     assert r.exit_code == 0, r.output
     rec = json.loads((out / "metrics.json").read_text())
     assert rec["metrics"]["mAP"] == pytest.approx(reference_ap(logits, targets).mean(), abs=1e-9)

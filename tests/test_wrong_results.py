@@ -143,7 +143,7 @@ def test_eval_scores_warns_when_rows_are_matched_by_position(scored, tmp_path):
     np.save(tmp_path / "t.npy", scored["t"])
     path = write_csv(tmp_path / "s.csv", scored["ids"], scored["names"], scored["s"])
     code, err = invoke(["eval", "--scores", path, "--targets", tmp_path / "t.npy", "--scores-are", "logits",
-                        "--no-plots"])
+                        "--no-plots", "--class-names", ",".join(scored["names"])])  # t.npy's column order
     assert code == 0 and "t.npy carries no image ids" in err and "by position" in err, err
 
 

@@ -1,0 +1,141 @@
+"""Issue 20, the evaluation side: inputs that gave a wrong number with exit 0, names that broke outputs, and
+outputs that mixed. Every case through the real CLI (click's CliRunner on `iagcn.cli.main`); reference numbers
+come from scikit-learn on correctly aligned arrays, never from the code under test.
+
+Families: score/target columns matched by class name (never a name list checked and then ignored); only the
+documented keys of an .npz; a bootstrap interval needs enough resamples; runs averaged as seeds must differ only
+in their seed (and a config.json must agree with its checkpoint); names are data in Markdown tables, figure file
+names and plots; one evaluation's outputs per --out.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+
+from iagcn.cache.fake import write_fake_cache
+from tests.test_bad_input import assert_nothing_written, assert_one_line_error, invoke
+
+NAMES = ["cat", "dog", "bird", "car", "boat"]
+
+
+def sklearn_map(scores: np.ndarray, targets: np.ndarray) -> float:
+    """mAP (percent) by scikit-learn: per class, entries labelled -1 removed, classes without positives skipped."""
+    aps = []
+    for c in range(targets.shape[1]):
+        keep = targets[:, c] != -1
+        y = targets[keep, c] == 1
+        if y.any():
+            aps.append(average_precision_score(y, scores[keep, c]))
+    return 100.0 * float(np.mean(aps))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A cache (the targets, named in NAMES' order) and aligned scores with distinct per-class quality."""
+    from iagcn.cache.format import FeatureCache
+
+    d = tmp_path_factory.mktemp("cache")
+    path = Path(write_fake_cache(d / "test.h5", n=60, num_rois=4, dim=8, num_classes=5, embedding_dim=5, seed=3,
+                                 split="test", class_names=NAMES))
+    with FeatureCache(path) as c:
+        t, ids = c.labels(), c.image_ids()
+    rng = np.random.default_rng(11)
+    s = rng.standard_normal(t.shape) + np.array([3.0, 1.5, 0.6, 0.2, 0.0]) * (t == 1)   # (n, C)
+    return {"path": path, "t": t, "s": s, "ids": ids, "ref": sklearn_map(s, t)}
+
+
+def eval_json(args: list, out: Path) -> dict:
+    code, err = invoke(["eval", *args, "--scores-are", "logits", "--no-plots", "--out", out])
+    assert code == 0, err
+    return json.loads((out / "metrics.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------- columns by name
+def test_unnamed_scores_are_read_in_the_order_of_class_names_not_the_caches(cache, tmp_path):
+    """Issue 20: an .npy in another column order than the cache, with --class-names in that order: the names were
+    checked as a set, then ignored (mAP 51.7 instead of 89.8). Now they name the columns."""
+    perm = [3, 0, 4, 1, 2]
+    np.save(tmp_path / "s.npy", cache["s"][:, perm])
+    m = eval_json(["--scores", tmp_path / "s.npy", "--targets", cache["path"],
+                   "--class-names", ",".join(NAMES[c] for c in perm)], tmp_path / "o")
+    assert m["metrics"]["mAP"] == pytest.approx(cache["ref"], abs=1e-6)
+    for c, name in enumerate(NAMES):
+        assert m["per_class_ap"][name] == pytest.approx(sklearn_map(cache["s"][:, [c]], cache["t"][:, [c]]),
+                                                        abs=1e-6)
+
+
+def test_unnamed_targets_are_read_in_the_order_of_class_names(cache, tmp_path):
+    """The same family on the other side: named scores (CSV header), unnamed targets named by --class-names."""
+    perm = [2, 4, 0, 3, 1]
+    np.save(tmp_path / "t.npy", cache["t"][:, perm])
+    np.savez(tmp_path / "s.npz", scores=cache["s"], class_names=np.array(NAMES))
+    m = eval_json(["--scores", tmp_path / "s.npz", "--targets", tmp_path / "t.npy",
+                   "--class-names", ",".join(NAMES[c] for c in perm)], tmp_path / "o")
+    assert m["metrics"]["mAP"] == pytest.approx(cache["ref"], abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["unnamed scores, named cache", "named scores, unnamed targets",
+                                  "class-names of another width"])
+def test_unnamed_columns_against_named_ones_are_refused(kind, cache, tmp_path):
+    """Nothing says which unnamed column is which class: refused (one line naming the file), not guessed."""
+    extra: list = []
+    if kind == "unnamed scores, named cache":
+        np.save(tmp_path / "s.npy", cache["s"])
+        scores, targets, bad = tmp_path / "s.npy", cache["path"], "s.npy"
+    elif kind == "named scores, unnamed targets":
+        np.savez(tmp_path / "s.npz", scores=cache["s"], class_names=np.array(NAMES))
+        np.save(tmp_path / "t.npy", cache["t"])
+        scores, targets, bad = tmp_path / "s.npz", tmp_path / "t.npy", "t.npy"
+    else:
+        np.save(tmp_path / "s.npy", cache["s"][:, :4])
+        scores, targets, bad = tmp_path / "s.npy", cache["path"], "s.npy"
+        extra = ["--class-names", ",".join(NAMES)]
+    code, err = invoke(["eval", "--scores", scores, "--targets", targets, "--scores-are", "logits", "--no-plots",
+                        "--out", tmp_path / "out", *extra])
+    assert_one_line_error(code, err, bad, "--class-names" if "width" not in kind else "columns")
+    assert_nothing_written(tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------------------------- npz keys
+@pytest.mark.parametrize("kind", ["labels instead of scores", "an unknown extra key", "targets without labels",
+                                  "a cache as scores", "scores_are disagrees"])
+def test_npz_files_are_read_by_their_documented_keys_only(kind, cache, tmp_path):
+    """Issue 20: an .npz without `scores` had its `labels` taken as the scores (mAP 100.0). Only the documented
+    keys are read; anything else is refused, naming the keys found."""
+    scores, targets = tmp_path / "s.npz", cache["path"]
+    needles: list[str] = []
+    if kind == "labels instead of scores":
+        np.savez(scores, labels=cache["t"], image_ids=np.array(cache["ids"]), class_names=np.array(NAMES))
+        needles = ["s.npz", "'labels'", "'scores'"]
+    elif kind == "an unknown extra key":
+        np.savez(scores, scores=cache["s"], class_names=np.array(NAMES), logits=cache["s"])
+        needles = ["s.npz", "'logits'"]
+    elif kind == "targets without labels":
+        np.savez(scores, scores=cache["s"], class_names=np.array(NAMES))
+        targets = tmp_path / "t.npz"
+        np.savez(targets, targets=cache["t"])          # one array, but not under its key
+        needles = ["t.npz", "'targets'", "'labels'"]
+    elif kind == "a cache as scores":
+        scores = cache["path"]
+        needles = ["--scores", "test.h5", "labels"]
+    else:
+        np.savez(scores, scores=1 / (1 + np.exp(-cache["s"])), class_names=np.array(NAMES),
+                 scores_are=np.asarray("probabilities"))
+        needles = ["s.npz", "probabilities"]
+    code, err = invoke(["eval", "--scores", scores, "--targets", targets, "--scores-are", "logits", "--no-plots",
+                        "--out", tmp_path / "out"])
+    assert_one_line_error(code, err, *needles)
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_an_evaluations_own_scores_npz_is_read_back(cache, tmp_path):
+    """The keys `iagcn eval` writes (scores, image_ids, class_names, scores_are) are all documented ones."""
+    perm = [4, 2, 0, 1, 3]
+    np.savez(tmp_path / "s.npz", scores=cache["s"][:, perm], image_ids=np.array(cache["ids"]),
+             class_names=np.array([NAMES[c] for c in perm]), scores_are=np.asarray("logits"))
+    m = eval_json(["--scores", tmp_path / "s.npz", "--targets", cache["path"]], tmp_path / "o")
+    assert m["metrics"]["mAP"] == pytest.approx(cache["ref"], abs=1e-6)
