@@ -65,7 +65,7 @@ EVAL_RANGES: dict[str, Range] = {
     "threshold": Range(0.0, 1.0, note="a probability"),
     "top_k": Range(0, 100_000, note="0 = no top-k block"),
     "batch_size": Range(1, 1_000_000),
-    "n_resamples": Range(1, 10_000_000),
+    "n_resamples": Range(100, 10_000_000, note="as `sweep --bootstrap`: fewer cannot place a percentile interval"),
     "seed": Range(0, 2**32 - 1),
     "ci": Range(0.0, 1.0, low_open=True, high_open=True, note="e.g. 0.95"),
 }

@@ -291,7 +291,7 @@ def test_compare_seeds_sweep_spec_matches_stats(tiny_runs):
     from iagcn.evaluate.stats import paired_bootstrap, paired_bootstrap_runs
 
     sweep = tiny_runs["dir"] / "sweep"
-    r = invoke(["compare", f"{sweep}:iagcn", f"{sweep}:iagcn", "--cache", tiny_runs["test"], "--resamples", "50",
+    r = invoke(["compare", f"{sweep}:iagcn", f"{sweep}:iagcn", "--cache", tiny_runs["test"], "--resamples", "100",
                 "--out", tiny_runs["dir"] / "cmp-seeds"])
     assert r.exit_code == 0, r.output
     rec = json.loads((tiny_runs["dir"] / "cmp-seeds" / "compare.json").read_text())
@@ -362,7 +362,7 @@ def test_compare_sweep_ablation_table(tiny_runs):
     """--sweep DIR --baseline P: one row per preset, the baseline marked, ΔmAP = B - A of the runs' own metrics."""
     out = tiny_runs["dir"] / "ablation"
     r = invoke(["compare", "--sweep", tiny_runs["dir"] / "sweep", "--baseline", "mlgcn", "--cache", tiny_runs["test"],
-                "--resamples", "50", "--out", out, "--format", "markdown"])
+                "--resamples", "100", "--out", out, "--format", "markdown"])
     assert r.exit_code == 0, r.output
     md = (out / "ablation.md").read_text()
     import re

@@ -139,3 +139,84 @@ def test_an_evaluations_own_scores_npz_is_read_back(cache, tmp_path):
              class_names=np.array([NAMES[c] for c in perm]), scores_are=np.asarray("logits"))
     m = eval_json(["--scores", tmp_path / "s.npz", "--targets", cache["path"]], tmp_path / "o")
     assert m["metrics"]["mAP"] == pytest.approx(cache["ref"], abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- compare
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """mlgcn seeds 0 and 1 on train cache A, seed 1 on train cache B, and seed 1 on A with another lr; 1 epoch."""
+    from tests.test_bad_input import SMALL_SET
+
+    d = tmp_path_factory.mktemp("runs")
+    kw = dict(num_rois=4, dim=8, num_classes=5, embedding_dim=5, prototypes_seed=0, class_names=NAMES)
+    train_a = write_fake_cache(d / "train_a.h5", n=40, seed=0, **kw)
+    train_b = write_fake_cache(d / "train_b.h5", n=40, seed=7, **kw)
+    test = write_fake_cache(d / "test.h5", n=30, seed=1, split="test", **kw)
+    made = {}
+    for name, train, seed, extra in (("s0", train_a, 0, []), ("s1", train_a, 1, []), ("s1-cacheB", train_b, 1, []),
+                                     ("s1-lr", train_a, 1, ["--set", "lr=0.002"])):
+        out = d / name
+        code, err = invoke(["train", "--train-cache", train, "--eval-cache", test, "--preset", "mlgcn", "--epochs",
+                            "1", "--seed", str(seed), "--quiet", "--out", out, *SMALL_SET, *extra])
+        assert code == 0, err
+        made[name] = out
+    return {"test": Path(test), **made}
+
+
+def _sweep_of(tmp_path: Path, runs: dict, names: list[str]) -> Path:
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    for k, name in enumerate(names):
+        shutil.copytree(runs[name], sweep / f"mlgcn-run{k}")
+    return sweep
+
+
+@pytest.mark.parametrize("resamples,ci", [("1", None), ("50", None), ("150", "0.99")])
+def test_compare_needs_enough_resamples_for_its_interval(resamples, ci, runs, tmp_path):
+    """Issue 20: `compare --resamples 1` printed a "95% CI" of [-8.3, -8.3] and a star. Too few resamples for the
+    interval's level are refused, as `sweep --bootstrap` refuses fewer than 100."""
+    args = ["compare", runs["s0"], runs["s1"], "--cache", runs["test"], "--resamples", resamples,
+            "--out", tmp_path / "out"] + (["--ci", ci] if ci else [])
+    code, err = invoke(args)
+    assert_one_line_error(code, err, "--resamples")
+    assert_nothing_written(tmp_path / "out")
+
+
+@pytest.mark.parametrize("odd", ["s1-cacheB", "s1-lr"])
+def test_compare_sweep_refuses_seeds_of_different_experiments(odd, runs, tmp_path):
+    """Issue 20: `compare --sweep` averaged runs trained on another cache or with another config as seeds of one
+    preset. Seeds of a preset must differ in the seed only: refused, naming what differs (also as --a/--b lists)."""
+    sweep = _sweep_of(tmp_path, runs, ["s0", odd])
+    code, err = invoke(["compare", "--sweep", sweep, "--baseline", "mlgcn", "--cache", runs["test"],
+                        "--out", tmp_path / "out"])
+    assert_one_line_error(code, err, "--sweep", "mlgcn", "train cache" if odd == "s1-cacheB" else "lr")
+    assert_nothing_written(tmp_path / "out")
+    code, err = invoke(["compare", "--a", runs["s0"], "--a", runs[odd], "--b", runs["s0"], "--b", runs["s1"],
+                        "--cache", runs["test"]])
+    assert_one_line_error(code, err, "compare side A", odd)
+
+
+def test_compare_sweep_of_true_seeds_still_works(runs, tmp_path):
+    """The check does not refuse what is right: seeds 0 and 1 of one config on one cache are one preset's seeds."""
+    sweep = _sweep_of(tmp_path, runs, ["s0", "s1"])
+    code, err = invoke(["compare", "--sweep", sweep, "--baseline", "mlgcn", "--cache", runs["test"],
+                        "--out", tmp_path / "out"])
+    assert code == 0, err
+    rec = json.loads((tmp_path / "out" / "ablation.json").read_text())
+    assert len(rec["run_dirs"]["mlgcn"]) == 2
+
+
+@pytest.mark.parametrize("field,value", [("preset", "idlcm"), ("seed", 5), ("lr", 0.5)])
+def test_a_config_json_that_disagrees_with_its_checkpoint_is_refused(field, value, runs, tmp_path):
+    """Issue 20: compare trusted a config.json that disagreed with its checkpoint (another preset or seed in the
+    table). Every compared run's config.json is checked against the config its best.pt stores."""
+    sweep = _sweep_of(tmp_path, runs, ["s0", "s1"])
+    cfg_path = sweep / "mlgcn-run1" / "config.json"
+    record = json.loads(cfg_path.read_text())
+    record["config"][field] = value
+    cfg_path.write_text(json.dumps(record))
+    for args in (["--sweep", sweep, "--baseline", "mlgcn"], [sweep / "mlgcn-run0", sweep / "mlgcn-run1"]):
+        code, err = invoke(["compare", *args, "--cache", runs["test"], "--out", tmp_path / "out"])
+        assert_one_line_error(code, err, "config.json", "best.pt", field)
+        assert_nothing_written(tmp_path / "out")
