@@ -143,9 +143,10 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
 def _write_tables_md(folder: Path, evaluations, *, top_k: int) -> Path:
     """tables.md: the Table 1 (all + top-k) and Table 2 (per-class AP) layouts as Markdown, next to metrics.json."""
     from iagcn.evaluate.evaluation import format_tables
+    from iagcn.evaluate.report import md_cell
     from iagcn.fsutil import write_text_atomic
 
-    names = ", ".join(f"`{e.name}`" for e in evaluations)
+    names = ", ".join(md_cell(e.name) for e in evaluations)   # names are data: escaped, never markup
     text = (f"# Evaluation of {names}\n\n{len(evaluations[0].targets)} images, {len(evaluations[0].class_names)} "
             f"classes; percent.\n\n" + format_tables(evaluations, top_k=top_k, fmt="markdown"))
     path = Path(folder) / "tables.md"

@@ -385,10 +385,12 @@ def test_explain_file_stem_drops_the_image_suffix():
     from iagcn.evaluate.explain import file_stem
 
     assert file_stem("000208") == "000208"
-    assert file_stem("img_000208.jpg") == "img_000208"
-    assert file_stem("street/001.JPEG") == "street_001"
-    assert file_stem("a b/c.png") == "a_b_c"
-    assert file_stem("v1.2") == "v1.2"            # not an image suffix: kept
+    assert file_stem("v1.2") == "v1.2"            # not an image suffix: kept, and a plain name: itself
+    # anything else: a readable form plus 8 hex digits of the raw id's hash (one file name per id)
+    for image_id, readable in (("img_000208.jpg", "img_000208"), ("street/001.JPEG", "street_001"),
+                               ("a b/c.png", "a_b_c")):
+        stem = file_stem(image_id)
+        assert stem.startswith(readable + "+") and len(stem) == len(readable) + 9, stem
 
 
 def test_eval_on_cuda_sends_the_model_and_batches_to_the_gpu(tiny_runs, tmp_path, fake_gpu):

@@ -220,3 +220,90 @@ def test_a_config_json_that_disagrees_with_its_checkpoint_is_refused(field, valu
         code, err = invoke(["compare", *args, "--cache", runs["test"], "--out", tmp_path / "out"])
         assert_one_line_error(code, err, "config.json", "best.pt", field)
         assert_nothing_written(tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------------------------- names are data
+ODD_NAMES = ["a|b", "line\nbreak", "<script>alert(1)</script>", "R&D", "plain"]
+
+
+def _unescaped_pipes(line: str) -> int:
+    import re
+
+    return len(re.findall(r"(?<!\\)\|", line))
+
+
+def test_tables_md_keeps_its_columns_and_holds_no_markup_from_names(cache, tmp_path):
+    """Issue 20: class names holding `|` or a newline shifted tables.md's columns, and a raw `<script>` became live
+    where the Markdown is rendered. Every cell (class names, the evaluation's name) is escaped: each row of a
+    table has the header's number of cells and no name appears as markup."""
+    scores = tmp_path / "run|x<b>.npz"
+    np.savez(scores, scores=cache["s"], class_names=np.array(ODD_NAMES))
+    np.savez(tmp_path / "t.npz", labels=cache["t"], class_names=np.array(ODD_NAMES))
+    m = eval_json(["--scores", scores, "--targets", tmp_path / "t.npz"], tmp_path / "o")
+    assert m["metrics"]["mAP"] == pytest.approx(cache["ref"], abs=1e-6)
+    text = (tmp_path / "o" / "tables.md").read_text()
+    assert "<script>" not in text and "&lt;script&gt;" in text and "R&amp;D" in text and "x&lt;b&gt;" in text
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    assert len(tables) == 3                                     # all, top-3, per-class AP
+    for rows in tables:
+        assert len({_unescaped_pipes(r) for r in rows}) == 1, rows
+    per_class = tables[-1]
+    assert _unescaped_pipes(per_class[0]) == 1 + len(ODD_NAMES) + 2    # Methods | 5 classes | mAP
+    assert "a\\|b" in per_class[0] and "line<br>break" in per_class[0]
+    # the sweep report reads such a table back cell by cell
+    from iagcn.evaluate.sweep_report import markdown_table_to_html
+
+    html_table = markdown_table_to_html("\n".join(per_class))
+    assert html_table.count("<th>") == 1 + len(ODD_NAMES) + 1 and "<script>" not in html_table
+    assert "<th>a|b</th>" in html_table and "<th>line<br>break</th>" in html_table
+
+
+@pytest.fixture(scope="module")
+def idlcm_run(tmp_path_factory):
+    """An idlcm run (it has Fig. 1) on a cache whose image ids map to the same readable file name in pairs."""
+    import h5py
+
+    from tests.test_bad_input import SMALL_SET
+
+    d = tmp_path_factory.mktemp("explain")
+    path = Path(write_fake_cache(d / "c.h5", n=24, num_rois=4, dim=8, num_classes=5, embedding_dim=5, seed=2,
+                                 class_names=NAMES))
+    odd = ["img.jpg", "img.png", "a/b.jpg", "a_b.jpg"]
+    with h5py.File(path, "r+") as f:
+        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in f["image_ids"][...]]
+        ids[:4] = odd
+        f["image_ids"][...] = np.array(ids, dtype=f["image_ids"].dtype)
+    run = d / "run"
+    code, err = invoke(["train", "--train-cache", path, "--eval-cache", path, "--preset", "idlcm", "--epochs", "1",
+                        "--quiet", "--out", run, *SMALL_SET])
+    assert code == 0, err
+    return run, path, odd
+
+
+def test_explain_writes_one_set_of_files_per_image_id(idlcm_run, tmp_path):
+    """Issue 20: `img.jpg` / `img.png` and `a/b.jpg` / `a_b.jpg` mapped to one file name: the second figure
+    overwrote the first. Each id now has its own files, and each record names its own id."""
+    run, cache_path, odd = idlcm_run
+    out = tmp_path / "figs"
+    args = ["explain", "--run", run, "--cache", cache_path, "--out", out, "--device", "cpu"]
+    for image_id in odd:
+        args += ["--image-id", image_id]
+    code, err = invoke(args)
+    assert code == 0, err
+    records = sorted(out.glob("explain_*.json"))
+    figures = sorted(out.glob("fig1_lcm_*.png"))
+    assert len(records) == len(odd) and len(figures) == len(odd), sorted(p.name for p in out.iterdir())
+    seen = {json.loads(p.read_text())["image_id"]: p for p in records}
+    assert set(seen) == set(odd)
+    for image_id, rec_path in seen.items():
+        rec = json.loads(rec_path.read_text())
+        assert Path(rec["figures"]["fig1"]).exists()
+        with np.load(rec["figures"]["fig1"] + ".npz") as z:      # the figure's data is this image's A_F
+            assert z["A_F"].shape == (5, 5)
+        assert rec_path.name == f"explain_{Path(rec['figures']['fig1']).name[len('fig1_lcm_'):-len('.png')]}.json"
