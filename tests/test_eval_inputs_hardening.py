@@ -224,6 +224,7 @@ def test_a_config_json_that_disagrees_with_its_checkpoint_is_refused(field, valu
 
 # ---------------------------------------------------------------------------------------------- names are data
 ODD_NAMES = ["a|b", "line\nbreak", "<script>alert(1)</script>", "R&D", "plain"]
+DOLLAR_NAMES = ["cost_$10_to_$20", "$x$", "a\\$b", "$", "plain"]
 
 
 def _unescaped_pipes(line: str) -> int:
@@ -273,7 +274,7 @@ def idlcm_run(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("explain")
     path = Path(write_fake_cache(d / "c.h5", n=24, num_rois=4, dim=8, num_classes=5, embedding_dim=5, seed=2,
-                                 class_names=NAMES))
+                                 class_names=DOLLAR_NAMES))      # Fig. 1's tick labels: names, not mathtext
     odd = ["img.jpg", "img.png", "a/b.jpg", "a_b.jpg"]
     with h5py.File(path, "r+") as f:
         ids = [i.decode() if isinstance(i, bytes) else str(i) for i in f["image_ids"][...]]
@@ -307,3 +308,48 @@ def test_explain_writes_one_set_of_files_per_image_id(idlcm_run, tmp_path):
         with np.load(rec["figures"]["fig1"] + ".npz") as z:      # the figure's data is this image's A_F
             assert z["A_F"].shape == (5, 5)
         assert rec_path.name == f"explain_{Path(rec['figures']['fig1']).name[len('fig1_lcm_'):-len('.png')]}.json"
+
+
+def test_dollar_class_names_are_drawn_as_text_in_every_plot(cache, tmp_path):
+    """Issue 20: a class `cost_$10_to_$20` made matplotlib's mathtext raise (no plots, no outputs). Names are data:
+    eval writes every plot and they show the names."""
+    from PIL import Image
+
+    np.savez(tmp_path / "s.npz", scores=cache["s"], class_names=np.array(DOLLAR_NAMES))
+    np.savez(tmp_path / "t.npz", labels=cache["t"], class_names=np.array(DOLLAR_NAMES))
+    out = tmp_path / "o"
+    code, err = invoke(["eval", "--scores", tmp_path / "s.npz", "--targets", tmp_path / "t.npz", "--scores-are",
+                        "logits", "--out", out, "--pr-classes", "cost_$10_to_$20,$x$,a\\$b"])
+    assert code == 0, err
+    for name in ("per_class_ap.png", "pr_curves.png"):
+        with Image.open(out / name) as im:
+            assert min(im.size) >= 100
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["mAP"] == pytest.approx(cache["ref"], abs=1e-6)
+
+
+def test_matplotlib_draws_the_names_literally():
+    """The helper every plot uses: the drawn string equals the name (matplotlib's own text layout, no mathtext)."""
+    from matplotlib.text import Text
+
+    from iagcn.evaluate.plots import plain_text
+
+    for name in DOLLAR_NAMES + ["$\\alpha$"]:
+        shown, math = Text(text=plain_text(name))._preprocess_math(plain_text(name))
+        assert (shown, math) == (name, False)
+
+
+def test_a_sweep_with_dollar_class_names_writes_its_report(tmp_path):
+    """Issue 20: with such a class the sweep failed after every run had trained (its report's plots), and every
+    rerun failed the same way. Through the real `iagcn sweep`: the table and report.html are written."""
+    from tests.test_bad_input import SMALL_SET
+
+    kw = dict(num_rois=4, dim=8, num_classes=5, embedding_dim=5, prototypes_seed=0, class_names=DOLLAR_NAMES)
+    train = write_fake_cache(tmp_path / "train.h5", n=40, seed=0, **kw)
+    test = write_fake_cache(tmp_path / "test.h5", n=30, seed=1, split="test", **kw)
+    out = tmp_path / "sweep"
+    code, err = invoke(["sweep", "--train-cache", train, "--eval-cache", test, "--presets", "mlgcn,resnet",
+                        "--seeds", "0", "--epochs", "1", "--no-probe", "--bootstrap", "100", "--quiet", "--out", out,
+                        *SMALL_SET])
+    assert code == 0, err
+    report = (out / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == 3 and (out / "table.md").exists()
