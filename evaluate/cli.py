@@ -58,6 +58,7 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
     from iagcn.evaluate import evaluation as E
     from iagcn.classes import parse_class_names
     from iagcn.evaluate import inputs as I
+    from iagcn.evaluate.outputs import replacing_evaluation
     from iagcn.evaluate.runscores import score_run_on_cache
 
     _warn_to_stderr()
@@ -98,11 +99,14 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
         click.echo(E.format_tables([ev], top_k=top_k, fmt=fmt))
         if out:
             inputs = {"scores": str(Path(scores).resolve()), "targets": str(Path(targets).resolve())}
-            written = list(E.write_evaluation(out, ev, config=config, inputs=inputs, save_scores=False).values())
-            written.append(_write_tables_md(Path(out), [ev], top_k=top_k))
-            if config.plots:
-                cfg = config if config.pr_classes else dataclasses.replace(config, pr_classes=E.default_pr_classes(ev))
-                written += E.run_plots(Path(out), [ev], config=cfg)
+            with replacing_evaluation(out) as written:   # the previous evaluation's files in --out go first
+                written += list(E.write_evaluation(out, ev, config=config, inputs=inputs, save_scores=False,
+                                                   lock=False).values())
+                written.append(_write_tables_md(Path(out), [ev], top_k=top_k))
+                if config.plots:
+                    cfg = config if config.pr_classes else dataclasses.replace(config,
+                                                                                pr_classes=E.default_pr_classes(ev))
+                    written += E.run_plots(Path(out), [ev], config=cfg)
             click.echo(_wrote_lines(written))
         return
 
@@ -111,7 +115,8 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
     if len(sources) > 1 and not out:
         raise UserError("several --run: pass --out DIR for the combined outputs")
     out_dir = Path(out) if out else sources[0] / "eval"
-    evaluations, logs, writes, written = [], {}, [], []
+    runfolder.refuse_run_folder(out_dir)              # before scoring anything
+    evaluations, logs, writes = [], {}, []
     for k, src in enumerate(sources):
         cache_path = Path(cache) if cache else _recorded_eval_cache(src)
         rs = score_run_on_cache(run_dir=src if runs else None, checkpoint=Path(checkpoint) if checkpoint else None,
@@ -127,16 +132,17 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
         inputs = {"run": str(src.resolve()), "checkpoint": rs.source, "cache": str(cache_path.resolve())}
         writes.append((sub, ev, inputs))
     _check_pr_classes(config.pr_classes, evaluations[0].class_names)  # every check before the first file
-    for sub, ev, inputs in writes:
-        written += list(E.write_evaluation(sub, ev, config=config, inputs=inputs).values())
-        written.append(_write_tables_md(sub, [ev], top_k=top_k))
     click.echo(E.format_tables(evaluations, top_k=top_k, fmt=fmt))
-    if len(evaluations) > 1:                       # the runs side by side, at the top of --out
-        written.append(_write_tables_md(out_dir, evaluations, top_k=top_k))
-    if config.plots:
-        cfg = config if config.pr_classes else dataclasses.replace(config,
-                                                                    pr_classes=E.default_pr_classes(evaluations[0]))
-        written += E.run_plots(out_dir, evaluations, config=cfg, logs=logs)
+    with replacing_evaluation(out_dir) as written:   # the previous evaluation's files in --out go first
+        for sub, ev, inputs in writes:
+            written += list(E.write_evaluation(sub, ev, config=config, inputs=inputs, lock=sub != out_dir).values())
+            written.append(_write_tables_md(sub, [ev], top_k=top_k))
+        if len(evaluations) > 1:                       # the runs side by side, at the top of --out
+            written.append(_write_tables_md(out_dir, evaluations, top_k=top_k))
+        if config.plots:
+            cfg = config if config.pr_classes else dataclasses.replace(
+                config, pr_classes=E.default_pr_classes(evaluations[0]))
+            written += E.run_plots(out_dir, evaluations, config=cfg, logs=logs)
     click.echo(_wrote_lines(written))
 
 

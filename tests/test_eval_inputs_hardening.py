@@ -353,3 +353,36 @@ def test_a_sweep_with_dollar_class_names_writes_its_report(tmp_path):
     assert code == 0, err
     report = (out / "report.html").read_text()
     assert report.count("data:image/png;base64,") == 3 and (out / "table.md").exists()
+
+
+# ---------------------------------------------------------------------------------------------- one eval per --out
+def test_a_second_eval_into_one_out_replaces_the_first(runs, tmp_path):
+    """Issue 20: two `eval`s into one --out left files of both. The second replaces the first's outputs (its
+    per-run folders, its training curves, its scores.npz), leaves the user's own files, and lists its files in
+    eval_outputs.json."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    code, err = invoke(["eval", "--run", runs["s0"], "--run", runs["s1"], "--cache", runs["test"], "--out", out,
+                        "--quiet", "--device", "cpu"])
+    assert code == 0, err
+    assert (out / "s0" / "metrics.json").exists() and (out / "training_curves.png").exists()
+    code, err = invoke(["eval", "--run", runs["s0"], "--cache", runs["test"], "--out", out, "--quiet",
+                        "--device", "cpu", "--no-plots"])
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
+        ["eval_config.json", "metrics.json", "per_class_ap.csv", "scores.npz", "tables.md", "eval_outputs.json",
+         "notes.txt"])
+    from iagcn.cache.format import FeatureCache
+
+    with FeatureCache(runs["test"]) as c:
+        n = c.num_images
+    np.savez(tmp_path / "s.npz", scores=np.random.default_rng(0).standard_normal((n, 5)), class_names=np.array(NAMES))
+    code, err = invoke(["eval", "--scores", tmp_path / "s.npz", "--targets", runs["test"], "--scores-are", "logits",
+                        "--out", out])
+    assert code == 0, err
+    left = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert "scores.npz" not in left and "notes.txt" in left          # --scores saves no scores: the old ones went
+    manifest = json.loads((out / "eval_outputs.json").read_text())["files"]
+    assert sorted(manifest) == sorted(n for n in left if n not in ("notes.txt", "eval_outputs.json"))
+    assert json.loads((out / "eval_config.json").read_text())["inputs"]["scores"].endswith("s.npz")
