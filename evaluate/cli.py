@@ -116,6 +116,7 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
         raise UserError("several --run: pass --out DIR for the combined outputs")
     out_dir = Path(out) if out else sources[0] / "eval"
     runfolder.refuse_run_folder(out_dir)              # before scoring anything
+    names = _run_names(sources)
     evaluations, logs, writes = [], {}, []
     for k, src in enumerate(sources):
         cache_path = Path(cache) if cache else _recorded_eval_cache(src)
@@ -123,7 +124,7 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
                                 cache_path=cache_path, config=config, progress=not quiet)
         tt = I.cache_targets(cache_path)
         t = I.rows_for_ids(tt, rs.image_ids, what="--cache")
-        name = rs.name if sum(s.name == src.name for s in sources) == 1 else f"{rs.name}-{k}"
+        name = names[k]
         ev = E.evaluate_scores(rs.scores, t, class_names=rs.class_names, config=config, name=name,
                                image_ids=rs.image_ids)
         evaluations.append(ev)
@@ -144,6 +145,18 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
                 config, pr_classes=E.default_pr_classes(evaluations[0]))
             written += E.run_plots(out_dir, evaluations, config=cfg, logs=logs)
     click.echo(_wrote_lines(written))
+
+
+def _run_names(sources: list[Path]) -> list[str]:
+    """One name (and per-run output folder) per run: its folder's name, ``-k`` added where names repeat. Two runs
+    that would still share a name (``x/a``, ``y/a`` and ``z/a-1``) are refused: one would overwrite the other."""
+    base = [Path(s).resolve().name for s in sources]
+    names = [n if base.count(n) == 1 else f"{n}-{k}" for k, n in enumerate(base)]
+    for k, n in enumerate(names):
+        if names.index(n) != k:
+            raise UserError(f"--run {sources[names.index(n)]} and --run {sources[k]} would both be named {n!r} "
+                            f"(their outputs in one folder); rename one run folder")
+    return names
 
 
 def _write_tables_md(folder: Path, evaluations, *, top_k: int) -> Path:

@@ -386,3 +386,21 @@ def test_a_second_eval_into_one_out_replaces_the_first(runs, tmp_path):
     manifest = json.loads((out / "eval_outputs.json").read_text())["files"]
     assert sorted(manifest) == sorted(n for n in left if n not in ("notes.txt", "eval_outputs.json"))
     assert json.loads((out / "eval_config.json").read_text())["inputs"]["scores"].endswith("s.npz")
+
+
+def test_several_runs_never_share_an_output_folder(runs, tmp_path):
+    """The same family: runs x/a, y/a and z/a-1 were named a-0, a-1 and a-1; the third's files overwrote the
+    second's. Such a name clash is refused before anything is written; distinct names still work."""
+    import shutil
+
+    for folder, name in (("x", "a"), ("y", "a"), ("z", "a-1")):
+        shutil.copytree(runs["s0"], tmp_path / folder / name)
+    out = tmp_path / "out"
+    code, err = invoke(["eval", "--run", tmp_path / "x" / "a", "--run", tmp_path / "y" / "a", "--run",
+                        tmp_path / "z" / "a-1", "--cache", runs["test"], "--out", out, "--quiet", "--no-plots"])
+    assert_one_line_error(code, err, "'a-1'", "rename")
+    assert_nothing_written(out)
+    code, err = invoke(["eval", "--run", tmp_path / "x" / "a", "--run", tmp_path / "y" / "a", "--cache",
+                        runs["test"], "--out", out, "--quiet", "--no-plots"])
+    assert code == 0, err
+    assert (out / "a-0" / "metrics.json").exists() and (out / "a-1" / "metrics.json").exists()
