@@ -134,8 +134,8 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
         writes.append((sub, ev, inputs))
     _check_pr_classes(config.pr_classes, evaluations[0].class_names)  # every check before the first file
     click.echo(E.format_tables(evaluations, top_k=top_k, fmt=fmt))
-    with replacing_evaluation(out_dir) as written:   # the previous evaluation's files in --out go first
-        for sub, ev, inputs in writes:
+    with replacing_evaluation(out_dir, folders=[sub for sub, _, _ in writes if sub != out_dir]) as written:
+        for sub, ev, inputs in writes:            # (the previous evaluation's files in --out went first)
             written += list(E.write_evaluation(sub, ev, config=config, inputs=inputs, lock=sub != out_dir).values())
             written.append(_write_tables_md(sub, [ev], top_k=top_k))
         if len(evaluations) > 1:                       # the runs side by side, at the top of --out

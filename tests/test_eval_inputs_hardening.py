@@ -383,9 +383,36 @@ def test_a_second_eval_into_one_out_replaces_the_first(runs, tmp_path):
     assert code == 0, err
     left = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert "scores.npz" not in left and "notes.txt" in left          # --scores saves no scores: the old ones went
-    manifest = json.loads((out / "eval_outputs.json").read_text())["files"]
-    assert sorted(manifest) == sorted(n for n in left if n not in ("notes.txt", "eval_outputs.json"))
+    manifest = json.loads((out / "eval_outputs.json").read_text())
+    assert manifest["complete"] and sorted(manifest["files"]) == sorted(
+        n for n in left if n not in ("notes.txt", "eval_outputs.json"))
     assert json.loads((out / "eval_config.json").read_text())["inputs"]["scores"].endswith("s.npz")
+
+
+def test_an_evaluation_killed_before_its_manifest_is_still_replaced(runs, tmp_path, monkeypatch):
+    """The same family after a kill: an evaluation stopped while writing (here: its plots fail) leaves a manifest
+    listing every file it may have written, so the next evaluation still removes its per-run folders; another
+    evaluation's folder below --out (written with its own --out) is left alone."""
+    from iagcn.evaluate import evaluation as E
+
+    out = tmp_path / "out"
+    code, err = invoke(["eval", "--run", runs["s0"], "--cache", runs["test"], "--out", out / "kept", "--quiet",
+                        "--no-plots"])
+    assert code == 0, err
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(E, "run_plots", killed)
+        code, err = invoke(["eval", "--run", runs["s0"], "--run", runs["s1"], "--cache", runs["test"], "--out", out,
+                            "--quiet"])
+    assert code != 0 and (out / "s0" / "metrics.json").exists()
+    assert not json.loads((out / "eval_outputs.json").read_text())["complete"]
+    code, err = invoke(["eval", "--run", runs["s1"], "--cache", runs["test"], "--out", out, "--quiet", "--no-plots"])
+    assert code == 0, err
+    assert not (out / "s0").exists() and not (out / "s1").exists()
+    assert (out / "kept" / "metrics.json").exists() and (out / "metrics.json").exists()
 
 
 def test_several_runs_never_share_an_output_folder(runs, tmp_path):
