@@ -63,6 +63,7 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
     from iagcn.classes import parse_class_names
     from iagcn.evaluate import inputs as I
     from iagcn.evaluate.calibration import run_holdout
+    from iagcn.evaluate.outputs import replacing_evaluation
     from iagcn.evaluate.runscores import score_run_on_cache
 
     _warn_to_stderr()
@@ -92,7 +93,12 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
     names_given = parse_class_names(class_names, option="--class-names")
 
     if scores is not None:
+        if out:
+            runfolder.refuse_run_folder(Path(out))    # before reading anything
         st = I.read_matrix(scores, option="--scores")
+        if st.scores_are is not None and st.scores_are != config.scores_are:
+            raise UserError(f"--scores {scores}: the file says its scores are {st.scores_are}, not "
+                            f"{config.scores_are}; pass --scores-are {st.scores_are}")
         tt = I.read_matrix(targets, option="--targets", key="labels")
         s, t, ids = I.align_by_ids(st, tt)
         s, t, names = I.align_columns(st, tt, s, t, names_given)  # by class name whenever names are known
@@ -108,11 +114,14 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
         click.echo(E.format_tables([ev], top_k=top_k, fmt=fmt))
         if out:
             inputs = {"scores": str(Path(scores).resolve()), "targets": str(Path(targets).resolve())}
-            written = list(E.write_evaluation(out, ev, config=config, inputs=inputs, save_scores=False).values())
-            written.append(_write_tables_md(Path(out), [ev], top_k=top_k))
-            if config.plots:
-                cfg = config if config.pr_classes else dataclasses.replace(config, pr_classes=E.default_pr_classes(ev))
-                written += E.run_plots(Path(out), [ev], config=cfg)
+            with replacing_evaluation(out) as written:   # the previous evaluation's files in --out go first
+                written += list(E.write_evaluation(out, ev, config=config, inputs=inputs, save_scores=False,
+                                                   lock=False).values())
+                written.append(_write_tables_md(Path(out), [ev], top_k=top_k))
+                if config.plots:
+                    cfg = config if config.pr_classes else dataclasses.replace(config,
+                                                                                pr_classes=E.default_pr_classes(ev))
+                    written += E.run_plots(Path(out), [ev], config=cfg)
             click.echo(_wrote_lines(written))
         return
 
@@ -121,14 +130,16 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
     if len(sources) > 1 and not out:
         raise UserError("several --run: pass --out DIR for the combined outputs")
     out_dir = Path(out) if out else sources[0] / "eval"
-    evaluations, logs, writes, written = [], {}, [], []
+    runfolder.refuse_run_folder(out_dir)              # before scoring anything
+    names = _run_names(sources)
+    evaluations, logs, writes = [], {}, []
     for k, src in enumerate(sources):
         cache_path = Path(cache) if cache else _recorded_eval_cache(src)
         rs = score_run_on_cache(run_dir=src if runs else None, checkpoint=Path(checkpoint) if checkpoint else None,
                                 cache_path=cache_path, config=config, progress=not quiet)
         tt = I.cache_targets(cache_path)
         t = I.rows_for_ids(tt, rs.image_ids, what="--cache")
-        name = rs.name if sum(s.name == src.name for s in sources) == 1 else f"{rs.name}-{k}"
+        name = names[k]
         holdout = run_holdout(run_dir=src if runs else None, checkpoint=Path(checkpoint) if checkpoint else None,
                               which=config.which, eval_cache_path=cache_path, batch_size=config.batch_size,
                               device=config.device)
@@ -140,25 +151,39 @@ def eval_cmd(runs, checkpoint, cache, scores, targets, scores_are, class_names, 
         inputs = {"run": str(src.resolve()), "checkpoint": rs.source, "cache": str(cache_path.resolve())}
         writes.append((sub, ev, inputs))
     _check_pr_classes(config.pr_classes, evaluations[0].class_names)  # every check before the first file
-    for sub, ev, inputs in writes:
-        written += list(E.write_evaluation(sub, ev, config=config, inputs=inputs).values())
-        written.append(_write_tables_md(sub, [ev], top_k=top_k))
     click.echo(E.format_tables(evaluations, top_k=top_k, fmt=fmt))
-    if len(evaluations) > 1:                       # the runs side by side, at the top of --out
-        written.append(_write_tables_md(out_dir, evaluations, top_k=top_k))
-    if config.plots:
-        cfg = config if config.pr_classes else dataclasses.replace(config,
-                                                                    pr_classes=E.default_pr_classes(evaluations[0]))
-        written += E.run_plots(out_dir, evaluations, config=cfg, logs=logs)
+    with replacing_evaluation(out_dir, folders=[sub for sub, _, _ in writes if sub != out_dir]) as written:
+        for sub, ev, inputs in writes:            # (the previous evaluation's files in --out went first)
+            written += list(E.write_evaluation(sub, ev, config=config, inputs=inputs, lock=sub != out_dir).values())
+            written.append(_write_tables_md(sub, [ev], top_k=top_k))
+        if len(evaluations) > 1:                       # the runs side by side, at the top of --out
+            written.append(_write_tables_md(out_dir, evaluations, top_k=top_k))
+        if config.plots:
+            cfg = config if config.pr_classes else dataclasses.replace(
+                config, pr_classes=E.default_pr_classes(evaluations[0]))
+            written += E.run_plots(out_dir, evaluations, config=cfg, logs=logs)
     click.echo(_wrote_lines(written))
+
+
+def _run_names(sources: list[Path]) -> list[str]:
+    """One name (and per-run output folder) per run: its folder's name, ``-k`` added where names repeat. Two runs
+    that would still share a name (``x/a``, ``y/a`` and ``z/a-1``) are refused: one would overwrite the other."""
+    base = [Path(s).resolve().name for s in sources]
+    names = [n if base.count(n) == 1 else f"{n}-{k}" for k, n in enumerate(base)]
+    for k, n in enumerate(names):
+        if names.index(n) != k:
+            raise UserError(f"--run {sources[names.index(n)]} and --run {sources[k]} would both be named {n!r} "
+                            f"(their outputs in one folder); rename one run folder")
+    return names
 
 
 def _write_tables_md(folder: Path, evaluations, *, top_k: int) -> Path:
     """tables.md: the Table 1 (all + top-k) and Table 2 (per-class AP) layouts as Markdown, next to metrics.json."""
     from iagcn.evaluate.evaluation import format_tables
+    from iagcn.evaluate.report import md_cell
     from iagcn.fsutil import write_text_atomic
 
-    names = ", ".join(f"`{e.name}`" for e in evaluations)
+    names = ", ".join(md_cell(e.name) for e in evaluations)   # names are data: escaped, never markup
     text = (f"# Evaluation of {names}\n\n{len(evaluations[0].targets)} images, {len(evaluations[0].class_names)} "
             f"classes; percent.\n\n" + format_tables(evaluations, top_k=top_k, fmt="markdown"))
     path = Path(folder) / "tables.md"

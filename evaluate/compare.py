@@ -62,6 +62,21 @@ def expand_run_spec(spec: str, *, log=None) -> list[Path]:
     raise UserError(f"{spec}: not found; pass a run folder (iagcn train --out) or SWEEP_DIR:PRESET")
 
 
+def check_seeds_of_one_experiment(runs: Sequence[tuple[Path, dict[str, Any]]], *, where: str) -> None:
+    """Runs averaged as seeds of one side (a preset of a sweep, the --a or --b list) must differ only in their
+    seed: the same identity config and the same train and evaluation caches (content fingerprints). Otherwise
+    their mean is no preset's number; refused, naming the two runs and what differs."""
+    if len(runs) < 2:
+        return
+    (first, ref), rest = runs[0], runs[1:]
+    for d, record in rest:
+        diff = runfolder.seed_group_diff(ref, record)
+        if diff:
+            raise UserError(f"{where}: runs {first} and {d} differ in {', '.join(diff[:6])}"
+                            f"{' ...' if len(diff) > 6 else ''}, not only in the seed, so they are not seeds of one "
+                            "experiment; compare them as separate runs or remove the odd one")
+
+
 def pair_by_seed(a: Sequence[RunScores], b: Sequence[RunScores]) -> tuple[list[RunScores], list[RunScores], str]:
     """Order both sides so that a[i] and b[i] share seed i when the seed sets agree (else keep the given order)."""
     seeds_a, seeds_b = [r.seed for r in a], [r.seed for r in b]
@@ -89,6 +104,13 @@ def compare_runs(specs_a: Sequence[str], specs_b: Sequence[str], *, cache_path: 
     from iagcn.metrics import multilabel_metrics
     from iagcn.evaluate.stats import paired_seed_test
 
+    if not (0.0 < config.ci < 1.0):
+        raise UserError(f"--ci {config.ci}: must be strictly between 0 and 1 (e.g. 0.95)")
+    tail = config.n_resamples * (1.0 - config.ci) / 2.0   # resamples beyond each end of the percentile interval
+    if tail < 2.5 - 1e-9:   # 100 resamples at the default 95%, as sweep's --bootstrap minimum
+        raise UserError(f"--resamples {config.n_resamples} at --ci {config.ci}: only {tail:.1f} resamples lie beyond "
+                        f"each end of the interval; use --resamples >= {math.ceil(5 / (1.0 - config.ci) - 1e-9)} "
+                        f"(or a lower --ci)")
     cache_path = Path(cache_path)
     targets_table = cache_targets(cache_path)
     dirs_a = [p for s in specs_a for p in expand_run_spec(s, log=log)]
@@ -96,6 +118,9 @@ def compare_runs(specs_a: Sequence[str], specs_b: Sequence[str], *, cache_path: 
     for side, dirs in (("A", dirs_a), ("B", dirs_b)):   # one run listed twice would count as two seeds
         require_unique([str(d.resolve()) for d in dirs], what="run", where=f"compare side {side}",
                        fix="list each run once")
+        # each config.json agrees with its checkpoint; the runs of a side differ in the seed only
+        check_seeds_of_one_experiment([(d, runfolder.read_verified_record(d, option=f"compare side {side}"))
+                                       for d in dirs], where=f"compare side {side}")
     runs_a = [run_scores_for_cache(d, cache_path, config=config, progress=progress) for d in dirs_a]
     runs_b = [run_scores_for_cache(d, cache_path, config=config, progress=progress) for d in dirs_b]
     for r in runs_a + runs_b:
@@ -114,10 +139,6 @@ def compare_runs(specs_a: Sequence[str], specs_b: Sequence[str], *, cache_path: 
         aligned[id(r)] = r.scores[np.array([pos[i] for i in ids], dtype=np.int64)]
     targets = rows_for_ids(targets_table, ids, what="--cache")
     top_k = config.top_k or None
-    if not (0.0 < config.ci < 1.0):
-        raise UserError(f"--ci {config.ci}: must be strictly between 0 and 1 (e.g. 0.95)")
-    if config.n_resamples < 1:
-        raise UserError(f"--resamples {config.n_resamples}: must be >= 1")
     boot = paired_bootstrap_runs([aligned[id(r)] for r in runs_a], [aligned[id(r)] for r in runs_b], targets,
                                  scores_are="logits", n_resamples=config.n_resamples, seed=config.seed, ci=config.ci,
                                  threshold=config.threshold, top_k=top_k)
@@ -191,12 +212,14 @@ def sweep_runs(sweep_dir: str | Path, *, log=None) -> dict[str, list[Path]]:
     would be a guess. Presets come in the sweep's results.csv order, then first-seen order.
     """
     out: dict[str, list[tuple[int, Path]]] = {}
+    records: dict[Path, dict[str, Any]] = {}
     skipped = []
     for cfg_path in sorted(Path(sweep_dir).glob(f"*/{runfolder.CONFIG}")):
         if not runfolder.is_complete(cfg_path.parent):
             skipped.append(cfg_path.parent.name)
             continue
-        cfg = runfolder.read_record(cfg_path.parent, option="--sweep")["config"]   # a damaged record: one line
+        record = runfolder.read_verified_record(cfg_path.parent, option="--sweep")  # damaged / mixed: one line
+        cfg = record["config"]
         try:
             preset, seed = str(cfg["preset"]), int(cfg["seed"])
         except (KeyError, TypeError, ValueError) as e:
@@ -207,11 +230,15 @@ def sweep_runs(sweep_dir: str | Path, *, log=None) -> dict[str, list[Path]]:
                 raise UserError(f"--sweep {sweep_dir}: two complete runs of {preset} seed {seed} ({other.name} and "
                                 f"{cfg_path.parent.name}); remove one of them")
         out.setdefault(preset, []).append((seed, cfg_path.parent))
+        records[cfg_path.parent] = record
     if skipped and log:
         log(f"note: left out {len(skipped)} incomplete run folder(s) without metrics.json: {', '.join(skipped)}")
     if not out:
         raise UserError(f"--sweep {sweep_dir}: no complete run folders (*/config.json with metrics.json); "
                         "pass the --out of a finished `iagcn sweep`")
+    for preset, runs in out.items():   # the seeds of a preset are averaged: they must differ in the seed only
+        check_seeds_of_one_experiment([(d, records[d]) for _, d in sorted(runs)],
+                                      where=f"--sweep {sweep_dir}: preset {preset}")
     order = list(out)
     results = Path(sweep_dir) / "results.csv"
     if results.exists():  # the sweep's own preset order (the paper's row order)

@@ -19,6 +19,7 @@ Outputs of one evaluation (``--out DIR``), each written atomically:
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -67,7 +68,7 @@ EVAL_RANGES: dict[str, Range] = {
     "threshold": Range(0.0, 1.0, note="a probability"),
     "top_k": Range(0, 100_000, note="0 = no top-k block"),
     "batch_size": Range(1, 1_000_000),
-    "n_resamples": Range(1, 10_000_000),
+    "n_resamples": Range(100, 10_000_000, note="as `sweep --bootstrap`: fewer cannot place a percentile interval"),
     "seed": Range(0, 2**32 - 1),
     "ci": Range(0.0, 1.0, low_open=True, high_open=True, note="e.g. 0.95"),
 }
@@ -166,13 +167,15 @@ def save_scores_npz(path: Path, scores: np.ndarray, image_ids: Sequence[str] | N
 
 
 def write_evaluation(out: str | os.PathLike, ev: Evaluation, *, config: EvalConfig, inputs: dict[str, Any],
-                     save_scores: bool = True) -> dict[str, Path]:
-    """eval_config.json, metrics.json, per_class_ap.csv (and scores.npz) under ``out``; returns the paths."""
+                     save_scores: bool = True, lock: bool = True) -> dict[str, Path]:
+    """eval_config.json, metrics.json, per_class_ap.csv (and scores.npz) under ``out``; returns the paths.
+    ``lock=False``: the caller holds ``out``'s lock (``evaluate.outputs.replacing_evaluation``)."""
     out = Path(out)
     runfolder.refuse_run_folder(out)  # an evaluation never replaces what training wrote (metrics.json, scores.npz)
     paths = {"eval_config": out / "eval_config.json", "metrics": out / "metrics.json",
              "per_class_ap": out / "per_class_ap.csv"}
-    with exclusive_lock(out, what="evaluation folder", inside="eval"):  # one evaluation's files, never two mixed
+    held = exclusive_lock(out, what="evaluation folder", inside="eval") if lock else contextlib.nullcontext()
+    with held:  # one evaluation's files, never two mixed
         for path in (*paths.values(), out / "scores.npz"):  # what a killed evaluation left (we hold the lock)
             remove_stale_temporaries(path)
         write_json_atomic(paths["eval_config"], {"config": config_to_dict(config), "inputs": inputs,

@@ -6,7 +6,8 @@
   variational weight z (Eq. 7-9; eval mode, z = z_mu), its labels and top-3 predictions written under it
   (``.npz`` holds boxes and weights).
 
-``<id>`` is the image id without its image suffix, folders joined by ``_`` (:func:`file_stem`).
+``<id>`` is the image id when it is a plain lower-case name, else a readable form of it plus a hash of the raw id
+(:func:`file_stem`): one file name per image id.
 
 Presets without an image-dependent LCM (resnet, mlgcn, comsco, ...) have no Fig. 1, presets without Var_Inf no
 Fig. 3; the command says so instead of drawing something else. ``explain.json`` records the image's labels,
@@ -27,13 +28,22 @@ from iagcn.fsutil import write_json_atomic
 
 
 def file_stem(image_id: str) -> str:
-    """The part of a figure's file name that names the image: the id without an image suffix, folders joined by
-    ``_``, other characters outside ``[A-Za-z0-9_.-]`` replaced (``img/000208.jpg`` -> ``img_000208``)."""
+    """The part of a figure's file name that names the image, one per image id: the id itself when it is a plain
+    lower-case name without an image suffix (``[a-z0-9_.-]``, e.g. VOC's ``000208``); otherwise the id without an
+    image suffix, folders joined by ``_``, other characters replaced, plus ``+`` and 8 hex digits of its sha256
+    (``img/000208.jpg`` -> ``img_000208+1b2c...``). The hash keeps ids that read alike apart (``img.jpg`` and
+    ``img.png``, ``a/b.jpg`` and ``a_b.jpg``, ``A`` and ``a`` on a case-insensitive disk): their figures would
+    otherwise overwrite each other. A plain name never holds ``+``, so it never equals a hashed one."""
+    import hashlib
+
     stem = image_id.replace("\\", "/").lstrip("./")
     base, dot, suffix = stem.rpartition(".")
     if dot and f".{suffix.lower()}" in IMAGE_SUFFIXES + (".jpe",):
         stem = base
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("_")[:80] or "image"
+    elif re.fullmatch(r"[a-z0-9_.-]{1,80}", image_id) and image_id.strip("._-") == image_id:
+        return image_id                                    # a plain name without an image suffix: itself
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("_")[:80] or "image"
+    return f"{stem}+{hashlib.sha256(image_id.encode('utf-8')).hexdigest()[:8]}"
 
 
 def find_image_in_root(root: Path, image_id: str) -> Path | None:

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from iagcn.errors import UserError
-from iagcn.evaluate.plots import PathLike, new_figure, save_npz, save_png, short_class_names
+from iagcn.evaluate.plots import PathLike, new_figure, plain_text, save_npz, save_png, short_class_names
 
 
 def plot_lcm_pair(A_F, A_S, class_names: Sequence[str], out: PathLike, *, title: str | None = None,
@@ -41,7 +41,7 @@ def plot_lcm_pair(A_F, A_S, class_names: Sequence[str], out: PathLike, *, title:
     lo, hi = float(both.min()), float(both.max())
     norm = colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1e-6)
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.75")          # masked diagonal: grey
-    names = short_class_names(class_names)
+    names = [plain_text(n) for n in short_class_names(class_names)]   # data, never mathtext
     fig = new_figure(figsize=(11.5, 5.0))
     axes = [fig.add_subplot(1, 2, i + 1) for i in range(2)]
     for ax, (label, m) in zip(axes, (("image-dependent LCM $A_F$", a_f), ("statistical LCM $A_S$", a_s))):
@@ -54,7 +54,7 @@ def plot_lcm_pair(A_F, A_S, class_names: Sequence[str], out: PathLike, *, title:
             ax.set_yticklabels(names, fontsize=7)
     fig.colorbar(im, ax=axes, fraction=0.03, pad=0.03, label="off-diagonal entries (diagonal masked, grey)")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(plain_text(title))
     path = save_png(fig, out)
     if save_data:
         save_npz(out, A_F=a_f, A_S=a_s, class_names=np.array(list(class_names)), colour_range=np.array([lo, hi]))
@@ -107,10 +107,10 @@ def plot_roi_weights(image, boxes, weights, valid, out: PathLike, *, title: str 
     ax.set_ylim(img.shape[0], 0)
     ax.axis("off")
     fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.046, pad=0.04, label="ROI weight z")
-    ax.set_title(title or (f"{shown.size} ROIs coloured by variational weight z" if shown.size == n_valid else
-                           f"top {shown.size} of {n_valid} ROIs by variational weight z"))
+    ax.set_title(plain_text(title or (f"{shown.size} ROIs coloured by variational weight z" if shown.size == n_valid
+                                      else f"top {shown.size} of {n_valid} ROIs by variational weight z")))
     if caption:
-        ax.text(0.0, -0.02, caption, transform=ax.transAxes, ha="left", va="top", fontsize=9)
+        ax.text(0.0, -0.02, plain_text(caption), transform=ax.transAxes, ha="left", va="top", fontsize=9)
     path = save_png(fig, out)
     if save_data:
         save_npz(out, boxes=b, weights=z, valid=v, caption=np.asarray(caption or ""), drawn=shown)

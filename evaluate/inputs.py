@@ -23,6 +23,13 @@ class ScoreTable:
     image_ids: list[str] | None
     class_names: list[str] | None
     path: Path
+    scores_are: str | None = None   # what an npz says its scores are (``scores_are``, as `iagcn eval` saves it)
+
+
+#: the arrays an ``.npz`` may hold, per role: the required matrix first, then the optional keys. Anything else is
+#: refused (a file without ``scores`` once had its ``labels`` read as scores: mAP 100).
+NPZ_KEYS: dict[str, tuple[str, ...]] = {"scores": ("scores", "image_ids", "class_names", "scores_are"),
+                                        "labels": ("labels", "image_ids", "class_names")}
 
 
 def _is_number(text: str) -> bool:
@@ -97,6 +104,9 @@ def _read_matrix(path: Path, *, option: str, key: str) -> ScoreTable:
         raise UserError(f"{option} {path}: file not found")
     suffix = path.suffix.lower()
     if suffix in (".h5", ".hdf5"):
+        if key != "labels":  # a cache holds labels, never scores
+            raise UserError(f"{option} {path}: a cache holds labels, not {key}; pass it as --targets (or --cache) "
+                            f"and the model's {key} as .npy / .npz / .csv")
         from iagcn.cache.format import FeatureCache
 
         with FeatureCache(path) as c:
@@ -113,12 +123,17 @@ def _read_matrix(path: Path, *, option: str, key: str) -> ScoreTable:
         return ScoreTable(loaded, None, None, path)
     with loaded:
         keys = list(loaded.keys())
-        name = key if key in keys else ("labels" if "labels" in keys else (keys[0] if len(keys) == 1 else None))
-        if name is None:
-            raise UserError(f"{option} {path}: .npz has arrays {keys} but no {key!r}; save it as {key}=...")
+        allowed = NPZ_KEYS[key]
+        unknown = [k for k in keys if k not in allowed]
+        if key not in keys or unknown:
+            problem = f"unexpected {unknown}" if unknown else f"no {key!r}"
+            raise UserError(f"{option} {path}: .npz holds arrays {keys} ({problem}); {option} reads only "
+                            f"{key!r} (required), {', '.join(repr(k) for k in allowed[1:])}: save it as "
+                            f"np.savez(..., {key}=...)")
         ids = [str(i) for i in loaded["image_ids"]] if "image_ids" in keys else None
         names = [str(c) for c in loaded["class_names"]] if "class_names" in keys else None
-        return ScoreTable(np.asarray(loaded[name]), ids, names, path)
+        said = str(loaded["scores_are"]) if "scores_are" in keys else None
+        return ScoreTable(np.asarray(loaded[key]), ids, names, path, scores_are=said)
 
 
 def align_by_ids(scores: ScoreTable, targets: ScoreTable) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
@@ -154,46 +169,63 @@ def align_columns(scores: ScoreTable, targets: ScoreTable, s: np.ndarray, t: np.
                   given: list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Score and target columns for the same classes, in one order, with their names.
 
-    Columns are matched by class NAME whenever the files name them (a CSV header, an npz ``class_names``, a
-    cache's class list); only a file that names none is taken in column order. The order is the targets' own
-    when they carry names, else ``--class-names``, else the scores', else ``class00 ...``. ``--class-names``
-    names the columns of files that carry no names; with a file that does, it must list the same classes.
-    Any disagreement (another class set, a different count) is refused.
+    Columns are matched by class NAME: a file's own names (a CSV header, an npz ``class_names``, a cache's class
+    list), else ``--class-names``, which names the columns of every file that carries none (in that file's
+    column order) and must list the same classes as any file that names its own. Only when neither file is
+    named (and no ``--class-names``) are the columns taken in order (``class00 ...``). One named file and one
+    unnamed one without ``--class-names`` is refused: nothing says which column is which class. The order is the
+    targets' names. Any disagreement (another class set, a different count) is refused.
     """
     C_s, C_t = s.shape[1], t.shape[1]
-    order = targets.class_names or given or scores.class_names
-    if order is None:
+    if given is not None:
+        for label, names, path in (("--scores", scores.class_names, scores.path),
+                                   ("--targets", targets.class_names, targets.path)):
+            if names is not None and set(names) != set(given):
+                _refuse_class_sets("--class-names", given, f"{label} {path}", names)
+    s_names = scores.class_names or given      # --class-names names the columns of a file that carries none
+    t_names = targets.class_names or given
+    if s_names is None and t_names is None:
         if C_s != C_t:
             raise UserError(f"--scores {scores.path} has {C_s} columns but --targets {targets.path} has {C_t}; "
                             "give one column per class in both")
         return s, t, [f"class{c:02d}" for c in range(C_s)]
-    order = list(order)
-    for label, names, path in (("--class-names", given, None), ("--scores", scores.class_names, scores.path),
-                               ("--targets", targets.class_names, targets.path)):
-        if names is not None and set(names) != set(order):
-            where = label if path is None else f"{label} {path}"
-            missing = [c for c in order if c not in names]
-            extra = [c for c in names if c not in order]
-            raise UserError(f"{where}: its classes differ from the reference class list ({len(names)} vs "
-                            f"{len(order)} names; missing {missing[:5]}, unexpected {extra[:5]}); "
-                            "score and label the same classes")
+    if s_names is None or t_names is None:
+        (label, table, C), (other_label, other) = ((("--scores", scores, C_s), ("--targets", targets))
+                                                    if s_names is None else
+                                                    (("--targets", targets, C_t), ("--scores", scores)))
+        named = list(other.class_names or [])
+        raise UserError(f"{label} {table.path}: its {C} columns carry no class names, so they cannot be matched to "
+                        f"the {len(named)} classes {other_label} {other.path.name} names ({_preview(named)}); pass "
+                        "--class-names in that file's column order, or save the names with it (CSV header / npz "
+                        "class_names)")
+    if set(s_names) != set(t_names):
+        _refuse_class_sets(f"--scores {scores.path}", s_names, f"--targets {targets.path}", t_names)
 
-    def reorder(values: np.ndarray, names: list[str] | None, label: str, path: Path) -> np.ndarray:
-        if names is None:  # positional: the file's columns are the reference order
-            if values.shape[1] != len(order):
-                raise UserError(f"{label} {path}: {values.shape[1]} columns for {len(order)} classes "
-                                f"({', '.join(order[:5])}{' ...' if len(order) > 5 else ''}); give one column "
-                                "per class, or name the columns (CSV header / npz class_names)")
-            return values
+    def reorder(values: np.ndarray, names: list[str], label: str, path: Path) -> np.ndarray:
+        if values.shape[1] != len(names):  # only --class-names can disagree here (a file's own names are checked)
+            raise UserError(f"{label} {path}: {values.shape[1]} columns for the {len(names)} classes of "
+                            f"--class-names ({_preview(names)}); give one column per class")
         position = {c: k for k, c in enumerate(names)}
         return values[:, [position[c] for c in order]]
 
-    return (reorder(s, scores.class_names, "--scores", scores.path),
-            reorder(t, targets.class_names, "--targets", targets.path), order)
+    order = list(t_names)
+    return (reorder(s, list(s_names), "--scores", scores.path),
+            reorder(t, list(t_names), "--targets", targets.path), order)
+
+
+def _preview(names: Sequence[str], k: int = 5) -> str:
+    return ", ".join(names[:k]) + (" ..." if len(names) > k else "")
+
+
+def _refuse_class_sets(where: str, names: Sequence[str], ref_where: str, ref: Sequence[str]) -> None:
+    missing = [c for c in ref if c not in names]
+    extra = [c for c in names if c not in ref]
+    raise UserError(f"{where}: its classes differ from those of {ref_where} ({len(names)} vs {len(ref)} names; "
+                    f"missing {missing[:5]}, unexpected {extra[:5]}); score and label the same classes")
 
 
 def cache_targets(cache_path: Path) -> ScoreTable:
-    return read_matrix(cache_path, option="--cache")
+    return read_matrix(cache_path, option="--cache", key="labels")
 
 
 def rows_for_ids(table: ScoreTable, image_ids: Sequence[str], *, what: str) -> np.ndarray:

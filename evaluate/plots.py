@@ -53,6 +53,14 @@ def short_class_names(class_names: Sequence[str]) -> list[str]:
     return short_class_names(class_names)
 
 
+def plain_text(text: object) -> str:
+    """``text`` as matplotlib should draw it: literally. Names (classes, runs, image ids, log columns) are data,
+    never markup: an unescaped ``$`` starts mathtext, and a class ``cost_$10_to_$20`` made every plot raise
+    (no report, no table). Each ``$`` is escaped (``\\$`` is drawn as ``$``); every string a plot draws from
+    its inputs goes through here. Our own labels that are math (``$A_F$``) are drawn unescaped."""
+    return str(text).replace("$", "\\$")
+
+
 # ----------------------------------------------------------------------------------------------- training curves
 #: panel title -> how a log column is recognised (first match wins, in this order)
 _PANELS = (
@@ -121,8 +129,8 @@ def plot_training_curves(log, out: PathLike, *, title: str | None = None) -> Pat
         for c in cs:
             y = numeric[c].to_numpy(dtype=float)
             ok = np.isfinite(y)
-            ax.plot(x[ok], y[ok], marker="o" if ok.sum() < 30 else None, markersize=3, label=c)
-        ax.set_xlabel(x_name or "row")
+            ax.plot(x[ok], y[ok], marker="o" if ok.sum() < 30 else None, markersize=3, label=plain_text(c))
+        ax.set_xlabel(plain_text(x_name or "row"))
         ax.set_title(ylabel, fontsize=10)
         if ylabel == "learning rate":
             ax.set_yscale("log")
@@ -130,7 +138,7 @@ def plot_training_curves(log, out: PathLike, *, title: str | None = None) -> Pat
         if len(cs) > 1:
             ax.legend(fontsize=8)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(plain_text(title))
     fig.tight_layout()
     return save_png(fig, out)
 
@@ -153,14 +161,14 @@ def plot_training_curves_overlay(logs: Mapping[str, object], out: PathLike, *,
             x = df["epoch"].to_numpy() if "epoch" in df.columns else np.arange(len(df))
             y = df[col].to_numpy(dtype=float)
             ok = np.isfinite(y)
-            ax.plot(x[ok], y[ok], label=name, linewidth=1.2)
+            ax.plot(x[ok], y[ok], label=plain_text(name), linewidth=1.2)
         ax.set_xlabel("epoch")
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
     handles, labels = fig.axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=min(4, len(labels)), frameon=False,
                bbox_to_anchor=(0.5, -0.02 - 0.04 * (len(labels) // 4)))
-    fig.suptitle(title)
+    fig.suptitle(plain_text(title))
     fig.tight_layout(rect=(0, 0.08 + 0.04 * (len(labels) // 4), 1, 1))
     return save_png(fig, out)
 
@@ -186,14 +194,14 @@ def plot_per_class_ap(runs: Mapping[str, Sequence[float]], class_names: Sequence
     centers = np.arange(n_classes)
     for i, (name, ap) in enumerate(aps.items()):
         ax.bar(centers - 0.4 + width * (i + 0.5), np.nan_to_num(ap, nan=0.0), width=width,
-               label=f"{name} (mAP {mean_average_precision(ap):.1f})")
+               label=f"{plain_text(name)} (mAP {mean_average_precision(ap):.1f})")
     ax.set_xticks(centers)
-    ax.set_xticklabels(short_class_names(class_names), rotation=60, ha="right", fontsize=8)
+    ax.set_xticklabels([plain_text(n) for n in short_class_names(class_names)], rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("AP (%)")
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(4, len(aps)), frameon=False)
-    fig.suptitle(title)
+    fig.suptitle(plain_text(title))
     return save_png(fig, out)
 
 
@@ -225,7 +233,7 @@ def plot_pr_curves(scores, targets, class_names: Sequence[str], classes: Sequenc
     for c in _class_indices(classes, class_names):
         _draw_pr_curve(ax, s, t, c, label=class_names[c])
     _pr_axes(ax, legend_size=8)
-    ax.set_title(title)
+    ax.set_title(plain_text(title))
     return save_png(fig, out)
 
 
@@ -253,9 +261,9 @@ def plot_pr_curves_overlay(runs: Mapping[str, tuple[object, object]], class_name
     for ax, c in zip(_grid(fig, len(idx)), idx):
         for name, (s, t) in checked.items():
             _draw_pr_curve(ax, s, t, c, label=name, linewidth=1.2)
-        ax.set_title(class_names[c], fontsize=10)
+        ax.set_title(plain_text(class_names[c]), fontsize=10)
         _pr_axes(ax, legend_size=7)
-    fig.suptitle(title)
+    fig.suptitle(plain_text(title))
     fig.tight_layout()
     return save_png(fig, out)
 
@@ -268,11 +276,11 @@ def _draw_pr_curve(ax, s: np.ndarray, t: np.ndarray, c: int, *, label: str, **st
     keep = t[:, c] != -1
     y = t[keep, c] == 1
     if not y.any():
-        ax.plot([], [], label=f"{label} (no positives)")
+        ax.plot([], [], label=f"{plain_text(label)} (no positives)")
         return
     precision, recall, _ = precision_recall_curve(y, s[keep, c])
     ap = 100 * average_precision_score(y, s[keep, c])
-    ax.step(recall, precision, where="post", label=f"{label} (AP {ap:.1f})", **style)
+    ax.step(recall, precision, where="post", label=f"{plain_text(label)} (AP {ap:.1f})", **style)
 
 
 def _pr_axes(ax, *, legend_size: int) -> None:

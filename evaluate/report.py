@@ -42,12 +42,64 @@ def fmt_pct(x: float | None, *, signed: bool = False) -> str:
     return f"{float(x):+.1f}" if signed else f"{float(x):.1f}"
 
 
+def md_cell(text: object) -> str:
+    """``text`` as the content of one Markdown table cell, shown as written: names are data, never markup.
+
+    ``\\`` and ``|`` are backslash-escaped (a ``|`` would split the cell), ``&``, ``<`` and ``>`` become entities
+    (a raw ``<script>`` would be live wherever the Markdown is rendered), a line break becomes ``<br>`` (a
+    newline would end the row). :func:`md_cell_text` undoes it.
+    """
+    out = str(text).replace("\\", "\\\\").replace("|", "\\|")
+    out = out.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return out.replace("\r\n", "<br>").replace("\r", "<br>").replace("\n", "<br>")
+
+
+def md_cell_text(cell: str) -> str:
+    """The text of a cell written by :func:`md_cell` (its exact inverse)."""
+    import html
+    import re
+
+    return html.unescape(re.sub(r"\\(.)", r"\1", cell.replace("<br>", "\n")))
+
+
+def md_row_cells(line: str) -> list[str]:
+    """The raw cells of one Markdown table row ``| a | b |``, split at the ``|`` that are not backslash-escaped."""
+    body = line.strip()
+    body = body[1:] if body.startswith("|") else body
+    cells, current, k = [], "", 0
+    while k < len(body):
+        ch = body[k]
+        if ch == "\\" and k + 1 < len(body):
+            current += body[k:k + 2]
+            k += 2
+            continue
+        if ch == "|":
+            cells.append(current.strip())
+            current = ""
+        else:
+            current += ch
+        k += 1
+    if current.strip():
+        cells.append(current.strip())
+    return cells
+
+
+def _text_cell(text: object) -> str:
+    """A plain-text cell on one line: control characters shown as escapes (``\\n``), never a line break."""
+    return str(text).replace("\r", "\\r").replace("\n", "\\n").replace("\t", " ")
+
+
 def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, fmt: Fmt = "markdown",
                  title: str | None = None) -> str:
-    """A table with a left-aligned first column and right-aligned others, as Markdown or aligned plain text."""
+    """A table with a left-aligned first column and right-aligned others, as Markdown or aligned plain text.
+
+    Every cell (and the title) goes through :func:`md_cell` for Markdown, so a name holding ``|``, a newline or
+    ``<script>`` neither shifts the columns nor becomes markup; plain text keeps each cell on one line."""
     if fmt not in ("markdown", "text"):
         raise ValueError(f"fmt: {fmt!r} is not 'markdown' or 'text'")
-    cells = [list(map(str, header))] + [list(map(str, r)) for r in rows]
+    cell = md_cell if fmt == "markdown" else _text_cell
+    title = cell(title) if title else title
+    cells = [list(map(cell, header))] + [list(map(cell, r)) for r in rows]
     n_cols = len(header)
     if any(len(r) != n_cols for r in cells):
         raise ValueError("render_table: every row needs as many cells as the header")

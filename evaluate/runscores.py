@@ -50,11 +50,10 @@ def score_run_on_cache(*, run_dir: Path | None, checkpoint: Path | None, cache_p
         run.check_cache(c)
     out = predict_cache(model, cache_path, batch_size=config.batch_size, device=config.device, progress=progress)
     base = Path(run_dir) if run_dir is not None else Path(checkpoint).parent
-    record = runfolder.read_record(base) if (base / runfolder.CONFIG).exists() else {}
-    cfg = record.get("config", {})
     return RunScores(name=base.name, run_dir=base, scores=np.asarray(out["scores"], dtype=np.float64),
                      image_ids=[str(i) for i in out["image_ids"]], class_names=list(class_names),
-                     seed=cfg.get("seed"), preset=cfg.get("preset"), source=f"checkpoint {ckpt_path}")
+                     seed=run.config.seed, preset=run.config.preset,       # what the checkpoint was trained with
+                     source=f"checkpoint {ckpt_path}")
 
 
 def run_scores_for_cache(run_dir: Path, cache_path: Path, *, config: EvalConfig, progress: bool = False) -> RunScores:

@@ -40,22 +40,28 @@ img { max-width: 100%; border: 1px solid #eee; }
 
 
 def markdown_table_to_html(text: str) -> str:
-    """The pipe tables of a Markdown text as HTML tables; other non-empty lines as paragraphs (escaped)."""
+    """The pipe tables of a Markdown text as HTML tables; other non-empty lines as paragraphs (escaped). Cells are
+    read back as :func:`evaluate.report.md_cell` wrote them (escaped ``|``, entities, ``<br>``), then HTML-escaped."""
+    from iagcn.evaluate.report import md_cell_text, md_row_cells
+
     out: list[str] = []
     rows: list[list[str]] = []
+
+    def esc(c: str) -> str:
+        return html.escape(c).replace("\n", "<br>")
 
     def flush() -> None:
         if rows:
             head, body = rows[0], [r for r in rows[1:] if not all(set(c.strip()) <= set(":-") for c in r)]
-            out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr></thead>"
-                       "<tbody>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+            out.append("<table><thead><tr>" + "".join(f"<th>{esc(c)}</th>" for c in head) + "</tr></thead>"
+                       "<tbody>" + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
                                            for r in body) + "</tbody></table>")
             rows.clear()
 
     for line in text.splitlines():
         s = line.strip()
         if s.startswith("|") and s.endswith("|"):
-            rows.append([c.strip() for c in s[1:-1].split("|")])
+            rows.append([md_cell_text(c) for c in md_row_cells(s)])
             continue
         flush()
         if s:

@@ -126,6 +126,62 @@ def read_record(run_dir: str | os.PathLike, *, option: str = "--run") -> dict[st
     return record
 
 
+def read_verified_record(run_dir: str | os.PathLike, *, option: str = "--run") -> dict[str, Any]:
+    """The run's config.json, checked against the config its checkpoint stores (best.pt, else last.pt): the same
+    identity config (``TrainConfig.identity_diff``) and class names, else one line. A config.json that disagrees
+    with the weights it describes (edited, or copied from another run) would put the run under another preset or
+    seed in a table. A folder without a checkpoint (the linear probe; a run whose checkpoints were deleted) has
+    nothing to check against and is returned as read."""
+    from iagcn.train.config import recorded_config
+
+    run_dir = Path(run_dir)
+    record = read_record(run_dir, option=option)
+    ckpt_path = next((p for p in (run_dir / BEST, run_dir / LAST) if p.exists()), None)
+    if ckpt_path is None:
+        return record
+    ckpt = load_checkpoint(ckpt_path)
+    saved = recorded_config(record["config"], source=str(run_dir / CONFIG))
+    diff = saved.identity_diff(recorded_config(ckpt["config"], source=str(ckpt_path)))
+    if list(record.get("class_names") or []) != list(ckpt["meta"].get("class_names") or []):
+        diff.append("class_names")
+    if diff:
+        raise UserError(f"{run_dir / CONFIG}: disagrees with {ckpt_path.name} on {', '.join(diff)} (the folder was "
+                        f"edited or mixed with another run's files); restore the run's own config.json or retrain it")
+    return record
+
+
+def cache_identity(entry: dict[str, Any] | None) -> tuple:
+    """What identifies a recorded cache: its content fingerprint (config.json files written before fingerprints:
+    the extraction config hash and the number of images), never its path."""
+    entry = entry or {}
+    if "fingerprint" in entry:
+        return ("fingerprint", entry["fingerprint"])
+    return ("hash", entry.get("extract_config_hash"), entry.get("num_images"))
+
+
+def seed_group_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """What, besides the seed, differs between two run records (config.json): identity config fields (execution
+    fields such as the device may differ) and the train / evaluation caches. Empty: the two runs are seeds of one
+    experiment."""
+    from iagcn.train.config import recorded_config
+
+    def identity(record: dict[str, Any]) -> dict[str, Any]:
+        cfg = dict(record["config"])
+        if record.get("recipe") != "probe":        # the linear probe's config is not a TrainConfig
+            import dataclasses
+
+            cfg = dataclasses.asdict(recorded_config(cfg, source=CONFIG).identity())
+        cfg.pop("seed", None)
+        return cfg
+
+    ia, ib = identity(a), identity(b)
+    diff = [k for k in sorted(set(ia) | set(ib)) if ia.get(k) != ib.get(k)]
+    for role in ("train", "eval"):
+        if cache_identity(a.get(f"{role}_cache")) != cache_identity(b.get(f"{role}_cache")):
+            diff.append(f"{role} cache")
+    return diff
+
+
 def recorded_cache(run_dir: str | os.PathLike, role: str, *, option: str = "--run") -> dict[str, Any]:
     """config.json's ``train_cache`` / ``eval_cache`` entry (``role``: "train" or "eval")."""
     entry = read_record(run_dir, option=option)[f"{role}_cache"]
