@@ -251,10 +251,10 @@ def test_tables_md_keeps_its_columns_and_holds_no_markup_from_names(cache, tmp_p
         elif current:
             tables.append(current)
             current = []
-    assert len(tables) == 3                                     # all, top-3, per-class AP
+    assert len(tables) == 5                 # all, top-3, per-class AP, mAP conventions, thresholds (0.5 | calibrated)
     for rows in tables:
         assert len({_unescaped_pipes(r) for r in rows}) == 1, rows
-    per_class = tables[-1]
+    [per_class] = [rows for rows in tables if "a\\|b" in rows[0]]
     assert _unescaped_pipes(per_class[0]) == 1 + len(ODD_NAMES) + 2    # Methods | 5 classes | mAP
     assert "a\\|b" in per_class[0] and "line<br>break" in per_class[0]
     # the sweep report reads such a table back cell by cell
