@@ -16,7 +16,6 @@ from click.testing import CliRunner
 from iagcn.cache.fake import write_fake_cache
 from iagcn.cli import main
 from iagcn.train.config import config_for_preset
-from iagcn.train.sweep import eta_seconds, run_name, run_names, slot_devices, sweep_eta, worker_threads
 from tests.conftest import REPO_ROOT, cli_env
 
 SMALL_SET = ["--set", "gcn_widths=8,8", "--set", "region_widths=8,8,8"]
@@ -71,6 +70,8 @@ def test_grid_refusals_are_one_line_before_anything_is_written(caches, tmp_path,
 
 
 def test_run_names_are_readable_stable_and_unique():
+    from iagcn.train.sweep import run_name, run_names
+
     cfg = config_for_preset("iagcn", fusion_lambda=0.5, gcn_widths=(16, 32), seed=2)
     assert run_name(cfg) == "iagcn-s2"                                      # without a grid: as before
     assert run_name(cfg, ["fusion_lambda"]) == "iagcn-fusion_lambda=0.5-s2"
@@ -211,6 +212,8 @@ def test_jobs_2_killed_mid_sweep_then_rerun_trains_only_what_is_missing(caches, 
 
 
 def test_devices_are_assigned_round_robin_to_worker_slots(caches, tmp_path):
+    from iagcn.train.sweep import slot_devices, worker_threads
+
     assert slot_devices(2, ["cuda:0", "cuda:1"]) == ["cuda:0", "cuda:1"]
     assert slot_devices(3, ["cuda:0", "cuda:1"]) == ["cuda:0", "cuda:1", "cuda:0"]
     assert slot_devices(2) == [None, None]
@@ -225,6 +228,8 @@ def test_devices_are_assigned_round_robin_to_worker_slots(caches, tmp_path):
 
 # -- the ETA ------------------------------------------------------------------------------------------------
 def test_eta_is_weighted_by_each_presets_measured_cost():
+    from iagcn.train.sweep import eta_seconds, sweep_eta
+
     # iagcn measured at 3 s/epoch, resnet at 0.5 s/epoch; mlgcn not measured: (60 + 2) / (20 + 4) s/epoch overall
     measured = {"iagcn": (60.0, 20.0), "resnet": (2.0, 4.0)}
     remaining = [("iagcn", 10), ("resnet", 10), ("mlgcn", 12)]
@@ -237,3 +242,110 @@ def test_eta_is_weighted_by_each_presets_measured_cost():
     assert sweep_eta(remaining, {}) == "3 run(s) to train, ETA after the first"
     assert sweep_eta(remaining, measured) == "3 run(s) to train, ETA 1m06s (rough: mlgcn not timed yet)"
     assert sweep_eta([], measured) == "nothing left to train"
+
+
+# -- monitoring: loss parts, probe progress, TensorBoard hparams, captions, colours, ticks ------------------
+def test_log_csv_holds_every_loss_part_and_they_add_up_to_the_loss(caches, tmp_path):
+    from iagcn.train.data import CacheData
+    from iagcn.train.run import train_run
+
+    cfg = config_for_preset("iagcn", epochs=2, seed=0, gcn_widths=(8, 8), region_widths=(8, 8, 8), num_threads=1,
+                            beta=0.5, branch_loss_weight=0.7, a_I_loss_weight=0.3)
+    assert cfg.decay_on == "classifiers" and cfg.weight_decay > 0          # the frozen recipe's L2 on M
+    with CacheData(caches[0]) as tr, CacheData(caches[1]) as te:
+        train_run(cfg, train_data=tr, eval_data=te, out_dir=tmp_path / "r", progress=False, log=lambda *_: None)
+    rows = read_csv(tmp_path / "r" / "log.csv")
+    assert {"loss_ml", "loss_kl", "loss_y_w", "loss_y_r", "loss_a_I", "loss_l2"} <= set(rows[0])
+    for r in rows:
+        v = {k: float(x) for k, x in r.items()}
+        assert all(v[k] > 0 for k in ("loss_ml", "loss_kl", "loss_y_w", "loss_y_r", "loss_a_I", "loss_l2"))
+        total = v["loss_ml"] + 0.5 * v["loss_kl"] + 0.7 * (v["loss_y_w"] + v["loss_y_r"]) + 0.3 * v["loss_a_I"] \
+            + v["loss_l2"]                                                    # Eq. 12 and the options on top
+        assert total == pytest.approx(v["loss"], rel=1e-4)
+
+
+def test_sweep_says_what_it_does_before_and_during_the_probe_fit(caches, tmp_path):
+    from iagcn.train.data import CacheData
+    from iagcn.train.sweep import run_sweep
+
+    messages: list[str] = []
+    cfg = config_for_preset("resnet", epochs=1, seed=0, num_threads=1)
+    with CacheData(caches[0]) as tr, CacheData(caches[1]) as te:
+        run_sweep([cfg], train_data=tr, eval_data=te, out_dir=tmp_path, progress=False, log=messages.append)
+    probe = [i for i, m in enumerate(messages) if m.startswith("linear-probe")]
+    assert probe[0] == 0 and "before the 1 run(s)" in messages[0]           # the first line, before any fit
+    per_c = [m for m in messages if "values of C," in m]
+    assert len(per_c) == 8 and per_c[0].startswith("linear-probe: C 0.001: CV mAP")   # one line per candidate C
+    assert max(probe) < next(i for i, m in enumerate(messages) if "resnet-s0: training" in m)
+
+
+def test_tensorboard_records_the_runs_hyperparameters(caches, tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra (pip install 'iagcn[tensorboard]')")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    code, _, err = invoke(["train", "--train-cache", caches[0], "--eval-cache", caches[1], "--preset", "mlgcn",
+                           "--epochs", "1", "--lr", "0.07", "--threads", "1", "--quiet", "--tensorboard",
+                           "--out", tmp_path / "r", *SMALL_SET])
+    assert code == 0, err
+    ea = EventAccumulator(str(tmp_path / "r" / "tensorboard"))
+    ea.Reload()
+    content = ea.PluginTagToContent("hparams")
+    data = {}
+    for tag, raw in content.items():
+        d = plugin_data_pb2.HParamsPluginData.FromString(raw)
+        data[d.WhichOneof("data")] = d
+    start = data["session_start_info"].session_start_info.hparams
+    assert start["lr"].number_value == pytest.approx(0.07) and start["preset"].string_value == "mlgcn"
+    assert start["gcn_widths"].string_value == "8,8" and start["epochs"].number_value == 1
+    assert "device" not in start and "num_threads" not in start            # execution fields are not hparams
+    metrics = {m.name.tag for m in data["experiment"].experiment.metric_infos}
+    assert {"eval/mAP", "eval/CF1", "eval/OF1"} <= metrics
+    assert "loss/y_w" in ea.Tags()["scalars"] and "loss/l2" in ea.Tags()["scalars"]
+
+
+def test_the_curve_caption_says_whether_a_hold_out_mAP_is_drawn():
+    import pandas as pd
+
+    from iagcn.evaluate.sweep_report import curve_caption
+
+    def frame(*protocols):
+        return pd.DataFrame({"preset": ["linear-probe", *["iagcn"] * len(protocols)],
+                             "protocol": ["C by 3-fold CV on the train cache", *protocols]})
+
+    held = curve_caption(frame("holdout-0.1"))
+    assert "hold-out's (0.1 of the train cache" in held and "no mAP" not in held and "C by" not in held
+    last = curve_caption(frame("last-epoch"))
+    assert "no hold-out" in last and "no mAP is measured per epoch" in last and "hold-out's" not in last
+    both = curve_caption(frame("last-epoch", "select-on-eval"))
+    assert "evaluation cache's" in both and "no hold-out" in both
+
+
+def test_one_hue_per_preset_with_seeds_as_shades_and_integer_epoch_ticks(tmp_path, monkeypatch):
+    import colorsys
+
+    import pandas as pd
+    from matplotlib.ticker import MaxNLocator
+
+    from iagcn.evaluate import plots
+
+    members = {"mlgcn-s0": "mlgcn", "iagcn-s0": "iagcn", "mlgcn-s1": "mlgcn", "iagcn-s1": "iagcn", "mlgcn-s2": "mlgcn"}
+    colors = plots.shaded_colors(members)
+    hue = {m: colorsys.rgb_to_hsv(*c)[0] for m, c in colors.items()}
+    assert hue["mlgcn-s0"] == pytest.approx(hue["mlgcn-s1"], abs=0.02) == pytest.approx(hue["mlgcn-s2"], abs=0.02)
+    assert abs(hue["mlgcn-s0"] - hue["iagcn-s0"]) > 0.1                      # another preset, another hue
+    assert len({colors[m] for m in members}) == 5                            # every seed its own shade
+    assert plots.shaded_colors(members) == colors                            # the same mapping, the same colours
+    figures = []
+    monkeypatch.setattr(plots, "save_png", lambda fig, out: figures.append(fig) or Path(out))
+    n = 7
+    logs = {m: pd.DataFrame({"epoch": np.arange(1, n + 1), "loss": np.linspace(1, 0.5, n) + i,
+                             "seconds": np.ones(n)}) for i, m in enumerate(members)}
+    plots.plot_training_curves_overlay(logs, tmp_path / "o.png", colors=colors)
+    for ax in figures[-1].axes:
+        assert isinstance(ax.xaxis.get_major_locator(), MaxNLocator)
+        assert all(float(t) == int(t) for t in ax.get_xticks())
+        drawn = {line.get_label(): line.get_color() for line in ax.get_lines()}
+        assert {k: tuple(v) for k, v in drawn.items()} == colors
+    plots.plot_training_curves(logs["mlgcn-s0"], tmp_path / "one.png")
+    assert all(isinstance(ax.xaxis.get_major_locator(), MaxNLocator) for ax in figures[-1].axes)
