@@ -349,3 +349,23 @@ def test_one_hue_per_preset_with_seeds_as_shades_and_integer_epoch_ticks(tmp_pat
         assert {k: tuple(v) for k, v in drawn.items()} == colors
     plots.plot_training_curves(logs["mlgcn-s0"], tmp_path / "one.png")
     assert all(isinstance(ax.xaxis.get_major_locator(), MaxNLocator) for ax in figures[-1].axes)
+
+
+def _die(task):
+    """A worker task that dies as an out-of-memory kill would (no exception, no result)."""
+    import os
+
+    os._exit(9)
+
+
+def test_a_worker_that_dies_is_one_error_line_not_a_hang(caches, tmp_path):
+    from iagcn.errors import UserError
+    from iagcn.train.data import CacheData
+    from iagcn.train.sweep import _run_parallel
+
+    cfgs = [config_for_preset("resnet", epochs=1, seed=s, num_threads=1) for s in (0, 1)]
+    with CacheData(caches[0]) as tr, CacheData(caches[1]) as te:
+        with pytest.raises(UserError, match="a worker process died while training resnet-s[01]"):
+            _run_parallel(cfgs, [tmp_path / "resnet-s0", tmp_path / "resnet-s1"], [0, 1], [None, None], tr, te,
+                          progress=False, log=lambda *_: None, start_line=lambda *a: "", finished=lambda *a: None,
+                          work=_die)

@@ -36,10 +36,6 @@ from iagcn.train.run import check_run_inputs, train_run
 PREVIOUS_INVOCATION_FILES = ("ablation.json", "ablation.md")
 
 
-def run_dir_for(out: Path, preset: str, seed: int) -> Path:
-    return out / f"{preset}-s{seed}"
-
-
 # -- grids over config fields -----------------------------------------------------------------------------
 #: fields a grid may not vary, and the option that sets them
 GRID_AXES = {"preset": "--presets", "seed": "--seeds", "recipe": "--recipe"}
@@ -324,9 +320,13 @@ def worker_threads(total: int, jobs: int) -> int:
     return max(1, total // max(1, jobs))
 
 
-def _run_parallel(configs, dirs, todo, slots, train_data, eval_data, *, progress, log, start_line, finished) -> None:
-    """Train the runs ``todo`` in len(slots) spawned worker processes, at most one run per slot at a time."""
+def _run_parallel(configs, dirs, todo, slots, train_data, eval_data, *, progress, log, start_line, finished,
+                  work: Callable[[dict[str, Any]], dict[str, Any]] = _worker_train) -> None:
+    """Train the runs ``todo`` in len(slots) spawned worker processes, at most one run per slot at a time
+    (``work``: the function a worker runs per task, :func:`_worker_train`)."""
     import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     import torch
 
@@ -336,35 +336,38 @@ def _run_parallel(configs, dirs, todo, slots, train_data, eval_data, *, progress
     spec = {"train": _data_spec(train_data), "eval": _data_spec(eval_data), "quiet": not progress}
     pending, free = deque(todo), list(range(len(slots)))
     inflight: dict[Any, tuple[int, int]] = {}
-    pool = multiprocessing.get_context("spawn").Pool(processes=min(len(slots), len(todo)), initializer=worker_setup)
+    pool = ProcessPoolExecutor(max_workers=min(len(slots), len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=worker_setup)
     try:
         while pending or inflight:
-            while pending and free and len(inflight) < len(todo):
+            while pending and free:
                 slot, i = free.pop(0), pending.popleft()
                 changes: dict[str, Any] = {"num_threads": threads}
                 if slots[slot] is not None:
                     changes["device"] = slots[slot]
                 cfg = dataclasses.replace(configs[i], **changes)
                 log(start_line(i, [i, *pending, *(k for k, _ in inflight.values())], cfg.device))
-                job = pool.apply_async(_worker_train, ({**spec, "config": cfg, "run_dir": str(dirs[i])},))
-                inflight[job] = (i, slot)
-            done = [job for job in inflight if job.ready()]
-            if not done:
-                raise_if_interrupted()
-                time.sleep(0.05)
-                continue
+                inflight[pool.submit(work, {**spec, "config": cfg, "run_dir": str(dirs[i])})] = (i, slot)
+            done, _ = wait(list(inflight), timeout=0.2, return_when=FIRST_COMPLETED)
+            raise_if_interrupted()
             for job in done:
                 i, slot = inflight.pop(job)
-                result = job.get()                      # a worker's error (a UserError) is raised here
+                try:
+                    result = job.result()               # a worker's error (a UserError) is raised here
+                except BrokenProcessPool as e:
+                    raise UserError(f"a worker process died while training {dirs[i].name} (killed, or out of "
+                                    f"memory?); rerun the same `iagcn sweep` command to resume, with fewer --jobs "
+                                    f"if memory is short") from e
                 free.append(slot)
                 log(f"[{i + 1}/{len(configs)}] {dirs[i].name}: done in {fmt_duration(float(result['train_seconds']))}")
                 finished(i, result)
     except BaseException:
-        pool.terminate()                                # an error or an interrupt: stop the other runs (resumable)
-        pool.join()
+        # an error or an interrupt: stop the other runs at once (each resumes from its last epoch)
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
         raise
-    pool.close()
-    pool.join()
+    pool.shutdown(wait=True)
 
 
 def fmt_duration(seconds: float) -> str:
