@@ -369,3 +369,36 @@ def test_a_worker_that_dies_is_one_error_line_not_a_hang(caches, tmp_path):
             _run_parallel(cfgs, [tmp_path / "resnet-s0", tmp_path / "resnet-s1"], [0, 1], [None, None], tr, te,
                           progress=False, log=lambda *_: None, start_line=lambda *a: "", finished=lambda *a: None,
                           work=_die)
+
+
+def test_ctrl_c_during_jobs_2_is_one_line_and_stops_the_workers(caches, tmp_path):
+    import time
+
+    out = tmp_path / "s"
+    args = sweep_args(caches, out, "--presets", "iagcn", "--seeds", "0,1", "--epochs", "400", "--no-probe",
+                      "--jobs", "2")
+    proc = subprocess.Popen([sys.executable, "-m", "iagcn", *map(str, args)], env=cli_env(OMP_NUM_THREADS="1"),
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not all(
+            _epochs_logged(out / f"iagcn-s{s}") >= 1 for s in (0, 1)):
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.communicate()
+    children = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                               text=True).stdout.split()]
+    workers = [p for p in children if "resource_tracker" not in Path(f"/proc/{p}/cmdline").read_text()]
+    assert len(workers) == 2, children
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and len(err.strip().splitlines()) == 1 and "interrupted" in err, err
+    deadline = time.time() + 10
+    while time.time() < deadline and any(alive(p) for p in workers):
+        time.sleep(0.05)
+    assert not [p for p in workers if alive(p)]

@@ -293,6 +293,19 @@ def _open_spec(spec: tuple) -> CacheData:
     return CacheData(path, memory_budget_gib=budget, block_rows=block_rows, shuffle_buffer_blocks=shuffle_blocks)
 
 
+def _worker_init() -> None:
+    """A sweep worker: dies with its parent, leaves Ctrl-C to it (:func:`iagcn.processes.worker_setup`), and
+    gives tqdm a thread lock (its default multiprocessing lock would be reported leaked when a worker is stopped)."""
+    import threading
+
+    from tqdm import tqdm
+
+    from iagcn.processes import worker_setup
+
+    worker_setup()
+    tqdm.set_lock(threading.RLock())
+
+
 def _worker_train(task: dict[str, Any]) -> dict[str, Any]:
     """One run in a worker process (top level: spawn pickles it by name); the caches stay open between runs."""
     key = (task["train"], task["eval"])
@@ -330,14 +343,14 @@ def _run_parallel(configs, dirs, todo, slots, train_data, eval_data, *, progress
 
     import torch
 
-    from iagcn.processes import raise_if_interrupted, worker_setup
+    from iagcn.processes import raise_if_interrupted
 
     threads = worker_threads(configs[todo[0]].num_threads or torch.get_num_threads(), len(slots))
     spec = {"train": _data_spec(train_data), "eval": _data_spec(eval_data), "quiet": not progress}
     pending, free = deque(todo), list(range(len(slots)))
     inflight: dict[Any, tuple[int, int]] = {}
     pool = ProcessPoolExecutor(max_workers=min(len(slots), len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                               initializer=worker_setup)
+                               initializer=_worker_init)
     try:
         while pending or inflight:
             while pending and free:
