@@ -13,20 +13,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from iagcn.cache.fake import write_fake_cache
 from iagcn.cli import main
 from iagcn.train.config import config_for_preset
-from tests.conftest import REPO_ROOT, cli_env
+from tests.conftest import REPO_ROOT, cli_env, fake_cache_pair
 
 SMALL_SET = ["--set", "gcn_widths=8,8", "--set", "region_widths=8,8,8"]
 
 
 @pytest.fixture(scope="module")
 def caches(tmp_path_factory):
-    d = tmp_path_factory.mktemp("grid-caches")
-    kw = dict(num_rois=4, dim=16, num_classes=5, embedding_dim=8, prototypes_seed=3)
-    return (write_fake_cache(d / "train.h5", n=120, seed=0, split="train", **kw),
-            write_fake_cache(d / "test.h5", n=60, seed=1, split="test", **kw))
+    return fake_cache_pair(tmp_path_factory.mktemp("grid-caches"), n_train=120, n_test=60, num_rois=4, dim=16,
+                           num_classes=5, embedding_dim=8, prototypes_seed=3)
 
 
 def invoke(args: list) -> tuple[int, str, str]:
