@@ -29,14 +29,6 @@ def run_cli(args: list[str], *, timeout: float = 300, check: bool = False, **kwa
     return proc
 
 
-def fake_cache_pair(folder: Path, *, n_train: int, n_test: int, **kw) -> tuple[Path, Path]:
-    """A train and a test cache of one synthetic dataset (``iagcn.cache.fake``, seeds 0 and 1) in ``folder``."""
-    from iagcn.cache.fake import write_fake_cache
-
-    return (write_fake_cache(folder / "train.h5", n=n_train, seed=0, split="train", **kw),
-            write_fake_cache(folder / "test.h5", n=n_test, seed=1, split="test", **kw))
-
-
 @pytest.fixture
 def cli():
     return run_cli

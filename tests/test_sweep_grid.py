@@ -15,15 +15,15 @@ from click.testing import CliRunner
 
 from iagcn.cli import main
 from iagcn.train.config import config_for_preset
-from tests.conftest import REPO_ROOT, cli_env, fake_cache_pair
+from tests.conftest import REPO_ROOT, cli_env, write_cache_pair
 
 SMALL_SET = ["--set", "gcn_widths=8,8", "--set", "region_widths=8,8,8"]
 
 
 @pytest.fixture(scope="module")
 def caches(tmp_path_factory):
-    return fake_cache_pair(tmp_path_factory.mktemp("grid-caches"), n_train=120, n_test=60, num_rois=4, dim=16,
-                           num_classes=5, embedding_dim=8, prototypes_seed=3)
+    return write_cache_pair(tmp_path_factory.mktemp("grid-caches"), n_train=120, n_eval=60, num_rois=4, dim=16,
+                            num_classes=5, embedding_dim=8, prototypes_seed=3)
 
 
 def invoke(args: list) -> tuple[int, str, str]:
@@ -56,6 +56,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
     (["epochs=1,2"], ["--epochs", "3"], "epochs is also set by --epochs"),
     (["schedule=cosine,weekly"], [], "choose one of step, cosine"),
     (["fusion_lambda=0.5,1.5"], [], "fusion_lambda"),
+    (["lr_step=10,20"], [], "--grid lr_step=10,20: schedule=cosine does not use it"),
 ])
 def test_grid_refusals_are_one_line_before_anything_is_written(caches, tmp_path, grid, extra, needle):
     args = sweep_args(caches, tmp_path / "s", "--presets", "mlgcn", "--seeds", "0", *extra)
