@@ -1,15 +1,18 @@
 """The ablation over a sweep: table.md (the paper's Tables 3-6 layout) and the ΔmAP-vs-baseline comparison.
 
 * :func:`build_table` / :func:`write_sweep_table` — table.md of a sweep folder from its results.csv rows
-  (mean ± std over seeds), with the ``ΔmAP vs <baseline> [CI]`` column once a comparison exists;
+  (mean ± std over seeds), with the ``ΔmAP vs <baseline> [CI]`` column once a comparison exists; a grid sweep's
+  rows are (preset, varied values) groups, one column per varied field (:func:`varied_fields`);
 * :func:`sweep_ablation` — every preset of a sweep against a baseline preset, from the runs' saved scores
-  (paired bootstrap over images, :func:`evaluate.stats.paired_bootstrap_runs`; a seed test with >= 2 seeds);
+  (paired bootstrap over images, :func:`evaluate.stats.paired_bootstrap_runs`; a seed test with >= 2 seeds); with
+  a grid each group against the baseline preset *at the same grid values*, so the two rows differ in one thing;
 * :func:`write_ablation` — the one writer of ``ablation.json`` (one schema, :data:`ABLATION_KEYS`) and
   ``ablation.md``, called by the CLI layer (``iagcn sweep --baseline`` and ``iagcn compare --sweep``).
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -21,12 +24,13 @@ from iagcn.evaluate.evaluation import EvalConfig
 from iagcn.fsutil import git_commit, write_json_atomic, write_text_atomic
 from iagcn.jsonutil import finite_or_none, to_json
 from iagcn.train import runfolder
-from iagcn.train.config import PAPER_ROWS
+from iagcn.train.config import PAPER_ROWS, TrainConfig
 
 #: the columns of the paper's Tables 3-6, in order
 TABLE_METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
 #: ablation.json's schema: these keys of a :func:`sweep_ablation` result, then the EvalConfig and the git commit
-ABLATION_RESULT_KEYS = ("baseline", "sweep", "cache", "ci", "deltas", "seed_tests", "comparisons", "run_dirs")
+ABLATION_RESULT_KEYS = ("baseline", "sweep", "cache", "ci", "deltas", "seed_tests", "comparisons", "run_dirs",
+                        "varied")
 ABLATION_KEYS = ABLATION_RESULT_KEYS + ("config", "git_commit")
 
 
@@ -51,20 +55,39 @@ def recorded_backbone(sweep_dir: str | Path, rows: list[dict[str, Any]]) -> str 
     return None
 
 
+def varied_fields(rows: list[dict[str, Any]]) -> list[str]:
+    """The fields a grid sweep varied: the results.csv columns that are TrainConfig fields (other than the axes
+    every sweep has, preset, seed and recipe), in column order."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"preset", "seed", "recipe"}
+    return [c for c in dict.fromkeys(k for r in rows for k in r) if c in fields]
+
+
+def grid_values(row: dict[str, Any], varied: list[str]) -> tuple[str, ...]:
+    """A row's values of the varied fields ('' where it has none: the linear probe)."""
+    return tuple("" if row.get(f) in (None, "") else str(row[f]) for f in varied)
+
+
+def group_of(row: dict[str, Any], varied: list[str]) -> str:
+    """A row's table group: its preset, in a grid sweep with its varied values (``iagcn fusion_lambda=0.5``)."""
+    return " ".join([str(row["preset"]), *(f"{f}={v}" for f, v in zip(varied, grid_values(row, varied)) if v)])
+
+
 def build_table(rows: list[dict[str, Any]], *, metrics: tuple[str, ...] = TABLE_METRICS, backbone: str | None = None,
                 **report_options: Any) -> str:
-    """Markdown table, one row per preset: mean ± std over seeds in the layout of the paper's Tables 3-6.
+    """Markdown table, one row per preset (a grid sweep: per preset and varied values, one column per varied
+    field): mean ± std over seeds in the layout of the paper's Tables 3-6.
 
-    ``rows``: results.csv rows (preset, seed, metric columns). ``report_options`` go to
+    ``rows``: results.csv rows (preset, varied fields, seed, metric columns). ``report_options`` go to
     ``evaluate.report.ablation_table`` (``baseline``, ``deltas``, ``seed_tests``: the ΔmAP-vs-baseline hook).
     A legend maps presets to the paper's row names and states the model-selection protocol(s).
     """
     from iagcn.evaluate.report import ablation_table
 
-    runs = [{"preset": r["preset"], "seed": r.get("seed"),
-             "metrics": {m: _num(r.get(m)) for m in metrics}}
+    varied = varied_fields(rows)
+    runs = [{"preset": group_of(r, varied), "cells": [str(r["preset"]), *(v or "-" for v in grid_values(r, varied))],
+             "seed": r.get("seed"), "metrics": {m: _num(r.get(m)) for m in metrics}}
             for r in rows]
-    table = ablation_table(runs, metrics=metrics, fmt="markdown", **report_options)
+    table = ablation_table(runs, metrics=metrics, fmt="markdown", columns=varied, **report_options)
     presets = list(dict.fromkeys(r["preset"] for r in rows))
     protocols = sorted({str(r.get("protocol")) for r in rows if r.get("preset") != "linear-probe"})
     recipes = sorted({str(r.get("recipe")) for r in rows if r.get("recipe") not in (None, "", "probe")})
@@ -103,14 +126,26 @@ def write_sweep_table(sweep_dir: str | Path, rows: list[dict[str, Any]] | None =
 
 
 # -- the comparison against a baseline ----------------------------------------------------------------
+def baseline_groups(grid: dict[str, tuple[str, tuple[str, ...]]], baseline: str) -> dict[str, str]:
+    """Each group's baseline group: the ``baseline`` preset's group with the same grid values (the two differ in
+    the preset only). ``grid``: group -> (preset, varied values). A group without such a partner (the linear
+    probe of a grid sweep) has none."""
+    by_values = {values: g for g, (preset, values) in grid.items() if preset == baseline}
+    return {g: by_values[values] for g, (preset, values) in grid.items() if values in by_values}
+
+
 def sweep_ablation(sweep_dir: str | Path, *, baseline: str, cache_path: str | Path, config: EvalConfig,
-                   log=None, groups: dict[str, list[Path]] | None = None) -> dict[str, Any]:
+                   log=None, groups: dict[str, list[Path]] | None = None,
+                   grid: dict[str, tuple[str, tuple[str, ...]]] | None = None,
+                   varied: list[str] | None = None) -> dict[str, Any]:
     """Every preset of a sweep against ``baseline``: the ablation table (mean ± std over seeds) with the
     ``ΔmAP vs baseline [CI]`` column from the paired bootstrap and, with >= 2 seeds paired by seed on both sides,
     the seed test's p-value.
 
-    ``groups`` (``{preset: [run dirs]}``): exactly the runs to compare (`iagcn sweep` passes the runs of its own
-    invocation); default: every complete run in ``sweep_dir`` (:func:`sweep_runs`).
+    ``groups`` (``{group: [run dirs]}``, a group being a preset): exactly the runs to compare (`iagcn sweep`
+    passes the runs of its own invocation); default: every complete run in ``sweep_dir`` (:func:`sweep_runs`).
+    A grid sweep passes ``grid`` (group -> (preset, values of the ``varied`` fields)): each group is compared with
+    the baseline preset's group at the same values (:func:`baseline_groups`), never across grid values.
     """
     if groups is None:
         groups = sweep_runs(sweep_dir, log=log)
@@ -118,25 +153,35 @@ def sweep_ablation(sweep_dir: str | Path, *, baseline: str, cache_path: str | Pa
         for dirs in groups.values():
             for d in dirs:
                 refuse_incomplete(Path(d), str(d))
-    if baseline not in groups:
+    varied = list(varied or [])
+    grid = grid or {g: (g, ()) for g in groups}
+    partner = baseline_groups(grid, baseline)
+    if not any(preset == baseline for preset, _ in grid.values()):
         raise UserError(f"--baseline {baseline}: not among the sweep's presets ({', '.join(groups)})")
     runs, deltas, seed_tests, records = [], {}, {}, {}
-    base_specs = [str(d) for d in groups[baseline]]
-    for preset, dirs in groups.items():
-        cmp = compare_runs(base_specs, [str(d) for d in dirs], cache_path=cache_path, config=config)
+    for group, dirs in groups.items():
+        preset, values = grid[group]
+        cells = [preset, *(v or "-" for v in values)]
+        base = partner.get(group)
+        if base is None:                                 # nothing differs from it in one thing: no Δ
+            cmp = compare_runs([str(d) for d in dirs], [str(d) for d in dirs], cache_path=cache_path,
+                               config=dataclasses.replace(config, n_resamples=1))     # its own metrics only
+        else:
+            cmp = compare_runs([str(d) for d in groups[base]], [str(d) for d in dirs], cache_path=cache_path,
+                               config=config)
         for r in cmp.runs_b:
-            runs.append({"preset": preset, "seed": r.seed, "metrics": cmp.per_run[str(r.run_dir)]})
-        if preset != baseline:
-            deltas[preset] = cmp.bootstrap
+            runs.append({"preset": group, "cells": cells, "seed": r.seed, "metrics": cmp.per_run[str(r.run_dir)]})
+        if base is not None and group != base:
+            deltas[group] = cmp.bootstrap
             if cmp.seed_tests and "mAP" in cmp.seed_tests:
-                seed_tests[preset] = cmp.seed_tests["mAP"]
-            records[preset] = comparison_record(cmp, cache_path=cache_path, config=config)
+                seed_tests[group] = cmp.seed_tests["mAP"]
+            records[group] = comparison_record(cmp, cache_path=cache_path, config=config)
             if log:
                 m = cmp.bootstrap["metrics"]["mAP"]
-                log(f"{preset} vs {baseline}: ΔmAP {m['diff']:+.2f} [{m['low']:+.2f}, {m['high']:+.2f}]")
+                log(f"{group} vs {base}: ΔmAP {m['diff']:+.2f} [{m['low']:+.2f}, {m['high']:+.2f}]")
     return {"baseline": baseline, "sweep": str(sweep_dir), "cache": str(cache_path), "runs": runs, "deltas": deltas,
             "seed_tests": seed_tests, "comparisons": records, "ci": config.ci,
-            "run_dirs": {p: [str(d) for d in dirs] for p, dirs in groups.items()}}
+            "run_dirs": {p: [str(d) for d in dirs] for p, dirs in groups.items()}, "varied": varied}
 
 
 def sweep_ablation_table(result: dict[str, Any], *, fmt: str = "text") -> str:
@@ -144,7 +189,8 @@ def sweep_ablation_table(result: dict[str, Any], *, fmt: str = "text") -> str:
     from iagcn.evaluate.report import ablation_table
 
     return ablation_table(result["runs"], fmt=fmt, baseline=result["baseline"], deltas=result["deltas"],
-                          seed_tests=result["seed_tests"] or None, ci=result["ci"])
+                          seed_tests=result["seed_tests"] or None, ci=result["ci"],
+                          columns=result.get("varied") or ())
 
 
 def write_ablation(out_dir: str | Path, result: dict[str, Any], *, config: EvalConfig) -> dict[str, Path]:
@@ -160,16 +206,17 @@ def write_ablation(out_dir: str | Path, result: dict[str, Any], *, config: EvalC
 
 
 def ablate_sweep(out_dir: str | Path, *, baseline: str, cache_path: str | Path, config: EvalConfig, log=print,
-                 members: list[tuple[str, int]] | None = None) -> dict[str, Any]:
+                 members: list[tuple[str, int]] | None = None, run_dirs: list[str] | None = None) -> dict[str, Any]:
     """`iagcn sweep --baseline`: table.md with the ΔmAP-vs-``baseline`` column (issue 7), ablation.json and .md.
 
     Every preset's saved evaluation scores (no retraining) are compared with the baseline's by a paired
     bootstrap over evaluation images (resampling the same images for both; seeds averaged per side), plus a
     paired test across seeds when both sides have >= 2 seeds (:func:`sweep_ablation`).
 
-    ``members``: the (preset, seed) runs of this invocation; only they enter the table and the Δ column, never
-    another run folder that happens to be in ``out_dir`` (an interrupted run, an earlier sweep's seeds). Default:
-    the runs listed in results.csv.
+    ``members``: the (preset, seed) runs of this invocation, or ``run_dirs``: their folder names (a grid sweep);
+    only they enter the table and the Δ column, never another run folder that happens to be in ``out_dir`` (an
+    interrupted run, an earlier sweep's seeds). Default: the runs listed in results.csv. With a grid (varied
+    fields in results.csv) each group is compared with the baseline preset at the same grid values.
     """
     out = Path(out_dir)
     rows = read_results(out)
@@ -179,30 +226,42 @@ def ablate_sweep(out_dir: str | Path, *, baseline: str, cache_path: str | Path, 
         missing = sorted(wanted - {(r["preset"], int(r["seed"])) for r in rows})
         if missing:
             raise RuntimeError(f"sweep {out}: results.csv lacks runs {missing} of this invocation")
+    if run_dirs is not None:
+        rows = [r for r in rows if r["run_dir"] in set(run_dirs)]
+        missing = sorted(set(run_dirs) - {r["run_dir"] for r in rows})
+        if missing:
+            raise RuntimeError(f"sweep {out}: results.csv lacks runs {missing} of this invocation")
+    varied = varied_fields(rows)
     groups: dict[str, list[Path]] = {}
+    grid: dict[str, tuple[str, tuple[str, ...]]] = {}
     for r in rows:
-        groups.setdefault(r["preset"], []).append(out / r["run_dir"])
-    result = sweep_ablation(out, baseline=baseline, cache_path=cache_path, config=config, log=log, groups=groups)
-    _check_deltas_match_table(rows, result, baseline)
+        groups.setdefault(group_of(r, varied), []).append(out / r["run_dir"])
+        grid[group_of(r, varied)] = (r["preset"], grid_values(r, varied))
+    result = sweep_ablation(out, baseline=baseline, cache_path=cache_path, config=config, log=log, groups=groups,
+                            grid=grid, varied=varied)
+    _check_deltas_match_table(rows, result, baseline_groups(grid, baseline), varied)
     write_sweep_table(out, rows, ablation=result)
     write_ablation(out, result, config=config)
     return result
 
 
-def _check_deltas_match_table(rows: list[dict[str, Any]], result: dict[str, Any], baseline: str) -> None:
-    """The Δ column and the mAP column come from the same runs: mean mAP(preset) - mean mAP(baseline) must equal
-    the bootstrap's point estimate (to the rounding of results.csv). A mismatch is a bug, never a table."""
+def _check_deltas_match_table(rows: list[dict[str, Any]], result: dict[str, Any], partner: dict[str, str],
+                              varied: list[str]) -> None:
+    """The Δ column and the mAP column come from the same runs: mean mAP(group) - mean mAP(its baseline group)
+    must equal the bootstrap's point estimate (to the rounding of results.csv). A mismatch is a bug, never a
+    table."""
     means: dict[str, list[float]] = {}
     for r in rows:
         v = _num(r.get("mAP"))
         if math.isfinite(v):
-            means.setdefault(r["preset"], []).append(v)
-    if baseline not in means:
-        return
-    base = sum(means[baseline]) / len(means[baseline])
+            means.setdefault(group_of(r, varied), []).append(v)
     for preset, d in result["deltas"].items():
+        base_group = partner.get(preset)
+        if base_group not in means:
+            continue
+        base = sum(means[base_group]) / len(means[base_group])
         diff = d["metrics"]["mAP"]["diff"]
-        complete = preset in means and len(means[preset]) == sum(r["preset"] == preset for r in rows)
+        complete = preset in means and len(means[preset]) == sum(group_of(r, varied) == preset for r in rows)
         if complete and diff is not None and math.isfinite(diff):
             table_diff = sum(means[preset]) / len(means[preset]) - base
             if abs(table_diff - diff) > 0.01:

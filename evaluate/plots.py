@@ -61,6 +61,34 @@ def plain_text(text: object) -> str:
     return str(text).replace("$", "\\$")
 
 
+# ----------------------------------------------------------------------------------------------- colours
+def shaded_colors(members: Mapping[str, str]) -> dict[str, tuple[float, float, float]]:
+    """One hue per group, its members as shades of it: ``{member: group}`` (e.g. run -> preset) ->
+    ``{member: RGB}``. Groups take matplotlib's tab10 colours in first-appearance order; a group's members run
+    from darker to lighter in the order given, so a figure's seeds of one preset read as one family and the same
+    mapping gives the same colours in every figure."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10"].colors
+    groups = list(dict.fromkeys(members.values()))
+    out: dict[str, tuple[float, float, float]] = {}
+    for g, group in enumerate(groups):
+        base = np.asarray(palette[g % len(palette)], dtype=float)
+        names = [m for m, grp in members.items() if grp == group]
+        for j, name in enumerate(names):
+            t = 0.0 if len(names) == 1 else -0.35 + 0.75 * j / (len(names) - 1)    # darker (< 0) .. lighter
+            mixed = base * (1 + t) if t < 0 else base + (1 - base) * t
+            out[name] = tuple(float(c) for c in np.clip(mixed, 0.0, 1.0))
+    return out
+
+
+def _epoch_ticks(ax) -> None:
+    """Whole epochs on the x axis (never 2.5)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 # ----------------------------------------------------------------------------------------------- training curves
 #: panel title -> how a log column is recognised (first match wins, in this order)
 _PANELS = (
@@ -131,6 +159,7 @@ def plot_training_curves(log, out: PathLike, *, title: str | None = None) -> Pat
             ok = np.isfinite(y)
             ax.plot(x[ok], y[ok], marker="o" if ok.sum() < 30 else None, markersize=3, label=plain_text(c))
         ax.set_xlabel(plain_text(x_name or "row"))
+        _epoch_ticks(ax)
         ax.set_title(ylabel, fontsize=10)
         if ylabel == "learning rate":
             ax.set_yscale("log")
@@ -144,8 +173,9 @@ def plot_training_curves(log, out: PathLike, *, title: str | None = None) -> Pat
 
 
 def plot_training_curves_overlay(logs: Mapping[str, object], out: PathLike, *,
-                                 title: str = "Training curves") -> Path:
-    """Several runs' log.csv overlaid, one line per run: total loss, hold-out mAP, seconds per epoch."""
+                                 title: str = "Training curves", colors: Mapping[str, object] | None = None) -> Path:
+    """Several runs' log.csv overlaid, one line per run: total loss, hold-out mAP, seconds per epoch.
+    ``colors``: run name -> colour (:func:`shaded_colors`); default matplotlib's cycle."""
     if not logs:
         raise UserError("plot_training_curves_overlay: no logs given")
     frames = {name: _read_log(log)[0] for name, log in logs.items()}
@@ -161,8 +191,10 @@ def plot_training_curves_overlay(logs: Mapping[str, object], out: PathLike, *,
             x = df["epoch"].to_numpy() if "epoch" in df.columns else np.arange(len(df))
             y = df[col].to_numpy(dtype=float)
             ok = np.isfinite(y)
-            ax.plot(x[ok], y[ok], label=plain_text(name), linewidth=1.2)
+            ax.plot(x[ok], y[ok], label=plain_text(name), linewidth=1.2, marker="o" if ok.sum() < 30 else None, markersize=3,
+                    **_color(colors, name))
         ax.set_xlabel("epoch")
+        _epoch_ticks(ax)
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
     handles, labels = fig.axes[0].get_legend_handles_labels()
@@ -174,9 +206,14 @@ def plot_training_curves_overlay(logs: Mapping[str, object], out: PathLike, *,
 
 
 # ----------------------------------------------------------------------------------------------- per-class AP
+def _color(colors: Mapping[str, object] | None, name: str) -> dict[str, object]:
+    return {"color": colors[name]} if colors and name in colors else {}
+
+
 def plot_per_class_ap(runs: Mapping[str, Sequence[float]], class_names: Sequence[str], out: PathLike, *,
-                      title: str = "Per-class AP") -> Path:
-    """Grouped bars: one group per class, one bar per run (AP in percent); mAP in the legend."""
+                      title: str = "Per-class AP", colors: Mapping[str, object] | None = None) -> Path:
+    """Grouped bars: one group per class, one bar per run (AP in percent); mAP in the legend. ``colors``: run
+    name -> colour."""
     from iagcn.metrics import mean_average_precision
 
     if not runs:
@@ -194,7 +231,7 @@ def plot_per_class_ap(runs: Mapping[str, Sequence[float]], class_names: Sequence
     centers = np.arange(n_classes)
     for i, (name, ap) in enumerate(aps.items()):
         ax.bar(centers - 0.4 + width * (i + 0.5), np.nan_to_num(ap, nan=0.0), width=width,
-               label=f"{plain_text(name)} (mAP {mean_average_precision(ap):.1f})")
+               label=f"{plain_text(name)} (mAP {mean_average_precision(ap):.1f})", **_color(colors, name))
     ax.set_xticks(centers)
     ax.set_xticklabels([plain_text(n) for n in short_class_names(class_names)], rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("AP (%)")
@@ -238,9 +275,11 @@ def plot_pr_curves(scores, targets, class_names: Sequence[str], classes: Sequenc
 
 
 def plot_pr_curves_overlay(runs: Mapping[str, tuple[object, object]], class_names: Sequence[str],
-                           classes: Sequence[str | int], out: PathLike, *, title: str = "Precision-recall") -> Path:
+                           classes: Sequence[str | int], out: PathLike, *, title: str = "Precision-recall",
+                           colors: Mapping[str, object] | None = None) -> Path:
     """Several runs' precision-recall curves overlaid: one panel per chosen class, one line per run (AP in the
-    legend). ``runs`` maps a name to (scores (n, C), targets (n, C)); ignored entries (-1) are left out."""
+    legend). ``runs`` maps a name to (scores (n, C), targets (n, C)); ignored entries (-1) are left out.
+    ``colors``: run name -> colour."""
 
     from iagcn.metrics import validate_scores_targets
 
@@ -260,7 +299,7 @@ def plot_pr_curves_overlay(runs: Mapping[str, tuple[object, object]], class_name
     fig = new_figure(figsize=(4.4 * ncols, 4.0 * -(-len(idx) // ncols)))
     for ax, c in zip(_grid(fig, len(idx)), idx):
         for name, (s, t) in checked.items():
-            _draw_pr_curve(ax, s, t, c, label=name, linewidth=1.2)
+            _draw_pr_curve(ax, s, t, c, label=name, linewidth=1.2, **_color(colors, name))
         ax.set_title(plain_text(class_names[c]), fontsize=10)
         _pr_axes(ax, legend_size=7)
     fig.suptitle(plain_text(title))

@@ -259,7 +259,8 @@ def group_by_preset(runs: Iterable[Mapping], *, metrics: Sequence[str] = MAIN_ME
         grouped.setdefault(str(run["preset"]), []).append(run)
     out: dict[str, dict] = {}
     for preset, rs in grouped.items():
-        entry: dict = {"n": len(rs), "seeds": [r.get("seed") for r in rs]}
+        entry: dict = {"n": len(rs), "seeds": [r.get("seed") for r in rs],
+                       "cells": [str(c) for c in rs[0].get("cells", [preset])]}
         for k in metrics:
             values = np.array([float(_metrics_of(r).get(k, math.nan)) for r in rs])
             finite = values[np.isfinite(values)]
@@ -289,8 +290,12 @@ def fmt_delta_ci(delta: Mapping[str, float]) -> str:
 def ablation_table(runs: Iterable[Mapping], *, metrics: Sequence[str] = MAIN_METRICS, fmt: Fmt = "markdown",
                    baseline: str | None = None, deltas: Mapping[str, Mapping] | None = None,
                    seed_tests: Mapping[str, Mapping] | None = None, ci: float = 0.95,
-                   title: str | None = None) -> str:
+                   title: str | None = None, columns: Sequence[str] = ()) -> str:
     """Rows = presets (first-appearance order), columns = n seeds + metrics as mean ± std over seeds.
+
+    A grid sweep's rows are groups (a run's ``preset`` key names its group) shown with their ``cells`` (the
+    preset, then one value per name in ``columns``, the varied fields); a row is a baseline row when its preset
+    (first cell) is ``baseline``, and each Δ compares it with the baseline at the same values.
 
     Args:
         runs: per-run dicts (see :func:`group_by_preset`).
@@ -300,7 +305,7 @@ def ablation_table(runs: Iterable[Mapping], *, metrics: Sequence[str] = MAIN_MET
         seed_tests: ``{preset: paired_seed_test(...)}``; adds a ``p (seeds)`` column with the reported p-value.
     """
     grouped = group_by_preset(runs, metrics=metrics)
-    header = ["Preset", "seeds", *metrics]
+    header = ["Preset", *columns, "seeds", *metrics]
     level = f"{round(100 * ci):d}%"
     if baseline is not None:
         header.append(f"ΔmAP vs {baseline} [{level} CI]")
@@ -308,9 +313,11 @@ def ablation_table(runs: Iterable[Mapping], *, metrics: Sequence[str] = MAIN_MET
         header.append("p (seeds)")
     rows = []
     for preset, g in grouped.items():
-        row = [preset, str(g["n"]), *(fmt_mean_std(g[k]["mean"], g[k]["std"]) for k in metrics)]
+        cells = g["cells"] if columns else [preset]
+        row = [*cells, str(g["n"]), *(fmt_mean_std(g[k]["mean"], g[k]["std"]) for k in metrics)]
+        is_baseline = cells[0] == baseline
         if baseline is not None:
-            if preset == baseline:
+            if is_baseline:
                 row.append("baseline")
             else:
                 d = (deltas or {}).get(preset)
@@ -320,11 +327,13 @@ def ablation_table(runs: Iterable[Mapping], *, metrics: Sequence[str] = MAIN_MET
         if seed_tests is not None:
             st = seed_tests.get(preset)
             # a p-value across seeds only for a row of >= 2 seeds (never on a "1 seed" row)
-            row.append(MISSING if st is None or preset == baseline or g["n"] < 2 else f"{st['p_t']:.3f}")
+            row.append(MISSING if st is None or is_baseline or g["n"] < 2 else f"{st['p_t']:.3f}")
         rows.append(row)
     table = render_table(header, rows, fmt=fmt, title=title)
     if baseline is not None:
         note = (f"ΔmAP: paired bootstrap over images (B - {baseline}), {level} percentile interval; "
                 "* = interval excludes zero.")
+        if columns:
+            note += f" Each row is compared with {baseline} at the same {', '.join(columns)}."
         table += ("\n" if fmt == "markdown" else "") + note + "\n"
     return table

@@ -94,10 +94,46 @@ def sweep_runs_frame(sweep_dir: Path):
     return pd.read_csv(path)
 
 
-def per_class_ap_by_preset(sweep_dir: Path, runs, cache_path: str | os.PathLike):
+def with_groups(sweep_dir: Path, runs):
+    """(The runs frame with a ``group`` column: the preset, in a grid sweep with its varied values (``iagcn
+    fusion_lambda=0.5``, :func:`iagcn.evaluate.ablation.group_of`), as the table groups them; the varied fields).
+    The varied values are taken as results.csv writes them (text: ``1``, not pandas' ``1.0``)."""
+    from iagcn.evaluate.ablation import group_of, read_results, varied_fields
+
+    records = read_results(sweep_dir)                      # the same rows as ``runs``, every cell as text
+    varied = varied_fields(records)
+    runs = runs.assign(group=[group_of(r, varied) for r in records])
+    for f in varied:
+        runs[f] = [r[f] or "-" for r in records]
+    return runs, varied
+
+
+def curve_caption(runs) -> str:
+    """What the training-curve figure shows per epoch, by the runs' model-selection protocol: a hold-out mAP curve
+    only where a hold-out exists."""
+    protocols = sorted({str(p) for p, preset in zip(runs["protocol"], runs["preset"]) if preset != "linear-probe"})
+    parts = []
+    for p in protocols:
+        if p.startswith("holdout-"):
+            parts.append(f"{p}: the mAP curve is the hold-out's ({p[len('holdout-'):]} of the train cache, "
+                         f"label-stratified), which chose the epoch")
+        elif p == "select-on-eval":
+            parts.append("select-on-eval: the mAP curve is the evaluation cache's, which also chose the epoch "
+                         "(optimistic)")
+        elif p == "last-epoch":
+            parts.append("last-epoch: no hold-out (--val-fraction 0), so no mAP is measured per epoch and the "
+                         "last epoch is kept; only the loss and time are drawn for these runs")
+        else:
+            parts.append(f"{p}: see the run's config.json")
+    return ("Total loss and seconds per epoch from each run's log.csv (one colour per preset, its seeds and grid "
+            "values as shades). " + "; ".join(parts) + ".")
+
+
+def per_class_ap_by_preset(sweep_dir: Path, runs, cache_path: str | os.PathLike, *, by: str = "preset"):
     """(DataFrame of per-class AP, one row per run; {preset: mean AP over its seeds (C,)}, class names).
 
-    Each run's AP comes from its saved logits (scores.npz) against the evaluation cache's labels.
+    Each run's AP comes from its saved logits (scores.npz) against the evaluation cache's labels. ``by``: the
+    column the means are taken over (``group`` for a grid sweep's (preset, varied values) groups).
     """
     import pandas as pd
 
@@ -115,7 +151,7 @@ def per_class_ap_by_preset(sweep_dir: Path, runs, cache_path: str | os.PathLike)
         scores, ids = saved
         targets = rows_for_ids(table, ids, what=f"run {row.run_dir}")
         ap = average_precision_per_class(scores, targets, warn=False)                   # (C,) percent, NaN: none
-        records.append({"run_dir": row.run_dir, "preset": row.preset, **dict(zip(class_names, ap))})
+        records.append({"run_dir": row.run_dir, "preset": getattr(row, by), **dict(zip(class_names, ap))})
     frame = pd.DataFrame.from_records(records, columns=["run_dir", "preset", *class_names])
     means = frame.groupby("preset", sort=False)[class_names].mean()                      # NaN-skipping mean over seeds
     return frame, {p: means.loc[p].to_numpy(dtype=float) for p in means.index}, class_names
@@ -124,21 +160,25 @@ def per_class_ap_by_preset(sweep_dir: Path, runs, cache_path: str | os.PathLike)
 def write_sweep_report(sweep_dir: str | os.PathLike, *, cache_path: str | os.PathLike,
                        pr_classes: int = 3, title: str | None = None) -> Path:
     """Write ``<sweep_dir>/report.html`` (self-contained) and return its path."""
-    from iagcn.evaluate.plots import plot_per_class_ap, plot_pr_curves_overlay, plot_training_curves_overlay
+    from iagcn.evaluate.plots import (plot_per_class_ap, plot_pr_curves_overlay, plot_training_curves_overlay,
+                                      shaded_colors)
 
     sweep_dir = Path(sweep_dir)
-    runs = sweep_runs_frame(sweep_dir)
+    runs, varied = with_groups(sweep_dir, sweep_runs_frame(sweep_dir))
     table_md = (sweep_dir / "table.md").read_text() if (sweep_dir / "table.md").exists() else ""
-    frame, mean_ap, class_names = per_class_ap_by_preset(sweep_dir, runs, cache_path)
+    frame, mean_ap, class_names = per_class_ap_by_preset(sweep_dir, runs, cache_path, by="group")
+    # one hue per preset in every figure: its runs (seeds, grid values) and its groups as shades of it
+    run_colors = shaded_colors(dict(zip(runs["run_dir"].astype(str), runs["preset"].astype(str))))
+    group_colors = shaded_colors(dict(zip(runs["group"], runs["preset"].astype(str))))
 
     ap_uri = None
     if mean_ap:
-        ap_uri = _png_data_uri(lambda p: plot_per_class_ap(mean_ap, class_names, p,
+        ap_uri = _png_data_uri(lambda p: plot_per_class_ap(mean_ap, class_names, p, colors=group_colors,
                                                            title="Per-class AP (mean over seeds)"))
     from iagcn.train.runfolder import log_path
 
     logs = {str(r): log_path(sweep_dir / str(r)) for r in runs["run_dir"] if log_path(sweep_dir / str(r)).exists()}
-    curves_uri = _png_data_uri(lambda p: plot_training_curves_overlay(logs, p)) if logs else None
+    curves_uri = _png_data_uri(lambda p: plot_training_curves_overlay(logs, p, colors=run_colors)) if logs else None
 
     pr_uri, pr_note = None, ""
     if len(frame):
@@ -146,20 +186,23 @@ def write_sweep_report(sweep_dir: str | os.PathLike, *, cache_path: str | os.Pat
         from iagcn.train.runfolder import load_scores
 
         table = cache_targets(Path(cache_path))
-        first_seed = runs.drop_duplicates("preset")                                        # one run per preset
-        curves = {}
+        first_seed = runs.drop_duplicates("group")                                   # one run per preset (group)
+        curves, pr_colors = {}, {}
         for row in first_seed.itertuples(index=False):
             saved = load_scores(sweep_dir / str(row.run_dir))
             if saved is not None:
                 curves[str(row.run_dir)] = (saved[0], rows_for_ids(table, saved[1], what=f"run {row.run_dir}"))
+                pr_colors[str(row.run_dir)] = group_colors[row.group]
         positives = (table.values == 1).sum(0)                                            # (C,)
         chosen = [class_names[c] for c in np.argsort(-positives, kind="stable")[:pr_classes] if positives[c] > 0]
         if curves and chosen:
-            pr_uri = _png_data_uri(lambda p: plot_pr_curves_overlay(curves, class_names, chosen, p,
+            pr_uri = _png_data_uri(lambda p: plot_pr_curves_overlay(curves, class_names, chosen, p, colors=pr_colors,
                                                                     title="Precision-recall, one run per preset"))
-            pr_note = f"The {len(chosen)} classes with the most positives; the first seed of each preset."
+            pr_note = (f"The {len(chosen)} classes with the most positives; the first seed of each preset"
+                       + (" and grid point" if varied else "") + ".")
 
-    shown = [c for c in RUN_COLUMNS if c in runs.columns]
+    shown = [c for c in RUN_COLUMNS[:2] if c in runs.columns] + varied + \
+        [c for c in RUN_COLUMNS[2:] if c in runs.columns]
     runs_html = runs[shown].to_html(index=False, border=0, na_rep="-", float_format=lambda v: f"{v:.2f}")
     heading = title or f"IA-GCN sweep: {sweep_dir.name}"
     parts = [
@@ -170,8 +213,7 @@ def write_sweep_report(sweep_dir: str | os.PathLike, *, cache_path: str | os.Pat
         "<h2>Ablation table</h2>", markdown_table_to_html(table_md) if table_md else '<p class="note">no table.md</p>',
         "<h2>Runs</h2>", runs_html,
         _figure("Per-class AP", ap_uri, "AP per class on the evaluation cache, each preset averaged over its seeds."),
-        _figure("Training curves, all runs overlaid", curves_uri,
-                "Total loss, hold-out (selection) mAP and seconds per epoch, from each run's log.csv."),
+        _figure("Training curves, all runs overlaid", curves_uri, curve_caption(runs)),
         _figure("Precision-recall curves, overlaid", pr_uri, pr_note),
         "</body></html>",
     ]

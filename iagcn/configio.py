@@ -64,7 +64,7 @@ def config_from_dict(cls: type[T], data: dict[str, Any], *, source: str = "confi
         raise UserError(f"{source}: {e}") from e
 
 
-def _parse_value(text: str, hint: Any, key: str) -> Any:
+def _parse_value(text: str, hint: Any, key: str, option: str = "--set") -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is typing.Union or origin is types.UnionType:        # Optional[X], Union[X, None], X | None
@@ -75,16 +75,16 @@ def _parse_value(text: str, hint: Any, key: str) -> Any:
         if type(None) in args and text.lower() in nulls:
             return None
         if len(non_none) != 1:
-            raise UserError(f"--set {key}={text}: a field of type {hint} cannot be set from the command line")
-        return _parse_value(text, non_none[0], key)
+            raise UserError(f"{option} {key}={text}: a field of type {hint} cannot be set from the command line")
+        return _parse_value(text, non_none[0], key, option)
     if origin is typing.Literal:
         if text not in [str(a) for a in args]:
-            raise UserError(f"--set {key}={text}: choose one of {', '.join(map(str, args))}")
+            raise UserError(f"{option} {key}={text}: choose one of {', '.join(map(str, args))}")
         return type(args[0])(text)
     if origin in (tuple, list):
         inner = args[0] if args else str
         parts = [p for p in text.replace(",", " ").split() if p]
-        vals = [_parse_value(p, inner, key) for p in parts]
+        vals = [_parse_value(p, inner, key, option) for p in parts]
         return tuple(vals) if origin is tuple else vals
     try:
         if hint is bool:
@@ -98,8 +98,17 @@ def _parse_value(text: str, hint: Any, key: str) -> Any:
         if hint is float:
             return float(text)
     except ValueError:
-        raise UserError(f"--set {key}={text}: expected a {hint.__name__}") from None
+        raise UserError(f"{option} {key}={text}: expected a {hint.__name__}") from None
     return text
+
+
+def parse_field_value(cls: type, key: str, text: str, *, option: str = "--set") -> Any:
+    """The value ``text`` gives field ``key`` of dataclass ``cls``, parsed as ``--set key=text`` parses it
+    (messages name ``option``)."""
+    hints = typing.get_type_hints(cls)
+    if key not in hints:
+        raise UserError(f"{option} {key}: unknown field; known fields: {', '.join(sorted(hints))}")
+    return _parse_value(text.strip(), hints[key], key, option)
 
 
 def apply_overrides(cfg: T, pairs: typing.Iterable[str]) -> T:

@@ -42,7 +42,9 @@ def test_training_curve_panels_separate_units_and_drop_flat_zero_columns(tmp_pat
 
     n = 6
     log = pd.DataFrame({"epoch": np.arange(1, n + 1), "lr": [0.01] * n, "loss": np.linspace(1, 0.5, n),
-                        "loss_ml": np.linspace(1, 0.5, n), "loss_kl": np.zeros(n), "select_mAP": np.linspace(30, 60, n),
+                        "loss_ml": np.linspace(1, 0.5, n), "loss_kl": np.zeros(n), "loss_y_w": np.zeros(n),
+                        "loss_y_r": np.zeros(n), "loss_a_I": np.zeros(n), "loss_l2": np.zeros(n),
+                        "select_mAP": np.linspace(30, 60, n),
                         "seconds": np.full(n, 2.5), "samples_per_s": np.full(n, 400.0)})
     assert list(log.columns) == list(LOG_FIELDS)        # the columns train writes
     x, panels = training_curve_panels(log)

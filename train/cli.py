@@ -280,17 +280,37 @@ def train_cmd(config_file, train_cache, eval_cache, val_cache, recipe, sets, qui
               help="Bootstrap resamples for the ΔmAP interval.")
 @click.option("--probe/--no-probe", default=True, show_default=True,
               help="Add the linear-probe reference row (LogisticRegression on x, C by 3-fold CV on the train cache).")
+@click.option("--grid", "grids", multiple=True, metavar="FIELD=V1,V2",
+              help="Also vary a TrainConfig field over these values (repeatable: the cartesian product x presets x "
+                   "seeds), e.g. --grid fusion_lambda=0.5,0.8 --grid epochs=20,40; a tuple field's values are "
+                   "separated by ';' (gcn_widths=512,1024;1024). Each varied field is a column of the results.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Train this many runs at once in worker processes (the threads are split between them; the "
+                   "results equal one-by-one runs'). [default: 1, or one per --devices entry]")
+@click.option("--devices", default=None, metavar="DEV,DEV",
+              help="Comma-separated devices for the parallel runs, e.g. cuda:0,cuda:1: worker k trains on the "
+                   "k-th (round-robin); instead of --device.")
 def sweep_cmd(config_file, train_cache, eval_cache, val_cache, recipe, sets, quiet, presets, seeds, out, baseline,
-              n_resamples, probe, **options) -> None:
-    """Train every preset x seed on caches loaded once; write results.csv, table.md (paper layout), report.html."""
+              n_resamples, probe, grids, jobs, devices, **options) -> None:
+    """Train every preset x grid point x seed on caches loaded once; write results.csv, table.md (paper layout),
+    report.html."""
     from iagcn.configfile import preset_fields
     from iagcn.evaluate.ablation import write_sweep_table
-    from iagcn.train.sweep import parse_list, run_sweep
+    from iagcn.train.sweep import parse_grid, parse_list, run_names, run_sweep, sweep_configs
 
     eval_cache = _eval_cache_option(eval_cache, val_cache)
     explicit = _explicit(options)
     names = parse_list(presets, what="presets")
     seed_list = parse_list(seeds, what="seeds", cast=int)
+    grid = parse_grid(grids, fixed={**{k: _option_name(k) for k in explicit}, **{k: "--set" for k in set_keys(sets)}})
+    device_list = [d.strip() for d in (devices or "").split(",") if d.strip()]
+    if devices is not None and not device_list:
+        raise UserError("--devices is empty; give a comma-separated list, e.g. --devices cuda:0,cuda:1")
+    if device_list and "device" in explicit:
+        raise UserError("--device and --devices both given; pass --devices alone for parallel runs")
+    for dev in device_list:
+        resolve_device(dev)                          # a bad entry is refused before anything is opened
+    jobs = jobs or max(1, len(device_list))
     fields: dict = {}
     file = _config_file(config_file)
     if file is not None:                             # the recipe; each preset keeps its structure, --seeds the seeds
@@ -303,13 +323,16 @@ def sweep_cmd(config_file, train_cache, eval_cache, val_cache, recipe, sets, qui
         train_cache = train_cache or file.train_cache
         eval_cache = eval_cache or file.eval_cache
     base_recipe = choose_recipe(recipe, file, config_file)
-    configs, warnings = [], []
-    for p in names:
-        for s in seed_list:
-            cfg, lines = resolve_config(p, recipe=base_recipe, file_fields=fields, options={**explicit, "seed": s},
-                                        sets=sets, config_file=config_file)
-            configs.append(cfg)
-            warnings += [line for line in lines if line not in warnings]
+    warnings: list[str] = []
+
+    def resolved(preset: str) -> TrainConfig:     # the seeds and grid values go on top (sweep_configs)
+        cfg, lines = resolve_config(preset, recipe=base_recipe, file_fields=fields, options=explicit, sets=sets,
+                                    config_file=config_file)
+        warnings.extend(line for line in lines if line not in warnings)
+        return cfg
+
+    configs = sweep_configs(resolved, names, seed_list, grid)
+    run_names(configs, list(grid))                   # two runs sharing a folder: refused before anything is opened
     for line in warnings:
         click.echo(line, err=True)
     cfg0 = configs[0]
@@ -318,7 +341,7 @@ def sweep_cmd(config_file, train_cache, eval_cache, val_cache, recipe, sets, qui
     with _open_data(train_cache, "--train-cache", cfg0.memory_budget_gib, cfg0) as train_data, \
             _open_data(eval_cache, "--eval-cache", cfg0.memory_budget_gib, cfg0) as eval_data:
         run_sweep(configs, train_data=train_data, eval_data=eval_data, out_dir=out, progress=not quiet, log=log,
-                  on_results=write_sweep_table, probe=probe)
+                  on_results=write_sweep_table, probe=probe, varied=list(grid), jobs=jobs, devices=device_list)
     if baseline != "none" and baseline in names and len(names) > 1:
         # ΔmAP vs the baseline from the runs' saved evaluation scores (no retraining): table.md, ablation.json/.md
         from iagcn.evaluate.ablation import ablate_sweep
@@ -326,7 +349,7 @@ def sweep_cmd(config_file, train_cache, eval_cache, val_cache, recipe, sets, qui
         from iagcn.train.probe import PROBE_NAME
 
         ablate_sweep(out, baseline=baseline, cache_path=eval_cache, config=EvalConfig(n_resamples=n_resamples, seed=0),
-                     log=log, members=[(c.preset, c.seed) for c in configs] + ([(PROBE_NAME, 0)] if probe else []))
+                     log=log, run_dirs=run_names(configs, list(grid)) + ([f"{PROBE_NAME}-s0"] if probe else []))
     from iagcn.evaluate.sweep_report import write_sweep_report
 
     report = write_sweep_report(out, cache_path=eval_cache)

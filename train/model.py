@@ -181,18 +181,24 @@ def total_loss(out: HeadOutput, targets: torch.Tensor, valid: torch.Tensor, *, b
     """
     l_ml = multilabel_loss(out.logits, targets, difficult=difficult)                   # () Eq. 13
     loss = l_ml
-    parts = {"loss_ml": float(l_ml.detach()), "loss_kl": 0.0}
+    # every part, unweighted (log.csv): loss = ml + beta kl + branch_loss_weight (y_w + y_r) + a_I_weight a_I + l2
+    parts = {"loss_ml": float(l_ml.detach()), "loss_kl": 0.0, "loss_y_w": 0.0, "loss_y_r": 0.0, "loss_a_I": 0.0,
+             "loss_l2": 0.0}
     if out.z_mu is not None:
         l_kl = kl_loss(out.z_mu, out.z_logvar, regions_or_padding(valid))              # () Eq. 14, the regions read
         loss = loss + beta * l_kl                                                      # () Eq. 12
         parts["loss_kl"] = float(l_kl.detach())
     if branch_loss_weight > 0 and out.y_w is not None and out.y_r is not None:
-        l_br = multilabel_loss(out.y_w, targets, difficult=difficult) \
-            + multilabel_loss(out.y_r, targets, difficult=difficult)                   # () L_ML(y_w) + L_ML(y_r)
-        loss = loss + branch_loss_weight * l_br                                        # ()
+        l_w = multilabel_loss(out.y_w, targets, difficult=difficult)                   # () L_ML(y_w)
+        l_r = multilabel_loss(out.y_r, targets, difficult=difficult)                   # () L_ML(y_r)
+        loss = loss + branch_loss_weight * (l_w + l_r)                                 # ()
+        parts.update(loss_y_w=float(l_w.detach()), loss_y_r=float(l_r.detach()))
     if a_I_loss_weight > 0 and out.a_I_logits is not None:
         l_a = multilabel_loss(out.a_I_logits, targets, difficult=difficult)            # () option: supervise a_I
         loss = loss + a_I_loss_weight * l_a                                            # ()
+        parts["loss_a_I"] = float(l_a.detach())
     if classifier_decay > 0 and out.classifier_sq_norm is not None:
-        loss = loss + 0.5 * classifier_decay * out.classifier_sq_norm                  # () L2 on M
+        l_2 = 0.5 * classifier_decay * out.classifier_sq_norm                          # () L2 on M
+        loss = loss + l_2
+        parts["loss_l2"] = float(l_2.detach())
     return loss, {"loss": float(loss.detach()), **parts}

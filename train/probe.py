@@ -69,8 +69,9 @@ def fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *,
     return out
 
 
-def choose_C(x: np.ndarray, y: np.ndarray, config: ProbeConfig) -> tuple[float, dict[str, float]]:
-    """C with the best mean fold mAP (k label-stratified folds of the training cache); ties -> the smaller C."""
+def choose_C(x: np.ndarray, y: np.ndarray, config: ProbeConfig, *, log=None) -> tuple[float, dict[str, float]]:
+    """C with the best mean fold mAP (k label-stratified folds of the training cache); ties -> the smaller C.
+    ``log``: one progress line per candidate C (the fits take a while on a real cache)."""
     from iagcn.metrics import multilabel_metrics
     from iagcn.train.holdout import stratified_holdout
 
@@ -83,7 +84,8 @@ def choose_C(x: np.ndarray, y: np.ndarray, config: ProbeConfig) -> tuple[float, 
         rest = rest[keep]
     folds[rest] = config.folds - 1
     scores: dict[str, float] = {}
-    for C in config.Cs:
+    t0 = time.perf_counter()
+    for j, C in enumerate(config.Cs):
         maps = []
         for k in range(config.folds):
             tr, te = folds != k, folds == k
@@ -91,6 +93,9 @@ def choose_C(x: np.ndarray, y: np.ndarray, config: ProbeConfig) -> tuple[float, 
             s = fit_predict(xtr, y[tr], xte, C=C, max_iter=config.max_iter)
             maps.append(multilabel_metrics(s, y[te], scores_are="logits")["mAP"])
         scores[f"{C:g}"] = float(np.mean(maps))
+        if log:
+            log(f"{PROBE_NAME}: C {C:g}: CV mAP {scores[f'{C:g}']:.2f} ({j + 1}/{len(config.Cs)} values of C, "
+                f"{time.perf_counter() - t0:.0f}s)")
     best = max(config.Cs, key=lambda c: (scores[f"{c:g}"], -c))
     return float(best), scores
 
@@ -138,7 +143,8 @@ def run_probe(train_data, eval_data, out_dir: str | os.PathLike, *, config: Prob
     x_tr = train_data.cache.read("global").astype(np.float64)  # (n, D)
     y_tr = train_data.labels                                    # (n, C)
     x_ev = eval_data.cache.read("global").astype(np.float64)   # (m, D)
-    C, cv = choose_C(x_tr, y_tr, config)
+    log(f"{PROBE_NAME}: {len(config.Cs)} values of C x {config.folds} folds on {len(y_tr)} images, then one refit")
+    C, cv = choose_C(x_tr, y_tr, config, log=log)
     xtr, xev = standardise(x_tr, x_ev)
     scores = fit_predict(xtr, y_tr, xev, C=C, max_iter=config.max_iter).astype(np.float32)  # (m, C)
     metrics = multilabel_metrics(scores, eval_data.labels, scores_are="logits")

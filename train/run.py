@@ -22,7 +22,7 @@ from iagcn.errors import UserError
 from iagcn.fsutil import check_writable_dir, exclusive_lock, git_commit, interrupt_hint, link_over
 from iagcn.jsonutil import to_json
 from iagcn.train import runfolder
-from iagcn.train.config import TrainConfig, recorded_config
+from iagcn.train.config import TrainConfig, execution_fields, recorded_config
 from iagcn.train.data import CacheData
 from iagcn.train.inference import build_model, load_state_checked
 from iagcn.train.lcm import statistical_lcm
@@ -264,7 +264,8 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
         return float(m["mAP"])
 
     stale = (start_epoch - 1 - best["epoch"]) if ckpt is not None else 0
-    with contextlib.closing(TensorBoardLog(out, enabled=config.tensorboard)) as tb:  # a no-op unless --tensorboard
+    hparams = {k: v for k, v in config_to_dict(config.identity()).items() if k not in execution_fields()}
+    with contextlib.closing(TensorBoardLog(out, enabled=config.tensorboard, hparams=hparams)) as tb:  # no-op unless --tensorboard
         tb.catch_up(history)                          # resumed: the epochs of last.pt that a kill kept from the events
         for epoch in range(start_epoch, config.epochs):
             lr = schedule_lr(epoch, config)

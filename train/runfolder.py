@@ -48,7 +48,8 @@ RUN_FILES = (LAST, BEST, CONFIG, LOG, METRICS, SCORES, SCORES_NPY, IMAGE_IDS, HO
 CONFIG_KEYS = ("config", "protocol", "git_commit", "train_cache", "eval_cache", "class_names")
 METRICS_KEYS = ("metrics", "protocol", "selected_epoch", "selection_mAP", "epochs_run", "train_seconds",
                 "eval_cache", "preset", "seed")
-LOG_FIELDS = ("epoch", "lr", "loss", "loss_ml", "loss_kl", "select_mAP", "seconds", "samples_per_s")
+LOG_FIELDS = ("epoch", "lr", "loss", "loss_ml", "loss_kl", "loss_y_w", "loss_y_r", "loss_a_I", "loss_l2", "select_mAP",
+              "seconds", "samples_per_s")
 CHECKPOINT_KEYS = ("model", "epoch", "config", "meta")                 # what loading a model needs
 RESUME_KEYS = ("optimizer", "rng", "best", "history")                   # and what resuming needs on top
 
