@@ -98,11 +98,11 @@ def run_holdout(*, run_dir: Path | None, checkpoint: Path | None, which: str, ev
                 batch_size: int = 256, device: str = "auto") -> Holdout | Unavailable:
     """The hold-out of a run for the checkpoint being evaluated (see the module docstring), or why there is none."""
     from iagcn.cache.format import FeatureCache
-    from iagcn.evaluate.runscores import load_model
+    from iagcn.train.inference import load_run_or_checkpoint
     from iagcn.train import runfolder
 
     base = Path(run_dir) if run_dir is not None else Path(checkpoint).parent
-    run, ckpt_path = load_model(run_dir=run_dir, checkpoint=checkpoint, which=which)
+    run, ckpt_path = load_run_or_checkpoint(run_dir=run_dir, checkpoint=checkpoint, which=which)
     cfg = run.config
     if cfg.select_on_eval:
         return Unavailable("the run chose its epoch on the evaluation cache (select_on_eval) and held nothing out of "

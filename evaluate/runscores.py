@@ -26,25 +26,13 @@ class RunScores:
     source: str                   # "saved scores <file>" or "checkpoint <file>"
 
 
-def load_model(*, run_dir: Path | None = None, checkpoint: Path | None = None, which: str = "best"):
-    """(the loaded run (``train.inference.LoadedRun``, model in eval mode), checkpoint path) from a run folder or
-    one checkpoint file."""
-    from iagcn.train.inference import load_checkpoint_model, load_run
-
-    if checkpoint is not None:
-        if not Path(checkpoint).exists():
-            raise UserError(f"--checkpoint {checkpoint}: file not found")
-        return load_checkpoint_model(checkpoint), Path(checkpoint)
-    return load_run(run_dir, which=which), runfolder.checkpoint_path(run_dir, which)
-
-
 def score_run_on_cache(*, run_dir: Path | None, checkpoint: Path | None, cache_path: Path, config: EvalConfig,
                        progress: bool = False) -> RunScores:
     """Score every image of the cache with the run's (selected) checkpoint: logits (n, C) and image ids."""
     from iagcn.cache.format import FeatureCache
-    from iagcn.train.inference import predict_cache
+    from iagcn.train.inference import load_run_or_checkpoint, predict_cache
 
-    run, ckpt_path = load_model(run_dir=run_dir, checkpoint=checkpoint, which=config.which)
+    run, ckpt_path = load_run_or_checkpoint(run_dir=run_dir, checkpoint=checkpoint, which=config.which)
     model, class_names = run.model, run.class_names
     with FeatureCache(cache_path) as c:
         run.check_cache(c)

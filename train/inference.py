@@ -153,3 +153,14 @@ def explain_image(model: IAGCNHead, cache: CacheData | FeatureCache | str | os.P
             "y_r": first(out.y_r), "z": first(out.z), "z_mu": first(out.z_mu), "z_logvar": first(out.z_logvar),
             "region_scores": first(out.scores), "a_I": first(out.a_I), "A_I": first(out.A_I),
             "A_S": model.A_S.cpu().numpy().copy(), "A_F": first(out.A_F)}
+
+
+def load_run_or_checkpoint(*, run_dir: Path | None = None, checkpoint: Path | None = None,
+                           which: str = "best") -> tuple[LoadedRun, Path]:
+    """(the loaded run (model in eval mode), checkpoint path) from a run folder or one checkpoint file (``eval``,
+    ``compare`` and the calibration's hold-out scoring share it)."""
+    if checkpoint is not None:
+        if not Path(checkpoint).exists():
+            raise UserError(f"--checkpoint {checkpoint}: file not found")
+        return load_checkpoint_model(checkpoint), Path(checkpoint)
+    return load_run(run_dir, which=which), runfolder.checkpoint_path(run_dir, which)
