@@ -90,9 +90,11 @@ class TrainConfig:
     a_I_loss_weight: float = 0.0                   # beyond the paper (off): weight of a BCE on a_I's logits (max region score), added to Eq. 12; 0 = a_I unsupervised as in Eq. 12-14
     tau: float = 0.4                               # statistical LCM threshold on P(j | i) (ML-GCN)
     p: float = 0.25                                # statistical LCM neighbour weight (ML-GCN)
+    adjacency_control: Literal["none", "identity", "uniform", "shuffled", "random"] = "none"  # control replacing A_S (issue 17; train/lcm.py adjacency_control): I, all-ones, labels permuted by the seed, or a seeded random graph of A_S's density; acts on Â_S and on A_S in A_F = A_S ⊙ A_I
     adjacency_eps: float = 1e-8                    # floor on row sums in the adjacency normalisation
     difficult: Literal["ignore", "positive", "negative"] = "ignore"  # how target -1 (VOC difficult-only) enters L_ML
     label_embeddings: str = "cache"                # H0: "cache" (the train cache's label_embeddings) or a .npy file (C, E)
+    num_rois: int | None = None                    # read only the top-N ROIs of each image (the first N: the cache must hold them in proposer-score order; train and eval caches alike); None = all cached
     # ---- optimisation: the fields below start from a recipe (RECIPES; docs/training.md) --------
     recipe: str = "frozen"                         # name of the recipe the optimisation fields started from: "frozen" (default, cached features) or "paper" (4.3)
     standardize: Literal["none", "scale", "center"] = "center"  # per-dimension feature map with the train part's statistics (buffers in every checkpoint): none, x / std, or (x - mean) / std
@@ -117,6 +119,7 @@ class TrainConfig:
     # ---- model selection (issue 7) -------------------------------------------------------------
     val_fraction: float = 0.0                      # held-out, label-stratified fraction of the TRAIN cache for choosing the epoch; 0 = the last epoch
     select_on_eval: bool = False                   # choose the epoch on the evaluation cache (the published, optimistic protocol)
+    legacy_report: bool = False                    # also score the evaluation cache every epoch and report the `legacy` protocol beside the run's own: the epoch with the best eval mAP (as ML-GCN, ADD-GCN, ASL), in metrics.json "legacy"
     early_stop_patience: int = 0                   # stop after this many epochs without a better selection mAP; 0 = never
     # ---- machine: execution only (identity() neutralises these; a resume may change them) --------
     device: str = execution("auto")                # auto (cuda if available) | cpu | cuda[:k] (iagcn.device)
@@ -162,7 +165,7 @@ def execution_fields() -> tuple[str, ...]:
 TRAIN_RANGES: dict[str, Range] = {
     "preset": ANY, "global_branch": ANY, "global_adjacency": ANY, "variational": ANY, "region_branch": ANY,
     "region_adjacency": ANY, "region_reading": ANY, "region_relu_after_last": ANY, "gcn_activation": ANY,
-    "difficult": ANY, "label_embeddings": ANY, "select_on_eval": ANY, "tensorboard": ANY, "keep_checkpoints": ANY,
+    "difficult": ANY, "label_embeddings": ANY, "select_on_eval": ANY, "legacy_report": ANY, "adjacency_control": ANY, "tensorboard": ANY, "keep_checkpoints": ANY,
     "region_init": ANY, "region_pool": ANY, "region_self_loops": ANY, "gcn_bias": ANY, "vi_positive": ANY,
     "standardize": ANY, "decay_on": ANY, "fusion_scale": ANY, "f_cnn_optimizer": ANY, "optimizer": ANY, "region_optimizer": ANY, "schedule": ANY,
     "recipe": ANY,                                                        # checked against RECIPES
@@ -190,6 +193,7 @@ TRAIN_RANGES: dict[str, Range] = {
     "grad_clip": Range(0.0, 1e9, note="0 = off"),
     "vi_lr_scale": Range(0.0, 1e6, low_open=True),
     "seed": Range(0, 2**32 - 1),
+    "num_rois": Range(1, 100_000, none_ok=True, note="null = every cached ROI"),
     "val_fraction": Range(0.0, 1.0, high_open=True),
     "early_stop_patience": Range(0, 100_000, note="0 = never"),
     "num_threads": Range(0, 4096, note="0 = torch's default"),

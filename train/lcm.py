@@ -1,7 +1,8 @@
-"""Label correlation matrices: the statistical LCM A_S (ML-GCN) and the GCN adjacency normalisation.
+"""Label correlation matrices: the statistical LCM A_S (ML-GCN), its controls, and the GCN adjacency normalisation.
 
 Plain functions over NumPy arrays / torch tensors (see ../shared/design/paper-decisions.md,
-"Statistical LCM A_S").
+"Statistical LCM A_S"). :func:`adjacency_control` replaces A_S by a control matrix (issue 17, docs/training.md
+"Controls") before anything reads it: the static Â_S of the label GCN and the A_S factor of A_F = A_S ⊙ A_I (Eq. 1).
 """
 from __future__ import annotations
 
@@ -26,9 +27,54 @@ def statistical_lcm(labels: np.ndarray, *, tau: float = 0.4, p: float = 0.25) ->
     np.fill_diagonal(M, 0.0)                                       # i != j only
     P = M / np.maximum(n, 1.0)[:, None]                            # (C, C) P[i, j] = P(j | i); absent label -> 0
     A = (P >= tau).astype(np.float64)                              # (C, C) binarised
+    return _reweight(A, p=p)
+
+
+def _reweight(A: np.ndarray, *, p: float) -> np.ndarray:
+    """ML-GCN's re-weighting of a binary (C, C) graph: A * p / column sums, plus the identity (float32)."""
     A = A * p / (A.sum(axis=0, keepdims=True) + 1e-6)              # (C, C) column-sum re-weighting
     A = A + np.eye(A.shape[0])                                     # (C, C) self loops
     return A.astype(np.float32)
+
+
+#: the values of TrainConfig.adjacency_control
+ADJACENCY_CONTROLS = ("none", "identity", "uniform", "shuffled", "random")
+
+
+def adjacency_control(A_S: np.ndarray, *, control: str, seed: int, p: float = 0.25) -> tuple[np.ndarray, dict]:
+    """The control matrix that replaces A_S (C, C), and what defines it (for the run's record).
+
+    * ``none``: A_S itself (the same array).
+    * ``identity``: I, so Â = D I^T D = I exactly: no message passing between labels.
+    * ``uniform``: the all-ones matrix, so Â = 1/C everywhere: every label receives the mean of all labels.
+    * ``shuffled``: P A_S P^T, A'[i, j] = A_S[pi(i), pi(j)] for a permutation pi seeded by ``seed``: the same graph
+      with its labels renamed (diagonal stays on the diagonal, the multiset of entries is A_S's).
+    * ``random``: a binary graph with A_S's number of non-zero off-diagonal entries at positions drawn uniformly
+      (seeded by ``seed``) among the C (C - 1) off-diagonal ones, re-weighted exactly as A_S is (p / column sums,
+      plus I). Not symmetric, as A_S is not.
+
+    Returns (A (C, C) float32, record): the record holds ``control`` and, for ``shuffled`` the permutation pi, for
+    ``random`` the number of off-diagonal edges.
+    """
+    A_S = np.asarray(A_S)
+    C = A_S.shape[0]
+    rng = np.random.default_rng(seed)
+    if control == "none":
+        return A_S, {"control": "none"}
+    if control == "identity":
+        return np.eye(C, dtype=np.float32), {"control": control}
+    if control == "uniform":
+        return np.ones((C, C), np.float32), {"control": control}
+    if control == "shuffled":
+        perm = rng.permutation(C)                                  # (C,) pi
+        return A_S[np.ix_(perm, perm)].astype(np.float32), {"control": control, "permutation": perm.tolist()}
+    if control == "random":
+        off = ~np.eye(C, dtype=bool)                               # (C, C) off-diagonal positions
+        edges = int((A_S[off] != 0).sum())                         # A_S's density off the diagonal
+        B = np.zeros(C * C, np.float64)                            # (C * C,) flat binary graph
+        B[rng.choice(np.flatnonzero(off.ravel()), size=edges, replace=False)] = 1.0
+        return _reweight(B.reshape(C, C), p=p), {"control": control, "edges": edges}
+    raise ValueError(f"adjacency_control: unknown control {control!r}; one of {', '.join(ADJACENCY_CONTROLS)}")
 
 
 def normalize_adjacency(A: torch.Tensor, *, eps: float = 1e-8) -> torch.Tensor:

@@ -25,7 +25,7 @@ from iagcn.train import runfolder
 from iagcn.train.config import TrainConfig, execution_fields, recorded_config
 from iagcn.train.data import CacheData
 from iagcn.train.inference import build_model, load_state_checked
-from iagcn.train.lcm import statistical_lcm
+from iagcn.train.lcm import adjacency_control, statistical_lcm
 from iagcn.train.loop import evaluate, learning_rate, predict, train_one_epoch
 from iagcn.train.tensorboard_log import TensorBoardLog
 from iagcn.train.model import IAGCNHead
@@ -220,6 +220,7 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
     # shown after the first epoch, so that a run refused on its data (NaN features, ...) stays one error line
     pending_warnings = selection_warnings(train_data, hold_idx, eval_data, config)
     A_S = statistical_lcm(train_data.labels[train_idx], tau=config.tau, p=config.p)    # (C, C) training part only
+    A_S, control = adjacency_control(A_S, control=config.adjacency_control, seed=config.seed, p=config.p)  # (C, C)
     emb, emb_source = load_label_embeddings(config, train_data.cache)                  # (C, E)
     meta = {"num_classes": train_data.C, "feature_dim": train_data.D, "num_rois": train_data.N,
             "embedding_dim": int(emb.shape[1]), "class_names": train_data.class_names}
@@ -247,6 +248,7 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
         "protocol": protocol, "git_commit": git_commit(),
         "train_cache": runfolder.cache_record(train_data.cache), "eval_cache": runfolder.cache_record(eval_data.cache),
         "class_names": train_data.class_names, "label_embeddings_source": emb_source,
+        "adjacency_control": control,
         "num_train": int(len(train_idx)), "num_selection": int(len(hold_idx)) if hold_idx is not None else
         (eval_data.n if config.select_on_eval else 0),
         "data_in_memory": {"train": train_data.in_memory, "eval": eval_data.in_memory}, "device": str(device),
