@@ -118,7 +118,7 @@ def explain(run_dir: str | os.PathLike, cache_path: str | os.PathLike, image_id:
     if image_id not in ids:
         sample = ", ".join(ids[:5])
         raise UserError(f"--image-id {image_id}: not in cache {cache_path} ({len(ids)} images, e.g. {sample})")
-    info = explain_image(run.model, cache_path, image_id, device=device)
+    info = explain_image(run.model, cache_path, image_id, device=device, num_rois=run.config.num_rois)
     out = Path(out)
     stem = file_stem(image_id)
     written: dict[str, str] = {}

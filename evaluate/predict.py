@@ -209,11 +209,13 @@ def predict_images(run_dir: str | os.PathLike, inputs: Sequence[str | os.PathLik
             if rec.backbone_weights_sha256 is not None and got != rec.backbone_weights_sha256:
                 raise UserError(f"the backbone loaded weights with sha256 {str(got)[:16]}..., not the recorded "
                                 f"{rec.backbone_weights_sha256[:16]}...; use the run's weight file")
-            if c.feature_dim != run.meta["feature_dim"] or c.num_rois != run.meta["num_rois"]:
+            if c.feature_dim != run.meta["feature_dim"] or c.num_rois < run.meta["num_rois"] or \
+                    (c.num_rois != run.meta["num_rois"] and run.config.num_rois is None):
                 raise UserError(f"extracted features are (N={c.num_rois}, D={c.feature_dim}) but the run expects "
                                 f"(N={run.meta['num_rois']}, D={run.meta['feature_dim']}); the recorded extraction "
                                 "config does not match the run")
-        out = predict_cache(run.model, cache_path, batch_size=256, device=dev)   # moves the model to dev
+        out = predict_cache(run.model, cache_path, batch_size=256, device=dev,   # moves the model to dev
+                            num_rois=run.config.num_rois)
     probs = sigmoid(np.asarray(out["scores"], dtype=np.float64))  # (n, C)
     preds = []
     for image, p in zip(out["image_ids"], probs):

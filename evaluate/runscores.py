@@ -36,7 +36,8 @@ def score_run_on_cache(*, run_dir: Path | None, checkpoint: Path | None, cache_p
     model, class_names = run.model, run.class_names
     with FeatureCache(cache_path) as c:
         run.check_cache(c)
-    out = predict_cache(model, cache_path, batch_size=config.batch_size, device=config.device, progress=progress)
+    out = predict_cache(model, cache_path, batch_size=config.batch_size, device=config.device, progress=progress,
+                        num_rois=run.config.num_rois)
     base = Path(run_dir) if run_dir is not None else Path(checkpoint).parent
     return RunScores(name=base.name, run_dir=base, scores=np.asarray(out["scores"], dtype=np.float64),
                      image_ids=[str(i) for i in out["image_ids"]], class_names=list(class_names),

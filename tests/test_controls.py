@@ -114,3 +114,128 @@ def test_defaults_of_the_new_fields_change_no_number(caches, tmp_path):
             train_run(cfg, train_data=tr, eval_data=te, out_dir=tmp_path / name, progress=False, log=_quiet)
             results.append(np.load(tmp_path / name / "scores.npy"))
     np.testing.assert_array_equal(results[0], results[1])
+
+
+# -- 2. top-N ROIs of an existing cache -------------------------------------------------------------------
+def _sorted_copy(src: str, dst, *, poison_from: int | None = None) -> str:
+    """A copy of ``src`` whose ROIs are in proposer-score order (valid first, non-increasing scores, padding 0);
+    with ``poison_from`` the features of ROIs ``poison_from``.. are NaN (a top-N read must never touch them)."""
+    import shutil
+
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        valid = f["box_valid"][...]                                                      # (n, N) a valid prefix
+        N = valid.shape[1]
+        f["box_scores"][...] = np.where(valid, 1.0 - np.arange(N) / N, 0.0).astype(np.float32)
+        if poison_from is not None:
+            r = f["regions"][...]
+            r[:, poison_from:] = np.nan
+            f["regions"][...] = r
+    return str(dst)
+
+
+@pytest.fixture(scope="module")
+def sorted_caches(caches, tmp_path_factory):
+    d = tmp_path_factory.mktemp("sorted")
+    train, test = caches
+    return {"clean": (_sorted_copy(train, d / "tr.h5"), _sorted_copy(test, d / "te.h5")),
+            "poisoned": (_sorted_copy(train, d / "tr_nan.h5", poison_from=4),
+                         _sorted_copy(test, d / "te_nan.h5", poison_from=4))}
+
+
+@pytest.mark.parametrize("budget", [4.0, 0.0])                                          # in RAM, streamed
+def test_top_n_reads_the_first_n_rois_only(sorted_caches, budget):
+    path = sorted_caches["poisoned"][0]
+    with h5py.File(path, "r") as f:
+        want_X = f["regions"][:, :4].astype(np.float32)                                  # (n, 4, D)
+        want_valid = f["box_valid"][:, :4]
+    with CacheData(path, memory_budget_gib=budget, num_rois=4, block_rows=64) as data:
+        assert data.N == 4 and data.in_memory == (budget > 0)
+        got = {}
+        for b in data.batches(batch_size=50, shuffle=True, rng=np.random.default_rng(0)):
+            for i, row in enumerate(b.index):
+                got[int(row)] = (b.X[i].numpy().copy(), b.valid[i].numpy().copy())
+    assert sorted(got) == list(range(len(want_X)))
+    for row, (X, v) in got.items():
+        np.testing.assert_array_equal(X, want_X[row])
+        np.testing.assert_array_equal(v, want_valid[row])
+    with pytest.raises(UserError, match="non-finite"):                                    # what N = 8 would read
+        with CacheData(path, memory_budget_gib=budget) as data:
+            list(data.batches(batch_size=50))
+
+
+def test_top_n_training_and_rescoring_never_read_the_rois_past_n(sorted_caches, tmp_path):
+    """iagcn with num_rois=4: the same scores whether ROIs 4.. hold features or NaN; `iagcn eval`'s rescoring from
+    the checkpoint on the full cache reproduces them; config.json and the record say N."""
+    from iagcn.evaluate.evaluation import EvalConfig
+    from iagcn.evaluate.runscores import score_run_on_cache
+
+    scores = {}
+    for name, (train, test) in sorted_caches.items():
+        cfg = config_for_preset("iagcn", epochs=2, batch_size=32, num_rois=4, **SMALL)
+        with CacheData(train, num_rois=4) as tr, CacheData(test, num_rois=4) as te:
+            train_run(cfg, train_data=tr, eval_data=te, out_dir=tmp_path / name, progress=False, log=_quiet)
+        scores[name] = np.load(tmp_path / name / "scores.npy")
+    np.testing.assert_array_equal(scores["clean"], scores["poisoned"])
+    record = json.loads((tmp_path / "clean" / "config.json").read_text())
+    assert record["config"]["num_rois"] == 4 and record["rois"] == {"read": 4, "cached": 8}
+    rescored = score_run_on_cache(run_dir=tmp_path / "poisoned", checkpoint=None,
+                                  cache_path=sorted_caches["poisoned"][1], config=EvalConfig(device="cpu"))
+    np.testing.assert_allclose(rescored.scores, scores["clean"], rtol=1e-5, atol=1e-5)
+    with CacheData(sorted_caches["clean"][0]) as tr, CacheData(sorted_caches["clean"][1]) as te:   # all 8 ROIs
+        full = config_for_preset("iagcn", epochs=1, num_rois=4, **SMALL)
+        with pytest.raises(UserError, match="num_rois"):
+            train_run(full, train_data=tr, eval_data=te, out_dir=tmp_path / "mixed", progress=False, log=_quiet)
+
+
+def test_top_n_refuses_unsorted_caches_and_n_above_the_cache(caches, sorted_caches, tmp_path):
+    train, _ = caches                                        # write_fake_cache draws box_scores at random
+    with pytest.raises(UserError, match=r"cache .*train\.h5: its ROIs are not in proposer-score order"):
+        CacheData(train, num_rois=4)
+    with pytest.raises(UserError, match="holds 8 ROIs"):
+        CacheData(sorted_caches["clean"][0], num_rois=9)
+    bad = _sorted_copy(train, tmp_path / "padding_first.h5")
+    with h5py.File(bad, "r+") as f:                          # a valid box after a padding box
+        v = f["box_valid"][...]
+        row = int(np.flatnonzero(~v.all(1))[0])
+        v[row] = v[row][::-1]
+        f["box_valid"][...] = v
+    with pytest.raises(UserError, match="not in proposer-score order"):
+        CacheData(bad, num_rois=4)
+    with CacheData(train, num_rois=8) as data:               # N = the cache's own: nothing is sliced
+        assert data.N == 8
+
+
+def test_top_n_from_the_command_line(sorted_caches, tmp_path):
+    from tests.conftest import run_cli
+
+    train, test = sorted_caches["poisoned"]
+    out = tmp_path / "run"
+    run_cli(["train", "--train-cache", train, "--eval-cache", test, "--preset", "comsco", "--epochs", "1",
+             "--threads", "1", "--quiet", "--out", out, "--set", "num_rois=4", "--set", "region_widths=8,8,8"],
+            check=True)
+    assert json.loads((out / "config.json").read_text())["config"]["num_rois"] == 4
+    refused = run_cli(["train", "--train-cache", train, "--eval-cache", test, "--preset", "comsco", "--epochs", "1",
+                       "--quiet", "--out", tmp_path / "r2", "--set", "num_rois=9"])
+    assert refused.returncode != 0 and "holds 8 ROIs" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_first_n_of_a_top_40_selection_are_the_top_n_selection():
+    """What the slice relies on: every proposer's top_n_with_padding keeps boxes in score order, so the first N of
+    N = 40 are the boxes (and padding) a --num-rois N extraction keeps; selective search's 1 - i / M ranks too."""
+    from iagcn.extract.proposers import build_proposer, top_n_with_padding
+
+    rng = np.random.default_rng(0)
+    xy = rng.random((300, 2)) * 80
+    boxes = np.concatenate([xy, xy + 5 + rng.random((300, 2)) * 40], 1).astype(np.float32)  # (300, 4)
+    scores = rng.random(300).astype(np.float32)
+    big = top_n_with_padding(boxes, scores, num=40, height=128, width=128)
+    for n in (10, 20):
+        small = top_n_with_padding(boxes, scores, num=n, height=128, width=128)
+        for a, b in ((big.boxes, small.boxes), (big.scores, small.scores), (big.valid, small.valid)):
+            np.testing.assert_array_equal(a[:n], b)
+    img = (rng.random((80, 96, 3)) * 255).astype(np.uint8)
+    (p40,) = build_proposer("selective-search", num_rois=40).propose([img])
+    (p10,) = build_proposer("selective-search", num_rois=10).propose([img])
+    np.testing.assert_array_equal(p40.boxes[:10], p10.boxes)
+    assert np.all(np.diff(p40.scores[p40.valid]) <= 0) and not p40.valid[p40.valid.sum():].any()

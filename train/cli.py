@@ -198,7 +198,7 @@ def _open_data(path: str | None, option: str, budget: float, cfg):
     if not path:
         raise UserError(f"{option} is required (a cache written by `iagcn extract`; or name it in --config)")
     return CacheData(path, memory_budget_gib=budget, block_rows=cfg.stream_block_rows,
-                     shuffle_buffer_blocks=cfg.shuffle_buffer_blocks)
+                     shuffle_buffer_blocks=cfg.shuffle_buffer_blocks, num_rois=cfg.num_rois)
 
 
 @click.command("train")

@@ -49,12 +49,15 @@ class CacheData:
         cache: a FeatureCache or a path.
         memory_budget_gib: load features into RAM when they take at most this much (float16 bytes).
         block_rows: rows per contiguous read when streaming. shuffle_buffer_blocks: blocks mixed per buffer.
+        num_rois: read only the first N ROIs of each image (TrainConfig.num_rois, the top-N control); the cache
+            must hold its ROIs in proposer-score order (checked: :func:`check_score_order`). None = all of them.
     """
 
     def __init__(self, cache: FeatureCache | str | os.PathLike, *, memory_budget_gib: float = 4.0,
-                 block_rows: int = 256, shuffle_buffer_blocks: int = 8) -> None:
+                 block_rows: int = 256, shuffle_buffer_blocks: int = 8, num_rois: int | None = None) -> None:
         self._owns_cache = not isinstance(cache, FeatureCache)   # close() closes only a file opened here
         self.cache = FeatureCache(cache) if self._owns_cache else cache
+        self.num_rois = num_rois
         try:
             self._load(memory_budget_gib, block_rows, shuffle_buffer_blocks)
         except BaseException:
@@ -68,10 +71,13 @@ class CacheData:
         self.class_names = c.class_names
         self.labels = c.labels()                                   # (n, C) int8, validated on open
         self.valid = c.read("box_valid").astype(bool)              # (n, N)
+        if self.num_rois is not None and self.num_rois != self.N:  # the top-N slice: the ROI axis is cut here only
+            check_score_order(c, self.num_rois, valid=self.valid)
+            self.N, self.valid = self.num_rois, np.ascontiguousarray(self.valid[:, :self.num_rois])  # (n, N')
         self.image_ids = c.image_ids()
         self.block_rows = max(1, int(block_rows))
         self.shuffle_buffer_blocks = max(1, int(shuffle_buffer_blocks))
-        self.feature_bytes = c.nbytes(FEATURES)
+        self.feature_bytes = c.nbytes(["global"]) + c.nbytes(["regions"]) * self.N // c.num_rois  # what is read
         self.in_memory = self.feature_bytes <= memory_budget_gib * 2**30
         self._global = self._regions = None
         # in RAM as float32 when twice the float16 size fits the budget: batches are then a plain gather (no
@@ -86,10 +92,17 @@ class CacheData:
             for s in range(0, self.n, 512):
                 e = min(self.n, s + 512)
                 c.read_into("global", g16[:e - s], s, e)
-                c.read_into("regions", r16[:e - s], s, e)
+                self._read_regions(r16[:e - s], s, e)
                 self._check_finite(g16[:e - s], r16[:e - s], s, e)
                 self._global[s:e] = g16[:e - s]                                      # f16 -> memory dtype
                 self._regions[s:e] = r16[:e - s]
+
+    def _read_regions(self, out: np.ndarray, start: int, stop: int) -> None:
+        """Rows ``start:stop`` of ``regions`` into ``out`` (b, N, D): the first N ROIs of each (all without a slice)."""
+        if self.N == self.cache.num_rois:
+            self.cache.read_into("regions", out, start, stop)
+        else:
+            self.cache.dataset("regions").read_direct(out, source_sel=np.s_[start:stop, :self.N])
 
     # -- checks ------------------------------------------------------------------------------------
     def _check_finite(self, g: np.ndarray, r: np.ndarray, start: int = 0, stop: int | None = None, *,
@@ -199,12 +212,14 @@ class CacheData:
         starts = np.concatenate([[0], breaks])                                # (runs,) run starts in ``rows``
         stops = np.concatenate([breaks, [len(rows)]])
         if len(starts) == 1 and (len(rows) == 0 or rows[-1] - rows[0] == len(rows) - 1):
-            if len(rows):
+            if len(rows) and name == "regions":
+                self._read_regions(out, int(rows[0]), int(rows[-1]) + 1)      # one contiguous run, first N ROIs
+            elif len(rows):
                 self.cache.read_into(name, out, int(rows[0]), int(rows[-1]) + 1)  # one contiguous run
             return
         space = ds.id.get_space()
         space.select_none()
-        tail = tuple(ds.shape[1:])
+        tail = (self.N, *ds.shape[2:]) if name == "regions" else tuple(ds.shape[1:])  # regions: the first N ROIs
         for a, e in zip(starts, stops):
             space.select_hyperslab((int(rows[a]),) + (0,) * len(tail), (int(e - a),) + tail, op=h5s.SELECT_OR)
         ds.id.read(h5s.create_simple(out.shape), space, out)
@@ -218,6 +233,26 @@ class CacheData:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def check_score_order(cache: FeatureCache, num_rois: int, *, valid: np.ndarray) -> None:
+    """Refuse, in one line, a top-N slice that would not be the proposer's top N: ``num_rois`` above the cache's
+    ROI count, or an image whose valid boxes do not come first in non-increasing ``box_scores`` (padding last).
+
+    Every proposer of extract/proposers.py writes them so (``top_n_with_padding``: a stable sort by score, NMS in that
+    order, padding after); the first N of a cache are then the boxes an extraction with N would have kept."""
+    have = cache.num_rois
+    if not 1 <= num_rois <= have:
+        raise UserError(f"--set num_rois={num_rois}: cache {cache.path} holds {have} ROIs per image; choose "
+                        f"1..{have} (or null for all)")
+    scores = cache.read("box_scores").astype(np.float64)            # (n, N)
+    padding_first = (~valid[:, :-1] & valid[:, 1:]).any(1)          # (n,) a valid box after a padding box
+    rising = ((np.diff(scores, axis=1) > 0) & valid[:, 1:]).any(1)  # (n,) a valid box scored above the one before
+    bad = np.flatnonzero(padding_first | rising)
+    if len(bad):
+        raise UserError(f"cache {cache.path}: its ROIs are not in proposer-score order (image "
+                        f"{cache.image_ids()[bad[0]]}, {len(bad)} image(s)), so its first {num_rois} are not the top "
+                        f"{num_rois}; re-extract with --num-rois {num_rois} or drop --set num_rois")
 
 
 def _all_finite(arr: np.ndarray) -> bool:

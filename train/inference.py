@@ -19,7 +19,7 @@ from iagcn.device import resolve_device
 from iagcn.errors import UserError
 from iagcn.train import runfolder
 from iagcn.train.config import TrainConfig, recorded_config
-from iagcn.train.data import CacheData
+from iagcn.train.data import CacheData, check_score_order
 from iagcn.train.loop import predict
 from iagcn.train.model import IAGCNHead
 
@@ -62,6 +62,8 @@ class LoadedRun:
                             f"classes run {self.run_dir} was trained on; {what} a cache of the same dataset")
         for name, have in (("num_rois", cache.num_rois), ("feature_dim", cache.feature_dim)):
             want = int(self.meta[name])
+            if name == "num_rois" and self.config.num_rois is not None and int(have) >= want:
+                continue                     # a top-N run reads the first N ROIs of a larger cache (predict_cache)
             if int(have) != want:
                 raise UserError(f"cache {cache.path}: {name} {have}, but run {self.run_dir} was trained on {want}; "
                                 f"{what} a cache extracted with the run's extraction config")
@@ -95,29 +97,31 @@ def load_checkpoint_model(path: str | os.PathLike) -> LoadedRun:
 
 def predict_cache(model: IAGCNHead, cache: CacheData | FeatureCache | str | os.PathLike, *, batch_size: int = 256,
                   device: str | torch.device = "cpu", memory_budget_gib: float = 4.0,
-                  progress: bool = False) -> dict[str, Any]:
+                  progress: bool = False, num_rois: int | None = None) -> dict[str, Any]:
     """Logits of every image of ``cache``: {"scores": (n, C) float32, "image_ids": list, "labels": (n, C) int8}.
 
     ``device`` (auto | cpu | cuda[:k]) is resolved by :func:`iagcn.device.resolve_device`; the model is moved
-    there (in place) and so are the batches. A cache opened here (a path) is closed here."""
+    there (in place) and so are the batches. A cache opened here (a path) is closed here. ``num_rois``: the run's
+    top-N slice (its config's num_rois), applied to a cache opened here."""
     dev = resolve_device(device)
     model.to(dev)
     with contextlib.ExitStack() as stack:
         data = cache if isinstance(cache, CacheData) else \
-            stack.enter_context(CacheData(cache, memory_budget_gib=memory_budget_gib))
+            stack.enter_context(CacheData(cache, memory_budget_gib=memory_budget_gib, num_rois=num_rois))
         scores = predict(model, data, None, batch_size=batch_size, device=dev, progress=progress)
         return {"scores": scores, "image_ids": list(data.image_ids), "labels": data.labels}
 
 
 @torch.no_grad()
 def explain_image(model: IAGCNHead, cache: CacheData | FeatureCache | str | os.PathLike, image: int | str, *,
-                  device: str | torch.device = "cpu") -> dict[str, Any]:
+                  device: str | torch.device = "cpu", num_rois: int | None = None) -> dict[str, Any]:
     """Per-image internals for the explain plots (eval mode, z = z_mu), as NumPy arrays; reads that one row only.
 
     ``image``: a row number or an image id. Keys: image_id, index, boxes (N, 4), box_valid (N,), labels (C,),
     logits (C,), y_w, y_r (C,) or None, z / z_mu / z_logvar (N,) or None (no Var_Inf), region_scores A_I^w (N, C),
     a_I (C,), A_I (C, C), A_S (C, C), A_F (C, C) (before normalisation), each None where the preset lacks it.
     ``device`` (auto | cpu | cuda[:k]): where the model (moved in place) and the image's features run.
+    ``num_rois``: the run's top-N slice (its config's num_rois): only the image's first N ROIs are read.
     """
     dev = resolve_device(device)
     if isinstance(cache, CacheData):
@@ -134,6 +138,9 @@ def explain_image(model: IAGCNHead, cache: CacheData | FeatureCache | str | os.P
             if not 0 <= index < len(ids):
                 raise UserError(f"cache {c.path}: no row {index} (it holds {len(ids)} images)")
         row = {name: c.read(name, index, index + 1) for name in ("global", "regions", "box_valid", "labels", "boxes")}
+        if num_rois is not None and num_rois != c.num_rois:                # the top-N slice, as CacheData reads it
+            check_score_order(c, num_rois, valid=c.read("box_valid").astype(bool))
+            row.update({k: row[k][:, :num_rois] for k in ("regions", "box_valid", "boxes")})
     x = torch.from_numpy(row["global"].astype(np.float32))          # (1, D)
     X = torch.from_numpy(row["regions"].astype(np.float32))         # (1, N, D)
     valid = torch.from_numpy(row["box_valid"].astype(bool))         # (1, N)

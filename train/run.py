@@ -163,6 +163,10 @@ def check_run_inputs(config: TrainConfig, *, train_data: CacheData, eval_data: C
             raise UserError(f"{option} {data.path}: the cache holds no images; extract a split with at least one "
                             f"image")
     check_compatible(train_data.cache, eval_data.cache, role="evaluation")
+    for data in (train_data, eval_data):                                  # the top-N slice: train and eval alike
+        if data.N != (config.num_rois or data.cache.num_rois):
+            raise UserError(f"cache {data.path} was opened with {data.N} ROIs per image but the config says num_rois="
+                            f"{config.num_rois}; one --set num_rois for every run reading these caches")
     resolve_device(config.device)
     load_label_embeddings(config, train_data.cache)
 
@@ -248,7 +252,7 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
         "protocol": protocol, "git_commit": git_commit(),
         "train_cache": runfolder.cache_record(train_data.cache), "eval_cache": runfolder.cache_record(eval_data.cache),
         "class_names": train_data.class_names, "label_embeddings_source": emb_source,
-        "adjacency_control": control,
+        "adjacency_control": control, "rois": {"read": train_data.N, "cached": train_data.cache.num_rois},
         "num_train": int(len(train_idx)), "num_selection": int(len(hold_idx)) if hold_idx is not None else
         (eval_data.n if config.select_on_eval else 0),
         "data_in_memory": {"train": train_data.in_memory, "eval": eval_data.in_memory}, "device": str(device),
