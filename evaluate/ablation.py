@@ -89,7 +89,7 @@ def build_table(rows: list[dict[str, Any]], *, metrics: tuple[str, ...] = TABLE_
             for r in rows]
     table = ablation_table(runs, metrics=metrics, fmt="markdown", columns=varied, **report_options)
     presets = list(dict.fromkeys(r["preset"] for r in rows))
-    protocols = sorted({str(r.get("protocol")) for r in rows if r.get("preset") != "linear-probe"})
+    protocols = sorted({str(r.get("protocol")) for r in rows if r.get("recipe") != "probe"})  # the probes: CV
     recipes = sorted({str(r.get("recipe")) for r in rows if r.get("recipe") not in (None, "", "probe")})
     legend = "; ".join(f"`{p}` = {row_name(p, backbone=backbone)}" for p in presets)
     return (table.rstrip("\n") + "\n\n" + f"Mean ± sample std over seeds. Rows: {legend}. "

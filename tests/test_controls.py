@@ -3,6 +3,7 @@ the legacy (test-set selection) protocol, each against an independent computatio
 from __future__ import annotations
 
 import json
+import re
 
 import h5py
 import numpy as np
@@ -239,3 +240,56 @@ def test_first_n_of_a_top_40_selection_are_the_top_n_selection():
     (p10,) = build_proposer("selective-search", num_rois=10).propose([img])
     np.testing.assert_array_equal(p40.boxes[:10], p10.boxes)
     assert np.all(np.diff(p40.scores[p40.valid]) <= 0) and not p40.valid[p40.valid.sum():].any()
+
+
+# -- 3. the wide probe -------------------------------------------------------------------------------------
+def test_wide_probe_features_are_x_and_the_max_over_valid_rois(caches, tmp_path):
+    import shutil
+
+    from iagcn.train.probe import probe_features
+
+    path = tmp_path / "padded.h5"
+    shutil.copy(caches[0], path)
+    with h5py.File(path, "r+") as f:                     # padding boxes with huge features must not enter the max
+        valid = f["box_valid"][...]
+        r = f["regions"][...]
+        r[~valid] = 60000.0
+        valid[0] = False                                  # an image without a valid ROI: read through its padding
+        f["box_valid"][...] = valid
+        f["regions"][...] = r
+        x = f["global"][...].astype(np.float64)
+        R = r.astype(np.float64)
+    want = np.empty((len(x), 2 * x.shape[1]))
+    for i in range(len(x)):                               # independent: a Python loop over images and boxes
+        rows = [R[i, j] for j in range(R.shape[1]) if valid[i, j]] or list(R[i])
+        want[i] = np.concatenate([x[i], np.max(rows, axis=0)])
+    assert want[0, x.shape[1]:].max() == 60000.0 and want[1:, x.shape[1]:].max() < 100
+    for budget in (4.0, 0.0):
+        with CacheData(path, memory_budget_gib=budget, block_rows=64) as data:
+            np.testing.assert_array_equal(probe_features(data, features="wide", batch_size=48), want)
+            np.testing.assert_array_equal(probe_features(data, features="global"), x)
+
+
+def test_wide_probe_scores_from_the_region_features_beside_linear_probe_in_a_sweep(caches, tmp_path):
+    from iagcn.evaluate.ablation import read_results, write_sweep_table
+    from iagcn.metrics import multilabel_metrics
+    from iagcn.train.probe import ProbeConfig, fit_predict, probe_features, standardise
+    from iagcn.train.sweep import run_sweep
+
+    train, test = caches
+    cfg = config_for_preset("resnet", epochs=1, **SMALL)
+    with CacheData(train) as tr, CacheData(test) as te:
+        run_sweep([cfg], train_data=tr, eval_data=te, out_dir=tmp_path, progress=False, log=_quiet,
+                  on_results=write_sweep_table, wide_probe=True)
+        wide = json.loads((tmp_path / "wide-probe-s0" / "metrics.json").read_text())
+        xtr, xev = standardise(probe_features(tr, features="wide"), probe_features(te, features="wide"))
+        ref = fit_predict(xtr, tr.labels, xev, C=wide["C"], max_iter=ProbeConfig().max_iter)
+        labels = te.labels
+    np.testing.assert_allclose(np.load(tmp_path / "wide-probe-s0" / "scores.npy"), ref, rtol=1e-4, atol=1e-4)
+    assert wide["metrics"]["mAP"] == pytest.approx(multilabel_metrics(ref, labels, scores_are="logits")["mAP"], abs=1e-3)
+    linear = json.loads((tmp_path / "linear-probe-s0" / "metrics.json").read_text())
+    assert wide["metrics"]["mAP"] != linear["metrics"]["mAP"]
+    assert [r["preset"] for r in read_results(tmp_path)] == ["linear-probe", "wide-probe", "resnet"]
+    table = (tmp_path / "table.md").read_text()
+    assert re.search(r"\| wide-probe +\|", table) and "`wide-probe` = LogisticRegression on [x, max over ROIs of X]" in table
+    assert "Model selection: last-epoch." in table                # the probes' CV is no training protocol

@@ -290,8 +290,11 @@ def train_cmd(config_file, train_cache, eval_cache, val_cache, recipe, sets, qui
 @click.option("--devices", default=None, metavar="DEV,DEV",
               help="Comma-separated devices for the parallel runs, e.g. cuda:0,cuda:1: worker k trains on the "
                    "k-th (round-robin); instead of --device.")
+@click.option("--wide-probe/--no-wide-probe", default=False, show_default=True,
+              help="Add the wide-probe reference row: the same probe on [x, max over valid ROIs of X] (what the "
+                   "region branch reads).")
 def sweep_cmd(config_file, train_cache, eval_cache, val_cache, recipe, sets, quiet, presets, seeds, out, baseline,
-              n_resamples, probe, grids, jobs, devices, **options) -> None:
+              n_resamples, probe, grids, jobs, devices, wide_probe, **options) -> None:
     """Train every preset x grid point x seed on caches loaded once; write results.csv, table.md (paper layout),
     report.html."""
     from iagcn.configfile import preset_fields
@@ -341,15 +344,17 @@ def sweep_cmd(config_file, train_cache, eval_cache, val_cache, recipe, sets, qui
     with _open_data(train_cache, "--train-cache", cfg0.memory_budget_gib, cfg0) as train_data, \
             _open_data(eval_cache, "--eval-cache", cfg0.memory_budget_gib, cfg0) as eval_data:
         run_sweep(configs, train_data=train_data, eval_data=eval_data, out_dir=out, progress=not quiet, log=log,
-                  on_results=write_sweep_table, probe=probe, varied=list(grid), jobs=jobs, devices=device_list)
+                  on_results=write_sweep_table, probe=probe, varied=list(grid), jobs=jobs, devices=device_list,
+                  wide_probe=wide_probe)
     if baseline != "none" and baseline in names and len(names) > 1:
         # ΔmAP vs the baseline from the runs' saved evaluation scores (no retraining): table.md, ablation.json/.md
         from iagcn.evaluate.ablation import ablate_sweep
         from iagcn.evaluate.evaluation import EvalConfig
-        from iagcn.train.probe import PROBE_NAME
+        from iagcn.train.probe import PROBE_NAME, WIDE_PROBE_NAME
 
         ablate_sweep(out, baseline=baseline, cache_path=eval_cache, config=EvalConfig(n_resamples=n_resamples, seed=0),
-                     log=log, run_dirs=run_names(configs, list(grid)) + ([f"{PROBE_NAME}-s0"] if probe else []))
+                     log=log, run_dirs=run_names(configs, list(grid)) + ([f"{PROBE_NAME}-s0"] if probe else [])
+                     + ([f"{WIDE_PROBE_NAME}-s0"] if wide_probe else []))
     from iagcn.evaluate.sweep_report import write_sweep_report
 
     report = write_sweep_report(out, cache_path=eval_cache)

@@ -259,6 +259,7 @@ PAPER_ROWS: dict[str, str] = {
     "iagcn": "Base+ID_LCM+Var_Inf+Com_Sco", "comsco": "Com_Sco", "mlgcn-comsco": "Base+Com_Sco",
     "mlgcn-idlcm": "Base+ID_LCM on ML-GCN's GCN (control)", "idlcm-static": "IA-GCN's label GCN on A_S (control)",
     "linear-probe": "LogisticRegression on x (reference)",
+    "wide-probe": "LogisticRegression on [x, max over ROIs of X] (reference)",
 }
 
 

@@ -7,6 +7,10 @@ fit; one inverse regularisation strength C for all classes, chosen by k-fold cro
 cache only (mean over folds of the fold's mAP). The evaluation cache is scored once, with C refitted on the
 whole training cache.
 
+The `wide-probe` reference (``features="wide"``) is the same probe on [x, max over valid ROIs of X] (n, 2D): the
+information the region branch sees, so a head with a region branch is compared with a probe that reads its inputs
+too (an image without a valid ROI is read through its padding boxes, as the head does: train.model.regions_or_padding).
+
 A probe run folder looks like a training run's (config.json, scores.npz, metrics.json), so `iagcn compare`
 and the sweep's ΔmAP column read it like any other run.
 """
@@ -24,6 +28,9 @@ import numpy as np
 from iagcn.errors import UserError
 
 PROBE_NAME = "linear-probe"
+WIDE_PROBE_NAME = "wide-probe"
+#: the probes' features -> their row name
+PROBE_NAMES = {"global": PROBE_NAME, "wide": WIDE_PROBE_NAME}
 
 
 @dataclass(frozen=True)
@@ -103,15 +110,33 @@ def choose_C(x: np.ndarray, y: np.ndarray, config: ProbeConfig, *, log=None) -> 
 def check_probe_inputs(train_data, config: ProbeConfig = ProbeConfig()) -> None:
     """Refuse, before a sweep writes anything, a training cache too small for the probe's k-fold cross-validation."""
     if train_data.n < config.folds:
-        raise UserError(f"--train-cache {train_data.path}: {train_data.n} image(s), too few for the {PROBE_NAME} "
-                        f"reference's {config.folds}-fold cross-validation (at least {config.folds}); use a larger "
-                        f"training cache or pass --no-probe")
+        raise UserError(f"--train-cache {train_data.path}: {train_data.n} image(s), too few for the probe "
+                        f"references' {config.folds}-fold cross-validation (at least {config.folds}); use a larger "
+                        f"training cache or pass --no-probe (and no --wide-probe)")
+
+
+def probe_features(data, *, features: str = "global", batch_size: int = 256) -> np.ndarray:
+    """The probe's inputs of every image of ``data`` (CacheData), float64: x (n, D) ("global"), or [x, max over
+    valid ROIs of X] (n, 2D) ("wide"; the ROIs are the ones ``data`` reads: its top-N slice, if any)."""
+    if features == "global":
+        return data.cache.read("global").astype(np.float64)                          # (n, D)
+    if features != "wide":
+        raise ValueError(f"probe_features: unknown features {features!r}")
+    out = np.empty((data.n, 2 * data.D), np.float64)                                  # (n, 2D)
+    for b in data.batches(batch_size=batch_size, regions=True):
+        valid = b.valid.numpy()                                                       # (B, N)
+        valid = valid | ~valid.any(1, keepdims=True)                                  # (B, N) none valid: padding
+        X = np.where(valid[..., None], b.X.numpy(), -np.inf)                         # (B, N, D) padding out of the max
+        out[b.index, :data.D] = b.x.numpy()                                           # (B, D) x
+        out[b.index, data.D:] = X.max(1)                                              # (B, D) max over valid ROIs
+    return out
 
 
 def run_probe(train_data, eval_data, out_dir: str | os.PathLike, *, config: ProbeConfig = ProbeConfig(),
-              log=print) -> dict[str, Any]:
+              log=print, features: str = "global") -> dict[str, Any]:
     """Fit the probe on ``train_data`` (CacheData), score ``eval_data`` once; write a run-like folder.
 
+    ``features``: "global" (`linear-probe`, x) or "wide" (`wide-probe`, [x, max over valid ROIs of X]).
     A folder that already holds metrics.json for the same probe config and caches (their content fingerprints,
     ``FeatureCache.fingerprint``, as for every run) is reused; otherwise the probe is fitted again.
     """
@@ -123,9 +148,11 @@ def run_probe(train_data, eval_data, out_dir: str | os.PathLike, *, config: Prob
     from iagcn.train import runfolder
 
     check_probe_inputs(train_data, config)
+    name = PROBE_NAMES[features]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"config": {"preset": PROBE_NAME, "seed": config.seed, **asdict(config)}, "recipe": "probe",
+    record = {"config": {"preset": name, "seed": config.seed, **asdict(config),
+                         **({"num_rois": train_data.N} if features == "wide" else {})}, "recipe": "probe",
               "protocol": f"C by {config.folds}-fold CV on the train cache", "git_commit": git_commit(),
               "train_cache": runfolder.cache_record(train_data.cache),
               "eval_cache": runfolder.cache_record(eval_data.cache),
@@ -136,23 +163,23 @@ def run_probe(train_data, eval_data, out_dir: str | os.PathLike, *, config: Prob
             isinstance(old.get(role), dict) and old[role].get("fingerprint") == record[role]["fingerprint"]
             for role in ("train_cache", "eval_cache"))
         if same:
-            log(f"{PROBE_NAME}: complete, reused ({out})")
+            log(f"{name}: complete, reused ({out})")
             return runfolder.read_metrics(out)
     runfolder.write_record(out, record)
     t0 = time.perf_counter()
-    x_tr = train_data.cache.read("global").astype(np.float64)  # (n, D)
+    x_tr = probe_features(train_data, features=features)       # (n, D) or (n, 2D)
     y_tr = train_data.labels                                    # (n, C)
-    x_ev = eval_data.cache.read("global").astype(np.float64)   # (m, D)
-    log(f"{PROBE_NAME}: {len(config.Cs)} values of C x {config.folds} folds on {len(y_tr)} images, then one refit")
+    x_ev = probe_features(eval_data, features=features)        # (m, D) or (m, 2D)
+    log(f"{name}: {len(config.Cs)} values of C x {config.folds} folds on {len(y_tr)} images, then one refit")
     C, cv = choose_C(x_tr, y_tr, config, log=log)
     xtr, xev = standardise(x_tr, x_ev)
     scores = fit_predict(xtr, y_tr, xev, C=C, max_iter=config.max_iter).astype(np.float32)  # (m, C)
     metrics = multilabel_metrics(scores, eval_data.labels, scores_are="logits")
     runfolder.save_scores(out, scores, eval_data.image_ids)
-    result = {"metrics": to_json(metrics), "protocol": record["protocol"], "preset": PROBE_NAME, "recipe": "probe",
+    result = {"metrics": to_json(metrics), "protocol": record["protocol"], "preset": name, "recipe": "probe",
               "seed": config.seed, "C": C, "cv_mAP": cv, "selected_epoch": 0, "selection_mAP": None, "epochs_run": 0,
               "train_seconds": float(time.perf_counter() - t0), "eval_cache": record["eval_cache"]}
     runfolder.write_metrics(out, result)
-    log(f"{PROBE_NAME}: C {C:g} (CV mAP {cv[f'{C:g}']:.2f}) -> eval mAP {metrics['mAP']:.2f} "
+    log(f"{name}: C {C:g} (CV mAP {cv[f'{C:g}']:.2f}) -> eval mAP {metrics['mAP']:.2f} "
         f"({result['train_seconds']:.0f}s)")
     return result

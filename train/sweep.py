@@ -147,10 +147,11 @@ def run_sweep(configs: Iterable[TrainConfig], *, train_data: CacheData, eval_dat
               progress: bool = True, log=print,
               on_results: Callable[[Path, list[dict[str, Any]]], None] | None = None,
               probe: bool = True, varied: Sequence[str] = (), jobs: int = 1,
-              devices: Sequence[str] = ()) -> list[dict[str, Any]]:
+              devices: Sequence[str] = (), wide_probe: bool = False) -> list[dict[str, Any]]:
     """Train every config (one per preset x grid point x seed) into out_dir/:func:`run_name`/; complete runs are
     skipped, interrupted ones resume. ``varied``: the grid's fields (run names and results.csv columns). With
-    ``probe`` the `linear-probe` reference (train.probe) is fitted first into out_dir/linear-probe-s0/. Writes
+    ``probe`` the `linear-probe` reference (train.probe) is fitted first into out_dir/linear-probe-s0/, with
+    ``wide_probe`` the `wide-probe` one (x and max-pooled ROIs) into out_dir/wide-probe-s0/. Writes
     results.csv (rows in config order) after every run, then calls ``on_results(out, rows)`` (the CLI passes the
     table.md writer); returns the rows.
 
@@ -162,7 +163,7 @@ def run_sweep(configs: Iterable[TrainConfig], *, train_data: CacheData, eval_dat
     names = run_names(configs, varied)
     for config in configs:  # every refusal before the sweep folder exists
         check_run_inputs(config, train_data=train_data, eval_data=eval_data)
-    if probe:
+    if probe or wide_probe:
         from iagcn.train.probe import check_probe_inputs
 
         check_probe_inputs(train_data)
@@ -175,7 +176,7 @@ def run_sweep(configs: Iterable[TrainConfig], *, train_data: CacheData, eval_dat
                                    f"/{len(configs)} runs complete in {out}; rerun the same `iagcn sweep` command to "
                                    f"resume (the interrupted run continues from its last epoch)"):
         return _run_sweep_locked(configs, names, train_data, eval_data, out, progress, log, on_results, probe,
-                                 list(varied), slots)
+                                 list(varied), slots, wide_probe)
 
 
 def slot_devices(jobs: int, devices: Sequence[str] = ()) -> list[str | None]:
@@ -185,7 +186,7 @@ def slot_devices(jobs: int, devices: Sequence[str] = ()) -> list[str | None]:
 
 
 def _run_sweep_locked(configs, names, train_data, eval_data, out: Path, progress, log, on_results,
-                      probe, varied, slots) -> list[dict[str, Any]]:
+                      probe, varied, slots, wide_probe=False) -> list[dict[str, Any]]:
     for name in PREVIOUS_INVOCATION_FILES:   # an earlier sweep's comparison: rewritten only if this one makes one
         (out / name).unlink(missing_ok=True)
     t0 = time.perf_counter()
@@ -199,6 +200,11 @@ def _run_sweep_locked(configs, names, train_data, eval_data, out: Path, progress
         log(f"{PROBE_NAME}: fitting the reference (LogisticRegression on x, C by cross-validation) before the "
             f"{len(configs)} run(s)")
         result = run_probe(train_data, eval_data, out / f"{PROBE_NAME}-s0", log=log)
+        head.append(probe_row(result))
+    if wide_probe:
+        from iagcn.train.probe import WIDE_PROBE_NAME, run_probe
+
+        result = run_probe(train_data, eval_data, out / f"{WIDE_PROBE_NAME}-s0", log=log, features="wide")
         head.append(probe_row(result))
 
     def rows() -> list[dict[str, Any]]:
