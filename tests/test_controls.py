@@ -293,3 +293,69 @@ def test_wide_probe_scores_from_the_region_features_beside_linear_probe_in_a_swe
     table = (tmp_path / "table.md").read_text()
     assert re.search(r"\| wide-probe +\|", table) and "`wide-probe` = LogisticRegression on [x, max over ROIs of X]" in table
     assert "Model selection: last-epoch." in table                # the probes' CV is no training protocol
+
+
+# -- 4. the legacy protocol -----------------------------------------------------------------------------------
+def test_legacy_protocol_reports_the_test_best_epoch_of_the_same_training(caches, tmp_path):
+    """legacy_report: one training gives the run's own number (last epoch here) and the legacy one (the epoch with
+    the best eval mAP); the legacy number equals a separate select_on_eval run's, the run's own equals a run
+    without legacy_report (scoring the eval cache every epoch changes no weight), and each says its protocol."""
+    import csv
+
+    from iagcn.evaluate.ablation import read_results, write_sweep_table
+    from iagcn.train.sweep import run_sweep
+
+    train, test = caches
+    base = dict(epochs=6, lr=0.5, batch_size=32, **SMALL)            # measured: eval mAP peaks at epoch 5 of 6
+    with CacheData(train) as tr, CacheData(test) as te:
+        run_sweep([config_for_preset("mlgcn", legacy_report=True, **base)], train_data=tr, eval_data=te,
+                  out_dir=tmp_path / "sweep", progress=False, log=_quiet, on_results=write_sweep_table, probe=False)
+        plain = train_run(config_for_preset("mlgcn", **base), train_data=tr, eval_data=te, out_dir=tmp_path / "plain",
+                          progress=False, log=_quiet)
+        on_eval = train_run(config_for_preset("mlgcn", select_on_eval=True, **base), train_data=tr, eval_data=te,
+                            out_dir=tmp_path / "on_eval", progress=False, log=_quiet)
+    run = tmp_path / "sweep" / "mlgcn-s0"
+    result = json.loads((run / "metrics.json").read_text())
+    log = list(csv.DictReader(open(run / "log.csv")))
+    eval_maps = [float(r["eval_mAP"]) for r in log]
+    best = int(np.argmax(eval_maps)) + 1
+    assert best != len(log) == 6, "the case must tell the last epoch from the test-best one"
+    legacy = result["legacy"]
+    assert result["protocol"] == "last-epoch" and result["selected_epoch"] == 6
+    assert legacy["protocol"] == "legacy" and legacy["selected_epoch"] == best
+    assert legacy["metrics"]["mAP"] == pytest.approx(max(eval_maps), abs=1e-4)
+    assert on_eval["protocol"] == "select-on-eval" and on_eval["selected_epoch"] == best
+    assert legacy["metrics"]["mAP"] == pytest.approx(on_eval["metrics"]["mAP"], abs=1e-9)
+    assert legacy["metrics"]["mAP"] > result["metrics"]["mAP"]
+    assert result["metrics"] == plain["metrics"]
+    np.testing.assert_array_equal(np.load(run / "scores.npy"), np.load(tmp_path / "plain" / "scores.npy"))
+    (row,) = read_results(tmp_path / "sweep")
+    assert row["protocol"] == "last-epoch" and float(row["legacy_mAP"]) == pytest.approx(legacy["metrics"]["mAP"], abs=1e-4)
+    assert int(row["legacy_selected_epoch"]) == best
+    table = (tmp_path / "sweep" / "table.md").read_text()
+    assert "legacy_mAP" in table.splitlines()[0] and f"{legacy['metrics']['mAP']:.1f}" in table.splitlines()[2]
+    assert "the legacy protocol: test-set selection" in table
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_legacy_protocol_survives_an_interruption(caches, tmp_path):
+    """An interrupted legacy_report run resumes with its legacy epoch and metrics (kept in last.pt), and ends with
+    the uninterrupted run's numbers under both protocols."""
+    train, test = caches
+    cfg = config_for_preset("mlgcn", epochs=6, lr=0.5, batch_size=32, legacy_report=True, **SMALL)
+
+    def stop_after_five(msg):
+        if msg.startswith("epoch 5/"):
+            raise _Stop                                     # epoch 5, the test-best one, is in last.pt only
+
+    with CacheData(train) as tr, CacheData(test) as te:
+        full = train_run(cfg, train_data=tr, eval_data=te, out_dir=tmp_path / "full", progress=False, log=_quiet)
+        with pytest.raises(_Stop):
+            train_run(cfg, train_data=tr, eval_data=te, out_dir=tmp_path / "cut", progress=False, log=stop_after_five)
+        resumed = train_run(cfg, train_data=tr, eval_data=te, out_dir=tmp_path / "cut", resume=True, progress=False,
+                            log=_quiet)
+    assert full["legacy"]["selected_epoch"] == 5
+    assert resumed["legacy"] == full["legacy"] and resumed["metrics"] == full["metrics"]

@@ -34,6 +34,11 @@ from iagcn.validation import check_numpy_file
 
 
 # -- small helpers ----------------------------------------------------------------------------------
+#: the protocol name of legacy_report's numbers: the epoch chosen on the evaluation (test) split, as ML-GCN, ADD-GCN
+#: and ASL choose theirs (select_on_eval makes it the run's own protocol too)
+LEGACY = "legacy"
+
+
 def protocol_name(config: TrainConfig) -> str:
     """Which split chose the epoch: 'holdout-F' (honest), 'select-on-eval' (published), or 'last-epoch'."""
     if config.select_on_eval:
@@ -240,11 +245,14 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
     optimizer = make_optimizer(model, config)
     start_epoch, history = 0, []
     best = {"epoch": -1, "select_mAP": float("-inf")}
+    # the legacy protocol (legacy_report): the epoch with the best evaluation-cache mAP and its metrics
+    legacy = {"epoch": -1, "mAP": float("-inf"), "metrics": None}
     if ckpt is not None:
         load_state_checked(model, ckpt["model"], path=last_path, config=config)
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
         start_epoch, history, best = int(ckpt["epoch"]) + 1, list(ckpt["history"]), dict(ckpt["best"])
+        legacy = dict(ckpt.get("legacy") or legacy)
         log(f"resuming {out} after epoch {start_epoch} (best so far: epoch {best['epoch'] + 1})")
 
     run_record = {
@@ -260,14 +268,26 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
     }
     runfolder.write_record(out, run_record)
 
+    epoch_eval: dict[str, Any] = {}                      # this epoch's evaluation-cache metrics, once computed
+
     def select_score() -> float:
         if hold_idx is not None:
             m, _ = evaluate(model, train_data, hold_idx, batch_size=config.eval_batch_size, device=device)
         elif config.select_on_eval:
             m, _ = evaluate(model, eval_data, None, batch_size=config.eval_batch_size, device=device)
+            epoch_eval["metrics"] = m
         else:
             return float("nan")
         return float(m["mAP"])
+
+    def legacy_score(row: dict[str, Any]) -> None:
+        """The legacy protocol: score the evaluation cache now; keep this epoch's metrics when its mAP is the best
+        so far (strictly: ties keep the earlier epoch)."""
+        m = epoch_eval.pop("metrics", None) or evaluate(model, eval_data, None, batch_size=config.eval_batch_size,
+                                                        device=device)[0]
+        row["eval_mAP"] = float(m["mAP"])
+        if row["eval_mAP"] > legacy["mAP"]:                # NaN (no class with positives) never wins
+            legacy.update(epoch=row["epoch"] - 1, mAP=row["eval_mAP"], metrics=to_json(m))
 
     stale = (start_epoch - 1 - best["epoch"]) if ckpt is not None else 0
     hparams = {k: v for k, v in config_to_dict(config.identity()).items() if k not in execution_fields()}
@@ -281,6 +301,9 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
                                     progress=progress)
             score = select_score()
             row = {"epoch": epoch + 1, "lr": lr, **stats, "select_mAP": score}
+            if config.legacy_report:
+                legacy_score(row)
+            epoch_eval.clear()
             history.append(row)
             improved = (score == score and score > best["select_mAP"]) or (score != score)  # NaN: last epoch is "best"
             if improved:
@@ -289,7 +312,7 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
                      "scheduler": {"kind": config.schedule, "base_lr": config.lr, "step": config.lr_step,
                                    "gamma": config.lr_gamma, "epochs": config.epochs, "last_epoch": epoch, "lr": lr},
                      "rng": rng_state(), "epoch": epoch, "config": config_to_dict(config), "meta": meta,
-                     "best": best, "history": history, "protocol": protocol}
+                     "best": best, "history": history, "protocol": protocol, "legacy": legacy}
             if improved:
                 runfolder.save_checkpoint(best_path, state)
             runfolder.save_checkpoint(last_path, state)
@@ -325,6 +348,10 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
                   "epochs_run": len(history), "train_seconds": float(sum(r["seconds"] for r in history)),
                   "eval_cache": runfolder.cache_record(eval_data.cache), "preset": config.preset, "recipe": config.recipe,
                   "seed": config.seed}
+        if config.legacy_report:                         # the same run under the legacy protocol (test-set selection)
+            result["legacy"] = {"protocol": LEGACY, "selected_epoch": legacy["epoch"] + 1 if legacy["metrics"] else None,
+                                "metrics": legacy["metrics"],
+                                "eval_mAP_per_epoch": [row.get("eval_mAP") for row in history]}
         runfolder.write_metrics(out, result)
         tb.final(metrics, epoch=result["selected_epoch"])
         if config.keep_checkpoints == "best" and best_path.exists() and last_path.exists():

@@ -50,6 +50,7 @@ METRICS_KEYS = ("metrics", "protocol", "selected_epoch", "selection_mAP", "epoch
                 "eval_cache", "preset", "seed")
 LOG_FIELDS = ("epoch", "lr", "loss", "loss_ml", "loss_kl", "loss_y_w", "loss_y_r", "loss_a_I", "loss_l2", "select_mAP",
               "seconds", "samples_per_s")
+OPTIONAL_LOG_FIELDS = ("eval_mAP",)                                      # written when the runs record them (legacy_report)
 CHECKPOINT_KEYS = ("model", "epoch", "config", "meta")                 # what loading a model needs
 RESUME_KEYS = ("optimizer", "rng", "best", "history")                   # and what resuming needs on top
 
@@ -214,7 +215,8 @@ def log_path(run_dir: str | os.PathLike) -> Path:
 
 def write_log(run_dir: Path, history: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=LOG_FIELDS, extrasaction="ignore")
+    fields = LOG_FIELDS + tuple(k for k in OPTIONAL_LOG_FIELDS if any(k in row for row in history))
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     for row in history:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})

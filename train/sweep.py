@@ -451,6 +451,9 @@ def result_row(result: dict[str, Any], cfg: TrainConfig, run_dir: Path, varied: 
             row[k] = round(v, 4) if isinstance(v, float) else v
     row.update(train_seconds=round(float(result["train_seconds"]), 2), selected_epoch=result["selected_epoch"],
                epochs_run=result["epochs_run"], run_dir=run_dir.name)
+    legacy = result.get("legacy")                     # legacy_report: the same run, its epoch chosen on the eval cache
+    if legacy is not None and legacy.get("metrics"):
+        row.update(legacy_mAP=round(float(legacy["metrics"]["mAP"]), 4), legacy_selected_epoch=legacy["selected_epoch"])
     return row
 
 
