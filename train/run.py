@@ -312,7 +312,8 @@ def _train_run_locked(config, train_data, eval_data, out, resume, progress, log,
                      "scheduler": {"kind": config.schedule, "base_lr": config.lr, "step": config.lr_step,
                                    "gamma": config.lr_gamma, "epochs": config.epochs, "last_epoch": epoch, "lr": lr},
                      "rng": rng_state(), "epoch": epoch, "config": config_to_dict(config), "meta": meta,
-                     "best": best, "history": history, "protocol": protocol, "legacy": legacy}
+                     "best": best, "history": history, "protocol": protocol,
+                     **({"legacy": legacy} if config.legacy_report else {})}
             if improved:
                 runfolder.save_checkpoint(best_path, state)
             runfolder.save_checkpoint(last_path, state)
