@@ -183,6 +183,14 @@ def test_top_n_training_and_rescoring_never_read_the_rois_past_n(sorted_caches, 
     rescored = score_run_on_cache(run_dir=tmp_path / "poisoned", checkpoint=None,
                                   cache_path=sorted_caches["poisoned"][1], config=EvalConfig(device="cpu"))
     np.testing.assert_allclose(rescored.scores, scores["clean"], rtol=1e-5, atol=1e-5)
+    from iagcn.train.inference import explain_image, load_run
+
+    run = load_run(tmp_path / "poisoned")                                               # `iagcn explain`'s read
+    info = explain_image(run.model, sorted_caches["poisoned"][1], 3, num_rois=run.config.num_rois)
+    assert info["boxes"].shape == (4, 4) and info["region_scores"].shape[0] == 4
+    np.testing.assert_allclose(info["logits"], scores["clean"][3], rtol=1e-5, atol=1e-5)
+    with pytest.raises(UserError, match="non-finite"):                                   # all 8 ROIs: the NaNs
+        explain_image(run.model, sorted_caches["poisoned"][1], 3)
     with CacheData(sorted_caches["clean"][0]) as tr, CacheData(sorted_caches["clean"][1]) as te:   # all 8 ROIs
         full = config_for_preset("iagcn", epochs=1, num_rois=4, **SMALL)
         with pytest.raises(UserError, match="num_rois"):
