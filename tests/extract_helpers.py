@@ -91,6 +91,28 @@ def kill_then_resume(args: list[str], out: Path, *, blocks: int, wait_s: float =
     return committed
 
 
+def extract_synth_pair(d: Path, *, num_rois: int = 4) -> tuple[Path, Path, dict[str, Path]]:
+    """Synth images (16 trainval, 4 test) extracted with EfficientNet-Lite0 at 64 px and ``num_rois``
+    selective-search ROIs, the bundled weights copied to a file: (image root, weight file, {split: cache})."""
+    import shutil
+
+    from iagcn.extract.backbones import bundled_lite0_weights
+    from iagcn.extract.config import ExtractConfig
+    from iagcn.extract.pipeline import run_extract
+    from iagcn.extract.synth import write_synth
+
+    root, _ = write_synth(d / "synth", n_train=16, n_test=4, seed=0)
+    weights = d / "lite0.pth"
+    shutil.copyfile(bundled_lite0_weights(), weights)
+    caches = {}
+    for split in ("trainval", "test"):
+        cfg = ExtractConfig(dataset="voc", root=str(root), split=split, weights=str(weights), image_size=64,
+                            num_rois=num_rois, proposer_image_size=64, workers=0, batch_size=8, device="cpu")
+        run_extract(cfg, d / f"{split}.h5", progress=False)
+        caches[split] = d / f"{split}.h5"
+    return root, weights, caches
+
+
 if __name__ == "__main__":
     from iagcn.extract.config import ExtractConfig
     from iagcn.extract.pipeline import extract_split
@@ -100,3 +122,4 @@ if __name__ == "__main__":
     fields = {k: v for k, v in json.loads(cfg_json).items() if not k.startswith("_")}
     extract_split(ds, ExtractConfig(**fields), out, label_embeddings=onehot(), image_loader=pil_loader, progress=False,
                   log=lambda m: print(m, file=sys.stderr, flush=True))
+

@@ -373,27 +373,15 @@ def test_top_n_on_a_real_extraction_and_predict(tmp_path):
     """A cache written by `iagcn extract` (selective search) passes the score-order check; a run trained on its top
     2 of 4 ROIs predicts new images (stage one on the fly, 4 ROIs) as it scores the cache's first 2."""
     import dataclasses
-    import shutil
     import warnings
 
     from iagcn.cache.format import FeatureCache
     from iagcn.evaluate.predict import predict_images
-    from iagcn.extract.backbones import bundled_lite0_weights
-    from iagcn.extract.config import ExtractConfig
-    from iagcn.extract.pipeline import run_extract
-    from iagcn.extract.synth import write_synth
     from iagcn.metrics import sigmoid
     from iagcn.train.inference import load_run, predict_cache
+    from tests.extract_helpers import extract_synth_pair
 
-    root, _ = write_synth(tmp_path / "synth", n_train=16, n_test=4, seed=0)
-    weights = tmp_path / "lite0.pth"
-    shutil.copyfile(bundled_lite0_weights(), weights)
-    caches = {}
-    for split in ("trainval", "test"):
-        cfg = ExtractConfig(dataset="voc", root=str(root), split=split, weights=str(weights), image_size=64,
-                            num_rois=4, proposer_image_size=64, workers=0, batch_size=8, device="cpu")
-        run_extract(cfg, tmp_path / f"{split}.h5", progress=False)
-        caches[split] = tmp_path / f"{split}.h5"
+    root, _, caches = extract_synth_pair(tmp_path, num_rois=4)
     cfg = dataclasses.replace(config_for_preset("iagcn"), epochs=1, batch_size=8, device="cpu", gcn_widths=(16,),
                               region_widths=(16,), num_threads=1, num_rois=2)
     with warnings.catch_warnings(), CacheData(caches["trainval"], num_rois=2) as tr, \

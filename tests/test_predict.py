@@ -24,24 +24,13 @@ def tiny(tmp_path_factory):
     pytest.importorskip("iagcn.extract.pipeline", reason="stage one extraction has not landed")
     import dataclasses
 
-    from iagcn.extract.backbones import bundled_lite0_weights
-    from iagcn.extract.config import ExtractConfig
-    from iagcn.extract.pipeline import run_extract
-    from iagcn.extract.synth import write_synth
     from iagcn.train.config import config_for_preset
     from iagcn.train.data import CacheData
     from iagcn.train.run import train_run
+    from tests.extract_helpers import extract_synth_pair
 
     d = tmp_path_factory.mktemp("predict")
-    root, _ = write_synth(d / "synth", n_train=16, n_test=4, seed=0)
-    weights = d / "lite0.pth"
-    shutil.copyfile(bundled_lite0_weights(), weights)
-    caches = {}
-    for split in ("trainval", "test"):
-        cfg = ExtractConfig(dataset="voc", root=str(root), split=split, weights=str(weights), image_size=64,
-                            num_rois=4, proposer_image_size=64, workers=0, batch_size=8, device="cpu")
-        run_extract(cfg, d / f"{split}.h5", progress=False)
-        caches[split] = d / f"{split}.h5"
+    root, weights, caches = extract_synth_pair(d, num_rois=4)
     cfg = dataclasses.replace(config_for_preset("iagcn"), epochs=1, batch_size=8, device="cpu", gcn_widths=(16,),
                               region_widths=(16,), num_threads=1, val_fraction=0.25)
     with warnings.catch_warnings():
