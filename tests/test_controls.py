@@ -398,3 +398,14 @@ def test_top_n_on_a_real_extraction_and_predict(tmp_path):
                                np.log(ref / (1 - ref)), atol=1e-4)
     for p, row in zip(preds, ref):
         np.testing.assert_allclose([p.probabilities[n] for n in run.class_names], row, atol=1e-4)
+
+
+def test_adjacency_control_on_a_preset_that_reads_no_A_S_is_refused(sorted_caches, tmp_path):
+    from tests.conftest import run_cli
+
+    train, test = sorted_caches["clean"]
+    for preset in ("resnet", "comsco"):
+        proc = run_cli(["train", "--train-cache", train, "--eval-cache", test, "--preset", preset, "--epochs", "1",
+                        "--quiet", "--out", tmp_path / preset, "--set", "adjacency_control=identity"])
+        assert proc.returncode == 2 and "reads no A_S" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / preset).exists()

@@ -289,6 +289,10 @@ def unused_fields(cfg: TrainConfig) -> dict[str, str]:
         out["momentum"] = f"optimizer={cfg.optimizer} and region_optimizer={cfg.region_optimizer}: no SGD reads it"
     if cfg.select_on_eval and cfg.val_fraction > 0:
         out["val_fraction"] = "select_on_eval chooses the epoch on the evaluation cache: no hold-out is split off"
+    reads_A_S = cfg.global_branch == "gcn" or (cfg.region_branch and cfg.region_adjacency == "fused")  # Â_S or A_F
+    if cfg.adjacency_control != "none" and not reads_A_S:
+        out["adjacency_control"] = (f"preset {cfg.preset} reads no A_S (neither the label GCN's Â_S nor A_F = "
+                                    f"A_S ⊙ A_I): the control would change nothing")
     if cfg.val_fraction == 0 and not cfg.select_on_eval and cfg.early_stop_patience:
         out["early_stop_patience"] = ("the last-epoch protocol (val_fraction 0, no select_on_eval) has no selection "
                                       "mAP to stop on")
